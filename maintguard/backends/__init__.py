@@ -1,0 +1,57 @@
+"""Where the maintenance state lives: pick one, or subclass :class:`Backend`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..exceptions import ConfigurationError
+from .base import Backend, OnError
+from .env import EnvVarBackend
+from .file import LocalFileBackend
+from .memory import MemoryBackend
+
+
+__all__ = [
+    "Backend",
+    "EnvVarBackend",
+    "LocalFileBackend",
+    "MemoryBackend",
+    "OnError",
+    "backend_from_url",
+]
+
+_SCHEMES = "memory:, env:, env:VAR, file:PATH"
+
+
+def backend_from_url(url: str, **options: Any) -> Backend:
+    """Build a backend from a URL: ``memory:``, ``env:``, ``env:VAR``, ``file:PATH``.
+
+    ``file:`` takes a relative or absolute path (``file:/var/run/app/maintenance.json``,
+    ``file:///var/run/...`` also works). Keyword options go to the backend's constructor.
+
+    >>> backend_from_url("env:APP_MAINTENANCE").var_name
+    'APP_MAINTENANCE'
+    """
+    if not isinstance(url, str) or ":" not in url:
+        raise ConfigurationError(
+            f"backend URL {url!r} has no scheme: use one of {_SCHEMES}"
+        )
+    scheme, _, rest = url.partition(":")
+    scheme = scheme.lower()
+    try:
+        if scheme == "memory" and not rest:
+            return MemoryBackend(**options)
+        if scheme == "env":
+            return EnvVarBackend(rest or "MAINTGUARD_MODE", **options)
+        if scheme == "file" and rest:
+            path = rest[2:] if rest.startswith("//") else rest
+            if path:
+                return LocalFileBackend(path, **options)
+        if scheme in ("redis", "rediss", "unix"):
+            raise ConfigurationError(
+                f"backend URL {url!r}: the Redis backend is not available in this version; "
+                f"use one of {_SCHEMES}"
+            )
+    except TypeError as exc:
+        raise ConfigurationError(f"backend URL {url!r}: {exc}") from exc
+    raise ConfigurationError(f"backend URL {url!r} is not understood: use one of {_SCHEMES}")

@@ -1,0 +1,117 @@
+"""The backend contract: read and write one scope's :class:`StoredState`."""
+
+from __future__ import annotations
+
+import abc
+import itertools
+import math
+from collections.abc import Callable, Hashable
+from typing import ClassVar, Literal
+
+from ..exceptions import ConfigurationError
+from ..state import StoredState
+
+__all__ = ["Backend", "OnError"]
+
+OnError = Literal["last_known", "open", "closed"]
+"""What readers see when the state cannot be read at run time:
+``"last_known"`` the last state read, ``"open"`` maintenance off, ``"closed"`` on."""
+
+_ON_ERROR = ("last_known", "open", "closed")
+_tokens = itertools.count()
+
+
+class Backend(abc.ABC):
+    """Where the maintenance state lives. Subclass it and implement two async methods.
+
+    ``read_state(scope)`` returns the :class:`~maintguard.state.StoredState` of a scope
+    (``None`` is the global scope) and ``write_state(scope, state)`` stores it. Everything
+    else — holds, leases, caching, change notification — works on top of these two.
+    ``StoredState.to_dict()`` / ``StoredState.from_dict()`` turn the state into JSON-ready
+    data and back.
+
+    Both methods run on maintguard's own asyncio loop in a background thread, never on
+    the request path, so they may use asyncio libraries even when the app runs on trio.
+    Raise :class:`~maintguard.exceptions.BackendError` (or any exception, which is wrapped
+    in one) when the store cannot be reached.
+
+    maintguard calls ``update_state`` for every read-modify-write, under a lock that
+    serialises writers in this process. Override it when several processes share the store
+    and it offers a lock or a transaction; the default reads, applies ``mutate`` and writes
+    when something changed.
+    """
+
+    stores_holds: ClassVar[bool] = True
+    """Hold records are written to the store so that other processes see them. Backends
+    that only one process can see (memory) or that cannot be written (env) keep holds in
+    memory."""
+    read_only: ClassVar[bool] = False
+    raise_on_first_read: ClassVar[bool] = True
+    """A failed first read raises (the error is seen at start-up); later ones follow
+    ``on_error``."""
+    _inline: ClassVar[bool] = False
+    # Built-in in-process backends whose coroutines never suspend run in the caller's thread.
+
+    on_error: OnError = "last_known"
+    lease_ttl: float = 30.0
+    refresh_interval: float = 1.0
+
+    def __init__(
+        self,
+        *,
+        on_error: OnError = "last_known",
+        lease_ttl: float = 30.0,
+        refresh_interval: float = 1.0,
+    ) -> None:
+        if on_error not in _ON_ERROR:
+            raise ConfigurationError(
+                f"on_error must be one of {', '.join(map(repr, _ON_ERROR))}, not {on_error!r}"
+            )
+        for name, value in (("lease_ttl", lease_ttl), ("refresh_interval", refresh_interval)):
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, int | float)
+                or not math.isfinite(value)
+                or value < 0
+                or (name == "lease_ttl" and value == 0)
+            ):
+                raise ConfigurationError(f"{name} must be a positive number of seconds, not {value!r}")
+        self.on_error = on_error
+        self.lease_ttl = float(lease_ttl)
+        self.refresh_interval = float(refresh_interval)
+
+    @abc.abstractmethod
+    async def read_state(self, scope: str | None) -> StoredState:
+        """Return the stored state of ``scope``; a store with nothing in it is ``StoredState()``."""
+
+    @abc.abstractmethod
+    async def write_state(self, scope: str | None, state: StoredState) -> None:
+        """Store ``state`` as the whole state of ``scope``."""
+
+    async def update_state(
+        self, scope: str | None, mutate: Callable[[StoredState], StoredState]
+    ) -> StoredState:
+        """Read, apply ``mutate``, write if it changed anything; return the new state."""
+        current = await self.read_state(scope)
+        new = mutate(current)
+        if new != current:
+            await self.write_state(scope, new)
+        return new
+
+    def store_key(self) -> Hashable:
+        """Backends with equal keys name the same store and share one in-process state.
+
+        The default makes every instance its own store; override it to return, say, the
+        connection URL, so that two objects naming one database share holds at once.
+        """
+        key = self.__dict__.get("_maintguard_key")
+        if key is None:
+            key = self.__dict__["_maintguard_key"] = (type(self).__qualname__, next(_tokens))
+        return key
+
+    def describe(self) -> str:
+        """A short human name used in messages, logs and events."""
+        return type(self).__name__
+
+    def __repr__(self) -> str:
+        return f"<{self.describe()}>"

@@ -1,0 +1,81 @@
+"""State read from an environment variable; read-only, holds kept in memory."""
+
+from __future__ import annotations
+
+import os
+import re
+
+from ..exceptions import BackendError, ReadOnlyBackendError
+from ..state import ExplicitState, Mode, StoredState
+from .base import Backend, OnError
+
+__all__ = ["EnvVarBackend", "parse_flag", "ACCEPTED"]
+
+_ON = {"1", "on", "true", "yes"}
+_OFF = {"0", "off", "false", "no", ""}
+_READ_ONLY = {"read_only", "read-only", "readonly"}
+ACCEPTED = "1, 0, on, off, true, false, yes, no, read_only (any case)"
+
+
+def parse_flag(text: str) -> ExplicitState | None:
+    """Parse the plain values other tools write (``1``, ``off``, ...); ``None`` if unknown."""
+    value = text.strip().lower()
+    if value in _ON:
+        return ExplicitState(active=True)
+    if value in _OFF:
+        return ExplicitState()
+    if value in _READ_ONLY:
+        return ExplicitState(active=True, mode=Mode.READ_ONLY)
+    return None
+
+
+class EnvVarBackend(Backend):
+    """Maintenance is on while ``MAINTGUARD_MODE`` (or ``var_name``) says so.
+
+    Accepted values: ``1``/``0``, ``on``/``off``, ``true``/``false``, ``yes``/``no`` and
+    ``read_only``, in any case; unset is off. A named scope reads ``<var_name>_<SCOPE>``,
+    e.g. ``MAINTGUARD_MODE_BILLING``. The variable is never modified: holds live in this
+    process's memory and ``set_maintenance_mode`` raises ``ReadOnlyBackendError``.
+    """
+
+    stores_holds = False
+    read_only = True
+    raise_on_first_read = False
+    _inline = True
+
+    def __init__(
+        self, var_name: str = "MAINTGUARD_MODE", *, on_error: OnError = "last_known"
+    ) -> None:
+        super().__init__(on_error=on_error, refresh_interval=0.0)
+        self.var_name = var_name
+
+    def variable(self, scope: str | None) -> str:
+        if scope is None:
+            return self.var_name
+        return f"{self.var_name}_{re.sub(r'[^0-9A-Za-z]', '_', scope).upper()}"
+
+    async def read_state(self, scope: str | None) -> StoredState:
+        name = self.variable(scope)
+        raw = os.environ.get(name, "")
+        explicit = parse_flag(raw)
+        if explicit is None:
+            raise BackendError(
+                f"environment variable {name}={raw!r} is not a maintenance value; "
+                f"use one of {ACCEPTED}"
+            )
+        return StoredState(explicit)
+
+    async def write_state(self, scope: str | None, state: StoredState) -> None:
+        raise self._read_only_error(scope)
+
+    def _read_only_error(self, scope: str | None) -> BackendError:
+        return ReadOnlyBackendError(
+            f"the environment backend only reads {self.variable(scope)}: set the variable "
+            "before the process starts, or use a file or Redis backend to switch at run time"
+        )
+
+    def store_key(self) -> tuple[str, str]:
+        return ("env", self.var_name)
+
+    def describe(self) -> str:
+        return f"EnvVarBackend({self.var_name})"

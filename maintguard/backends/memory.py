@@ -1,0 +1,28 @@
+"""State in this process's memory: for tests, single-process apps and scripts."""
+
+from __future__ import annotations
+
+from ..state import StoredState
+from .base import Backend
+
+__all__ = ["MemoryBackend"]
+
+
+class MemoryBackend(Backend):
+    """Keeps the state in a dict. Each instance is its own store; nothing survives the process.
+
+    >>> backend = MemoryBackend()
+    """
+
+    stores_holds = False
+    _inline = True
+
+    def __init__(self) -> None:
+        super().__init__(refresh_interval=0.0)
+        self._states: dict[str | None, StoredState] = {}
+
+    async def read_state(self, scope: str | None) -> StoredState:
+        return self._states.get(scope, StoredState())
+
+    async def write_state(self, scope: str | None, state: StoredState) -> None:
+        self._states[scope] = state

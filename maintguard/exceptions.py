@@ -1,0 +1,49 @@
+"""Every error maintguard raises derives from :class:`MaintGuardError`."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .state import MaintenanceState
+
+__all__ = [
+    "BackendError",
+    "ConfigurationError",
+    "MaintGuardError",
+    "ReadOnlyBackendError",
+    "UnderMaintenance",
+]
+
+
+class MaintGuardError(Exception):
+    """Base class of every maintguard error."""
+
+
+class ConfigurationError(MaintGuardError, ValueError):
+    """An option, URL or decorator use is wrong; the message says how to fix it."""
+
+
+class BackendError(MaintGuardError):
+    """A backend could not read or write the maintenance state."""
+
+
+class ReadOnlyBackendError(BackendError):
+    """A write was asked of a backend that can only be read (the environment variable)."""
+
+
+class UnderMaintenance(MaintGuardError):
+    """Ordinary work was refused because maintenance is on; ``state`` tells why and until when."""
+
+    def __init__(self, state: MaintenanceState, message: str | None = None) -> None:
+        self.state = state
+        super().__init__(message or _describe(state))
+
+
+def _describe(state: MaintenanceState) -> str:
+    text = "maintenance is on"
+    if state.scope is not None:
+        text += f" (scope {state.scope!r})"
+    if state.reason:
+        text += f": {state.reason}"
+    return text

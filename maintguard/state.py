@@ -1,0 +1,383 @@
+"""Immutable values: the stored state, hold records, the effective state and events.
+
+Nothing here does I/O. :func:`derive` is the one rule that turns what is stored (the
+operator's explicit state plus the live holds) into what readers see.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from .exceptions import ConfigurationError
+
+__all__ = [
+    "EventKind",
+    "ExplicitState",
+    "HoldRecord",
+    "MaintenanceEvent",
+    "MaintenanceState",
+    "Mode",
+    "Phase",
+    "RetryAfter",
+    "StoredState",
+    "derive",
+]
+
+RetryAfter = float | datetime
+"""Seconds to wait, or the aware datetime at which to come back."""
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class Mode(str, enum.Enum):
+    """How much is refused while maintenance is on."""
+
+    FULL = "full"
+    """Everything that is not exempt is refused."""
+    READ_ONLY = "read_only"
+    """Safe methods (GET, HEAD, OPTIONS) still pass; writes are refused."""
+
+    @classmethod
+    def parse(cls, value: Mode | str) -> Mode:
+        try:
+            return cls(value.lower() if isinstance(value, str) else value)
+        except ValueError:
+            raise ConfigurationError(
+                f"unknown maintenance mode {value!r}: use 'full' or 'read_only'"
+            ) from None
+
+
+def strictest(modes: Iterable[Mode]) -> Mode:
+    return Mode.FULL if Mode.FULL in modes else Mode.READ_ONLY
+
+
+class Phase(str, enum.Enum):
+    """The state machine one process sees: ``OFF → DRAINING → ON → OFF`` (or ``OFF → ON``)."""
+
+    OFF = "off"
+    DRAINING = "draining"
+    ON = "on"
+
+
+@dataclass(frozen=True, slots=True)
+class ExplicitState:
+    """What an operator set: on or off, with optional details. ``until`` makes it expire."""
+
+    active: bool = False
+    reason: str | None = None
+    retry_after: RetryAfter | None = None
+    until: datetime | None = None
+    mode: Mode = Mode.FULL
+    since: datetime | None = None
+
+    def in_force(self, now: datetime) -> bool:
+        return self.active and (self.until is None or self.until > now)
+
+
+@dataclass(frozen=True, slots=True)
+class HoldRecord:
+    """One process's hold on maintenance, as stored in a shared backend.
+
+    ``started`` is when the innermost (newest) frame of the process began, which orders
+    holds for choosing the details shown; ``acquired`` is when the process took the hold.
+    ``expires`` is the lease: a record past it no longer counts.
+    """
+
+    id: str
+    owner: str
+    host: str
+    pid: int
+    acquired: datetime
+    started: datetime
+    expires: datetime | None = None
+    reason: str | None = None
+    retry_after: RetryAfter | None = None
+    mode: Mode = Mode.FULL
+
+    def live(self, now: datetime) -> bool:
+        return self.expires is None or self.expires > now
+
+
+@dataclass(frozen=True, slots=True)
+class StoredState:
+    """What a backend stores for one scope: the explicit state and the hold records."""
+
+    explicit: ExplicitState = field(default_factory=ExplicitState)
+    holds: tuple[HoldRecord, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict; :meth:`from_dict` reads it back (for user-written backends)."""
+        e = self.explicit
+        return {
+            "active": e.active,
+            "reason": e.reason,
+            "retry_after": _dump_retry_after(e.retry_after),
+            "until": _dump_time(e.until),
+            "mode": e.mode.value,
+            "since": _dump_time(e.since),
+            "holds": [
+                {
+                    "id": h.id,
+                    "owner": h.owner,
+                    "host": h.host,
+                    "pid": h.pid,
+                    "acquired": _dump_time(h.acquired),
+                    "started": _dump_time(h.started),
+                    "expires": _dump_time(h.expires),
+                    "reason": h.reason,
+                    "retry_after": _dump_retry_after(h.retry_after),
+                    "mode": h.mode.value,
+                }
+                for h in self.holds
+            ],
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> StoredState:
+        """Parse :meth:`to_dict` output; raises ``ValueError`` saying what is wrong."""
+        if not isinstance(data, Mapping):
+            raise ValueError(f"expected an object, found {type(data).__name__}")
+        holds = data.get("holds", [])
+        if not isinstance(holds, list):
+            raise ValueError("'holds' must be a list")
+        explicit = ExplicitState(
+            active=_get(data, "active", bool, False),
+            reason=_get(data, "reason", str),
+            retry_after=_load_retry_after(data.get("retry_after")),
+            until=_load_time(data.get("until")),
+            mode=_load_mode(data.get("mode", "full")),
+            since=_load_time(data.get("since")),
+        )
+        return cls(explicit, tuple(_load_hold(h) for h in holds))
+
+
+def _get(data: Mapping[str, Any], key: str, kind: type, default: Any = None) -> Any:
+    value = data.get(key, default)
+    if value is not None and not isinstance(value, kind):
+        raise ValueError(f"{key!r} must be {kind.__name__}, found {value!r}")
+    return value
+
+
+def _load_hold(data: Any) -> HoldRecord:
+    if not isinstance(data, Mapping):
+        raise ValueError(f"a hold must be an object, found {data!r}")
+    for key in ("id", "acquired", "started"):
+        if data.get(key) is None:
+            raise ValueError(f"a hold lacks {key!r}")
+    return HoldRecord(
+        id=_get(data, "id", str),
+        owner=_get(data, "owner", str, ""),
+        host=_get(data, "host", str, ""),
+        pid=_get(data, "pid", int, 0),
+        acquired=_load_time(data["acquired"]),  # type: ignore[arg-type]
+        started=_load_time(data["started"]),  # type: ignore[arg-type]
+        expires=_load_time(data.get("expires")),
+        reason=_get(data, "reason", str),
+        retry_after=_load_retry_after(data.get("retry_after")),
+        mode=_load_mode(data.get("mode", "full")),
+    )
+
+
+def _load_mode(value: Any) -> Mode:
+    try:
+        return Mode(value)
+    except ValueError:
+        raise ValueError(f"unknown mode {value!r}") from None
+
+
+def _dump_time(value: datetime | None) -> str | None:
+    return None if value is None else value.isoformat()
+
+
+def _load_time(value: Any) -> datetime | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ValueError(f"expected an ISO 8601 time, found {value!r}")
+    parsed = datetime.fromisoformat(value)
+    if parsed.tzinfo is None:
+        raise ValueError(f"time {value!r} has no time zone")
+    return parsed.astimezone(timezone.utc)
+
+
+def _dump_retry_after(value: RetryAfter | None) -> float | str | None:
+    return value.isoformat() if isinstance(value, datetime) else value
+
+
+def _load_retry_after(value: Any) -> RetryAfter | None:
+    if isinstance(value, bool):
+        raise ValueError(f"'retry_after' must be seconds or a time, found {value!r}")
+    if isinstance(value, int | float):
+        return float(value)
+    return _load_time(value)
+
+
+# -- option checking shared by every face ------------------------------------------------
+
+
+def check_retry_after(value: float | timedelta | datetime | None) -> RetryAfter | None:
+    if value is None:
+        return None
+    if isinstance(value, timedelta):
+        value = value.total_seconds()
+    if isinstance(value, datetime):
+        return _aware(value, "retry_after")
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigurationError(
+            f"retry_after must be seconds, a timedelta or an aware datetime, not {value!r}"
+        )
+    if not math.isfinite(value) or value < 0:
+        raise ConfigurationError(f"retry_after must be zero or more seconds, not {value!r}")
+    return float(value)
+
+
+def check_until(value: float | timedelta | datetime | None, now: datetime) -> datetime | None:
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        until = _aware(value, "until")
+    elif isinstance(value, timedelta):
+        until = now + value
+    elif isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+        until = now + timedelta(seconds=value)
+    else:
+        raise ConfigurationError(
+            f"until must be an aware datetime, a timedelta or seconds, not {value!r}"
+        )
+    if until <= now:
+        raise ConfigurationError(f"until ({until.isoformat()}) is not in the future")
+    return until
+
+
+def check_scope(scope: str | None) -> str | None:
+    if scope is not None and (not isinstance(scope, str) or not scope.strip()):
+        raise ConfigurationError(
+            f"scope must be None (global) or a non-empty name such as 'billing', not {scope!r}"
+        )
+    return scope
+
+
+def _aware(value: datetime, name: str) -> datetime:
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ConfigurationError(
+            f"{name} must be timezone-aware, e.g. datetime.now(timezone.utc) + timedelta(...)"
+        )
+    return value.astimezone(timezone.utc)
+
+
+# -- the effective state ---------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class MaintenanceState:
+    """What readers of one (backend, scope) see.
+
+    ``active`` is true while the operator's explicit state is on (and not past ``until``)
+    or at least one live hold exists, in this scope or the global scope.
+    """
+
+    active: bool = False
+    mode: Mode = Mode.FULL
+    reason: str | None = None
+    retry_after: RetryAfter | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    holds: int = 0
+    scope: str | None = None
+    phase: Phase = Phase.OFF
+    explicit: bool = False
+    """True when the operator's explicit state is what keeps maintenance on (or helps)."""
+    holders: tuple[HoldRecord, ...] = ()
+    """The live hold records, newest first."""
+
+    def retry_after_seconds(self, now: datetime | None = None) -> int | None:
+        """Whole seconds a client should wait, from ``retry_after`` or else ``until``."""
+        target = self.retry_after if self.retry_after is not None else self.until
+        if target is None:
+            return None
+        if isinstance(target, datetime):
+            return max(0, math.ceil((target - (now or utcnow())).total_seconds()))
+        return math.ceil(target)
+
+
+OFF = MaintenanceState()
+
+
+def derive(
+    scope: str | None, levels: Iterable[StoredState], now: datetime
+) -> MaintenanceState:
+    """The effective state of ``scope`` from its own stored state and the global one.
+
+    ``levels`` lists the scope's stored state first, then the global scope's. Details come
+    from the newest live hold that sets them, else from an explicit state in force;
+    the mode is the strictest in force.
+    """
+    holds: list[HoldRecord] = []
+    explicits: list[ExplicitState] = []
+    for level in levels:
+        holds.extend(h for h in level.holds if h.live(now))
+        if level.explicit.in_force(now):
+            explicits.append(level.explicit)
+    if not holds and not explicits:
+        return MaintenanceState(scope=scope) if scope is not None else OFF
+    holds.sort(key=lambda h: h.started, reverse=True)
+    sources: list[HoldRecord | ExplicitState] = [*holds, *explicits]
+
+    def first(attr: str) -> Any:
+        return next((v for s in sources if (v := getattr(s, attr)) is not None), None)
+
+    starts = [h.acquired for h in holds] + [e.since for e in explicits if e.since]
+    return MaintenanceState(
+        active=True,
+        mode=strictest({s.mode for s in sources}),
+        reason=first("reason"),
+        retry_after=first("retry_after"),
+        since=min(starts) if starts else None,
+        until=next((e.until for e in explicits if e.until is not None), None),
+        holds=len(holds),
+        scope=scope,
+        phase=Phase.ON,
+        explicit=bool(explicits),
+        holders=tuple(holds),
+    )
+
+
+# -- events ----------------------------------------------------------------------------
+
+
+class EventKind(str, enum.Enum):
+    """What a :class:`MaintenanceEvent` reports."""
+
+    TRANSITION = "transition"
+    HOLD_ACQUIRED = "hold_acquired"
+    HOLD_RELEASED = "hold_released"
+    JOB_SKIPPED = "job_skipped"
+    DRAIN_FINISHED = "drain_finished"
+    DRAIN_TIMED_OUT = "drain_timed_out"
+    BACKEND_ERROR = "backend_error"
+
+
+@dataclass(frozen=True, slots=True)
+class MaintenanceEvent:
+    """The one object every listener receives.
+
+    ``previous`` and ``phase`` are set for transitions; ``owner`` for holds and skipped jobs;
+    ``error`` for backend errors. ``state`` is the effective state after the event.
+    """
+
+    kind: EventKind
+    scope: str | None
+    backend: str
+    state: MaintenanceState
+    at: datetime = field(default_factory=utcnow)
+    previous: Phase | None = None
+    phase: Phase | None = None
+    owner: str | None = None
+    error: BaseException | None = None
