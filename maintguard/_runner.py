@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import concurrent.futures
+import contextlib
 import contextvars
 import os
 import threading
@@ -107,10 +108,8 @@ def _shutdown() -> None:
                 t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
-    try:
+    with contextlib.suppress(Exception):  # best effort at exit
         asyncio.run_coroutine_threadsafe(drain(), loop_).result(timeout=5)
-    except Exception:  # pragma: no cover - best effort at exit
-        pass
     loop_.call_soon_threadsafe(loop_.stop)
     _thread.join(timeout=1)
 

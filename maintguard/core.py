@@ -41,7 +41,14 @@ from .state import (
     utcnow,
 )
 
-__all__ = ["Listener", "add_listener", "configure", "controller", "remove_listener", "resolve_backend"]
+__all__ = [
+    "Listener",
+    "add_listener",
+    "configure",
+    "controller",
+    "remove_listener",
+    "resolve_backend",
+]
 
 logger = logging.getLogger("maintguard")
 T = TypeVar("T")
@@ -190,11 +197,13 @@ class Controller:
             owner=top.owner,
             host=HOST,
             pid=os.getpid(),
-            acquired=self._acquired,
+            acquired=self._acquired or top.started,
             started=top.started,
             expires=now + _seconds(self.backend.lease_ttl) if self.backend.stores_holds else None,
             reason=next((f.reason for f in newest_first if f.reason is not None), None),
-            retry_after=next((f.retry_after for f in newest_first if f.retry_after is not None), None),
+            retry_after=next(
+                (f.retry_after for f in newest_first if f.retry_after is not None), None
+            ),
             mode=strictest({f.mode for f in frames}),
         )
 
@@ -202,35 +211,31 @@ class Controller:
         stored = self._stored or _EMPTY
         own = self._record(now)
         holds = tuple(h for h in stored.holds if h.id != self.hold_id)
-        return StoredState(stored.explicit, holds + (own,) if own else holds)
+        return StoredState(stored.explicit, (*holds, own) if own else holds)
 
     def state(self) -> MaintenanceState:
         """The effective state from memory: no I/O, safe on any hot path."""
-        now = utcnow()
         with self._lock:
-            own = self._level(now)
-        levels = [own]
+            return self._derive(utcnow())
+
+    def _derive(self, now: datetime) -> MaintenanceState:
+        # Called with self._lock held.
+        levels = [self._level(now)]
         if self.parent is not None:
             with self.parent._lock:
                 levels.append(self.parent._level(now))
         return derive(self.scope, levels, now)
 
     def _events(self, kind: EventKind | None, **details: Any) -> list[MaintenanceEvent]:
-        # Called with self._lock held: the event for `kind` (if any), after a transition
-        # event when the phase this process sees has changed.
+        # Called with self._lock held: a transition event when the phase this process sees
+        # has changed, then the event for `kind`. Built only when someone will hear it.
         now = utcnow()
-        levels = [self._level(now)]
-        if self.parent is not None:
-            with self.parent._lock:
-                levels.append(self.parent._level(now))
-        state = derive(self.scope, levels, now)
-        events = []
-        if kind is not None:
-            events.append(MaintenanceEvent(kind, self.scope, self.backend.describe(), state, **details))
-        phase = Phase.ON if state.active else Phase.OFF
+        state = None if self._frames else self._derive(now)
+        phase = Phase.ON if state is None or state.active else Phase.OFF
+        events: list[MaintenanceEvent] = []
         if phase is not self._phase:
-            events.insert(
-                0,
+            state = state or self._derive(now)
+            events.append(
                 MaintenanceEvent(
                     EventKind.TRANSITION,
                     self.scope,
@@ -238,9 +243,14 @@ class Controller:
                     state,
                     previous=self._phase,
                     phase=phase,
-                ),
+                )
             )
             self._phase = phase
+        if kind is not None and (_listeners or logger.isEnabledFor(logging.DEBUG)):
+            state = state or self._derive(now)
+            events.append(
+                MaintenanceEvent(kind, self.scope, self.backend.describe(), state, **details)
+            )
         return events
 
     # -- I/O: reading -----------------------------------------------------------------
@@ -312,7 +322,15 @@ class Controller:
         if message != self._error:
             logger.warning("%s", message)
             self._error = message
-            events.append(MaintenanceEvent(EventKind.BACKEND_ERROR, self.scope, self.backend.describe(), self.state(), error=error))
+            events.append(
+                MaintenanceEvent(
+                    EventKind.BACKEND_ERROR,
+                    self.scope,
+                    self.backend.describe(),
+                    self.state(),
+                    error=error,
+                )
+            )
         if policy == "open":
             stored = _EMPTY
         elif policy == "closed":
@@ -339,7 +357,7 @@ class Controller:
             with self._lock:
                 own = self._record(now)
             holds = tuple(h for h in stored.holds if h.id != self.hold_id and h.live(now))
-            return replace(stored, holds=holds + (own,) if own else holds)
+            return replace(stored, holds=(*holds, own) if own else holds)
 
         new = await self._update(mutate)
         if self._renewer is None and self._frames:
@@ -358,7 +376,17 @@ class Controller:
                 except Exception as exc:
                     error = _as_backend_error(exc, f"{self.label}: renewing the hold failed")
                     logger.warning("%s; retrying in %.1fs", error, self.backend.lease_ttl / 3)
-                    await deliver([MaintenanceEvent(EventKind.BACKEND_ERROR, self.scope, self.backend.describe(), self.state(), error=error)])
+                    await deliver(
+                        [
+                            MaintenanceEvent(
+                                EventKind.BACKEND_ERROR,
+                                self.scope,
+                                self.backend.describe(),
+                                self.state(),
+                                error=error,
+                            )
+                        ]
+                    )
         finally:
             self._renewer = None
 
@@ -377,7 +405,9 @@ class Controller:
             events = await _runner.run(self._update_and_store(mutate))
         await deliver(events)
 
-    async def _update_and_store(self, mutate: Callable[[StoredState], StoredState]) -> list[MaintenanceEvent]:
+    async def _update_and_store(
+        self, mutate: Callable[[StoredState], StoredState]
+    ) -> list[MaintenanceEvent]:
         return self._store_read(await self._update(mutate))
 
     async def _update(self, mutate: Callable[[StoredState], StoredState]) -> StoredState:
@@ -387,7 +417,9 @@ class Controller:
             except MaintGuardError:
                 raise
             except Exception as exc:
-                raise _as_backend_error(exc, f"{self.label}: writing the maintenance state failed") from exc
+                raise _as_backend_error(
+                    exc, f"{self.label}: writing the maintenance state failed"
+                ) from exc
 
 
 _EMPTY = StoredState()
@@ -447,6 +479,10 @@ def add_listener(listener: Listener) -> Listener:
     with _listeners_lock:
         _listeners = (*_listeners, listener)
     return listener
+
+
+def has_listeners() -> bool:
+    return bool(_listeners)
 
 
 def remove_listener(listener: Listener) -> None:

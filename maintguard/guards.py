@@ -8,16 +8,26 @@ import sys
 from collections.abc import AsyncGenerator, Callable, Generator
 from datetime import datetime, timedelta
 from types import TracebackType
-from typing import Any, NamedTuple, TypeVar, overload
+from typing import Any, NamedTuple, TypeVar, cast, overload
 
 import anyio
 import wrapt
 
 from .backends import Backend
-from .core import Controller, Frame, controller, deliver, deliver_sync, logger, resolve_backend
+from .core import (
+    Controller,
+    Frame,
+    controller,
+    deliver,
+    deliver_sync,
+    has_listeners,
+    logger,
+    resolve_backend,
+)
 from .exceptions import ConfigurationError
 from .state import (
     ExplicitState,
+    MaintenanceEvent,
     MaintenanceState,
     Mode,
     check_retry_after,
@@ -66,9 +76,7 @@ class MaintenanceHold:
         owner: str | None = None,
     ) -> None:
         if backend is not None and not isinstance(backend, Backend | str):
-            raise ConfigurationError(
-                f"backend must be a Backend or a URL string, not {backend!r}"
-            )
+            raise ConfigurationError(f"backend must be a Backend or a URL string, not {backend!r}")
         if reason is not None and not isinstance(reason, str):
             raise ConfigurationError(f"reason must be a string, not {reason!r}")
         if drain is not None:
@@ -103,9 +111,7 @@ class MaintenanceHold:
     def _forget(self) -> _Entry:
         entries = self._entries.get()
         if not entries:
-            raise RuntimeError(
-                f"{self!r} was exited in a task or thread that did not enter it"
-            )
+            raise RuntimeError(f"{self!r} was exited in a task or thread that did not enter it")
         entry = entries[-1]
         self._entries.reset(entry.token)
         return entry
@@ -114,15 +120,19 @@ class MaintenanceHold:
 
     async def __aenter__(self) -> MaintenanceHold:
         ctrl, frame, events = self._begin()
-        try:
-            await ctrl.sync_hold()
-        except BaseException:
-            with anyio.CancelScope(shield=True):
-                await _undo(ctrl, frame)
-            raise
+        if ctrl.backend.stores_holds:
+            try:
+                await ctrl.sync_hold()
+            except BaseException:
+                with anyio.CancelScope(shield=True):
+                    await _finish(ctrl, ctrl.remove(frame))
+                raise
         self._remember(ctrl, frame)
-        with anyio.CancelScope(shield=True):
-            await deliver(events)
+        if events and has_listeners():
+            with anyio.CancelScope(shield=True):
+                await deliver(events)
+        else:
+            deliver_sync(events)
         return self
 
     async def __aexit__(
@@ -132,9 +142,13 @@ class MaintenanceHold:
         tb: TracebackType | None,
     ) -> None:
         ctrl, frame, _ = self._forget()
-        # Cleanup must run to the end even when the holder is being cancelled.
-        with anyio.CancelScope(shield=True):
-            await _undo(ctrl, frame)
+        events = ctrl.remove(frame)
+        if ctrl.backend.stores_holds or (events and has_listeners()):
+            # Cleanup must run to the end even when the holder is being cancelled.
+            with anyio.CancelScope(shield=True):
+                await _finish(ctrl, events)
+        else:
+            deliver_sync(events)
 
     # -- with -----------------------------------------------------------------------
 
@@ -143,7 +157,7 @@ class MaintenanceHold:
         try:
             ctrl.sync_hold_blocking()
         except BaseException:
-            _undo_sync(ctrl, frame)
+            _finish_sync(ctrl, ctrl.remove(frame))
             raise
         self._remember(ctrl, frame)
         deliver_sync(events)
@@ -156,12 +170,12 @@ class MaintenanceHold:
         tb: TracebackType | None,
     ) -> None:
         ctrl, frame, _ = self._forget()
-        _undo_sync(ctrl, frame)
+        _finish_sync(ctrl, ctrl.remove(frame))
 
     # -- decorator ------------------------------------------------------------------
 
     def __call__(self, func: F) -> F:
-        return _decorate(self, func)
+        return cast(F, _decorate(self, func))
 
     def _for(self, owner: str) -> MaintenanceHold:
         clone = object.__new__(MaintenanceHold)
@@ -171,8 +185,8 @@ class MaintenanceHold:
         return clone
 
 
-async def _undo(ctrl: Controller, frame: Frame) -> None:
-    events = ctrl.remove(frame)
+async def _finish(ctrl: Controller, events: list[MaintenanceEvent]) -> None:
+    # After a frame left the stack: bring the stored record in line, then tell listeners.
     try:
         await ctrl.sync_hold()
     except Exception as exc:
@@ -180,8 +194,7 @@ async def _undo(ctrl: Controller, frame: Frame) -> None:
     await deliver(events)
 
 
-def _undo_sync(ctrl: Controller, frame: Frame) -> None:
-    events = ctrl.remove(frame)
+def _finish_sync(ctrl: Controller, events: list[MaintenanceEvent]) -> None:
     try:
         ctrl.sync_hold_blocking()
     except Exception as exc:
@@ -202,7 +215,9 @@ def _release_failed(ctrl: Controller, exc: Exception) -> None:
 def _caller() -> str:
     # Where the hold object was created (outside maintguard), to tell holders apart.
     frame = sys._getframe(1)
-    while frame.f_back is not None and frame.f_globals.get("__name__", "").startswith("maintguard."):
+    while frame.f_back is not None and frame.f_globals.get("__name__", "").startswith(
+        "maintguard."
+    ):
         frame = frame.f_back
     return f"{frame.f_code.co_filename}:{frame.f_lineno}"
 
@@ -219,14 +234,12 @@ def _decorate(hold: MaintenanceHold, func: Any) -> Any:
         )
     name = getattr(target, "__qualname__", None) or repr(target)
     hold = hold._for(f"{getattr(target, '__module__', '?')}.{name}")
-    call = getattr(target, "__call__", None)
+    call = type(target).__call__ if not inspect.isfunction(target) else None
     if inspect.isasyncgenfunction(target):
         wrapper: Callable[..., Any] = _async_gen_wrapper(hold)
     elif inspect.isgeneratorfunction(target):
         wrapper = _gen_wrapper(hold)
-    elif inspect.iscoroutinefunction(target) or (
-        not inspect.isfunction(target) and inspect.iscoroutinefunction(call)
-    ):
+    elif inspect.iscoroutinefunction(target) or inspect.iscoroutinefunction(call):
         wrapper = _async_wrapper(hold)
     else:
         wrapper = _sync_wrapper(hold)
@@ -246,7 +259,9 @@ def _sync_wrapper(hold: MaintenanceHold) -> Callable[..., Any]:
 
 
 def _async_wrapper(hold: MaintenanceHold) -> Callable[..., Any]:
-    async def wrapper(wrapped: Callable[..., Any], instance: Any, args: Args, kwargs: Kwargs) -> Any:
+    async def wrapper(
+        wrapped: Callable[..., Any], instance: Any, args: Args, kwargs: Kwargs
+    ) -> Any:
         async with hold:
             return await wrapped(*args, **kwargs)
 
@@ -254,7 +269,9 @@ def _async_wrapper(hold: MaintenanceHold) -> Callable[..., Any]:
 
 
 def _gen_wrapper(hold: MaintenanceHold) -> Callable[..., Any]:
-    def wrapper(wrapped: Callable[..., Any], instance: Any, args: Args, kwargs: Kwargs) -> Generator[Any, Any, Any]:
+    def wrapper(
+        wrapped: Callable[..., Any], instance: Any, args: Args, kwargs: Kwargs
+    ) -> Generator[Any, Any, Any]:
         with hold:
             return (yield from wrapped(*args, **kwargs))
 
@@ -262,7 +279,9 @@ def _gen_wrapper(hold: MaintenanceHold) -> Callable[..., Any]:
 
 
 def _async_gen_wrapper(hold: MaintenanceHold) -> Callable[..., Any]:
-    async def wrapper(wrapped: Callable[..., Any], instance: Any, args: Args, kwargs: Kwargs) -> AsyncGenerator[Any, Any]:
+    async def wrapper(
+        wrapped: Callable[..., Any], instance: Any, args: Args, kwargs: Kwargs
+    ) -> AsyncGenerator[Any, Any]:
         # The hold spans the whole iteration; values sent and exceptions thrown are passed on.
         async with hold:
             agen = wrapped(*args, **kwargs)
@@ -359,7 +378,8 @@ def maintenance_mode_on(
     ...     async with maintenance_mode_on():
     ...         ...
     """
-    if callable(backend) and not isinstance(backend, Backend):
+    given: object = backend  # checked at run time: @maintenance_mode_on without parentheses
+    if callable(given) and not isinstance(given, Backend):
         raise ConfigurationError(
             "maintenance_mode_on takes a backend, not a function: use @maintenance_mode_on() "
             "or @under_maintenance"
@@ -417,12 +437,9 @@ async def set_maintenance_mode(
     if not isinstance(value, bool):
         raise ConfigurationError(f"set_maintenance_mode needs True or False, not {value!r}")
     now = utcnow()
-    details = dict(
-        reason=reason,
-        retry_after=check_retry_after(retry_after),
-        until=check_until(until, now),
-        mode=Mode.parse(mode),
-    )
+    checked_retry_after = check_retry_after(retry_after)
+    checked_until = check_until(until, now)
+    checked_mode = Mode.parse(mode)
     if not value and (reason, retry_after, until) != (None, None, None):
         raise ConfigurationError("reason, retry_after and until only go with value=True")
     ctrl = controller(resolve_backend(backend), check_scope(scope))
@@ -431,6 +448,6 @@ async def set_maintenance_mode(
         if not value:
             return ExplicitState()
         since = old.since if old.in_force(now) and old.since else now
-        return ExplicitState(active=True, since=since, **details)  # type: ignore[arg-type]
+        return ExplicitState(True, reason, checked_retry_after, checked_until, checked_mode, since)
 
     await ctrl.set_explicit(make)

@@ -310,9 +310,7 @@ class MaintenanceState:
 OFF = MaintenanceState()
 
 
-def derive(
-    scope: str | None, levels: Iterable[StoredState], now: datetime
-) -> MaintenanceState:
+def derive(scope: str | None, levels: Iterable[StoredState], now: datetime) -> MaintenanceState:
     """The effective state of ``scope`` from its own stored state and the global one.
 
     ``levels`` lists the scope's stored state first, then the global scope's. Details come

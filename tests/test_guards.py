@@ -69,7 +69,12 @@ async def test_explicit_state_survives_holds(writable_backend: Backend) -> None:
         state = await get_state(writable_backend)
         assert (state.active, state.reason, state.holds) == (True, "reindex", 1)
     state = await get_state(writable_backend)
-    assert (state.active, state.reason, state.holds, state.explicit) == (True, "DB upgrade", 0, True)
+    assert (state.active, state.reason, state.holds, state.explicit) == (
+        True,
+        "DB upgrade",
+        0,
+        True,
+    )
     await set_maintenance_mode(False, writable_backend)
     assert await get_maintenance_mode(writable_backend) is False
 
@@ -105,10 +110,9 @@ async def test_same_object_reentrant_and_concurrent(backend: Backend) -> None:
     results = []
 
     async def worker(delay: float) -> None:
-        async with hold:
-            async with hold:
-                await anyio.sleep(delay)
-                results.append(await get_maintenance_mode(backend))
+        async with hold, hold:
+            await anyio.sleep(delay)
+            results.append(await get_maintenance_mode(backend))
 
     async with anyio.create_task_group() as tg:
         for delay in (0.01, 0.03, 0.02):
@@ -348,9 +352,8 @@ def test_sync_with_and_decorator_without_event_loop(new_backend: BackendFactory)
 
 
 def test_sync_hold_ends_on_keyboard_interrupt(backend: Backend) -> None:
-    with pytest.raises(KeyboardInterrupt):
-        with under_maintenance(backend=backend):
-            raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt), under_maintenance(backend=backend):
+        raise KeyboardInterrupt
     assert anyio.run(get_maintenance_mode, backend) is False
 
 
@@ -418,23 +421,36 @@ async def test_until_expires_and_retry_after(writable_backend: Backend) -> None:
     from datetime import datetime, timedelta, timezone
 
     come_back = datetime.now(timezone.utc) + timedelta(minutes=5)
-    await set_maintenance_mode(True, writable_backend, retry_after=come_back, until=60, mode="read_only")
+    await set_maintenance_mode(
+        True, writable_backend, retry_after=come_back, until=60, mode="read_only"
+    )
     state = await get_state(writable_backend)
     assert state.active and state.mode is Mode.READ_ONLY
     assert state.retry_after == come_back
-    assert state.until is not None and 55 < (state.until - datetime.now(timezone.utc)).total_seconds() <= 60
+    assert (
+        state.until is not None
+        and 55 < (state.until - datetime.now(timezone.utc)).total_seconds() <= 60
+    )
     assert 290 < (state.retry_after_seconds() or 0) <= 300
     await set_maintenance_mode(True, writable_backend, until=0.05)
     await anyio.sleep(0.1)
     assert await get_maintenance_mode(writable_backend) is False
 
 
-async def test_env_backend_reads_variable_and_refuses_writes(monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_env_backend_reads_variable_and_refuses_writes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     from maintguard import ReadOnlyBackendError
     from maintguard.backends import EnvVarBackend
 
     backend = EnvVarBackend("APP_MAINT")
-    for value, expected in [("1", True), ("OFF", False), ("Yes", True), ("read_only", True), ("", False)]:
+    for value, expected in [
+        ("1", True),
+        ("OFF", False),
+        ("Yes", True),
+        ("read_only", True),
+        ("", False),
+    ]:
         monkeypatch.setenv("APP_MAINT", value)
         assert await get_maintenance_mode(backend) is expected, value
     monkeypatch.setenv("APP_MAINT", "read_only")
@@ -510,7 +526,9 @@ def test_exit_without_enter_is_a_clear_error() -> None:
 # -- the default backend ---------------------------------------------------------------------------
 
 
-async def test_default_backend_resolved_at_entry(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_default_backend_resolved_at_entry(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from maintguard import configure
 
     hold = under_maintenance(reason="late binding")

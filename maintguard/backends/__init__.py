@@ -10,7 +10,6 @@ from .env import EnvVarBackend
 from .file import LocalFileBackend
 from .memory import MemoryBackend
 
-
 __all__ = [
     "Backend",
     "EnvVarBackend",
@@ -33,9 +32,7 @@ def backend_from_url(url: str, **options: Any) -> Backend:
     'APP_MAINTENANCE'
     """
     if not isinstance(url, str) or ":" not in url:
-        raise ConfigurationError(
-            f"backend URL {url!r} has no scheme: use one of {_SCHEMES}"
-        )
+        raise ConfigurationError(f"backend URL {url!r} has no scheme: use one of {_SCHEMES}")
     scheme, _, rest = url.partition(":")
     scheme = scheme.lower()
     try:

@@ -71,11 +71,14 @@ class Backend(abc.ABC):
             if (
                 isinstance(value, bool)
                 or not isinstance(value, int | float)
-                or not math.isfinite(value)
+                or math.isnan(value)
                 or value < 0
+                or (name == "lease_ttl" and math.isinf(value))
                 or (name == "lease_ttl" and value == 0)
             ):
-                raise ConfigurationError(f"{name} must be a positive number of seconds, not {value!r}")
+                raise ConfigurationError(
+                    f"{name} must be a positive number of seconds, not {value!r}"
+                )
         self.on_error = on_error
         self.lease_ttl = float(lease_ttl)
         self.refresh_interval = float(refresh_interval)

@@ -68,7 +68,7 @@ class EnvVarBackend(Backend):
     async def write_state(self, scope: str | None, state: StoredState) -> None:
         raise self._read_only_error(scope)
 
-    def _read_only_error(self, scope: str | None) -> BackendError:
+    def _read_only_error(self, scope: str | None) -> ReadOnlyBackendError:
         return ReadOnlyBackendError(
             f"the environment backend only reads {self.variable(scope)}: set the variable "
             "before the process starts, or use a file or Redis backend to switch at run time"

@@ -80,7 +80,9 @@ class LocalFileBackend(Backend):
 
     # -- blocking helpers, run in worker threads -------------------------------------
 
-    def _update(self, scope: str | None, mutate: Callable[[StoredState], StoredState]) -> StoredState:
+    def _update(
+        self, scope: str | None, mutate: Callable[[StoredState], StoredState]
+    ) -> StoredState:
         with self._locked():
             scopes, plain = self._load()
             current = scopes.get(scope, StoredState())
@@ -136,12 +138,16 @@ class LocalFileBackend(Backend):
         if text is None:
             document: dict[str, Any] = {"version": 1}
             document.update(scopes.get(None, StoredState()).to_dict())
-            named = {k: v.to_dict() for k, v in scopes.items() if k is not None and v != StoredState()}
+            named = {
+                k: v.to_dict() for k, v in scopes.items() if k is not None and v != StoredState()
+            }
             if named:
                 document["scopes"] = named
             text = json.dumps(document, indent=2) + "\n"
         try:
-            fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp")
+            fd, tmp = tempfile.mkstemp(
+                dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp"
+            )
         except OSError as exc:
             raise self._write_error(exc) from exc
         try:

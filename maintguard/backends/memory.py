@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from ..state import StoredState
 from .base import Backend
 
@@ -11,6 +13,9 @@ __all__ = ["MemoryBackend"]
 class MemoryBackend(Backend):
     """Keeps the state in a dict. Each instance is its own store; nothing survives the process.
 
+    Every change goes through maintguard, so the state is never re-read: call the faces
+    (``set_maintenance_mode``...), not ``write_state``, to change it.
+
     >>> backend = MemoryBackend()
     """
 
@@ -18,7 +23,7 @@ class MemoryBackend(Backend):
     _inline = True
 
     def __init__(self) -> None:
-        super().__init__(refresh_interval=0.0)
+        super().__init__(refresh_interval=math.inf)
         self._states: dict[str | None, StoredState] = {}
 
     async def read_state(self, scope: str | None) -> StoredState:

@@ -1,0 +1,54 @@
+"""Run by tests in separate OS processes: hold, loop or read a file backend on command."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+from maintguard import under_maintenance
+from maintguard.backends import LocalFileBackend
+
+
+def wait_for(path: Path, limit: float = 60) -> None:
+    deadline = time.monotonic() + limit
+    while not path.exists():
+        if time.monotonic() > deadline:
+            sys.exit(f"timed out waiting for {path}")
+        time.sleep(0.01)
+
+
+def main() -> None:
+    command, state_file, name, *rest = sys.argv[1:]
+    folder = Path(state_file).parent
+    lease = float(rest[0]) if rest else 30.0
+    backend = LocalFileBackend(state_file, lease_ttl=lease, refresh_interval=0)
+    if command == "hold":  # hold until told to leave
+        with under_maintenance(backend=backend, reason=name):
+            (folder / f"entered-{name}").touch()
+            wait_for(folder / f"leave-{name}")
+    elif command == "churn":  # many short holds, then one held until told to leave
+        for _ in range(25):
+            with under_maintenance(backend=backend, reason=name):
+                pass
+        with under_maintenance(backend=backend, reason=name):
+            (folder / f"entered-{name}").touch()
+            wait_for(folder / "leave-all")
+    elif command == "read":  # parse the file strictly until told to stop; report torn reads
+        reads = torn = 0
+        while not (folder / "leave-all").exists():
+            try:
+                text = Path(state_file).read_text()
+            except FileNotFoundError:
+                continue
+            reads += 1
+            try:
+                json.loads(text)
+            except ValueError:
+                torn += 1
+        print(json.dumps({"reads": reads, "torn": torn}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,132 @@
+"""Listeners, events, logging and the import contract."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+import anyio
+import anyio.lowlevel
+import pytest
+
+from maintguard import (
+    ConfigurationError,
+    EventKind,
+    MaintenanceEvent,
+    Phase,
+    add_listener,
+    remove_listener,
+    set_maintenance_mode,
+    under_maintenance,
+)
+from maintguard.backends import Backend, LocalFileBackend, MemoryBackend
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_listeners_hear_holds_and_transitions(backend: Backend) -> None:
+    heard: list[tuple[EventKind, Phase | None, str | None]] = []
+    async_heard: list[EventKind] = []
+
+    def sync_listener(event: MaintenanceEvent) -> None:
+        heard.append((event.kind, event.phase, event.owner))
+
+    async def async_listener(event: MaintenanceEvent) -> None:
+        await anyio.lowlevel.checkpoint()
+        async_heard.append(event.kind)
+
+    inner = under_maintenance(backend=backend)
+    inner_line = sys._getframe().f_lineno - 1
+    add_listener(sync_listener)
+    add_listener(async_listener)
+    try:
+
+        @under_maintenance(backend=backend)
+        async def job() -> None:
+            async with inner:
+                pass
+
+        await job()
+    finally:
+        remove_listener(sync_listener)
+        remove_listener(async_listener)
+    owner = f"{__name__}.test_listeners_hear_holds_and_transitions.<locals>.job"
+    assert heard[0] == (EventKind.TRANSITION, Phase.ON, None)
+    assert heard[1] == (EventKind.HOLD_ACQUIRED, None, owner)
+    assert heard[2][0] is EventKind.HOLD_ACQUIRED and heard[2][2] == f"{__file__}:{inner_line}"  # type: ignore[union-attr]
+    assert heard[3][0] is EventKind.HOLD_RELEASED
+    assert heard[4] == (EventKind.TRANSITION, Phase.OFF, None)
+    assert heard[5] == (EventKind.HOLD_RELEASED, None, owner)
+    assert async_heard == [k for k, _, _ in heard]
+
+
+def test_sync_face_runs_async_listeners_and_survives_failing_ones(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    heard: list[EventKind] = []
+
+    async def async_listener(event: MaintenanceEvent) -> None:
+        heard.append(event.kind)
+
+    def broken(event: MaintenanceEvent) -> None:
+        raise RuntimeError("listener bug")
+
+    add_listener(async_listener)
+    add_listener(broken)
+    try:
+        with (
+            caplog.at_level(logging.ERROR, logger="maintguard"),
+            under_maintenance(backend=MemoryBackend()),
+        ):
+            pass
+    finally:
+        remove_listener(async_listener)
+        remove_listener(broken)
+    assert heard == [
+        EventKind.TRANSITION,
+        EventKind.HOLD_ACQUIRED,
+        EventKind.TRANSITION,
+        EventKind.HOLD_RELEASED,
+    ]
+    assert any("listener" in r.getMessage() and r.exc_info for r in caplog.records)
+
+
+async def test_transitions_are_logged(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    backend = LocalFileBackend(tmp_path / "m.json", refresh_interval=0)
+    with caplog.at_level(logging.INFO, logger="maintguard"):
+        await set_maintenance_mode(True, backend, reason="DB upgrade")
+        await set_maintenance_mode(False, backend)
+    messages = [r.getMessage() for r in caplog.records]
+    assert any(
+        m.startswith("maintenance on (LocalFileBackend(") and m.endswith(": DB upgrade")
+        for m in messages
+    )
+    assert any(m.startswith("maintenance off (") for m in messages)
+
+
+def test_listener_must_be_callable() -> None:
+    with pytest.raises(ConfigurationError, match="must be callable"):
+        add_listener("print")  # type: ignore[arg-type]
+
+
+def test_import_maintguard_loads_neither_starlette_nor_redis() -> None:
+    code = (
+        "import sys, maintguard, maintguard.backends\n"
+        "print(sorted(m for m in ('starlette', 'redis', 'fastapi') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_public_names() -> None:
+    import maintguard
+    import maintguard.exceptions as exc
+
+    for name in ("BackendError", "ReadOnlyBackendError", "ConfigurationError", "UnderMaintenance"):
+        assert getattr(maintguard, name) is getattr(exc, name)
+        assert issubclass(getattr(maintguard, name), maintguard.MaintGuardError)
+    assert maintguard.__all__ == sorted(maintguard.__all__)
+    assert all(hasattr(maintguard, name) for name in maintguard.__all__)
+    assert maintguard.__version__ == "0.1.0"
