@@ -349,22 +349,8 @@ def under_maintenance(
     return hold if func is None else hold(func)
 
 
-@overload
-def maintenance_mode_on(backend: Backend | str, /) -> MaintenanceHold: ...
-@overload
 def maintenance_mode_on(
     backend: BackendArg = None,
-    /,
-    *,
-    scope: str | None = None,
-    reason: str | None = None,
-    retry_after: Seconds | None = None,
-    mode: Mode | str = "full",
-    drain: float | None = None,
-) -> MaintenanceHold: ...
-def maintenance_mode_on(
-    backend: BackendArg = None,
-    /,
     *,
     scope: str | None = None,
     reason: str | None = None,

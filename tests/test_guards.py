@@ -555,3 +555,13 @@ async def test_backend_objects_naming_one_file_share_state(tmp_path: Any) -> Non
     await get_maintenance_mode(other)
     async with under_maintenance(backend=one):
         assert await get_maintenance_mode(other) is True
+
+
+async def test_maintenance_mode_on_takes_backend_by_keyword_or_position(tmp_path: Any) -> None:
+    # As the FastAPI-maintenance docs write it: maintenance_mode_on(backend=custom_backend).
+    custom_backend = LocalFileBackend(file_path=tmp_path / "custom_file.txt")
+    async with maintenance_mode_on(backend=custom_backend):
+        assert await get_maintenance_mode(custom_backend) is True
+        async with maintenance_mode_on(custom_backend, reason="positional"):
+            assert (await get_state(custom_backend)).reason == "positional"
+    assert await get_maintenance_mode(custom_backend) is False
