@@ -112,6 +112,8 @@ def _shutdown() -> None:
         asyncio.run_coroutine_threadsafe(drain(), loop_).result(timeout=5)
     loop_.call_soon_threadsafe(loop_.stop)
     _thread.join(timeout=1)
+    if not _thread.is_alive():
+        loop_.close()
 
 
 def _after_fork_in_child() -> None:
