@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
+from typing import TYPE_CHECKING, Any
 
 from .backends import Backend
 from .core import add_listener, configure, remove_listener
@@ -28,6 +29,39 @@ from .guards import (
 )
 from .state import EventKind, HoldRecord, MaintenanceEvent, MaintenanceState, Mode, Phase
 
+if TYPE_CHECKING:
+    from .starlette import (
+        MaintenanceModeMiddleware,
+        exempt,
+        force_maintenance_mode_off,
+        force_maintenance_mode_on,
+        maintenance_scope,
+    )
+
+_STARLETTE = {
+    "MaintenanceModeMiddleware",
+    "exempt",
+    "force_maintenance_mode_off",
+    "force_maintenance_mode_on",
+    "maintenance_scope",
+}
+
+
+def __getattr__(name: str) -> Any:
+    # The web face imports starlette; load it only when first asked for.
+    if name in _STARLETTE:
+        try:
+            from . import starlette as face
+        except ImportError as exc:  # pragma: no cover - depends on the environment
+            from .exceptions import ConfigurationError
+
+            raise ConfigurationError(
+                f"maintguard.{name} needs Starlette: pip install 'maintguard[starlette]'"
+            ) from exc
+        return getattr(face, name)
+    raise AttributeError(f"module 'maintguard' has no attribute {name!r}")
+
+
 try:
     __version__ = version("maintguard")
 except PackageNotFoundError:  # pragma: no cover - running from a source tree
@@ -42,6 +76,7 @@ __all__ = [
     "MaintGuardError",
     "MaintenanceEvent",
     "MaintenanceHold",
+    "MaintenanceModeMiddleware",
     "MaintenanceState",
     "Mode",
     "Phase",
@@ -50,9 +85,13 @@ __all__ = [
     "__version__",
     "add_listener",
     "configure",
+    "exempt",
+    "force_maintenance_mode_off",
+    "force_maintenance_mode_on",
     "get_maintenance_mode",
     "get_state",
     "maintenance_mode_on",
+    "maintenance_scope",
     "remove_listener",
     "set_maintenance_mode",
     "under_maintenance",

@@ -80,6 +80,9 @@ class _Store:
         self.lock = threading.Lock()
         self.controllers: dict[str | None, Controller] = {}
         self._io_lock: asyncio.Lock | None = None
+        self.named_active = False  # some named scope's own state is on (the middleware asks)
+        self.watchers = 0
+        self.watching = False
 
     def io_lock(self) -> asyncio.Lock:
         # Only ever used on the I/O loop, so creating it lazily there is safe.
@@ -153,6 +156,8 @@ class Controller:
         self._error: str | None = None
         self._reading: asyncio.Future[None] | None = None
         self._renewer: asyncio.Task[None] | None = None
+        self.own_active = False
+        self._snapshot: MaintenanceState | None = None
 
     def _reset_after_fork(self) -> None:
         self._lock = threading.Lock()
@@ -172,13 +177,43 @@ class Controller:
             if not self._frames:
                 self._acquired = frame.started
             self._frames.append(frame)
-            return self._events(EventKind.HOLD_ACQUIRED, owner=frame.owner)
+            events = self._events(EventKind.HOLD_ACQUIRED, owner=frame.owner)
+        return self._published(events)
 
     def remove(self, frame: Frame) -> list[MaintenanceEvent]:
         """Remove a frame wherever it stands: concurrent holders leave in any order."""
         with self._lock:
             self._frames.remove(frame)
-            return self._events(EventKind.HOLD_RELEASED, owner=frame.owner)
+            events = self._events(EventKind.HOLD_RELEASED, owner=frame.owner)
+        return self._published(events)
+
+    @property
+    def snapshot(self) -> MaintenanceState:
+        """The effective state as last published: hot paths read this, never a backend."""
+        snapshot = self._snapshot
+        if snapshot is None:
+            with self._lock:
+                snapshot = self._snapshot = self._derive(utcnow())
+        return snapshot
+
+    def republish(self) -> list[MaintenanceEvent]:
+        """Derive the snapshot again: leases and `until` run out with time alone."""
+        with self._lock:
+            events = self._events(None)
+        return self._published(events)
+
+    def _published(self, events: list[MaintenanceEvent]) -> list[MaintenanceEvent]:
+        # Named scopes include the global state: refresh theirs after a global change.
+        store = self.store
+        if self.parent is None:
+            for child in list(store.controllers.values()):
+                if child.parent is self:
+                    with child._lock:
+                        events += child._events(None)
+        store.named_active = any(
+            c.own_active for c in list(store.controllers.values()) if c.scope is not None
+        )
+        return events
 
     @property
     def holding(self) -> bool:
@@ -230,8 +265,18 @@ class Controller:
         # Called with self._lock held: a transition event when the phase this process sees
         # has changed, then the event for `kind`. Built only when someone will hear it.
         now = utcnow()
-        state = None if self._frames else self._derive(now)
-        phase = Phase.ON if state is None or state.active else Phase.OFF
+        state: MaintenanceState | None = None
+        if self._frames:  # on, whatever else holds: derive only if someone asks
+            self._snapshot = None
+            self.own_active = True
+            phase = Phase.ON
+        else:
+            state = self._snapshot = self._derive(now)
+            stored = self._stored or _EMPTY
+            self.own_active = stored.explicit.in_force(now) or any(
+                h.live(now) for h in stored.holds if h.id != self.hold_id
+            )
+            phase = Phase.ON if state.active else Phase.OFF
         events: list[MaintenanceEvent] = []
         if phase is not self._phase:
             state = state or self._derive(now)
@@ -309,7 +354,8 @@ class Controller:
             self._stored = stored
             self._read_at = time.monotonic()
             self._used = True
-            return self._events(None)
+            events = self._events(None)
+        return self._published(events)
 
     def _read_failed(self, exc: Exception) -> list[MaintenanceEvent]:
         error = _as_backend_error(exc, f"{self.label}: reading the maintenance state failed")
@@ -608,3 +654,52 @@ def resolve_backend(backend: Backend | str | None = None) -> Backend:
                 found = EnvVarBackend()
             _from_env[url] = found
         return found
+
+
+# -- the watcher ------------------------------------------------------------------------
+
+
+def watch(backend: Backend) -> Callable[[], None]:
+    """Keep every scope of ``backend``'s store fresh in the background; returns ``stop``.
+
+    One task per store on the I/O loop re-reads each scope every ``refresh_interval``
+    (1 s when that is 0 or infinite) and republishes snapshots, so hot paths never read.
+    """
+    store = _store(backend)
+    with store.lock:
+        store.watchers += 1
+        start = not store.watching
+        store.watching = True
+    if start:
+        _runner.submit(_watch(store))
+    stopped = False
+
+    def stop() -> None:
+        nonlocal stopped
+        with store.lock:
+            if not stopped:
+                stopped = True
+                store.watchers -= 1
+
+    return stop
+
+
+async def _watch(store: _Store) -> None:
+    asyncio.current_task()._maintguard_background = True  # type: ignore[union-attr]
+    interval = store.backend.refresh_interval
+    tick = interval if 0 < interval < math.inf else 1.0
+    while True:
+        with store.lock:
+            if store.watchers <= 0:
+                store.watching = False
+                return
+        for ctrl in list(store.controllers.values()):
+            try:
+                if interval < math.inf and ctrl.stale():
+                    events = ctrl._read_inline() if store.backend._inline else await ctrl._read()
+                else:
+                    events = ctrl.republish()
+                await deliver(events)
+            except Exception as exc:  # the first read's error: keep watching
+                logger.warning("%s: %s", ctrl.label, exc)
+        await asyncio.sleep(tick)

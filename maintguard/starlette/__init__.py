@@ -1,0 +1,14 @@
+"""The Starlette/FastAPI face: the middleware and the route decorators."""
+
+from __future__ import annotations
+
+from .middleware import MaintenanceModeMiddleware
+from .routes import exempt, force_maintenance_mode_off, force_maintenance_mode_on, maintenance_scope
+
+__all__ = [
+    "MaintenanceModeMiddleware",
+    "exempt",
+    "force_maintenance_mode_off",
+    "force_maintenance_mode_on",
+    "maintenance_scope",
+]
