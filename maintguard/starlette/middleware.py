@@ -528,9 +528,30 @@ def _match(app_routes: list[Any], scope: Scope) -> tuple[int, Any]:
         if match is Match.FULL:
             if isinstance(route, Mount | Host) and route.routes:
                 return _match(route.routes, {**scope, **child})
+            if "endpoint" not in child and callable(getattr(route, "_match", None)):
+                return _match_included(route, scope)
             return _FULL, child.get("endpoint")
         if match is Match.PARTIAL and partial is None:
             partial = child.get("endpoint")
     if partial is not None:
         return _PARTIAL, partial
     return _NONE, None
+
+
+def _match_included(router: Any, scope: Scope) -> tuple[int, Any]:
+    # FastAPI includes an APIRouter as one route whose matches() names no endpoint; its
+    # own dispatch asks _match(). Should that change, fail closed: an unknown endpoint.
+    try:
+        match, child, route, context = router._match(scope)
+    except Exception:  # pragma: no cover - a FastAPI we do not know
+        return _FULL, None
+    if match is Match.NONE or route is None:
+        return _NONE, None
+    if callable(getattr(route, "_match", None)):
+        return _match_included(route, scope)
+    if isinstance(route, Mount | Host) and route.routes:
+        return _match(route.routes, {**scope, **child})
+    endpoint = child.get(
+        "endpoint", getattr(getattr(context, "original_route", None), "endpoint", None)
+    )
+    return (_FULL if match is Match.FULL else _PARTIAL), endpoint
