@@ -1,0 +1,112 @@
+"""Two real uvicorn processes on 127.0.0.1 share a file backend; a third switches it."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+ROOT = Path(__file__).parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def workers(tmp_path: Path) -> Iterator[list[str]]:
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "MAINTGUARD_TEST_FILE": str(tmp_path / "maintenance.json"),
+        "MAINTGUARD_TEST_REFRESH": "0.5",
+    }
+    ports = [free_port(), free_port()]
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "tests.server_app:app",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--log-level",
+                "warning",
+            ],
+            env=env,
+            cwd=ROOT,
+        )
+        for port in ports
+    ]
+    urls = [f"http://127.0.0.1:{port}" for port in ports]
+    try:
+        deadline = time.monotonic() + 30
+        for url in urls:
+            while True:
+                try:
+                    if httpx.get(f"{url}/health").status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                assert time.monotonic() < deadline, "uvicorn did not start"
+                time.sleep(0.05)
+        yield urls
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            proc.wait(10)
+
+
+def switch(tmp_path: Path, value: bool) -> None:
+    code = (
+        "import anyio, sys, maintguard\n"
+        "on = sys.argv[1] == 'on'\n"
+        "details = {'reason': 'DB upgrade', 'retry_after': 30} if on else {}\n"
+        "anyio.run(lambda: maintguard.set_maintenance_mode(on, 'file:' + sys.argv[2], **details))\n"
+    )
+    state = "on" if value else "off"
+    subprocess.run(
+        [sys.executable, "-c", code, state, str(tmp_path / "maintenance.json")],
+        check=True,
+        cwd=ROOT,
+    )
+
+
+def time_until(urls: list[str], status: int, limit: float) -> float:
+    start = time.monotonic()
+    pending = set(urls)
+    with httpx.Client() as client:
+        while pending:
+            pending = {url for url in pending if client.get(url + "/").status_code != status}
+            elapsed = time.monotonic() - start
+            assert elapsed < limit, f"{sorted(pending)} still not {status} after {elapsed:.2f}s"
+            time.sleep(0.02)
+    return time.monotonic() - start
+
+
+def test_two_workers_follow_a_third_process(workers: list[str], tmp_path: Path) -> None:
+    pids = {httpx.get(url + "/").text for url in workers}
+    assert len(pids) == 2  # two separate worker processes
+    switch(tmp_path, True)
+    time_until(workers, 503, limit=1.0)  # the watchers re-read every 0.5 s
+    for url in workers:
+        response = httpx.get(url + "/", headers={"accept": "application/json"})
+        assert response.status_code == 503
+        assert response.json()["detail"] == "DB upgrade"
+        assert response.headers["retry-after"] == "30"
+        assert httpx.get(url + "/health").status_code == 200
+    switch(tmp_path, False)
+    time_until(workers, 200, limit=1.0)
