@@ -17,8 +17,8 @@ import tempfile
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-from maintguard.state import MaintenanceState
 from maintguard.starlette.responses import prepare
+from maintguard.state import MaintenanceState
 
 OUT = Path(__file__).with_name("maintenance-page.png")
 FLAGS = [
@@ -54,7 +54,8 @@ def main() -> None:
     sheet = (
         "<!doctype html><body style='margin:0;padding:24px;display:flex;gap:24px;"
         "align-items:flex-start;background:#d9dde3;font:14px system-ui'>"
-        f"<style>iframe{{border:1px solid #999;background:#fff}}figure{{margin:0}}</style>{frames}</body>"
+        "<style>iframe{border:1px solid #999;background:#fff}figure{margin:0}</style>"
+        f"{frames}</body>"
     )
     with tempfile.TemporaryDirectory() as tmp:
         source = Path(tmp) / "sheet.html"
