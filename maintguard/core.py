@@ -368,15 +368,7 @@ class Controller:
         if message != self._error:
             logger.warning("%s", message)
             self._error = message
-            events.append(
-                MaintenanceEvent(
-                    EventKind.BACKEND_ERROR,
-                    self.scope,
-                    self.backend.describe(),
-                    self.state(),
-                    error=error,
-                )
-            )
+            events.append(self._error_event(error))
         if policy == "open":
             stored = _EMPTY
         elif policy == "closed":
@@ -384,6 +376,11 @@ class Controller:
         else:
             stored = self._stored or _EMPTY
         return self._store_read(stored) + events
+
+    def _error_event(self, error: BackendError) -> MaintenanceEvent:
+        return MaintenanceEvent(
+            EventKind.BACKEND_ERROR, self.scope, self.backend.describe(), self.state(), error=error
+        )
 
     # -- I/O: writing -----------------------------------------------------------------
 
@@ -422,17 +419,7 @@ class Controller:
                 except Exception as exc:
                     error = _as_backend_error(exc, f"{self.label}: renewing the hold failed")
                     logger.warning("%s; retrying in %.1fs", error, self.backend.lease_ttl / 3)
-                    await deliver(
-                        [
-                            MaintenanceEvent(
-                                EventKind.BACKEND_ERROR,
-                                self.scope,
-                                self.backend.describe(),
-                                self.state(),
-                                error=error,
-                            )
-                        ]
-                    )
+                    await deliver([self._error_event(error)])
         finally:
             self._renewer = None
 
