@@ -659,3 +659,16 @@ def test_problem_json_is_valid_json(client_for: Any, memory: MemoryBackend) -> N
         .content
     )
     assert json.loads(body)["detail"]
+
+
+def test_bad_default_backend_url(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("MAINTGUARD_BACKEND", "nonsense")
+    app = Starlette(routes=[Route("/", fresh())])
+    app.add_middleware(MaintenanceModeMiddleware)
+    with pytest.raises(ConfigurationError, match="MAINTGUARD_BACKEND"), TestClient(app):
+        pass  # at start-up: a clear error
+    no_lifespan = TestClient(app)
+    assert no_lifespan.get("/").status_code == 200  # on a request: logged, never a 500
+    assert "no usable backend" in caplog.text

@@ -21,7 +21,7 @@ from starlette.routing import Host, Match, Mount
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .. import _runner
-from ..backends import Backend
+from ..backends import Backend, EnvVarBackend
 from ..core import Controller, _coerce, controller, register_default, resolve_backend, watch
 from ..exceptions import ConfigurationError, MaintGuardError
 from ..state import MaintenanceState, Mode, Phase, check_scope
@@ -160,7 +160,13 @@ class MaintenanceModeMiddleware:
     async def _start(self, *, at_startup: bool = False) -> Controller:
         if self._given is not None:
             register_default(self._given)
-        backend = self._given or resolve_backend()
+        try:
+            backend = self._given or resolve_backend()
+        except MaintGuardError:
+            if at_startup:
+                raise
+            logger.exception("maintguard: no usable backend; reading MAINTGUARD_MODE instead")
+            backend = EnvVarBackend()
         ctrl = controller(backend, None)
         try:
             await ctrl.refresh()
