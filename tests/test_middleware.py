@@ -597,7 +597,8 @@ def test_middleware_backend_is_the_default_for_holds(tmp_path: Path) -> None:
 
     app = Starlette(
         routes=[
-            Route("/admin/run-migration", exempt(run_migration), methods=["POST"]),
+            # Not exempt, as in those docs: the request is past the middleware when it holds.
+            Route("/admin/run-migration", run_migration, methods=["POST"]),
             Route("/", ok),
         ]
     )
@@ -672,3 +673,12 @@ def test_bad_default_backend_url(
     no_lifespan = TestClient(app)
     assert no_lifespan.get("/").status_code == 200  # on a request: logged, never a 500
     assert "no usable backend" in caplog.text
+
+
+def test_template_string_and_callable(client_for: Any, memory: MemoryBackend) -> None:
+    on(memory, reason="<b>upgrade</b>", retry_after=90)
+    html = {"accept": "text/html"}
+    page = client_for([Route("/", fresh())], template="<p>$reason in $retry_after s</p>")
+    assert page.get("/", headers=html).text == "<p>&lt;b&gt;upgrade&lt;/b&gt; in 90 s</p>"
+    custom = client_for([Route("/", fresh())], template=lambda state: f"<h1>{state.holds}</h1>")
+    assert custom.get("/", headers=html).text == "<h1>0</h1>"
