@@ -215,10 +215,6 @@ class Controller:
         )
         return events
 
-    @property
-    def holding(self) -> bool:
-        return bool(self._frames)
-
     def _record(self, now: Any) -> HoldRecord | None:
         # Snapshot/restore: the record follows the top frame, and each detail comes from the
         # newest frame that sets it, so leaving the top frame restores the one below.
@@ -312,14 +308,6 @@ class Controller:
         else:
             await deliver(await _runner.run(self._read()))
 
-    def refresh_sync(self, *, force: bool = False) -> None:
-        if not force and not self.stale():
-            return
-        if self.backend._inline:
-            _deliver_sync(self._read_inline())
-        else:
-            _deliver_sync(_runner.run_sync(self._read()))
-
     def _read_inline(self) -> list[MaintenanceEvent]:
         try:
             stored = _drive(self.backend.read_state(self.scope))
@@ -392,7 +380,7 @@ class Controller:
     def sync_hold_blocking(self) -> None:
         """The same for sync faces: the write runs on the I/O loop; this thread waits."""
         if self.backend.stores_holds:
-            _deliver_sync(_runner.run_sync(self._write_hold()))
+            deliver_sync(_runner.run_sync(self._write_hold()))
 
     async def _write_hold(self) -> list[MaintenanceEvent]:
         def mutate(stored: StoredState) -> StoredState:
@@ -564,16 +552,13 @@ async def deliver(events: Iterable[MaintenanceEvent]) -> None:
                 await _await_listener(result, listener)
 
 
-def _deliver_sync(events: Iterable[MaintenanceEvent]) -> None:
+def deliver_sync(events: Iterable[MaintenanceEvent]) -> None:
     for event in events:
         _log(event)
         for listener in _listeners:
             result = _call(listener, event)
             if inspect.isawaitable(result):
                 _runner.run_sync(_await_listener(result, listener))
-
-
-deliver_sync = _deliver_sync
 
 
 # -- the default backend ---------------------------------------------------------------

@@ -569,7 +569,7 @@ def test_corrupt_state_without_lifespan_never_500s(
     assert "does not hold a maintenance state" in caplog.text
 
 
-def test_changes_by_another_process_seen_within_the_refresh_bound(tmp_path: Path) -> None:
+def test_changes_by_another_process_reach_requests_through_the_watcher(tmp_path: Path) -> None:
     path = tmp_path / "m.json"
     backend = LocalFileBackend(path)  # default: re-read at most once a second
     with TestClient(make_app(backend, [Route("/", ok)])) as client:

@@ -73,8 +73,7 @@ class Backend(abc.ABC):
                 or not isinstance(value, int | float)
                 or math.isnan(value)
                 or value < 0
-                or (name == "lease_ttl" and math.isinf(value))
-                or (name == "lease_ttl" and value == 0)
+                or (name == "lease_ttl" and (value == 0 or math.isinf(value)))
             ):
                 raise ConfigurationError(
                     f"{name} must be a positive number of seconds, not {value!r}"
