@@ -11,7 +11,7 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
 
 from .backends import Backend
-from .core import add_listener, configure, remove_listener
+from .core import add_listener, configure, flush_listeners, remove_listener
 from .exceptions import (
     BackendError,
     ConfigurationError,
@@ -86,6 +86,7 @@ __all__ = [
     "add_listener",
     "configure",
     "exempt",
+    "flush_listeners",
     "force_maintenance_mode_off",
     "force_maintenance_mode_on",
     "get_maintenance_mode",

@@ -5,29 +5,20 @@ from __future__ import annotations
 import contextvars
 import inspect
 import sys
+import time
 from collections.abc import AsyncGenerator, Callable, Generator
 from datetime import datetime, timedelta
 from types import TracebackType
-from typing import Any, NamedTuple, TypeVar, cast, overload
+from typing import Any, TypeVar, cast, overload
 
 import anyio
 import wrapt
 
 from .backends import Backend
-from .core import (
-    Controller,
-    Frame,
-    controller,
-    deliver,
-    deliver_sync,
-    has_listeners,
-    logger,
-    resolve_backend,
-)
+from .core import Frame, ScopeController, controller, resolve_backend
 from .exceptions import ConfigurationError
 from .state import (
     ExplicitState,
-    MaintenanceEvent,
     MaintenanceState,
     Mode,
     check_retry_after,
@@ -50,18 +41,39 @@ BackendArg = Backend | str | None
 Seconds = float | timedelta | datetime
 
 
-class _Entry(NamedTuple):
-    ctrl: Controller
-    frame: Frame
-    token: contextvars.Token[tuple[Any, ...]]
+class _Entry:
+    """One entry of a hold: the frame it pushed and where. Its exit pairs with it."""
+
+    __slots__ = ("ctrl", "frame")
+
+    def __init__(self, ctrl: ScopeController, frame: Frame) -> None:
+        self.ctrl = ctrl
+        self.frame = frame
+
+
+class _Link:
+    # The entries a context made, newest first (an immutable chain in a context variable).
+    __slots__ = ("entry", "hold", "next")
+
+    def __init__(self, hold: MaintenanceHold, entry: _Entry, next: _Link | None) -> None:
+        self.hold = hold
+        self.entry = entry
+        self.next = next
+
+
+_entered: contextvars.ContextVar[_Link | None] = contextvars.ContextVar(
+    "maintguard_entered", default=None
+)
+_MISSING: Any = object()
 
 
 class MaintenanceHold:
     """Maintenance held for as long as a block or a call runs.
 
     The same object is a decorator and a context object for ``with`` and ``async with``.
-    It can be entered again while entered (nested or by concurrent tasks or threads): each
-    entry is its own frame of the hold stack. The backend is looked up at each entry.
+    It can be entered again while entered (nested, or by concurrent tasks and threads):
+    each entry is its own frame of the hold stack, and each exit ends exactly one of them,
+    wherever it runs. The backend is looked up at each entry.
     """
 
     def __init__(
@@ -89,50 +101,65 @@ class MaintenanceHold:
         self._retry_after = check_retry_after(retry_after)
         self._mode = Mode.parse(mode)
         self._owner = owner or _caller()
-        self._entries: contextvars.ContextVar[tuple[_Entry, ...]] = contextvars.ContextVar(
-            "maintguard_hold", default=()
-        )
+        self._live: dict[_Entry, None] = {}  # entries not exited yet, oldest first
 
     def __repr__(self) -> str:
         return f"<MaintenanceHold {self._owner} scope={self._scope!r} reason={self._reason!r}>"
 
-    # -- the stack ----------------------------------------------------------------------
+    # -- entries ---------------------------------------------------------------------------
 
-    def _begin(self) -> tuple[Controller, Frame, list[Any]]:
+    def _new_entry(self) -> _Entry:
         ctrl = controller(resolve_backend(self._backend), self._scope)
-        frame = Frame(self._owner, self._reason, self._retry_after, self._mode)
-        return ctrl, frame, ctrl.push(frame)
+        frame = Frame(self._owner, self._reason, self._retry_after, self._mode, time.time())
+        return _Entry(ctrl, frame)
 
-    def _remember(self, ctrl: Controller, frame: Frame) -> None:
-        entries = self._entries.get()
-        token = self._entries.set(entries)  # placeholder: reset() below restores `entries`
-        self._entries.set((*entries, _Entry(ctrl, frame, token)))
-
-    def _forget(self) -> _Entry:
-        entries = self._entries.get()
-        if not entries:
-            raise RuntimeError(f"{self!r} was exited in a task or thread that did not enter it")
-        entry = entries[-1]
-        self._entries.reset(entry.token)
+    def _enter_sync(self) -> _Entry:
+        # All or nothing: whatever interrupts the entry, nothing of it remains.
+        entry = self._new_entry()
+        ctrl, frame = entry.ctrl, entry.frame
+        if ctrl.enter(frame):
+            try:
+                ctrl.write_blocking()
+            except BaseException:
+                _undo_blocking(ctrl, frame)
+                raise
+            ctrl.commit(frame)
         return entry
+
+    async def _enter_async(self) -> _Entry:
+        entry = self._new_entry()
+        ctrl, frame = entry.ctrl, entry.frame
+        if ctrl.enter(frame):
+            try:
+                await ctrl.write()
+            except BaseException:
+                await _undo(ctrl, frame)
+                raise
+            ctrl.commit(frame)
+        return entry
+
+    def _track(self, entry: _Entry) -> None:
+        self._live[entry] = None
+        _entered.set(_Link(self, entry, _entered.get()))
+
+    def _claim(self) -> _Entry:
+        # The entry an exit ends: the newest one this context made, else (the exit runs in
+        # another task, thread or loop than the entry) the newest one still live.
+        while True:
+            entry = _pop_context_entry(self)
+            if entry is None:
+                try:
+                    entry, _ = self._live.popitem()
+                except KeyError:
+                    raise RuntimeError(f"{self!r} was exited more often than entered") from None
+                return entry
+            if self._live.pop(entry, _MISSING) is not _MISSING:
+                return entry
 
     # -- async with -----------------------------------------------------------------
 
     async def __aenter__(self) -> MaintenanceHold:
-        ctrl, frame, events = self._begin()
-        if ctrl.backend.stores_holds:
-            try:
-                await ctrl.sync_hold()
-            except BaseException:
-                with anyio.CancelScope(shield=True):
-                    await _finish(ctrl, ctrl.remove(frame))
-                raise
-        self._remember(ctrl, frame)
-        if events and has_listeners():
-            with anyio.CancelScope(shield=True):
-                await deliver(events)
-        else:
-            deliver_sync(events)
+        self._track(await self._enter_async())
         return self
 
     async def __aexit__(
@@ -141,26 +168,12 @@ class MaintenanceHold:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        ctrl, frame, _ = self._forget()
-        events = ctrl.remove(frame)
-        if ctrl.backend.stores_holds or (events and has_listeners()):
-            # Cleanup must run to the end even when the holder is being cancelled.
-            with anyio.CancelScope(shield=True):
-                await _finish(ctrl, events)
-        else:
-            deliver_sync(events)
+        await _leave(self._claim())
 
     # -- with -----------------------------------------------------------------------
 
     def __enter__(self) -> MaintenanceHold:
-        ctrl, frame, events = self._begin()
-        try:
-            ctrl.sync_hold_blocking()
-        except BaseException:
-            _finish_sync(ctrl, ctrl.remove(frame))
-            raise
-        self._remember(ctrl, frame)
-        deliver_sync(events)
+        self._track(self._enter_sync())
         return self
 
     def __exit__(
@@ -169,8 +182,7 @@ class MaintenanceHold:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        ctrl, frame, _ = self._forget()
-        _finish_sync(ctrl, ctrl.remove(frame))
+        _leave_blocking(self._claim())
 
     # -- decorator ------------------------------------------------------------------
 
@@ -181,35 +193,77 @@ class MaintenanceHold:
         clone = object.__new__(MaintenanceHold)
         clone.__dict__.update(self.__dict__)
         clone._owner = owner
-        clone._entries = contextvars.ContextVar("maintguard_hold", default=())
+        clone._live = {}
         return clone
 
 
-async def _finish(ctrl: Controller, events: list[MaintenanceEvent]) -> None:
-    # After a frame left the stack: bring the stored record in line, then tell listeners.
-    try:
-        await ctrl.sync_hold()
-    except Exception as exc:
-        _release_failed(ctrl, exc)
-    await deliver(events)
+def _pop_context_entry(hold: MaintenanceHold) -> _Entry | None:
+    # Take the newest live entry of `hold` out of this context's chain, dropping entries
+    # that other contexts have ended meanwhile.
+    head = _entered.get()
+    kept: list[_Link] = []
+    link = head
+    while link is not None and (link.hold is not hold or link.entry not in hold._live):
+        if link.entry in link.hold._live:
+            kept.append(link)
+        link = link.next
+    if link is None:
+        if head is not None and len(kept) != _length(head):
+            _entered.set(_rebuild(kept, None))
+        return None
+    _entered.set(_rebuild(kept, link.next))
+    return link.entry
 
 
-def _finish_sync(ctrl: Controller, events: list[MaintenanceEvent]) -> None:
-    try:
-        ctrl.sync_hold_blocking()
-    except Exception as exc:
-        _release_failed(ctrl, exc)
-    deliver_sync(events)
+def _length(link: _Link | None) -> int:
+    n = 0
+    while link is not None:
+        n, link = n + 1, link.next
+    return n
 
 
-def _release_failed(ctrl: Controller, exc: Exception) -> None:
-    logger.warning(
-        "%s: could not remove this process's hold record (%s); other processes stop "
-        "counting it when its lease runs out in %.0fs",
-        ctrl.label,
-        exc,
-        ctrl.backend.lease_ttl,
-    )
+def _rebuild(kept: list[_Link], rest: _Link | None) -> _Link | None:
+    for link in reversed(kept):
+        rest = _Link(link.hold, link.entry, rest)
+    return rest
+
+
+async def _leave(entry: _Entry) -> None:
+    ctrl = entry.ctrl
+    if ctrl.leave(entry.frame):
+        # Cleanup runs to the end even when the holder is being cancelled; the write
+        # itself runs outside this task, so even a native cancel cannot stop it halfway.
+        with anyio.CancelScope(shield=True):
+            try:
+                await ctrl.write()
+            except Exception as exc:
+                ctrl.release_failed(exc)
+
+
+def _leave_blocking(entry: _Entry) -> None:
+    ctrl = entry.ctrl
+    if ctrl.leave(entry.frame):
+        try:
+            ctrl.write_blocking()
+        except Exception as exc:
+            ctrl.release_failed(exc)
+
+
+async def _undo(ctrl: ScopeController, frame: Frame) -> None:
+    if ctrl.abort(frame):
+        with anyio.CancelScope(shield=True):
+            try:
+                await ctrl.write()
+            except Exception as exc:
+                ctrl.release_failed(exc)
+
+
+def _undo_blocking(ctrl: ScopeController, frame: Frame) -> None:
+    if ctrl.abort(frame):
+        try:
+            ctrl.write_blocking()
+        except Exception as exc:
+            ctrl.release_failed(exc)
 
 
 def _caller() -> str:
@@ -249,11 +303,17 @@ def _decorate(hold: MaintenanceHold, func: Any) -> Any:
 Args = tuple[Any, ...]
 Kwargs = dict[str, Any]
 
+# The wrappers hold their entry themselves: the exit pairs with it wherever it runs (a
+# generator closed by the garbage collector, or from another task or thread).
+
 
 def _sync_wrapper(hold: MaintenanceHold) -> Callable[..., Any]:
     def wrapper(wrapped: Callable[..., Any], instance: Any, args: Args, kwargs: Kwargs) -> Any:
-        with hold:
+        entry = hold._enter_sync()
+        try:
             return wrapped(*args, **kwargs)
+        finally:
+            _leave_blocking(entry)
 
     return wrapper
 
@@ -262,8 +322,11 @@ def _async_wrapper(hold: MaintenanceHold) -> Callable[..., Any]:
     async def wrapper(
         wrapped: Callable[..., Any], instance: Any, args: Args, kwargs: Kwargs
     ) -> Any:
-        async with hold:
+        entry = await hold._enter_async()
+        try:
             return await wrapped(*args, **kwargs)
+        finally:
+            await _leave(entry)
 
     return wrapper
 
@@ -272,8 +335,11 @@ def _gen_wrapper(hold: MaintenanceHold) -> Callable[..., Any]:
     def wrapper(
         wrapped: Callable[..., Any], instance: Any, args: Args, kwargs: Kwargs
     ) -> Generator[Any, Any, Any]:
-        with hold:
+        entry = hold._enter_sync()
+        try:
             return (yield from wrapped(*args, **kwargs))
+        finally:
+            _leave_blocking(entry)
 
     return wrapper
 
@@ -283,7 +349,8 @@ def _async_gen_wrapper(hold: MaintenanceHold) -> Callable[..., Any]:
         wrapped: Callable[..., Any], instance: Any, args: Args, kwargs: Kwargs
     ) -> AsyncGenerator[Any, Any]:
         # The hold spans the whole iteration; values sent and exceptions thrown are passed on.
-        async with hold:
+        entry = await hold._enter_async()
+        try:
             agen = wrapped(*args, **kwargs)
             try:
                 value = await agen.__anext__()
@@ -300,6 +367,8 @@ def _async_gen_wrapper(hold: MaintenanceHold) -> Callable[..., Any]:
                 return
             finally:
                 await agen.aclose()
+        finally:
+            await _leave(entry)
 
     return wrapper
 
@@ -385,11 +454,12 @@ async def get_state(backend: BackendArg = None, scope: str | None = None) -> Mai
     ...     state = await get_state()
     ...     print(state.active, state.reason, state.holds)
     """
-    ctrl = controller(resolve_backend(backend), check_scope(scope))
-    if ctrl.parent is not None:
-        await ctrl.parent.refresh()
-    await ctrl.refresh()
-    return ctrl.state()
+    ctrl = controller(resolve_backend(backend), None if scope is None else check_scope(scope))
+    if not ctrl.refresh_inline():
+        if ctrl.parent is not None:
+            await ctrl.parent.refresh()
+        await ctrl.refresh()
+    return ctrl.snapshot
 
 
 async def get_maintenance_mode(backend: BackendArg = None, scope: str | None = None) -> bool:
@@ -398,7 +468,12 @@ async def get_maintenance_mode(backend: BackendArg = None, scope: str | None = N
     >>> async def check() -> bool:
     ...     return await get_maintenance_mode()
     """
-    return (await get_state(backend, scope)).active
+    ctrl = controller(resolve_backend(backend), None if scope is None else check_scope(scope))
+    if not ctrl.refresh_inline():
+        if ctrl.parent is not None:
+            await ctrl.parent.refresh()
+        await ctrl.refresh()
+    return ctrl.snapshot.active
 
 
 async def set_maintenance_mode(

@@ -17,6 +17,7 @@ from maintguard import (
     MaintenanceEvent,
     Phase,
     add_listener,
+    flush_listeners,
     remove_listener,
     set_maintenance_mode,
     under_maintenance,
@@ -49,6 +50,7 @@ async def test_listeners_hear_holds_and_transitions(backend: Backend) -> None:
                 pass
 
         await job()
+        assert flush_listeners()
     finally:
         remove_listener(sync_listener)
         remove_listener(async_listener)
@@ -81,6 +83,7 @@ def test_sync_face_runs_async_listeners_and_survives_failing_ones(
             under_maintenance(backend=MemoryBackend()),
         ):
             pass
+        assert flush_listeners()
     finally:
         remove_listener(async_listener)
         remove_listener(broken)

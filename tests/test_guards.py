@@ -519,7 +519,7 @@ async def test_bad_set_maintenance_mode_arguments() -> None:
 
 def test_exit_without_enter_is_a_clear_error() -> None:
     hold = under_maintenance(backend=MemoryBackend())
-    with pytest.raises(RuntimeError, match="did not enter it"):
+    with pytest.raises(RuntimeError, match="exited more often than entered"):
         hold.__exit__(None, None, None)
 
 

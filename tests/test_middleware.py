@@ -527,7 +527,7 @@ def test_open_websockets_closed_with_1012_when_maintenance_begins(
 def test_lifespan_passes_through_and_watcher_starts_and_stops(tmp_path: Path) -> None:
     from contextlib import asynccontextmanager
 
-    from maintguard.core import _store
+    from maintguard.core import store_of as _store
 
     events = []
 

@@ -16,7 +16,7 @@ from hypothesis.stateful import Bundle, RuleBasedStateMachine, consumes, invaria
 
 from maintguard import get_state, set_maintenance_mode, under_maintenance
 from maintguard.backends import Backend, EnvVarBackend, LocalFileBackend, MemoryBackend
-from maintguard.core import Frame, controller
+from maintguard.core.stack import Frame, HoldStack, details_of, record, to_datetime
 from maintguard.state import Mode, derive, utcnow
 
 HOLDERS = 6
@@ -139,47 +139,63 @@ def test_random_schedules_keep_invariants(kind: str, framework: str, schedule: l
 # -- the hold stack as a pure model -----------------------------------------------------------
 
 
-class HoldStack(RuleBasedStateMachine):
-    """Frames pushed and removed in any order; the presented details follow the top frame."""
+class HoldStackModel(RuleBasedStateMachine):
+    """Frames pushed and removed in any order, fake time: what the stack presents follows
+    the newest frame that sets each detail, and its record's lease runs out on time."""
 
     frames = Bundle("frames")
 
     def __init__(self) -> None:
         super().__init__()
-        self.ctrl = controller(MemoryBackend(), None)
+        self.stack = HoldStack()
         self.model: list[Frame] = []
+        self.now = 1_000_000.0
 
     @rule(
         target=frames,
+        owner=st.sampled_from(["job", "cli"]),
         reason=st.none() | st.sampled_from(["a", "b", "c"]),
         retry_after=st.none() | st.sampled_from([1.0, 2.0]),
         mode=st.sampled_from(list(Mode)),
     )
-    def push(self, reason: str | None, retry_after: float | None, mode: Mode) -> Frame:
-        frame = Frame("model", reason, retry_after, mode)
-        self.ctrl.push(frame)
+    def push(self, owner: str, reason: str | None, retry_after: float | None, mode: Mode) -> Frame:
+        frame = Frame(owner, reason, retry_after, mode, self.now)
+        assert self.stack.push(frame) is (not self.model)
         self.model.append(frame)
         return frame
 
     @rule(frame=consumes(frames))
     def remove(self, frame: Frame) -> None:
-        self.ctrl.remove(frame)
         self.model.remove(frame)
+        assert self.stack.remove(frame) is (not self.model)
+        assert self.stack.remove(frame) is None  # a second exit of one frame changes nothing
+
+    @rule(seconds=st.floats(0, 100))
+    def time_passes(self, seconds: float) -> None:
+        self.now += seconds
 
     @invariant()
     def presented_details_follow_the_stack(self) -> None:
-        state = self.ctrl.state()
-        assert state.active is bool(self.model)
+        details = details_of(self.stack)
+        assert len(self.stack) == len(self.model)
+        if not self.model:
+            assert details is None
+            return
+        assert details is not None
         newest_first = self.model[::-1]
-        assert state.reason == next((f.reason for f in newest_first if f.reason), None)
-        assert state.retry_after == next(
+        assert details.owner == newest_first[0].owner
+        assert details.started == newest_first[0].started
+        assert details.acquired == self.model[0].started
+        assert details.reason == next((f.reason for f in newest_first if f.reason), None)
+        assert details.retry_after == next(
             (f.retry_after for f in newest_first if f.retry_after), None
         )
-        if self.model:
-            expected = Mode.FULL if any(f.mode is Mode.FULL for f in self.model) else Mode.READ_ONLY
-            assert state.mode is expected
-            assert state.holds == 1
+        expected = Mode.FULL if any(f.mode is Mode.FULL for f in self.model) else Mode.READ_ONLY
+        assert details.mode is expected
+        held = record(details, hold_id="h", host="x", pid=1, now=self.now, lease_ttl=30.0)
+        assert held.live(to_datetime(self.now + 29.9))
+        assert not held.live(to_datetime(self.now + 30.0))
 
 
-TestHoldStack = HoldStack.TestCase
-TestHoldStack.settings = settings(max_examples=100, stateful_step_count=30, deadline=None)
+TestHoldStackModel = HoldStackModel.TestCase
+TestHoldStackModel.settings = settings(max_examples=150, stateful_step_count=40, deadline=None)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import abc
 import itertools
 import math
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Collection, Hashable, Mapping
 from typing import ClassVar, Literal
 
 from ..exceptions import ConfigurationError
@@ -51,6 +51,11 @@ class Backend(abc.ABC):
     ``on_error``."""
     _inline: ClassVar[bool] = False
     # Built-in in-process backends whose coroutines never suspend run in the caller's thread.
+    _blocking: ClassVar[bool] = False
+    # Built-in backends whose I/O is blocking calls (the file): the core calls
+    # `_read_scopes_blocking(scopes)` and `_update_blocking(scope, mutate)` from the thread it
+    # chooses (the caller's for sync faces, one worker thread for async ones) instead of
+    # hopping through the I/O loop.
 
     on_error: OnError = "last_known"
     lease_ttl: float = 30.0
@@ -99,6 +104,39 @@ class Backend(abc.ABC):
         if new != current:
             await self.write_state(scope, new)
         return new
+
+    async def read_scopes(
+        self, scopes: Collection[str | None]
+    ) -> Mapping[str | None, StoredState]:
+        """Read several scopes at once; the watcher calls this once per refresh interval.
+
+        The default reads each scope with :meth:`read_state`. Override it when the store
+        can return every scope in one round trip (one file read, one Redis script). The
+        result has an entry for each scope asked for; it may hold more.
+        """
+        return {scope: await self.read_state(scope) for scope in scopes}
+
+    # The blocking protocol of the built-in backends (see `_blocking`).
+    def _read_scopes_blocking(
+        self, scopes: Collection[str | None]
+    ) -> Mapping[str | None, StoredState]:
+        raise NotImplementedError
+
+    def _read_blocking(self, scope: str | None) -> StoredState:
+        return self._read_scopes_blocking((scope,))[scope]
+
+    def _update_blocking(
+        self, scope: str | None, mutate: Callable[[StoredState], StoredState]
+    ) -> StoredState:
+        raise NotImplementedError
+
+    def options(self) -> dict[str, object]:
+        """The options two objects naming one store must agree on (checked at first use)."""
+        return {
+            "lease_ttl": self.lease_ttl,
+            "refresh_interval": self.refresh_interval,
+            "on_error": self.on_error,
+        }
 
     def store_key(self) -> Hashable:
         """Backends with equal keys name the same store and share one in-process state.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable, Collection
 
 from ..exceptions import BackendError, ReadOnlyBackendError
 from ..state import ExplicitState, Mode, StoredState
@@ -42,12 +43,14 @@ class EnvVarBackend(Backend):
     read_only = True
     raise_on_first_read = False
     _inline = True
+    _blocking = True
 
     def __init__(
         self, var_name: str = "MAINTGUARD_MODE", *, on_error: OnError = "last_known"
     ) -> None:
         super().__init__(on_error=on_error, refresh_interval=0.0)
         self.var_name = var_name
+        self._parsed: dict[str, StoredState] = {}  # raw value -> state: one object per value
 
     def variable(self, scope: str | None) -> str:
         if scope is None:
@@ -55,15 +58,33 @@ class EnvVarBackend(Backend):
         return f"{self.var_name}_{re.sub(r'[^0-9A-Za-z]', '_', scope).upper()}"
 
     async def read_state(self, scope: str | None) -> StoredState:
-        name = self.variable(scope)
+        return self._read_blocking(scope)
+
+    def _read_blocking(self, scope: str | None) -> StoredState:
+        name = self.var_name if scope is None else self.variable(scope)
         raw = os.environ.get(name, "")
-        explicit = parse_flag(raw)
-        if explicit is None:
-            raise BackendError(
-                f"environment variable {name}={raw!r} is not a maintenance value; "
-                f"use one of {ACCEPTED}"
-            )
-        return StoredState(explicit)
+        state = self._parsed.get(raw)
+        if state is None:
+            explicit = parse_flag(raw)
+            if explicit is None:
+                raise BackendError(
+                    f"environment variable {name}={raw!r} is not a maintenance value; "
+                    f"use one of {ACCEPTED}"
+                )
+            if len(self._parsed) > 64:
+                self._parsed.clear()
+            state = self._parsed[raw] = StoredState(explicit)
+        return state
+
+    def _read_scopes_blocking(
+        self, scopes: Collection[str | None]
+    ) -> dict[str | None, StoredState]:
+        return {scope: self._read_blocking(scope) for scope in scopes}
+
+    def _update_blocking(
+        self, scope: str | None, mutate: Callable[[StoredState], StoredState]
+    ) -> StoredState:
+        raise self._read_only_error(scope)
 
     async def write_state(self, scope: str | None, state: StoredState) -> None:
         raise self._read_only_error(scope)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Collection
 
 from ..state import StoredState
 from .base import Backend
@@ -21,6 +22,7 @@ class MemoryBackend(Backend):
 
     stores_holds = False
     _inline = True
+    _blocking = True
 
     def __init__(self) -> None:
         super().__init__(refresh_interval=math.inf)
@@ -31,3 +33,20 @@ class MemoryBackend(Backend):
 
     async def write_state(self, scope: str | None, state: StoredState) -> None:
         self._states[scope] = state
+
+    def _read_scopes_blocking(
+        self, scopes: Collection[str | None]
+    ) -> dict[str | None, StoredState]:
+        return {scope: self._states.get(scope, _EMPTY) for scope in scopes}
+
+    def _read_blocking(self, scope: str | None) -> StoredState:
+        return self._states.get(scope, _EMPTY)
+
+    def _update_blocking(
+        self, scope: str | None, mutate: Callable[[StoredState], StoredState]
+    ) -> StoredState:
+        new = self._states[scope] = mutate(self._states.get(scope, _EMPTY))
+        return new
+
+
+_EMPTY = StoredState()

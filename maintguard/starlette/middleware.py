@@ -12,7 +12,7 @@ import re
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 from starlette.requests import Request
@@ -20,15 +20,18 @@ from starlette.responses import Response
 from starlette.routing import Host, Match, Mount
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .. import _runner
 from ..backends import Backend, EnvVarBackend
-from ..core import Controller, _coerce, controller, register_default, resolve_backend, watch
+from ..core import ScopeController as Controller
+from ..core import coerce, controller, register_default, resolve_backend, store_of, watch
+from ..core.controller import refresh_store
 from ..exceptions import ConfigurationError, MaintGuardError
 from ..state import MaintenanceState, Mode, Phase, check_scope
 from . import routes
 from .responses import Prepared, Template, choose, prepare
 
 __all__ = ["MaintenanceModeMiddleware"]
+
+T = TypeVar("T")
 
 logger = logging.getLogger("maintguard")
 
@@ -79,7 +82,7 @@ class MaintenanceModeMiddleware:
         close_websockets: bool = False,
     ) -> None:
         self.app = app
-        self._given = _coerce(backend) if backend is not None else None
+        self._given = coerce(backend) if backend is not None else None
         if self._given is not None:
             register_default(self._given)
         if isinstance(exempt_paths, str):
@@ -115,6 +118,7 @@ class MaintenanceModeMiddleware:
         self._template = template
         self._close_websockets = close_websockets
         self._ctrl: Controller | None = None
+        self._scoped: dict[str, Controller] = {}
         self._stop_watch: Callable[[], None] | None = None
         self._start_lock = threading.Lock()
         self._routes_cache: dict[tuple[Any, ...], tuple[int, Any, routes.RoutePolicy]] = {}
@@ -168,11 +172,12 @@ class MaintenanceModeMiddleware:
             logger.exception("maintguard: no usable backend; reading MAINTGUARD_MODE instead")
             backend = EnvVarBackend()
         ctrl = controller(backend, None)
+        # Named scopes must be read (and then watched) before any request asks for them;
+        # holding their controllers keeps them alive (and watched) while the app runs.
+        names = {name for _, name in self._scopes} | routes.known_scopes
+        scoped = {name: controller(backend, name) for name in names if name is not None}
         try:
-            await ctrl.refresh()
-            # Named scopes must be read (and then watched) before any request asks for them.
-            for name in {name for _, name in self._scopes} | routes.known_scopes:
-                await controller(backend, name).refresh()
+            await refresh_store(store_of(backend), [ctrl, *scoped.values()], may_raise=True)
         except MaintGuardError:
             if at_startup:
                 raise  # seen at start-up, where it can be fixed
@@ -180,8 +185,15 @@ class MaintenanceModeMiddleware:
         with self._start_lock:
             if self._ctrl is None:
                 self._stop_watch = watch(backend)
+                self._scoped = scoped
                 self._ctrl = ctrl
         return self._ctrl
+
+    def _scope_ctrl(self, ctrl: Controller, name: str) -> Controller:
+        found = self._scoped.get(name)
+        if found is None:  # a scope first seen now: keep it (and so its state) from now on
+            found = self._scoped[name] = controller(ctrl.backend, name)
+        return found
 
     def _stop(self) -> None:
         with self._start_lock:
@@ -204,7 +216,7 @@ class MaintenanceModeMiddleware:
             await self.app(scope, receive, send)
             return
         name = policy.scope or self._scope_for(path)
-        state = ctrl.snapshot if name is None else controller(ctrl.backend, name).snapshot
+        state = ctrl.snapshot if name is None else self._scope_ctrl(ctrl, name).snapshot
         if policy.forced:
             state = state if state.active else _FORCED
         elif not state.active or await self._lets_through(
@@ -250,7 +262,7 @@ class MaintenanceModeMiddleware:
             return True
         if self._exempt_handler is not None:
             try:
-                return bool(await _runner.maybe_await(self._exempt_handler(Request(scope))))
+                return bool(await _maybe_await(self._exempt_handler(Request(scope))))
             except Exception:
                 logger.exception("maintguard: exempt_handler failed; the request is refused")
         return False
@@ -374,7 +386,7 @@ class MaintenanceModeMiddleware:
         if self._response_handler is not None:
             try:
                 request = Request(scope, receive)
-                response = await _runner.maybe_await(self._response_handler(request, state))
+                response = await _maybe_await(self._response_handler(request, state))
                 await response(scope, receive, send)
                 return
             except Exception:
@@ -416,7 +428,7 @@ class MaintenanceModeMiddleware:
         self, scope: Scope, receive: Receive, send: Send, ctrl: Controller, name: str | None
     ) -> None:
         # Close an open session with 1012 (service restart) when maintenance begins.
-        watched = ctrl if name is None else controller(ctrl.backend, name)
+        watched = ctrl if name is None else self._scope_ctrl(ctrl, name)
         async with anyio.create_task_group() as tg:
 
             async def close_when_maintenance_begins() -> None:
@@ -432,6 +444,12 @@ class MaintenanceModeMiddleware:
 
 
 # -- helpers ------------------------------------------------------------------------------------
+
+
+async def _maybe_await(value: Awaitable[T] | T) -> T:
+    if isinstance(value, Awaitable):
+        return await value
+    return value
 
 
 def _glob(pattern: str, option: str) -> re.Pattern[str]:

@@ -1,0 +1,501 @@
+"""One (store, scope) in this process: its hold stack, the stored state last read, the phase.
+
+Decisions are synchronous and taken under the controller's thread lock (holds are entered
+from asyncio, trio and threads at once); I/O happens after deciding, through :mod:`.io`;
+events are built only when someone will hear them and leave through :mod:`.dispatch`.
+
+Writes *reconcile*: a write stores this process's hold record as the stack is at the moment
+of writing, so writes that land in any order still leave the store matching the stack, and
+a read that started before a write landed never replaces what the write stored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any
+
+from ..exceptions import BackendError, MaintGuardError, ReadOnlyBackendError
+from ..state import (
+    EventKind,
+    ExplicitState,
+    MaintenanceEvent,
+    MaintenanceState,
+    Phase,
+    StoredState,
+    derive,
+)
+from . import dispatch, io
+from .stack import Details, Frame, HoldStack, details_of, record, to_datetime
+
+if TYPE_CHECKING:
+    from .registry import Store
+
+__all__ = ["HOST", "ScopeController", "refresh_store"]
+
+logger = logging.getLogger("maintguard")
+HOST = socket.gethostname()
+EMPTY = StoredState()
+_UNKNOWN = ("unknown",)  # the record as stored is not known: the next change writes it
+Transition = tuple[Phase, Phase] | None
+
+
+class ScopeController:
+    """The hold stack, cached stored state and phase of one (store, scope) in this process."""
+
+    def __init__(
+        self,
+        store: Store,
+        scope: str | None,
+        parent: ScopeController | None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.backend = store.backend
+        self.scope = scope
+        self.parent = parent
+        self.clock = clock
+        self.where = store.backend.describe()
+        self.label = self.where + ("" if scope is None else f" scope {scope!r}")
+        self._lock = threading.Lock()
+        self.stack = HoldStack()  # entered frames: readers see them
+        self.entering = HoldStack()  # frames whose record is being written: not seen yet
+        self.hold_id = _new_hold_id()
+        self.stored: StoredState | None = None  # None: never read
+        self.read_at = -math.inf
+        self.version = 0  # bumps on every change a reader could see
+        self.writes = 0  # completed writes: a read that started before one is dropped
+        self.active = False
+        self.own_active = False  # active through this scope's own state (not the parent's)
+        self.phase = Phase.OFF
+        self._snap: MaintenanceState | None = None
+        self._snap_parent = -1
+        self._deadline = math.inf  # monotonic time when the snapshot goes stale by itself
+        self._written: tuple[object, ...] | None = None  # presented details last stored
+        self._inflight = 0
+        self._renewing = False
+
+    def after_fork(self) -> None:
+        """In a forked child: hold nothing of the parent, renew nothing, new locks.
+
+        The stored state read stays: the parent's record in it now counts as another
+        process's hold, which is what the parent's hold is to the child.
+        """
+        self._lock = threading.Lock()
+        self.stack.clear()
+        self.entering.clear()
+        self.hold_id = _new_hold_id()
+        self._written = None
+        self._inflight = 0
+        self._renewing = False
+        self.version += 1
+        self._snap = None
+        self._recompute(time.time())
+
+    # -- the hold path: pure decisions under the lock -------------------------------------
+
+    def enter(self, frame: Frame) -> bool:
+        """Enter ``frame``. True when its record must be written first: then the caller
+        writes and calls :meth:`commit` on success or :meth:`abort` on any failure."""
+        with self._lock:
+            if self.backend.stores_holds:
+                self.entering.push(frame)
+                if self._inflight or self._presented() != self._written:
+                    self._inflight += 1
+                    return True
+                self.entering.remove(frame)
+            edge = self.stack.push(frame)
+            change = self._changed(edge)
+        self._announce(change, EventKind.HOLD_ACQUIRED, frame)
+        return False
+
+    def commit(self, frame: Frame) -> None:
+        """The record of an entering frame is stored: readers see the frame from now on."""
+        with self._lock:
+            self.entering.remove(frame)
+            edge = self.stack.push(frame)
+            change = self._changed(edge)
+        self._announce(change, EventKind.HOLD_ACQUIRED, frame)
+
+    def abort(self, frame: Frame) -> bool:
+        """An entry failed: forget the frame; nobody saw it. True when a write must follow."""
+        with self._lock:
+            self.entering.remove(frame)
+            self._inflight += 1
+            return True
+
+    def leave(self, frame: Frame) -> bool:
+        """Remove ``frame`` wherever it stands; True when the stored record must follow.
+
+        A frame that is not here (left already, or entered before this process forked)
+        changes nothing.
+        """
+        with self._lock:
+            edge = self.stack.remove(frame)
+            if edge is None:
+                return False
+            change = self._changed(edge)
+            write = self.backend.stores_holds and (
+                self._inflight > 0 or self._presented() != self._written
+            )
+            if write:
+                self._inflight += 1
+        self._announce(change, EventKind.HOLD_RELEASED, frame)
+        return write
+
+    def holding(self) -> bool:
+        return bool(self.stack) or bool(self.entering)
+
+    def _presented(self) -> tuple[object, ...] | None:
+        details = details_of(self.stack, self.entering)
+        return None if details is None else details.presented()
+
+    def _changed(self, edge: bool) -> tuple[Transition, bool]:
+        # Under the lock: readers must derive again; on the first or last frame the phase
+        # may change. Returns the transition and whether named scopes must look again.
+        self.version += 1
+        self._snap = None
+        if not edge:
+            return None, False
+        return self._recompute(time.time())
+
+    def _recompute(self, now: float) -> tuple[Transition, bool]:
+        # Under the lock: is this scope on, through itself or the global scope?
+        own = bool(self.stack) or _stored_active(self.stored, self.hold_id, to_datetime(now))
+        active = own or (self.parent is not None and self.parent.active)
+        own_changed = own is not self.own_active
+        self.own_active = own
+        if active is self.active:
+            return None, own_changed
+        self.active = active
+        previous, self.phase = self.phase, Phase.ON if active else Phase.OFF
+        return (previous, self.phase), own_changed
+
+    def _announce(
+        self, change: tuple[Transition, bool], kind: EventKind | None, frame: Frame | None
+    ) -> None:
+        # Outside the lock: tell named scopes, then build events only for whoever hears.
+        transition, own_changed = change
+        if self.parent is None:
+            if transition is not None:
+                for child in self.store.children():
+                    child._parent_changed()
+        elif own_changed:
+            self.store.named_changed()
+        events: list[MaintenanceEvent] = []
+        if transition is not None and dispatch.listening():
+            events.append(self._event(EventKind.TRANSITION, previous=transition[0]))
+        if kind is not None and frame is not None and dispatch.hears_holds():
+            events.append(self._event(kind, owner=frame.owner))
+        if events:
+            dispatch.emit(events)
+
+    def _event(self, kind: EventKind, **details: Any) -> MaintenanceEvent:
+        state = self.snapshot
+        if kind is EventKind.TRANSITION:
+            details["phase"] = state.phase
+        return MaintenanceEvent(kind, self.scope, self.where, state, **details)
+
+    def _parent_changed(self) -> None:
+        with self._lock:
+            self.version += 1
+            self._snap = None
+            change = self._recompute(time.time())
+        self._announce(change, None, None)
+
+    # -- what readers see --------------------------------------------------------------
+
+    @property
+    def snapshot(self) -> MaintenanceState:
+        """The effective state from memory: no I/O, safe on any hot path."""
+        snap = self._snap
+        parent = self.parent
+        if (
+            snap is None
+            or (self._deadline != math.inf and time.monotonic() >= self._deadline)
+            or (parent is not None and self._snap_parent != parent.version)
+        ):
+            snap = self._resnapshot()
+        return snap
+
+    def level(self, now: datetime) -> StoredState:
+        """This scope's stored state with this process's own record as the stack has it."""
+        with self._lock:
+            return self._level(now)
+
+    def _level(self, now: datetime) -> StoredState:
+        stored = self.stored or EMPTY
+        details = details_of(self.stack)
+        holds = tuple(h for h in stored.holds if h.id != self.hold_id)
+        if details is not None:
+            holds += (_local_record(details, self.hold_id, now.timestamp()),)
+        return StoredState(stored.explicit, holds)
+
+    def _resnapshot(self) -> MaintenanceState:
+        parent = self.parent
+        parent_version = parent.version if parent is not None else -1
+        now = datetime.now(timezone.utc)
+        levels = [self.level(now)]
+        if parent is not None:
+            levels.append(parent.level(now))
+        snap = derive(self.scope, levels, now)
+        change: tuple[Transition, bool] = (None, False)
+        with self._lock:
+            self._snap, self._snap_parent = snap, parent_version
+            self._deadline = _deadline(levels, now)
+            if snap.active is not self.active:  # time alone ended a lease or an `until`
+                change = self._recompute(now.timestamp())
+        if change != (None, False):
+            self._announce(change, None, None)
+        return snap
+
+    def tick(self) -> None:
+        """Let time-based changes (leases, ``until``) show, and their transitions be heard."""
+        _ = self.snapshot
+
+    # -- reading -------------------------------------------------------------------------
+
+    def stale(self) -> bool:
+        return time.monotonic() - self.read_at >= self.backend.refresh_interval
+
+    async def refresh(self, *, force: bool = False) -> None:
+        """Bring the stored state up to date if older than the refresh interval."""
+        if force or self.stale():
+            if self.backend._inline:
+                self._read_inline()
+            else:
+                await refresh_store(self.store, [self], may_raise=True)
+
+    def refresh_inline(self) -> bool:
+        """For in-memory backends: refresh this scope and its parent at once, in this
+        thread; False when the backend needs I/O (then await :meth:`refresh`)."""
+        if not self.backend._inline:
+            return False
+        if self.parent is not None and self.parent.stale():
+            self.parent._read_inline()
+        if self.stale():
+            self._read_inline()
+        return True
+
+    def _read_inline(self) -> None:
+        writes = self.writes
+        try:
+            stored = self.backend._read_blocking(self.scope)
+        except Exception as exc:
+            self.read_failed(exc, may_raise=True)
+        else:
+            self.apply_read(stored, writes)
+
+    def apply_read(self, stored: StoredState, writes: int) -> None:
+        """Take a state read when ``writes`` writes had completed, unless one landed since."""
+        self.store.read_ok()
+        if stored is self.stored:  # nothing changed (the env backend returns one object)
+            self.read_at = time.monotonic()
+            return
+        with self._lock:
+            if self.writes != writes:
+                return  # a newer write landed while this read ran
+            change = self._store(stored)
+        self._announce(change, None, None)
+
+    def _store(self, stored: StoredState) -> tuple[Transition, bool]:
+        self.stored = stored
+        self.read_at = time.monotonic()
+        self.version += 1
+        self._snap = None
+        return self._recompute(time.time())
+
+    def read_failed(self, exc: Exception, *, may_raise: bool) -> None:
+        """A read failed: raise on a store's first read, then follow ``on_error``."""
+        error = as_backend_error(exc, f"{self.where}: reading the maintenance state failed")
+        store = self.store
+        if may_raise and not store.used and self.backend.raise_on_first_read:
+            store.used = True
+            raise error from exc
+        store.used = True
+        policy = self.backend.on_error
+        if store.note_error(f"{error} (following on_error={policy!r})"):
+            dispatch.emit([self._event(EventKind.BACKEND_ERROR, error=error)])
+        if policy == "open":
+            stored = EMPTY
+        elif policy == "closed":
+            stored = StoredState(ExplicitState(active=True, reason="maintenance state unavailable"))
+        else:
+            stored = self.stored or EMPTY
+        with self._lock:
+            change = self._store(stored)
+        self._announce(change, None, None)
+
+    # -- writing -------------------------------------------------------------------------
+
+    def _mutate(self, stored: StoredState) -> StoredState:
+        # Runs under the store's write lock, wherever the write runs: store the stack as it
+        # is now (this is what makes writes reconcile).
+        now = self.clock()
+        with self._lock:
+            details = details_of(self.stack, self.entering)
+            self._written = None if details is None else details.presented()
+        now_dt = to_datetime(now)
+        holds = tuple(h for h in stored.holds if h.id != self.hold_id and h.live(now_dt))
+        if details is not None:
+            holds += (
+                record(
+                    details,
+                    hold_id=self.hold_id,
+                    host=HOST,
+                    pid=os.getpid(),
+                    now=now,
+                    lease_ttl=self.backend.lease_ttl,
+                ),
+            )
+        return stored if holds == stored.holds else replace(stored, holds=holds)
+
+    async def write(self) -> None:
+        """Write this process's record as the stack has it (one counted write)."""
+        try:
+            new = await io.update(self.backend, self.scope, self._mutate, self.store)
+        except BaseException as exc:
+            self._write_failed()
+            if isinstance(exc, Exception):
+                raise as_backend_error(exc, f"{self.label}: writing the hold failed") from exc
+            raise
+        self._write_done(new)
+
+    def write_blocking(self) -> None:
+        """The same from a thread that may block (sync faces)."""
+        try:
+            new = io.update_blocking(self.backend, self.scope, self._mutate, self.store)
+        except BaseException as exc:
+            self._write_failed()
+            if isinstance(exc, Exception):
+                raise as_backend_error(exc, f"{self.label}: writing the hold failed") from exc
+            raise
+        self._write_done(new)
+
+    def _write_failed(self) -> None:
+        with self._lock:
+            self._inflight -= 1
+            self._written = _UNKNOWN
+
+    def _write_done(self, new: StoredState) -> None:
+        self.store.used = True
+        with self._lock:
+            self._inflight -= 1
+            self.writes += 1
+            change = self._store(new)
+            renew = self.holding() and not self._renewing
+            self._renewing = self._renewing or renew
+        if renew:
+            io.background(self._renew())
+        self._announce(change, None, None)
+
+    def release_failed(self, exc: BaseException) -> None:
+        logger.warning(
+            "%s: could not remove this process's hold record (%s); other processes stop "
+            "counting it when its lease runs out in %.0fs",
+            self.label,
+            exc,
+            self.backend.lease_ttl,
+        )
+
+    async def _renew(self) -> None:
+        # On the I/O loop while frames are held: renew the lease, and write the record
+        # again if it vanished (a flushed store).
+        period = self.backend.lease_ttl / 3
+        try:
+            while True:
+                await asyncio.sleep(period)
+                with self._lock:
+                    if not self.holding():
+                        return
+                    self._inflight += 1
+                try:
+                    await self.write()
+                except Exception as exc:
+                    logger.warning("%s; retrying in %.1fs", exc, period)
+                    dispatch.emit(
+                        [self._event(EventKind.BACKEND_ERROR, error=as_backend_error(exc, ""))]
+                    )
+        finally:
+            with self._lock:
+                self._renewing = False
+
+    async def set_explicit(self, make: Callable[[ExplicitState], ExplicitState]) -> None:
+        """Change the explicit (operator) state; holds are not touched."""
+        if self.backend.read_only:
+            raise read_only_error(self.backend, self.scope)
+
+        def mutate(stored: StoredState) -> StoredState:
+            return replace(stored, explicit=make(stored.explicit))
+
+        try:
+            new = await io.update(self.backend, self.scope, mutate, self.store)
+        except MaintGuardError:
+            raise
+        except Exception as exc:
+            raise as_backend_error(exc, f"{self.label}: writing the state failed") from exc
+        self.store.used = True
+        with self._lock:
+            self.writes += 1
+            change = self._store(new)
+        self._announce(change, None, None)
+
+
+async def refresh_store(
+    store: Store, ctrls: Sequence[ScopeController], *, may_raise: bool = False
+) -> None:
+    """Read every scope of ``ctrls`` from ``store`` in one whole-store read."""
+    writes = [c.writes for c in ctrls]
+    try:
+        found = await io.read_scopes(store.backend, [c.scope for c in ctrls])
+    except Exception as exc:
+        for ctrl in ctrls:
+            ctrl.read_failed(exc, may_raise=may_raise)
+        return
+    for ctrl, count in zip(ctrls, writes, strict=True):
+        ctrl.apply_read(found.get(ctrl.scope, EMPTY), count)
+
+
+def _new_hold_id() -> str:
+    return f"{HOST}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
+
+
+def _stored_active(stored: StoredState | None, own_id: str, now: datetime) -> bool:
+    if stored is None:
+        return False
+    return stored.explicit.in_force(now) or any(h.live(now) for h in stored.holds if h.id != own_id)
+
+
+def _deadline(levels: Sequence[StoredState], now: datetime) -> float:
+    # When the derived state changes by time alone: an `until` or a lease running out.
+    times = [e.until for lv in levels if (e := lv.explicit).active and e.until and e.until > now]
+    times += [h.expires for lv in levels for h in lv.holds if h.expires and h.expires > now]
+    if not times:
+        return math.inf
+    return time.monotonic() + (min(times) - now).total_seconds()
+
+
+def _local_record(details: Details, hold_id: str, now: float) -> Any:
+    return record(details, hold_id=hold_id, host=HOST, pid=os.getpid(), now=now, lease_ttl=None)
+
+
+def as_backend_error(exc: BaseException, context: str) -> BackendError:
+    if isinstance(exc, BackendError):
+        return exc
+    return BackendError(f"{context}: {exc!r}" if context else repr(exc))
+
+
+def read_only_error(backend: Any, scope: str | None) -> ReadOnlyBackendError:
+    make = getattr(backend, "_read_only_error", None)
+    if make is not None:
+        return make(scope)  # type: ignore[no-any-return]
+    return ReadOnlyBackendError(f"{backend.describe()} cannot be written")

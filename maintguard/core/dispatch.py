@@ -1,0 +1,163 @@
+"""Listener dispatch: events leave the hold path through a queue to one dispatcher thread.
+
+The hold path, lease renewals, the watcher and requests only *emit*: an emitted event is
+logged (stdlib logging, ``maintguard`` logger) and queued. One daemon thread takes events
+in order and calls every listener registered when the event was emitted, one after the
+other: sync listeners directly, async ones on the dispatcher's own asyncio loop. So a
+listener that blocks, hangs or raises delays only the events after it, never a hold.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import inspect
+import logging
+import os
+import queue
+import threading
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
+
+from ..exceptions import ConfigurationError
+from ..state import EventKind, MaintenanceEvent
+
+__all__ = [
+    "Listener",
+    "add_listener",
+    "emit",
+    "flush_listeners",
+    "hears_holds",
+    "listening",
+    "remove_listener",
+]
+
+logger = logging.getLogger("maintguard")
+
+Listener = Callable[[MaintenanceEvent], Awaitable[None] | None]
+
+_listeners: tuple[Listener, ...] = ()
+_lock = threading.Lock()
+_queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+_thread: threading.Thread | None = None
+
+
+def add_listener(listener: Listener) -> Listener:
+    """Call ``listener(event)`` on every :class:`MaintenanceEvent`; returns it (a decorator).
+
+    Listeners run in maintguard's dispatcher thread, in the order they were added, one
+    event after the other in the order the events happened; async listeners run on that
+    thread's own asyncio loop. A listener never runs on the hold path: a slow, hanging or
+    raising listener delays only the events after it. A listener that raises is logged.
+
+    >>> @add_listener
+    ... def on_event(event): ...
+    >>> remove_listener(on_event)
+    """
+    global _listeners
+    if not callable(listener):
+        raise ConfigurationError(f"a listener must be callable, not {listener!r}")
+    with _lock:
+        _listeners = (*_listeners, listener)
+    return listener
+
+
+def remove_listener(listener: Listener) -> None:
+    """Stop calling ``listener`` for events emitted from now on; unknown ones are ignored."""
+    global _listeners
+    with _lock:
+        _listeners = tuple(x for x in _listeners if x != listener)  # bound methods: ==
+
+
+def flush_listeners(timeout: float | None = 5.0) -> bool:
+    """Wait until every event emitted so far has been handed to every listener.
+
+    Returns False when ``timeout`` seconds passed first (a listener still runs). Tests and
+    shutdown code call it; a hold never waits for listeners.
+    """
+    if _thread is None:
+        return True
+    done = threading.Event()
+    _queue.put(done)
+    return done.wait(timeout)
+
+
+def listening() -> bool:
+    """True when events must be built: someone listens or logging would show them."""
+    return bool(_listeners) or logger.isEnabledFor(logging.INFO)
+
+
+def hears_holds() -> bool:
+    """True when hold and job events must be built (listeners, or debug logging)."""
+    return bool(_listeners) or logger.isEnabledFor(logging.DEBUG)
+
+
+def emit(events: Iterable[MaintenanceEvent]) -> None:
+    """Log ``events`` and queue them for the listeners; never blocks, never raises."""
+    listeners = _listeners
+    for event in events:
+        _log(event)
+        if listeners:
+            _start()
+            _queue.put((listeners, event))
+
+
+def _log(event: MaintenanceEvent) -> None:
+    if event.kind is EventKind.TRANSITION:
+        s = event.state
+        logger.info(
+            "maintenance %s (%s%s)%s",
+            event.phase.value if event.phase else "?",
+            event.backend,
+            "" if event.scope is None else f", scope {event.scope!r}",
+            f": {s.reason}" if s.reason else "",
+        )
+    elif event.kind is not EventKind.BACKEND_ERROR:  # errors are logged where they happen
+        logger.debug("%s %s (%s)", event.kind.value, event.owner or "", event.backend)
+
+
+def _start() -> None:
+    global _thread
+    if _thread is None:
+        with _lock:
+            if _thread is None:
+                thread = threading.Thread(target=_run, name="maintguard-listeners", daemon=True)
+                thread.start()
+                _thread = thread
+
+
+def _run() -> None:
+    loop = asyncio.new_event_loop()
+    while True:
+        item = _queue.get()
+        if isinstance(item, threading.Event):
+            item.set()
+            continue
+        listeners, event = item
+        for listener in listeners:
+            try:
+                result = listener(event)
+                if inspect.isawaitable(result):
+                    loop.run_until_complete(_awaited(result))
+            except BaseException:  # a listener's bug never stops the dispatcher
+                logger.exception("maintguard listener %r failed on %s", listener, event.kind)
+
+
+async def _awaited(result: Awaitable[None]) -> None:
+    await result
+
+
+def _at_exit() -> None:
+    if not flush_listeners(2.0):
+        logger.warning("maintguard: listeners still busy at exit; later events are dropped")
+
+
+def _after_fork_in_child() -> None:
+    # The dispatcher thread does not survive fork; events queued in the parent stay there.
+    global _lock, _queue, _thread
+    _lock, _queue, _thread = threading.Lock(), queue.SimpleQueue(), None
+
+
+atexit.register(_at_exit)
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -1,0 +1,156 @@
+"""The store registry: which in-process state a backend object names.
+
+Backend objects that name one store (the same file, variable, Redis URL and prefix) share
+one :class:`Store`, so a hold taken through one is seen at once through the other. They
+must agree on the store's options. A store lives as long as a backend object naming it;
+a named scope's controller lives as long as something holds it (a frame, a reader such as
+a middleware, a renewal), so per-tenant scopes do not pile up.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import threading
+import weakref
+from collections.abc import Hashable
+
+from ..backends import Backend
+from ..exceptions import ConfigurationError
+from .controller import ScopeController
+
+__all__ = ["Store", "all_stores", "controller", "store_of"]
+
+logger = logging.getLogger("maintguard")
+
+
+class Store:
+    """What every backend object naming one store shares in this process."""
+
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+        self.options = backend.options()
+        self.lock = threading.Lock()  # the scope table and the watcher count
+        self.write_lock = threading.Lock()  # serialises this process's writes
+        self.used = False  # once read or written, read errors follow on_error
+        self.named_active = False  # some named scope is on by its own state
+        self.watchers = 0
+        self.watching = False
+        self._error: str | None = None
+        self._scopes: weakref.WeakValueDictionary[str, ScopeController] = (
+            weakref.WeakValueDictionary()
+        )
+        self.root = ScopeController(self, None, None)
+
+    def controller(self, scope: str | None) -> ScopeController:
+        if scope is None:
+            return self.root
+        ctrl = self._scopes.get(scope)
+        if ctrl is None:
+            with self.lock:
+                ctrl = self._scopes.get(scope)
+                if ctrl is None:
+                    ctrl = self._scopes[scope] = ScopeController(self, scope, self.root)
+        return ctrl
+
+    def children(self) -> list[ScopeController]:
+        return list(self._scopes.values())
+
+    def controllers(self) -> list[ScopeController]:
+        return [self.root, *self._scopes.values()]
+
+    def named_changed(self) -> None:
+        self.named_active = any(c.own_active for c in self.children())
+
+    def read_ok(self) -> None:
+        self.used = True
+        if self._error is not None:
+            self._error = None
+            logger.info("%s: maintenance state readable again", self.backend.describe())
+
+    def note_error(self, message: str) -> bool:
+        """Log a read error once while it lasts; True when it is new."""
+        if message == self._error:
+            return False
+        self._error = message
+        logger.warning("%s", message)
+        return True
+
+    def _after_fork_in_child(self) -> None:
+        self.lock = threading.Lock()
+        self.write_lock = threading.Lock()
+        for ctrl in self.controllers():
+            ctrl.after_fork()
+
+
+_lock = threading.Lock()
+_stores: weakref.WeakValueDictionary[Hashable, Store] = weakref.WeakValueDictionary()
+
+
+def store_of(backend: Backend) -> Store:
+    """The store ``backend`` names; a second object must agree on the store's options."""
+    store: Store | None = backend.__dict__.get("_maintguard_store")
+    if store is not None:
+        return store
+    with _lock:
+        key = backend.store_key()
+        store = _stores.get(key)
+        if store is None:
+            store = _stores[key] = Store(backend)
+        elif store.backend is not backend:
+            _check_options(store, backend)
+        backend.__dict__["_maintguard_store"] = store
+    return store
+
+
+def controller(backend: Backend, scope: str | None) -> ScopeController:
+    return store_of(backend).controller(scope)
+
+
+def all_stores() -> list[Store]:
+    return list(_stores.values())
+
+
+def _check_options(store: Store, backend: Backend) -> None:
+    theirs = store.options
+    ours = backend.options()
+    differ = [k for k in ours if ours[k] != theirs.get(k)]
+    if differ:
+        both = ", ".join(f"{k}={ours[k]!r} here but {k}={theirs.get(k)!r} there" for k in differ)
+        raise ConfigurationError(
+            f"{backend.describe()} names a store already in use with other options ({both}); "
+            "give every backend object for one store the same options, or reuse one object"
+        )
+
+
+def _after_fork_in_child() -> None:
+    # A child process holds nothing its parent held and must not renew its records.
+    global _lock
+    _lock = threading.Lock()
+    for store in all_stores():
+        store._after_fork_in_child()
+
+
+def _release_at_exit() -> None:
+    # Holds still entered when the interpreter exits (a daemon thread's, an abandoned
+    # generator's) end with the process: remove their records now rather than leaving
+    # other processes to wait for the lease.
+    for store in all_stores():
+        if not store.backend.stores_holds:
+            continue
+        for ctrl in store.controllers():
+            if not ctrl.holding():
+                continue
+            ctrl.stack.clear()
+            ctrl.entering.clear()
+            ctrl._inflight += 1
+            try:
+                ctrl.write_blocking()
+            except BaseException as exc:
+                ctrl.release_failed(exc)
+
+
+atexit.register(_release_at_exit)
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -1,0 +1,83 @@
+"""The watcher: one background task per watched store keeps every scope's snapshot fresh.
+
+Each ``refresh_interval`` it reads the whole store once (every scope at once, through
+``Backend.read_scopes``) and republishes; a store that never changes behind maintguard's
+back (memory) is only re-derived, so leases and ``until`` still run out on time. Hot
+paths then read snapshots and never a backend.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import os
+from collections.abc import Callable
+
+from ..backends import Backend
+from . import io
+from .controller import refresh_store
+from .registry import Store, all_stores, store_of
+
+__all__ = ["watch"]
+
+logger = logging.getLogger("maintguard")
+
+
+def watch(backend: Backend) -> Callable[[], None]:
+    """Keep every scope of ``backend``'s store fresh in the background; returns ``stop``."""
+    store = store_of(backend)
+    with store.lock:
+        store.watchers += 1
+        start = not store.watching
+        store.watching = True
+    if start:
+        io.background(_watch(store))
+    stopped = False
+
+    def stop() -> None:
+        nonlocal stopped
+        with store.lock:
+            if not stopped:
+                stopped = True
+                store.watchers -= 1
+
+    return stop
+
+
+async def _watch(store: Store) -> None:
+    interval = store.backend.refresh_interval
+    tick = interval if 0 < interval < math.inf else 1.0
+    try:
+        while True:
+            with store.lock:
+                if store.watchers <= 0:
+                    return
+            ctrls = store.controllers()
+            try:
+                if interval < math.inf:
+                    await refresh_store(store, ctrls)
+                for ctrl in ctrls:
+                    ctrl.tick()
+            except Exception:  # never let the watcher die
+                logger.exception("maintguard: the watcher of %s failed", store.backend.describe())
+            del ctrls
+            await asyncio.sleep(tick)
+    finally:
+        with store.lock:
+            store.watching = False
+
+
+def _after_fork_in_child() -> None:
+    # The watcher task died with the parent's I/O thread: a forked worker (gunicorn
+    # preload) starts its own, or its middleware would never follow changes.
+    for store in all_stores():
+        with store.lock:
+            restart = store.watchers > 0
+            store.watching = restart
+        if restart:
+            io.background(_watch(store))
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
