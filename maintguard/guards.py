@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextvars
 import inspect
 import sys
-import time
 from collections.abc import AsyncGenerator, Callable, Generator
 from datetime import datetime, timedelta
 from types import TracebackType
@@ -110,7 +109,7 @@ class MaintenanceHold:
 
     def _new_entry(self) -> _Entry:
         ctrl = controller(resolve_backend(self._backend), self._scope)
-        frame = Frame(self._owner, self._reason, self._retry_after, self._mode, time.time())
+        frame = Frame(self._owner, self._reason, self._retry_after, self._mode, ctrl.store.clock())
         return _Entry(ctrl, frame)
 
     def _enter_sync(self) -> _Entry:

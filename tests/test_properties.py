@@ -2,22 +2,26 @@
 
 from __future__ import annotations
 
+import math
 import os
 import tempfile
-from dataclasses import dataclass, field
+import threading
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import anyio
 import pytest
+from anyio.from_thread import start_blocking_portal
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, consumes, invariant, rule
 
 from maintguard import get_state, set_maintenance_mode, under_maintenance
 from maintguard.backends import Backend, EnvVarBackend, LocalFileBackend, MemoryBackend
+from maintguard.core import store_of
 from maintguard.core.stack import Frame, HoldStack, details_of, record, to_datetime
-from maintguard.state import Mode, derive, utcnow
+from maintguard.state import HoldRecord, Mode, derive, utcnow
 
 HOLDERS = 6
 
@@ -199,3 +203,203 @@ class HoldStackModel(RuleBasedStateMachine):
 
 TestHoldStackModel = HoldStackModel.TestCase
 TestHoldStackModel.settings = settings(max_examples=150, stateful_step_count=40, deadline=None)
+
+
+# -- threads, asyncio tasks and trio tasks at once; two scopes; fake time --------------------
+
+SCOPES = (None, "billing")
+ACTORS = ("asyncio", "trio", "thread")
+START = 2_000_000_000.0  # fake wall-clock seconds
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = START
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@dataclass
+class Live:
+    """A holder running in one actor: `depth` nested entries of one or two hold objects."""
+
+    scope: str | None
+    leave: Any
+    left: threading.Event
+    how: str = "return"
+    cancel: Any = None
+
+
+mixed_step = st.one_of(
+    st.tuples(
+        st.just("enter"),
+        st.sampled_from(ACTORS),
+        st.sampled_from(SCOPES),
+        st.integers(1, 3),  # nesting depth in one task or thread
+        st.booleans(),  # nest the same hold object (True) or a fresh one per level
+    ),
+    st.tuples(st.just("exit"), st.integers(0, 7), st.sampled_from(["return", "raise", "cancel"])),
+    st.tuples(st.just("explicit"), st.sampled_from(SCOPES), st.sampled_from([None, 5.0, 50.0])),
+    st.tuples(st.just("explicit_off"), st.sampled_from(SCOPES)),
+    st.tuples(st.just("crashed"), st.sampled_from(SCOPES), st.sampled_from([3.0, 30.0])),
+    st.tuples(st.just("time"), st.sampled_from([1.0, 4.0, 10.0, 40.0])),
+)
+
+
+def _run_mixed(path: Path, schedule: list[tuple[Any, ...]]) -> None:
+    clock = FakeClock()
+    backend = LocalFileBackend(path, lease_ttl=1e6, refresh_interval=0)
+    store_of(backend).clock = clock
+    holders: list[Live] = []
+    explicit: dict[str | None, float | None] = {}  # scope -> until (inf: none)
+    crashed: dict[str | None, list[float]] = {s: [] for s in SCOPES}
+
+    async def async_holder(holds: list[Any], live: Live, entered: threading.Event) -> None:
+        async def level(i: int) -> None:
+            if i == len(holds):
+                entered.set()
+                await live.leave.wait()
+                if live.how == "raise":
+                    raise Boom
+                if live.how == "cancel":
+                    live.cancel.cancel()
+                    await anyio.sleep_forever()
+                return
+            async with holds[i]:
+                await level(i + 1)
+
+        try:
+            with anyio.CancelScope() as live.cancel:
+                await level(0)
+        except Boom:
+            pass
+        finally:
+            live.left.set()
+
+    def thread_holder(holds: list[Any], live: Live, entered: threading.Event) -> None:
+        def level(i: int) -> None:
+            if i == len(holds):
+                entered.set()
+                live.leave.wait()
+                if live.how != "return":
+                    raise Boom
+                return
+            with holds[i]:
+                level(i + 1)
+
+        try:
+            level(0)
+        except Boom:
+            pass
+        finally:
+            live.left.set()
+
+    def expected(scope: str | None) -> bool:
+        own = any(h.scope == scope for h in holders)
+        until = explicit.get(scope, -1.0)
+        in_force = until is not None and (until == math.inf or until > clock.now)
+        dead = any(expiry > clock.now for expiry in crashed[scope])
+        return own or in_force or dead or (scope is not None and expected(None))
+
+    def check(portals: dict[str, Any]) -> None:
+        stored = LocalFileBackend(path)._read_scopes_blocking(SCOPES)  # as another process
+        now = to_datetime(clock.now)
+        for scope in SCOPES:
+            want = expected(scope)
+            here = portals["asyncio"].call(get_state, backend, scope)
+            levels = [stored[scope]] + ([stored[None]] if scope is not None else [])
+            there = derive(scope, levels, now)
+            assert here.active is want, (scope, schedule, here)  # I1 and I2, this process
+            assert there.active is want, (scope, schedule, there)  # ... and another one
+            own_records = [r for r in stored[scope].holds if r.pid == os.getpid()]
+            assert len(own_records) == (1 if any(h.scope == scope for h in holders) else 0)
+
+    with (
+        start_blocking_portal("asyncio") as aio,
+        start_blocking_portal("trio") as trio_portal,
+    ):
+        portals = {"asyncio": aio, "trio": trio_portal}
+        for op in schedule:
+            if op[0] == "enter":
+                _, actor, scope, depth, same = op
+                one = under_maintenance(backend=backend, scope=scope, reason=actor)
+                more = [under_maintenance(backend=backend, scope=scope) for _ in range(depth - 1)]
+                holds = [one] * depth if same else [one, *more]
+                entered = threading.Event()
+                if actor == "thread":
+                    live = Live(scope, threading.Event(), threading.Event())
+                    threading.Thread(target=thread_holder, args=(holds, live, entered)).start()
+                else:
+                    portal = portals[actor]
+                    live = Live(scope, portal.call(anyio.Event), threading.Event())
+                    live.leave_portal = portal  # type: ignore[attr-defined]
+                    portal.start_task_soon(async_holder, holds, live, entered)
+                assert entered.wait(10)
+                holders.append(live)
+            elif op[0] == "exit" and holders:
+                live = holders.pop(op[1] % len(holders))
+                live.how = op[2]
+                portal = getattr(live, "leave_portal", None)
+                if portal is None:
+                    live.leave.set()
+                elif live.how == "cancel" and op[1] % 2:
+                    portal.call(live.cancel.cancel)  # cancelled from outside while waiting
+                else:
+                    portal.call(live.leave.set)
+                assert live.left.wait(10)
+            elif op[0] == "explicit":
+                _, scope, seconds = op
+                if seconds is None:
+                    aio.call(lambda scope=scope: set_maintenance_mode(True, backend, scope=scope))
+                    explicit[scope] = math.inf
+                else:
+                    until = clock.now + seconds
+                    aio.call(
+                        lambda scope=scope, until=until: set_maintenance_mode(
+                            True, backend, scope=scope, until=to_datetime(until)
+                        )
+                    )
+                    explicit[scope] = until
+            elif op[0] == "explicit_off":
+                aio.call(lambda scope=op[1]: set_maintenance_mode(False, backend, scope=scope))
+                explicit[op[1]] = None
+            elif op[0] == "crashed":  # a holder that died: its lease runs out by itself
+                _, scope, ttl = op
+                expiry = clock.now + ttl
+                dead = HoldRecord(
+                    id=f"dead:{len(crashed[scope])}",
+                    owner="killed job",
+                    host="elsewhere",
+                    pid=1,
+                    acquired=to_datetime(clock.now),
+                    started=to_datetime(clock.now),
+                    expires=to_datetime(expiry),
+                )
+                backend._update_blocking(
+                    scope, lambda s, dead=dead: replace(s, holds=(*s.holds, dead))
+                )
+                crashed[scope].append(expiry)
+            elif op[0] == "time":
+                clock.now += op[1]
+            check(portals)
+        for live in holders:
+            portal = getattr(live, "leave_portal", None)
+            if portal is None:
+                live.leave.set()
+            else:
+                portal.call(live.leave.set)
+            assert live.left.wait(10)
+        holders.clear()
+        check(portals)
+
+
+@settings(
+    max_examples=int(os.environ.get("MAINTGUARD_PROPERTY_EXAMPLES", "60")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(schedule=st.lists(mixed_step, max_size=30))
+def test_threads_and_tasks_of_both_loops_keep_invariants(schedule: list[Any]) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        _run_mixed(Path(tmp) / "m.json", schedule)

@@ -21,7 +21,7 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import replace
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from ..exceptions import BackendError, MaintGuardError, ReadOnlyBackendError
@@ -57,13 +57,11 @@ class ScopeController:
         store: Store,
         scope: str | None,
         parent: ScopeController | None,
-        clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
         self.backend = store.backend
         self.scope = scope
         self.parent = parent
-        self.clock = clock
         self.where = store.backend.describe()
         self.label = self.where + ("" if scope is None else f" scope {scope!r}")
         self._lock = threading.Lock()
@@ -79,7 +77,7 @@ class ScopeController:
         self.phase = Phase.OFF
         self._snap: MaintenanceState | None = None
         self._snap_parent = -1
-        self._deadline = math.inf  # monotonic time when the snapshot goes stale by itself
+        self._deadline = math.inf  # clock time when the snapshot goes stale by itself
         self._written: tuple[object, ...] | None = None  # presented details last stored
         self._inflight = 0
         self._renewing = False
@@ -99,7 +97,7 @@ class ScopeController:
         self._renewing = False
         self.version += 1
         self._snap = None
-        self._recompute(time.time())
+        self._recompute(self.store.clock())
 
     # -- the hold path: pure decisions under the lock -------------------------------------
 
@@ -166,7 +164,7 @@ class ScopeController:
         self._snap = None
         if not edge:
             return None, False
-        return self._recompute(time.time())
+        return self._recompute(self.store.clock())
 
     def _recompute(self, now: float) -> tuple[Transition, bool]:
         # Under the lock: is this scope on, through itself or the global scope?
@@ -209,7 +207,7 @@ class ScopeController:
         with self._lock:
             self.version += 1
             self._snap = None
-            change = self._recompute(time.time())
+            change = self._recompute(self.store.clock())
         self._announce(change, None, None)
 
     # -- what readers see --------------------------------------------------------------
@@ -221,7 +219,7 @@ class ScopeController:
         parent = self.parent
         if (
             snap is None
-            or (self._deadline != math.inf and time.monotonic() >= self._deadline)
+            or (self._deadline != math.inf and self.store.clock() >= self._deadline)
             or (parent is not None and self._snap_parent != parent.version)
         ):
             snap = self._resnapshot()
@@ -243,7 +241,7 @@ class ScopeController:
     def _resnapshot(self) -> MaintenanceState:
         parent = self.parent
         parent_version = parent.version if parent is not None else -1
-        now = datetime.now(timezone.utc)
+        now = to_datetime(self.store.clock())
         levels = [self.level(now)]
         if parent is not None:
             levels.append(parent.level(now))
@@ -312,7 +310,7 @@ class ScopeController:
         self.read_at = time.monotonic()
         self.version += 1
         self._snap = None
-        return self._recompute(time.time())
+        return self._recompute(self.store.clock())
 
     def read_failed(self, exc: Exception, *, may_raise: bool) -> None:
         """A read failed: raise on a store's first read, then follow ``on_error``."""
@@ -340,7 +338,7 @@ class ScopeController:
     def _mutate(self, stored: StoredState) -> StoredState:
         # Runs under the store's write lock, wherever the write runs: store the stack as it
         # is now (this is what makes writes reconcile).
-        now = self.clock()
+        now = self.store.clock()
         with self._lock:
             details = details_of(self.stack, self.entering)
             self._written = None if details is None else details.presented()
@@ -481,7 +479,7 @@ def _deadline(levels: Sequence[StoredState], now: datetime) -> float:
     times += [h.expires for lv in levels for h in lv.holds if h.expires and h.expires > now]
     if not times:
         return math.inf
-    return time.monotonic() + (min(times) - now).total_seconds()
+    return min(times).timestamp()
 
 
 def _local_record(details: Details, hold_id: str, now: float) -> Any:

@@ -13,8 +13,9 @@ import atexit
 import logging
 import os
 import threading
+import time
 import weakref
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 
 from ..backends import Backend
 from ..exceptions import ConfigurationError
@@ -31,6 +32,7 @@ class Store:
     def __init__(self, backend: Backend) -> None:
         self.backend = backend
         self.options = backend.options()
+        self.clock: Callable[[], float] = time.time  # wall-clock seconds; tests fake it
         self.lock = threading.Lock()  # the scope table and the watcher count
         self.write_lock = threading.Lock()  # serialises this process's writes
         self.used = False  # once read or written, read errors follow on_error
