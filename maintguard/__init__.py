@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
+from importlib.util import find_spec
 from typing import TYPE_CHECKING, Any
 
 from .backends import Backend
@@ -76,7 +77,6 @@ __all__ = [
     "MaintGuardError",
     "MaintenanceEvent",
     "MaintenanceHold",
-    "MaintenanceModeMiddleware",
     "MaintenanceState",
     "Mode",
     "Phase",
@@ -85,15 +85,20 @@ __all__ = [
     "__version__",
     "add_listener",
     "configure",
-    "exempt",
     "flush_listeners",
-    "force_maintenance_mode_off",
-    "force_maintenance_mode_on",
     "get_maintenance_mode",
     "get_state",
     "maintenance_mode_on",
-    "maintenance_scope",
     "remove_listener",
     "set_maintenance_mode",
     "under_maintenance",
 ]
+if TYPE_CHECKING or find_spec("starlette") is not None:
+    # `from maintguard import *` works without Starlette: the web face is left out then.
+    __all__ += [
+        "MaintenanceModeMiddleware",
+        "exempt",
+        "force_maintenance_mode_off",
+        "force_maintenance_mode_on",
+        "maintenance_scope",
+    ]

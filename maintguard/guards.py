@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-import contextvars
+import asyncio
 import inspect
+import os
 import sys
+import threading
 from collections.abc import AsyncGenerator, Callable, Generator
 from datetime import datetime, timedelta
 from types import TracebackType
@@ -14,7 +16,8 @@ import anyio
 import wrapt
 
 from .backends import Backend
-from .core import Frame, ScopeController, controller, resolve_backend
+from .core import ScopeController, controller, dispatch, resolve_backend
+from .core.stack import Presents, new_key
 from .exceptions import ConfigurationError
 from .state import (
     ExplicitState,
@@ -40,30 +43,27 @@ BackendArg = Backend | str | None
 Seconds = float | timedelta | datetime
 
 
-class _Entry:
-    """One entry of a hold: the frame it pushed and where. Its exit pairs with it."""
-
-    __slots__ = ("ctrl", "frame")
-
-    def __init__(self, ctrl: ScopeController, frame: Frame) -> None:
-        self.ctrl = ctrl
-        self.frame = frame
+Entry = tuple[ScopeController, int]  # where a frame was pushed, and its key
+_lock = threading.Lock()  # guards every hold object's table of live entries
 
 
-class _Link:
-    # The entries a context made, newest first (an immutable chain in a context variable).
-    __slots__ = ("entry", "hold", "next")
+def _token() -> object:
+    # Who is running: the current asyncio or trio task, else the thread. An exit prefers
+    # the entry its own task or thread made.
+    loop = _running_loop()
+    if loop is not None:
+        return _current_task(loop)
+    trio = sys.modules.get("trio")
+    if trio is not None:
+        try:
+            return trio.lowlevel.current_task()
+        except RuntimeError:
+            pass
+    return threading.get_ident()
 
-    def __init__(self, hold: MaintenanceHold, entry: _Entry, next: _Link | None) -> None:
-        self.hold = hold
-        self.entry = entry
-        self.next = next
 
-
-_entered: contextvars.ContextVar[_Link | None] = contextvars.ContextVar(
-    "maintguard_entered", default=None
-)
-_MISSING: Any = object()
+_running_loop = asyncio._get_running_loop
+_current_task = asyncio.current_task
 
 
 class MaintenanceHold:
@@ -72,7 +72,8 @@ class MaintenanceHold:
     The same object is a decorator and a context object for ``with`` and ``async with``.
     It can be entered again while entered (nested, or by concurrent tasks and threads):
     each entry is its own frame of the hold stack, and each exit ends exactly one of them,
-    wherever it runs. The backend is looked up at each entry.
+    wherever it runs (another task, thread or event loop than the entry's). The backend is
+    looked up at each entry.
     """
 
     def __init__(
@@ -96,69 +97,90 @@ class MaintenanceHold:
             )
         self._backend = backend
         self._scope = check_scope(scope)
-        self._reason = reason
-        self._retry_after = check_retry_after(retry_after)
-        self._mode = Mode.parse(mode)
-        self._owner = owner or _caller()
-        self._live: dict[_Entry, None] = {}  # entries not exited yet, oldest first
+        self._presents = Presents(
+            owner or _caller(), reason, check_retry_after(retry_after), Mode.parse(mode)
+        )
+        self._ctrl: ScopeController | None = None  # the last controller, for its backend
+        self._fixed = isinstance(backend, Backend)  # then the controller never changes
+        # Live entries, oldest first: key -> [controller, owner (task or thread), depth]. The
+        # same object entered again by the same task on the same controller only counts
+        # deeper (identical details, strictly nested): no frame, no write.
+        self._live: dict[int, list[Any]] = {}
+
+    @property
+    def _owner(self) -> str:
+        return self._presents.owner
 
     def __repr__(self) -> str:
-        return f"<MaintenanceHold {self._owner} scope={self._scope!r} reason={self._reason!r}>"
+        p = self._presents
+        return f"<MaintenanceHold {p.owner} scope={self._scope!r} reason={p.reason!r}>"
 
     # -- entries ---------------------------------------------------------------------------
 
-    def _new_entry(self) -> _Entry:
-        ctrl = controller(resolve_backend(self._backend), self._scope)
-        frame = Frame(self._owner, self._reason, self._retry_after, self._mode, ctrl.store.clock())
-        return _Entry(ctrl, frame)
+    def _controller(self) -> ScopeController:
+        if self._fixed and self._ctrl is not None:
+            return self._ctrl
+        backend = resolve_backend(self._backend)
+        ctrl = self._ctrl
+        if ctrl is None or ctrl.backend is not backend:
+            ctrl = self._ctrl = controller(backend, self._scope)
+        return ctrl
 
-    def _enter_sync(self) -> _Entry:
-        # All or nothing: whatever interrupts the entry, nothing of it remains.
-        entry = self._new_entry()
-        ctrl, frame = entry.ctrl, entry.frame
-        if ctrl.enter(frame):
-            try:
-                ctrl.write_blocking()
-            except BaseException:
-                _undo_blocking(ctrl, frame)
-                raise
-            ctrl.commit(frame)
-        return entry
+    def _enter_sync(self) -> Entry:
+        ctrl = self._controller()
+        key = new_key()
+        if ctrl.enter(key, self._presents):
+            _write_entry_blocking(ctrl, key)
+        return ctrl, key
 
-    async def _enter_async(self) -> _Entry:
-        entry = self._new_entry()
-        ctrl, frame = entry.ctrl, entry.frame
-        if ctrl.enter(frame):
-            try:
-                await ctrl.write()
-            except BaseException:
-                await _undo(ctrl, frame)
-                raise
-            ctrl.commit(frame)
-        return entry
+    async def _enter_async(self) -> Entry:
+        ctrl = self._controller()
+        key = new_key()
+        if ctrl.enter(key, self._presents):
+            await _write_entry(ctrl, key)
+        return ctrl, key
 
-    def _track(self, entry: _Entry) -> None:
-        self._live[entry] = None
-        _entered.set(_Link(self, entry, _entered.get()))
+    def _nest(self) -> bool:
+        # Enter again on top of this task's own live entry, if that is what this entry is.
+        live = self._live
+        if not live or dispatch._listeners:  # listeners hear every entry as its own
+            return False
+        entry = live[next(reversed(live))]
+        if entry[1] != _token() or (not self._fixed and entry[0] is not self._controller()):
+            return False
+        entry[2] += 1
+        return True
 
-    def _claim(self) -> _Entry:
-        # The entry an exit ends: the newest one this context made, else (the exit runs in
-        # another task, thread or loop than the entry) the newest one still live.
-        while True:
-            entry = _pop_context_entry(self)
-            if entry is None:
-                try:
-                    entry, _ = self._live.popitem()
-                except KeyError:
-                    raise RuntimeError(f"{self!r} was exited more often than entered") from None
-                return entry
-            if self._live.pop(entry, _MISSING) is not _MISSING:
-                return entry
+    def _claim(self) -> Entry | None:
+        # The entry an exit ends: the newest one its own task or thread made, else (the exit
+        # runs elsewhere than the entry) the newest one. None when that entry only counted
+        # deeper: it stays.
+        with _lock:
+            live = self._live
+            if not live:
+                raise RuntimeError(f"{self!r} was exited more often than entered")
+            key = next(reversed(live))
+            if len(live) > 1 and live[key][1] != (token := _token()):
+                for candidate, (_, owner, _) in reversed(live.items()):
+                    if owner == token:
+                        key = candidate
+                        break
+            entry = live[key]
+            if entry[2] > 1:
+                entry[2] -= 1
+                return None
+            del live[key]
+            return entry[0], key
 
     # -- async with -----------------------------------------------------------------
 
     async def __aenter__(self) -> MaintenanceHold:
-        self._track(await self._enter_async())
+        if not self._live or not self._nest():
+            ctrl = self._controller()
+            key = new_key()
+            if ctrl.enter(key, self._presents):
+                await _write_entry(ctrl, key)
+            self._live[key] = [ctrl, _token(), 1]
         return self
 
     async def __aexit__(
@@ -167,12 +189,19 @@ class MaintenanceHold:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        await _leave(self._claim())
+        entry = self._claim()
+        if entry is not None and entry[0].leave(entry[1]):
+            await _write_release(entry[0])
 
     # -- with -----------------------------------------------------------------------
 
     def __enter__(self) -> MaintenanceHold:
-        self._track(self._enter_sync())
+        if not self._live or not self._nest():
+            ctrl = self._controller()
+            key = new_key()
+            if ctrl.enter(key, self._presents):
+                _write_entry_blocking(ctrl, key)
+            self._live[key] = [ctrl, _token(), 1]
         return self
 
     def __exit__(
@@ -181,7 +210,9 @@ class MaintenanceHold:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        _leave_blocking(self._claim())
+        entry = self._claim()
+        if entry is not None and entry[0].leave(entry[1]):
+            _write_release_blocking(entry[0])
 
     # -- decorator ------------------------------------------------------------------
 
@@ -191,78 +222,76 @@ class MaintenanceHold:
     def _for(self, owner: str) -> MaintenanceHold:
         clone = object.__new__(MaintenanceHold)
         clone.__dict__.update(self.__dict__)
-        clone._owner = owner
+        clone._presents = self._presents._replace(owner=owner)
         clone._live = {}
         return clone
 
 
-def _pop_context_entry(hold: MaintenanceHold) -> _Entry | None:
-    # Take the newest live entry of `hold` out of this context's chain, dropping entries
-    # that other contexts have ended meanwhile.
-    head = _entered.get()
-    kept: list[_Link] = []
-    link = head
-    while link is not None and (link.hold is not hold or link.entry not in hold._live):
-        if link.entry in link.hold._live:
-            kept.append(link)
-        link = link.next
-    if link is None:
-        if head is not None and len(kept) != _length(head):
-            _entered.set(_rebuild(kept, None))
-        return None
-    _entered.set(_rebuild(kept, link.next))
-    return link.entry
+async def _write_entry(ctrl: ScopeController, key: int) -> None:
+    # All or nothing: whatever interrupts the entry's write, nothing of it remains.
+    try:
+        await ctrl.write()
+    except BaseException:
+        await _undo(ctrl, key)
+        raise
+    ctrl.commit(key)
 
 
-def _length(link: _Link | None) -> int:
-    n = 0
-    while link is not None:
-        n, link = n + 1, link.next
-    return n
+def _write_entry_blocking(ctrl: ScopeController, key: int) -> None:
+    try:
+        ctrl.write_blocking()
+    except BaseException:
+        _undo_blocking(ctrl, key)
+        raise
+    ctrl.commit(key)
 
 
-def _rebuild(kept: list[_Link], rest: _Link | None) -> _Link | None:
-    for link in reversed(kept):
-        rest = _Link(link.hold, link.entry, rest)
-    return rest
+async def _leave(entry: Entry) -> None:
+    ctrl, key = entry
+    if ctrl.leave(key):
+        await _write_release(ctrl)
 
 
-async def _leave(entry: _Entry) -> None:
-    ctrl = entry.ctrl
-    if ctrl.leave(entry.frame):
-        # Cleanup runs to the end even when the holder is being cancelled; the write
-        # itself runs outside this task, so even a native cancel cannot stop it halfway.
-        with anyio.CancelScope(shield=True):
-            try:
-                await ctrl.write()
-            except Exception as exc:
-                ctrl.release_failed(exc)
+def _leave_blocking(entry: Entry) -> None:
+    ctrl, key = entry
+    if ctrl.leave(key):
+        _write_release_blocking(ctrl)
 
 
-def _leave_blocking(entry: _Entry) -> None:
-    ctrl = entry.ctrl
-    if ctrl.leave(entry.frame):
+async def _write_release(ctrl: ScopeController) -> None:
+    # Cleanup runs to the end even when the holder is being cancelled; the write itself
+    # runs outside this task, so even a native asyncio cancel cannot stop it halfway.
+    with anyio.CancelScope(shield=True):
         try:
-            ctrl.write_blocking()
+            await ctrl.write()
         except Exception as exc:
             ctrl.release_failed(exc)
 
 
-async def _undo(ctrl: ScopeController, frame: Frame) -> None:
-    if ctrl.abort(frame):
-        with anyio.CancelScope(shield=True):
-            try:
-                await ctrl.write()
-            except Exception as exc:
-                ctrl.release_failed(exc)
+def _write_release_blocking(ctrl: ScopeController) -> None:
+    try:
+        ctrl.write_blocking()
+    except Exception as exc:
+        ctrl.release_failed(exc)
 
 
-def _undo_blocking(ctrl: ScopeController, frame: Frame) -> None:
-    if ctrl.abort(frame):
-        try:
-            ctrl.write_blocking()
-        except Exception as exc:
-            ctrl.release_failed(exc)
+async def _undo(ctrl: ScopeController, key: int) -> None:
+    if ctrl.abort(key):
+        await _write_release(ctrl)
+
+
+def _undo_blocking(ctrl: ScopeController, key: int) -> None:
+    if ctrl.abort(key):
+        _write_release_blocking(ctrl)
+
+
+def _after_fork_in_child() -> None:
+    global _lock
+    _lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _caller() -> str:

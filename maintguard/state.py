@@ -45,12 +45,25 @@ class Mode(str, enum.Enum):
     """Safe methods (GET, HEAD, OPTIONS) still pass; writes are refused."""
 
     @classmethod
+    def _missing_(cls, value: object) -> Mode | None:
+        # The spellings the backends accept: read_only, read-only, readonly, any case.
+        if isinstance(value, str):
+            text = value.strip().lower().replace("-", "_")
+            if text == "readonly":
+                text = "read_only"
+            for mode in cls:
+                if mode.value == text:
+                    return mode
+        return None
+
+    @classmethod
     def parse(cls, value: Mode | str) -> Mode:
         try:
-            return cls(value.lower() if isinstance(value, str) else value)
+            return cls(value)
         except ValueError:
             raise ConfigurationError(
-                f"unknown maintenance mode {value!r}: use 'full' or 'read_only'"
+                f"unknown maintenance mode {value!r}: use 'full' or 'read_only' "
+                "('read-only' and 'readonly' also work)"
             ) from None
 
 

@@ -15,6 +15,7 @@ from maintguard import (
     ConfigurationError,
     EventKind,
     MaintenanceEvent,
+    Mode,
     Phase,
     add_listener,
     flush_listeners,
@@ -130,6 +131,34 @@ def test_public_names() -> None:
     for name in ("BackendError", "ReadOnlyBackendError", "ConfigurationError", "UnderMaintenance"):
         assert getattr(maintguard, name) is getattr(exc, name)
         assert issubclass(getattr(maintguard, name), maintguard.MaintGuardError)
-    assert maintguard.__all__ == sorted(maintguard.__all__)
+    web = ["MaintenanceModeMiddleware", "exempt", "force_maintenance_mode_off"]
+    web += ["force_maintenance_mode_on", "maintenance_scope"]
+    core = maintguard.__all__[: -len(web)]
+    assert core == sorted(core) and maintguard.__all__[-len(web) :] == web
     assert all(hasattr(maintguard, name) for name in maintguard.__all__)
+    import maintguard.backends as backends
+
+    for name in ("StoredState", "ExplicitState", "HoldRecord"):
+        assert getattr(backends, name) is getattr(maintguard.state, name)
+        assert name in backends.__all__
     assert maintguard.__version__ == "0.1.0"
+
+
+def test_star_import_works_without_starlette() -> None:
+    code = (
+        "import sys\n"
+        "sys.modules['starlette'] = None  # as if it were not installed\n"
+        "from maintguard import *\n"
+        "print(under_maintenance.__name__, 'MaintenanceModeMiddleware' in dir())\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["under_maintenance", "False"]
+
+
+@pytest.mark.parametrize("text", ["read_only", "read-only", "readonly", "READ-ONLY", " ReadOnly "])
+def test_mode_accepts_the_spellings_backends_accept(text: str) -> None:
+    assert Mode.parse(text) is Mode.READ_ONLY
+    assert Mode(text) is Mode.READ_ONLY
+    with pytest.raises(ConfigurationError, match="'read-only' and 'readonly' also work"):
+        Mode.parse("readwrite")

@@ -20,7 +20,7 @@ from hypothesis.stateful import Bundle, RuleBasedStateMachine, consumes, invaria
 from maintguard import get_state, set_maintenance_mode, under_maintenance
 from maintguard.backends import Backend, EnvVarBackend, LocalFileBackend, MemoryBackend
 from maintguard.core import store_of
-from maintguard.core.stack import Frame, HoldStack, details_of, record, to_datetime
+from maintguard.core.stack import HoldStack, Presents, details_of, new_key, record, to_datetime
 from maintguard.state import HoldRecord, Mode, derive, utcnow
 
 HOLDERS = 6
@@ -152,7 +152,7 @@ class HoldStackModel(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         self.stack = HoldStack()
-        self.model: list[Frame] = []
+        self.model: list[tuple[int, Presents, float]] = []
         self.now = 1_000_000.0
 
     @rule(
@@ -162,17 +162,18 @@ class HoldStackModel(RuleBasedStateMachine):
         retry_after=st.none() | st.sampled_from([1.0, 2.0]),
         mode=st.sampled_from(list(Mode)),
     )
-    def push(self, owner: str, reason: str | None, retry_after: float | None, mode: Mode) -> Frame:
-        frame = Frame(owner, reason, retry_after, mode, self.now)
-        assert self.stack.push(frame) is (not self.model)
-        self.model.append(frame)
-        return frame
+    def push(self, owner: str, reason: str | None, retry_after: float | None, mode: Mode) -> int:
+        key, presents = new_key(), Presents(owner, reason, retry_after, mode)
+        assert self.stack.push(key, presents, self.now) is (not self.model)
+        self.model.append((key, presents, self.now))
+        return key
 
-    @rule(frame=consumes(frames))
-    def remove(self, frame: Frame) -> None:
-        self.model.remove(frame)
-        assert self.stack.remove(frame) is (not self.model)
-        assert self.stack.remove(frame) is None  # a second exit of one frame changes nothing
+    @rule(key=consumes(frames))
+    def remove(self, key: int) -> None:
+        self.model = [f for f in self.model if f[0] != key]
+        assert self.stack.remove(key) is not None
+        assert bool(self.stack) is bool(self.model)
+        assert self.stack.remove(key) is None  # a second exit of one frame changes nothing
 
     @rule(seconds=st.floats(0, 100))
     def time_passes(self, seconds: float) -> None:
@@ -186,15 +187,15 @@ class HoldStackModel(RuleBasedStateMachine):
             assert details is None
             return
         assert details is not None
-        newest_first = self.model[::-1]
+        newest_first = [p for _, p, _ in self.model[::-1]]
         assert details.owner == newest_first[0].owner
-        assert details.started == newest_first[0].started
-        assert details.acquired == self.model[0].started
-        assert details.reason == next((f.reason for f in newest_first if f.reason), None)
+        assert details.started == self.model[-1][2]
+        assert details.acquired == self.model[0][2]
+        assert details.reason == next((p.reason for p in newest_first if p.reason), None)
         assert details.retry_after == next(
-            (f.retry_after for f in newest_first if f.retry_after), None
+            (p.retry_after for p in newest_first if p.retry_after), None
         )
-        expected = Mode.FULL if any(f.mode is Mode.FULL for f in self.model) else Mode.READ_ONLY
+        expected = Mode.FULL if any(p.mode is Mode.FULL for p in newest_first) else Mode.READ_ONLY
         assert details.mode is expected
         held = record(details, hold_id="h", host="x", pid=1, now=self.now, lease_ttl=30.0)
         assert held.live(to_datetime(self.now + 29.9))

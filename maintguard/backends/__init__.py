@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..exceptions import ConfigurationError
+from ..state import ExplicitState, HoldRecord, StoredState
 from .base import Backend, OnError
 from .env import EnvVarBackend
 from .file import LocalFileBackend
@@ -13,9 +14,12 @@ from .memory import MemoryBackend
 __all__ = [
     "Backend",
     "EnvVarBackend",
+    "ExplicitState",
+    "HoldRecord",
     "LocalFileBackend",
     "MemoryBackend",
     "OnError",
+    "StoredState",
     "backend_from_url",
 ]
 

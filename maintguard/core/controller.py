@@ -35,7 +35,7 @@ from ..state import (
     derive,
 )
 from . import dispatch, io
-from .stack import Details, Frame, HoldStack, details_of, record, to_datetime
+from .stack import Details, HoldStack, Presents, details_of, record, to_datetime
 
 if TYPE_CHECKING:
     from .registry import Store
@@ -47,6 +47,7 @@ HOST = socket.gethostname()
 EMPTY = StoredState()
 _UNKNOWN = ("unknown",)  # the record as stored is not known: the next change writes it
 Transition = tuple[Phase, Phase] | None
+_NO_CHANGE: tuple[Transition, bool] = (None, False)
 
 
 class ScopeController:
@@ -64,6 +65,7 @@ class ScopeController:
         self.parent = parent
         self.where = store.backend.describe()
         self.label = self.where + ("" if scope is None else f" scope {scope!r}")
+        self._stores_holds = store.backend.stores_holds
         self._lock = threading.Lock()
         self.stack = HoldStack()  # entered frames: readers see them
         self.entering = HoldStack()  # frames whose record is being written: not seen yet
@@ -101,54 +103,72 @@ class ScopeController:
 
     # -- the hold path: pure decisions under the lock -------------------------------------
 
-    def enter(self, frame: Frame) -> bool:
-        """Enter ``frame``. True when its record must be written first: then the caller
+    def enter(self, key: int, presents: Presents) -> bool:
+        """Enter frame ``key``. True when its record must be written first: then the caller
         writes and calls :meth:`commit` on success or :meth:`abort` on any failure."""
+        started = self.store.clock()
         with self._lock:
-            if self.backend.stores_holds:
-                self.entering.push(frame)
+            if self._stores_holds:
+                self.entering.push(key, presents, started)
                 if self._inflight or self._presented() != self._written:
                     self._inflight += 1
                     return True
-                self.entering.remove(frame)
-            edge = self.stack.push(frame)
-            change = self._changed(edge)
-        self._announce(change, EventKind.HOLD_ACQUIRED, frame)
+                self.entering.remove(key)
+            self.version += 1
+            self._snap = None
+            first = self.stack.push(key, presents, started)
+            change = self._recompute(started) if first else _NO_CHANGE
+        if dispatch._listeners or not self._quiet(change):
+            self._announce(change, EventKind.HOLD_ACQUIRED, presents.owner)
         return False
 
-    def commit(self, frame: Frame) -> None:
+    def commit(self, key: int) -> None:
         """The record of an entering frame is stored: readers see the frame from now on."""
         with self._lock:
-            self.entering.remove(frame)
-            edge = self.stack.push(frame)
-            change = self._changed(edge)
-        self._announce(change, EventKind.HOLD_ACQUIRED, frame)
+            frame = self.entering.remove(key)
+            if frame is None:  # pragma: no cover - a fork came between
+                return
+            self.version += 1
+            self._snap = None
+            change = _NO_CHANGE
+            if self.stack.push(key, *frame):
+                change = self._recompute(self.store.clock())
+        self._announce(change, EventKind.HOLD_ACQUIRED, frame[0].owner)
 
-    def abort(self, frame: Frame) -> bool:
+    def abort(self, key: int) -> bool:
         """An entry failed: forget the frame; nobody saw it. True when a write must follow."""
         with self._lock:
-            self.entering.remove(frame)
+            self.entering.remove(key)
             self._inflight += 1
             return True
 
-    def leave(self, frame: Frame) -> bool:
-        """Remove ``frame`` wherever it stands; True when the stored record must follow.
+    def leave(self, key: int) -> bool:
+        """Remove frame ``key`` wherever it stands; True when the stored record must follow.
 
         A frame that is not here (left already, or entered before this process forked)
         changes nothing.
         """
         with self._lock:
-            edge = self.stack.remove(frame)
-            if edge is None:
+            frame = self.stack.remove(key)
+            if frame is None:
                 return False
-            change = self._changed(edge)
-            write = self.backend.stores_holds and (
+            self.version += 1
+            self._snap = None
+            write = self._stores_holds and (
                 self._inflight > 0 or self._presented() != self._written
             )
             if write:
                 self._inflight += 1
-        self._announce(change, EventKind.HOLD_RELEASED, frame)
+            change = _NO_CHANGE if self.stack._frames else self._recompute(self.store.clock())
+        if dispatch._listeners or not self._quiet(change):
+            self._announce(change, EventKind.HOLD_RELEASED, frame[0].owner)
         return write
+
+    def _quiet(self, change: tuple[Transition, bool]) -> bool:
+        # Nobody to tell: no listener, no log line, no named scope that follows this one.
+        return change is _NO_CHANGE or (
+            self.parent is None and not self.store.has_children and not dispatch.listening()
+        )
 
     def holding(self) -> bool:
         return bool(self.stack) or bool(self.entering)
@@ -157,34 +177,28 @@ class ScopeController:
         details = details_of(self.stack, self.entering)
         return None if details is None else details.presented()
 
-    def _changed(self, edge: bool) -> tuple[Transition, bool]:
-        # Under the lock: readers must derive again; on the first or last frame the phase
-        # may change. Returns the transition and whether named scopes must look again.
-        self.version += 1
-        self._snap = None
-        if not edge:
-            return None, False
-        return self._recompute(self.store.clock())
-
     def _recompute(self, now: float) -> tuple[Transition, bool]:
         # Under the lock: is this scope on, through itself or the global scope?
-        own = bool(self.stack) or _stored_active(self.stored, self.hold_id, to_datetime(now))
+        stored = self.stored
+        own = bool(self.stack._frames) or (
+            stored is not None and _stored_active(stored, self.hold_id, now)
+        )
         active = own or (self.parent is not None and self.parent.active)
         own_changed = own is not self.own_active
         self.own_active = own
         if active is self.active:
-            return None, own_changed
+            return (None, True) if own_changed else _NO_CHANGE
         self.active = active
         previous, self.phase = self.phase, Phase.ON if active else Phase.OFF
         return (previous, self.phase), own_changed
 
     def _announce(
-        self, change: tuple[Transition, bool], kind: EventKind | None, frame: Frame | None
+        self, change: tuple[Transition, bool], kind: EventKind | None, owner: str | None = None
     ) -> None:
         # Outside the lock: tell named scopes, then build events only for whoever hears.
         transition, own_changed = change
         if self.parent is None:
-            if transition is not None:
+            if transition is not None and self.store.has_children:
                 for child in self.store.children():
                     child._parent_changed()
         elif own_changed:
@@ -192,8 +206,8 @@ class ScopeController:
         events: list[MaintenanceEvent] = []
         if transition is not None and dispatch.listening():
             events.append(self._event(EventKind.TRANSITION, previous=transition[0]))
-        if kind is not None and frame is not None and dispatch.hears_holds():
-            events.append(self._event(kind, owner=frame.owner))
+        if kind is not None and dispatch._listeners:
+            events.append(self._event(kind, owner=owner))
         if events:
             dispatch.emit(events)
 
@@ -208,7 +222,7 @@ class ScopeController:
             self.version += 1
             self._snap = None
             change = self._recompute(self.store.clock())
-        self._announce(change, None, None)
+        self._announce(change, None)
 
     # -- what readers see --------------------------------------------------------------
 
@@ -246,14 +260,14 @@ class ScopeController:
         if parent is not None:
             levels.append(parent.level(now))
         snap = derive(self.scope, levels, now)
-        change: tuple[Transition, bool] = (None, False)
+        change = _NO_CHANGE
         with self._lock:
             self._snap, self._snap_parent = snap, parent_version
             self._deadline = _deadline(levels, now)
             if snap.active is not self.active:  # time alone ended a lease or an `until`
                 change = self._recompute(now.timestamp())
-        if change != (None, False):
-            self._announce(change, None, None)
+        if change != _NO_CHANGE:
+            self._announce(change, None)
         return snap
 
     def tick(self) -> None:
@@ -303,7 +317,7 @@ class ScopeController:
             if self.writes != writes:
                 return  # a newer write landed while this read ran
             change = self._store(stored)
-        self._announce(change, None, None)
+        self._announce(change, None)
 
     def _store(self, stored: StoredState) -> tuple[Transition, bool]:
         self.stored = stored
@@ -331,7 +345,7 @@ class ScopeController:
             stored = self.stored or EMPTY
         with self._lock:
             change = self._store(stored)
-        self._announce(change, None, None)
+        self._announce(change, None)
 
     # -- writing -------------------------------------------------------------------------
 
@@ -394,7 +408,7 @@ class ScopeController:
             self._renewing = self._renewing or renew
         if renew:
             io.background(self._renew())
-        self._announce(change, None, None)
+        self._announce(change, None)
 
     def release_failed(self, exc: BaseException) -> None:
         logger.warning(
@@ -445,7 +459,7 @@ class ScopeController:
         with self._lock:
             self.writes += 1
             change = self._store(new)
-        self._announce(change, None, None)
+        self._announce(change, None)
 
 
 async def refresh_store(
@@ -467,10 +481,11 @@ def _new_hold_id() -> str:
     return f"{HOST}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
 
 
-def _stored_active(stored: StoredState | None, own_id: str, now: datetime) -> bool:
-    if stored is None:
+def _stored_active(stored: StoredState, own_id: str, now: float) -> bool:
+    if not stored.explicit.active and not stored.holds:
         return False
-    return stored.explicit.in_force(now) or any(h.live(now) for h in stored.holds if h.id != own_id)
+    at = to_datetime(now)
+    return stored.explicit.in_force(at) or any(h.live(at) for h in stored.holds if h.id != own_id)
 
 
 def _deadline(levels: Sequence[StoredState], now: datetime) -> float:

@@ -40,6 +40,7 @@ _listeners: tuple[Listener, ...] = ()
 _lock = threading.Lock()
 _queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
 _thread: threading.Thread | None = None
+_level_cache: dict[int, bool] = getattr(logger, "_cache", {})
 
 
 def add_listener(listener: Listener) -> Listener:
@@ -84,7 +85,10 @@ def flush_listeners(timeout: float | None = 5.0) -> bool:
 
 def listening() -> bool:
     """True when events must be built: someone listens or logging would show them."""
-    return bool(_listeners) or logger.isEnabledFor(logging.INFO)
+    if _listeners:
+        return True
+    enabled = _level_cache.get(logging.INFO)  # logging's own cache, cleared on changes
+    return logger.isEnabledFor(logging.INFO) if enabled is None else enabled
 
 
 def hears_holds() -> bool:

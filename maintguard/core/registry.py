@@ -37,6 +37,7 @@ class Store:
         self.write_lock = threading.Lock()  # serialises this process's writes
         self.used = False  # once read or written, read errors follow on_error
         self.named_active = False  # some named scope is on by its own state
+        self.has_children = False  # a named scope was ever asked for
         self.watchers = 0
         self.watching = False
         self._error: str | None = None
@@ -54,6 +55,7 @@ class Store:
                 ctrl = self._scopes.get(scope)
                 if ctrl is None:
                     ctrl = self._scopes[scope] = ScopeController(self, scope, self.root)
+                    self.has_children = True
         return ctrl
 
     def children(self) -> list[ScopeController]:

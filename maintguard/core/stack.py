@@ -12,27 +12,34 @@ from __future__ import annotations
 
 import itertools
 from collections import OrderedDict
-from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import NamedTuple
 
 from ..state import HoldRecord, Mode, RetryAfter
 
-__all__ = ["Details", "Frame", "HoldStack", "details_of", "record", "to_datetime"]
+__all__ = [
+    "Details",
+    "Frame",
+    "HoldStack",
+    "Presents",
+    "details_of",
+    "new_key",
+    "record",
+    "to_datetime",
+]
 
-_order = itertools.count()
+_keys = itertools.count(1)
+new_key = _keys.__next__
+"""A new frame key: frames are named by increasing integers, so newer frames sort higher."""
 
 
-@dataclass(eq=False, slots=True)
-class Frame:
-    """One entry of a hold: what it presents, and when (wall-clock seconds) it began."""
+class Presents(NamedTuple):
+    """What the frames of one hold object present (built once per hold object)."""
 
     owner: str
     reason: str | None
     retry_after: RetryAfter | None
     mode: Mode
-    started: float
-    seq: int = field(default_factory=_order.__next__)  # entry order, newest highest
 
 
 class Details(NamedTuple):
@@ -50,46 +57,55 @@ class Details(NamedTuple):
         return (self.owner, self.reason, self.retry_after, self.mode)
 
 
+_FULL = Mode.FULL
+Frame = tuple[Presents, float]  # what a frame presents, and when it began (wall seconds)
+
+
 class HoldStack:
-    """Frames of one (store, scope) in this process."""
+    """Frames of one (store, scope) in this process, by key."""
 
     __slots__ = ("_frames", "_full", "_reasons", "_retries")
 
     def __init__(self) -> None:
-        self._frames: OrderedDict[Frame, None] = OrderedDict()
-        self._reasons: OrderedDict[Frame, None] = OrderedDict()
-        self._retries: OrderedDict[Frame, None] = OrderedDict()
+        self._frames: OrderedDict[int, Frame] = OrderedDict()
+        self._reasons: OrderedDict[int, None] = OrderedDict()
+        self._retries: OrderedDict[int, None] = OrderedDict()
         self._full = 0
 
     def __len__(self) -> int:
         return len(self._frames)
 
-    def __contains__(self, frame: Frame) -> bool:
-        return frame in self._frames
+    def __contains__(self, key: int) -> bool:
+        return key in self._frames
 
-    def push(self, frame: Frame) -> bool:
-        """Put ``frame`` on top; True when it is the first frame."""
-        self._frames[frame] = None
-        if frame.reason is not None:
-            self._reasons[frame] = None
-        if frame.retry_after is not None:
-            self._retries[frame] = None
-        if frame.mode is Mode.FULL:
+    def push(self, key: int, presents: Presents, started: float) -> bool:
+        """Put frame ``key`` on top; True when it is the first frame."""
+        frames = self._frames
+        first = not frames
+        frames[key] = (presents, started)
+        if presents.reason is not None:
+            self._reasons[key] = None
+        if presents.retry_after is not None:
+            self._retries[key] = None
+        if presents.mode is _FULL:
             self._full += 1
-        return len(self._frames) == 1
+        return first
 
-    def remove(self, frame: Frame) -> bool | None:
-        """Take ``frame`` out wherever it stands; True when the stack is now empty.
+    def remove(self, key: int) -> Frame | None:
+        """Take frame ``key`` out wherever it stands and return it.
 
         ``None`` when the frame is not here (left already, or entered before a fork).
         """
-        if self._frames.pop(frame, _MISSING) is _MISSING:
-            return None
-        self._reasons.pop(frame, None)
-        self._retries.pop(frame, None)
-        if frame.mode is Mode.FULL:
-            self._full -= 1
-        return not self._frames
+        frame = self._frames.pop(key, None)
+        if frame is not None:
+            presents = frame[0]
+            if presents.reason is not None:
+                del self._reasons[key]
+            if presents.retry_after is not None:
+                del self._retries[key]
+            if presents.mode is _FULL:
+                self._full -= 1
+        return frame
 
     def clear(self) -> None:
         self._frames.clear()
@@ -97,42 +113,33 @@ class HoldStack:
         self._retries.clear()
         self._full = 0
 
-    def _top(self, index: OrderedDict[Frame, None]) -> Frame | None:
-        return next(reversed(index)) if index else None
-
-    def _oldest(self) -> Frame | None:
-        return next(iter(self._frames)) if self._frames else None
-
-
-_MISSING = object()
-
 
 def details_of(*stacks: HoldStack) -> Details | None:
     """What the frames of ``stacks`` together present (the newest frame of any wins)."""
-    tops = [t for s in stacks if (t := s._top(s._frames)) is not None]
-    if not tops:
+    frames = [s._frames for s in stacks if s._frames]
+    if not frames:
         return None
-    top = max(tops, key=_seq)
-    reason = _newest(s._top(s._reasons) for s in stacks)
-    retry = _newest(s._top(s._retries) for s in stacks)
-    oldest = min((o for s in stacks if (o := s._oldest()) is not None), key=_seq)
+    top_key = max(next(reversed(f)) for f in frames)
+    oldest_key = min(next(iter(f)) for f in frames)
+    reason_keys = [next(reversed(s._reasons)) for s in stacks if s._reasons]
+    retry_keys = [next(reversed(s._retries)) for s in stacks if s._retries]
+    top = _find(frames, top_key)
     return Details(
-        owner=top.owner,
-        reason=None if reason is None else reason.reason,
-        retry_after=None if retry is None else retry.retry_after,
+        owner=top[0].owner,
+        reason=_find(frames, max(reason_keys))[0].reason if reason_keys else None,
+        retry_after=_find(frames, max(retry_keys))[0].retry_after if retry_keys else None,
         mode=Mode.FULL if any(s._full for s in stacks) else Mode.READ_ONLY,
-        started=top.started,
-        acquired=oldest.started,
+        started=top[1],
+        acquired=_find(frames, oldest_key)[1],
     )
 
 
-def _seq(frame: Frame) -> int:
-    return frame.seq
-
-
-def _newest(frames: object) -> Frame | None:
-    found = [f for f in frames if f is not None]  # type: ignore[attr-defined]
-    return max(found, key=_seq) if found else None
+def _find(frames: list[OrderedDict[int, Frame]], key: int) -> Frame:
+    for f in frames:
+        found = f.get(key)
+        if found is not None:
+            return found
+    raise KeyError(key)  # pragma: no cover - keys come from the stacks themselves
 
 
 def to_datetime(seconds: float) -> datetime:
