@@ -105,9 +105,7 @@ class Backend(abc.ABC):
             await self.write_state(scope, new)
         return new
 
-    async def read_scopes(
-        self, scopes: Collection[str | None]
-    ) -> Mapping[str | None, StoredState]:
+    async def read_scopes(self, scopes: Collection[str | None]) -> Mapping[str | None, StoredState]:
         """Read several scopes at once; the watcher calls this once per refresh interval.
 
         The default reads each scope with :meth:`read_state`. Override it when the store
