@@ -12,6 +12,7 @@ a read that started before a write landed never replaces what the write stored.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import math
 import os
@@ -82,7 +83,8 @@ class ScopeController:
         self._deadline = math.inf  # clock time when the snapshot goes stale by itself
         self._written: tuple[object, ...] | None = None  # presented details last stored
         self._inflight = 0
-        self._renewing = False
+        self._renewal: object | None = None  # the running renewal's token
+        self._renewer: concurrent.futures.Future[None] | None = None
 
     def after_fork(self) -> None:
         """In a forked child: hold nothing of the parent, renew nothing, new locks.
@@ -96,7 +98,7 @@ class ScopeController:
         self.hold_id = _new_hold_id()
         self._written = None
         self._inflight = 0
-        self._renewing = False
+        self._renewal = self._renewer = None
         self.version += 1
         self._snap = None
         self._recompute(self.store.clock())
@@ -404,10 +406,22 @@ class ScopeController:
             self._inflight -= 1
             self.writes += 1
             change = self._store(new)
-            renew = self.holding() and not self._renewing
-            self._renewing = self._renewing or renew
-        if renew:
-            io.background(self._renew())
+            stop: concurrent.futures.Future[None] | None = None
+            renewal = None
+            if self.holding():
+                if self._renewal is None:
+                    renewal = self._renewal = object()
+            else:  # released: the renewal ends now, not at its next tick
+                stop, self._renewal, self._renewer = self._renewer, None, None
+        if renewal is not None:
+            future = io.background(self._renew(renewal))
+            with self._lock:
+                if self._renewal is renewal:
+                    self._renewer = future
+                else:
+                    stop = future
+        if stop is not None:
+            stop.cancel()
         self._announce(change, None)
 
     def release_failed(self, exc: BaseException) -> None:
@@ -419,7 +433,7 @@ class ScopeController:
             self.backend.lease_ttl,
         )
 
-    async def _renew(self) -> None:
+    async def _renew(self, renewal: object) -> None:
         # On the I/O loop while frames are held: renew the lease, and write the record
         # again if it vanished (a flushed store).
         period = self.backend.lease_ttl / 3
@@ -427,7 +441,7 @@ class ScopeController:
             while True:
                 await asyncio.sleep(period)
                 with self._lock:
-                    if not self.holding():
+                    if self._renewal is not renewal or not self.holding():
                         return
                     self._inflight += 1
                 try:
@@ -439,7 +453,8 @@ class ScopeController:
                     )
         finally:
             with self._lock:
-                self._renewing = False
+                if self._renewal is renewal:
+                    self._renewal = self._renewer = None
 
     async def set_explicit(self, make: Callable[[ExplicitState], ExplicitState]) -> None:
         """Change the explicit (operator) state; holds are not touched."""

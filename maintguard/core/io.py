@@ -81,8 +81,11 @@ def submit(coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
     return contextvars.Context().run(asyncio.run_coroutine_threadsafe, coro, _loop or _start())
 
 
-def background(coro: Coroutine[Any, Any, None]) -> None:
-    """Run ``coro`` on the I/O loop as a background task (cancelled at interpreter exit)."""
+def background(coro: Coroutine[Any, Any, None]) -> concurrent.futures.Future[None]:
+    """Run ``coro`` on the I/O loop as a background task (cancelled at interpreter exit).
+
+    Cancelling the returned future cancels the task.
+    """
 
     async def main() -> None:
         task = asyncio.current_task()
@@ -90,7 +93,7 @@ def background(coro: Coroutine[Any, Any, None]) -> None:
             _background.add(task)
         await coro
 
-    submit(main())
+    return submit(main())
 
 
 def run_sync(coro: Coroutine[Any, Any, T]) -> T:
