@@ -1,89 +1,422 @@
-"""Cost of entering and leaving a hold, and of reading the state, against a bare async call.
+"""Cost of maintguard's holds and state reads, next to a minimal hold and fastapi-maintenance.
 
-    python benchmarks/holds.py [--rounds 5] [--n 2000]
+    python benchmarks/holds.py [--n 2000] [--rounds 5] [--quick]
+    pip install -r benchmarks/requirements.txt    # fastapi-maintenance, the peer library
 
-Every figure is measured in this one run, best of several rounds, and printed as time per
-operation and as a ratio to an awaited no-op coroutine.
+Every row is measured in this one run. Rounds are interleaved (each round measures every row
+once, with garbage collection off while timing, as timeit does) and each row keeps its best
+round (time.perf_counter). The table gives the time per operation and its ratio to an awaited
+no-op coroutine; GOALS compares rows with each other. It is a report, not a test: it exits 0.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
+import importlib
+import logging
+import os
+import platform
+import sys
 import tempfile
+import threading
 import time
+import traceback
+import warnings
 from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager, AbstractContextManager
+from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType, TracebackType
+from typing import TYPE_CHECKING
 
 import anyio
 
-from maintguard import get_maintenance_mode, under_maintenance
+from maintguard import __version__, configure, get_maintenance_mode, under_maintenance
 from maintguard.backends import LocalFileBackend, MemoryBackend
+
+if TYPE_CHECKING:
+    from maintguard import MaintenanceHold
+
+PEER = "fastapi-maintenance"
+LIVE = 10_000  # live holds for the "many holds" rows
+DEEP, SHALLOW = 3_000, 300  # nesting depths of one hold object
+ENV_VARS = ("MAINTGUARD_BACKEND", "MAINTGUARD_MODE", "FASTAPI_MAINTENANCE_MODE")
+
+BARE = "bare awaited no-op coroutine (reference)"
+MINIMAL = "minimal correct hold (threading.Lock + counter)"
+MEMORY = "memory hold enter+exit (async with)"
+NESTED = "nested memory hold enter+exit (on an entered hold)"
+SYNC = "memory hold enter+exit (sync with)"
+GET_MEMORY = "get_maintenance_mode(), memory"
+GET_ENV = "get_maintenance_mode(), default env backend"
+LEAVE_REVERSE = f"{LIVE:,} live holds: leave one, reverse order"
+LEAVE_ENTRY = f"{LIVE:,} live holds: leave one, entry order"
+CHANGE_MANY = f"hold change with {LIVE:,} live holds"
+CHANGE_ONE = "hold change with 1 live hold"
+NEST_DEEP = f"nesting one hold {DEEP:,} deep, per level"
+NEST_SHALLOW = f"nesting one hold {SHALLOW:,} deep, per level"
+FILE = "file hold enter+exit (LocalFileBackend)"
+PEER_HOLD = f"{PEER} maintenance_mode_on() enter+exit"
+PEER_GET = f"{PEER} get_maintenance_mode()"
+PEER_FILE = f"{PEER} maintenance_mode_on(file) enter+exit"
+
+Op = Callable[[], Awaitable[None]]
+Measure = Callable[[], Awaitable[float]]  # one round of a row: seconds per operation
+
+
+# -- the reference points -------------------------------------------------------------------
 
 
 async def noop() -> None:
     pass
 
 
-async def best(op: Callable[[], Awaitable[None]], n: int, rounds: int) -> float:
-    timings = []
-    for _ in range(rounds):
+class MinimalHold:
+    """The cheapest hold that is still thread-safe and nests: a counter under a lock."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._count = 0
+
+    @property
+    def active(self) -> bool:
+        return self._count > 0
+
+    async def __aenter__(self) -> MinimalHold:
+        with self._lock:
+            self._count += 1
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        with self._lock:
+            self._count -= 1
+
+
+def import_peer() -> ModuleType | None:
+    try:
+        peer = importlib.import_module("fastapi_maintenance")
+        importlib.import_module("fastapi_maintenance.backends")
+    except ImportError:
+        return None
+    # Its env backend logs a warning on every set_value (each enter and exit): keep it quiet.
+    logging.getLogger("fastapi_maintenance").setLevel(logging.CRITICAL + 1)
+    warnings.filterwarnings("ignore", module="fastapi_maintenance")
+    return peer
+
+
+# -- operations and ways to time them -------------------------------------------------------
+
+
+def enter_exit(hold: AbstractAsyncContextManager[object]) -> Op:
+    async def op() -> None:
+        async with hold:
+            pass
+
+    return op
+
+
+def enter_exit_new(make: Callable[[], AbstractAsyncContextManager[object]]) -> Op:
+    async def op() -> None:
+        async with make():
+            pass
+
+    return op
+
+
+def read(get: Callable[[], Awaitable[bool]]) -> Op:
+    async def op() -> None:
+        await get()
+
+    return op
+
+
+def per_op(op: Op, n: int) -> Measure:
+    async def measure() -> float:
         start = time.perf_counter()
         for _ in range(n):
             await op()
-        timings.append((time.perf_counter() - start) / n)
-    return min(timings)
+        return (time.perf_counter() - start) / n
+
+    return measure
+
+
+def per_sync_op(hold: AbstractContextManager[object], n: int) -> Measure:
+    async def measure() -> float:
+        start = time.perf_counter()
+        for _ in range(n):
+            with hold:
+                pass
+        return (time.perf_counter() - start) / n
+
+    return measure
+
+
+def on_entered(hold: MaintenanceHold, measure: Measure) -> Measure:
+    """``measure`` run while ``hold`` is entered once already: each op is a frame on top."""
+
+    async def nested() -> float:
+        async with hold:
+            return await measure()
+
+    return nested
+
+
+def live_holds(count: int) -> tuple[MemoryBackend, list[MaintenanceHold]]:
+    """``count`` distinct holds on one fresh memory backend, each entered (sync) once."""
+    backend = MemoryBackend()
+    holds = [under_maintenance(backend=backend) for _ in range(count)]
+    for hold in holds:
+        hold.__enter__()
+    return backend, holds
+
+
+def leave_live(count: int, *, reverse: bool) -> Measure:
+    """Seconds per hold to leave ``count`` live holds, last-entered first or first-entered first."""
+
+    async def measure() -> float:
+        _, holds = live_holds(count)
+        order = holds[::-1] if reverse else holds
+        start = time.perf_counter()
+        for hold in order:
+            hold.__exit__(None, None, None)
+        return (time.perf_counter() - start) / count
+
+    return measure
+
+
+def change_with_live(count: int, n: int) -> Measure:
+    """One more hold entered and left (async) while ``count`` other holds are live."""
+
+    async def measure() -> float:
+        backend, holds = live_holds(count)
+        try:
+            return await per_op(enter_exit(under_maintenance(backend=backend)), n)()
+        finally:
+            for hold in reversed(holds):
+                hold.__exit__(None, None, None)
+
+    return measure
+
+
+def nest(depth: int, levels: int) -> Measure:
+    """Seconds per level to enter one hold object ``depth`` deep and leave it again."""
+    hold = under_maintenance(backend=MemoryBackend())
+    repeats = max(1, levels // depth)
+
+    async def measure() -> float:
+        start = time.perf_counter()
+        for _ in range(repeats):
+            for _ in range(depth):
+                hold.__enter__()
+            for _ in range(depth):
+                hold.__exit__(None, None, None)
+        return (time.perf_counter() - start) / (repeats * depth)
+
+    return measure
+
+
+# -- rows, rounds and goals -----------------------------------------------------------------
+
+
+@dataclass
+class Row:
+    name: str
+    measure: Measure
+    times: list[float] = field(default_factory=list)
+    error: str | None = None
+
+    @property
+    def best(self) -> float | None:
+        return min(self.times) if self.times and self.error is None else None
+
+    async def run(self) -> None:
+        gc.collect()
+        gc.disable()
+        try:
+            self.times.append(await self.measure())
+        except Exception as exc:
+            self.error = f"{type(exc).__name__}: {exc}"
+            print(f"row {self.name!r} failed:", file=sys.stderr)
+            traceback.print_exc()
+        finally:
+            gc.enable()
+
+
+@dataclass(frozen=True)
+class Goal:
+    text: str
+    row: str
+    reference: str
+    target: float
+
+
+def build_rows(n: int, file_n: int, tmp: Path, peer: ModuleType | None) -> list[Row]:
+    memory = MemoryBackend()
+    hold = under_maintenance(backend=memory)
+    file_hold = under_maintenance(backend=LocalFileBackend(tmp / "maintguard.json"))
+    levels = max(DEEP, n)
+    rows = [
+        Row(BARE, per_op(noop, n)),
+        Row(MINIMAL, per_op(enter_exit(MinimalHold()), n)),
+        Row(MEMORY, per_op(enter_exit(hold), n)),
+        Row(NESTED, on_entered(hold, per_op(enter_exit(hold), n))),
+        Row(SYNC, per_sync_op(hold, n)),
+        Row(GET_MEMORY, per_op(read(lambda: get_maintenance_mode(memory)), n)),
+        Row(GET_ENV, per_op(read(get_maintenance_mode), n)),
+        Row(LEAVE_REVERSE, leave_live(LIVE, reverse=True)),
+        Row(LEAVE_ENTRY, leave_live(LIVE, reverse=False)),
+        Row(CHANGE_MANY, change_with_live(LIVE, n)),
+        Row(CHANGE_ONE, change_with_live(1, n)),
+        Row(NEST_DEEP, nest(DEEP, levels)),
+        Row(NEST_SHALLOW, nest(SHALLOW, levels)),
+        Row(FILE, per_op(enter_exit(file_hold), file_n)),
+    ]
+    if peer is not None:
+        peer_on = peer.maintenance_mode_on
+        peer_file = peer.backends.LocalFileBackend(str(tmp / "fastapi_maintenance.txt"))
+        rows += [
+            # Built anew for each entry, as its docs use it (it keeps its state on the object).
+            Row(PEER_HOLD, per_op(enter_exit_new(peer_on), n)),
+            Row(PEER_GET, per_op(read(peer.get_maintenance_mode), n)),
+            Row(PEER_FILE, per_op(enter_exit_new(lambda: peer_on(backend=peer_file)), file_n)),
+        ]
+    return rows
+
+
+def build_goals(peer: bool) -> list[Goal]:
+    """The issue's goals, in its order; those measured against the peer need the peer."""
+    goals = [
+        Goal(
+            f"memory hold enter+exit <= {PEER}'s maintenance_mode_on() enter+exit",
+            MEMORY,
+            PEER_HOLD,
+            1.0,
+        ),
+        Goal("memory hold enter+exit <= 3x the minimal hold", MEMORY, MINIMAL, 3.0),
+        Goal("nested memory hold enter+exit <= 2x the minimal hold", NESTED, MINIMAL, 2.0),
+        Goal(
+            "get_maintenance_mode() on memory <= the peer's get_maintenance_mode()",
+            GET_MEMORY,
+            PEER_GET,
+            1.0,
+        ),
+        Goal(
+            "get_maintenance_mode() on the default env backend"
+            " <= the peer's get_maintenance_mode()",
+            GET_ENV,
+            PEER_GET,
+            1.0,
+        ),
+        Goal(
+            f"{LIVE:,} live holds leaving in reverse order <= 1.5x entry order",
+            LEAVE_REVERSE,
+            LEAVE_ENTRY,
+            1.5,
+        ),
+        Goal(
+            f"a hold change with {LIVE:,} live holds <= 2x with 1 live hold",
+            CHANGE_MANY,
+            CHANGE_ONE,
+            2.0,
+        ),
+        Goal(
+            f"nesting one object deep: per-level cost {DEEP:,} deep <= 1.5x {SHALLOW:,} deep"
+            " (linear, not quadratic)",
+            NEST_DEEP,
+            NEST_SHALLOW,
+            1.5,
+        ),
+        Goal(
+            "file hold enter+exit <= the peer's maintenance_mode_on(backend=LocalFileBackend"
+            "(path)) (ours is atomic + fsynced)",
+            FILE,
+            PEER_FILE,
+            1.0,
+        ),
+    ]
+    return [goal for goal in goals if peer or not goal.reference.startswith(PEER)]
+
+
+def report(rows: list[Row], goals: list[Goal]) -> None:
+    by_name = {row.name: row for row in rows}
+    bare = by_name[BARE].best
+    width = max(len(row.name) for row in rows)
+    print(f"{'operation':<{width}}  {'per op':>12}  {'x bare call':>11}")
+    for row in rows:
+        best = row.best
+        if best is None:
+            print(f"{row.name:<{width}}  {'error':>12}  {row.error}")
+            continue
+        times_bare = f"{best / bare:>11.1f}" if bare else f"{'-':>11}"
+        print(f"{row.name:<{width}}  {best * 1e6:>10.2f}us  {times_bare}")
+    print()
+    print("per op: one enter+exit or call; for live holds one hold left; for nesting one level")
+    print("entered and left. Holds and backends are built once.")
+    print("File hold: ours writes a temp file, fsyncs it and renames it over the state, under a")
+    print("lock (atomic + fsynced).")
+    if PEER_HOLD in by_name:
+        print(f"{PEER}: maintenance_mode_on() is built for each entry, as its docs use it;")
+        print("its file backend overwrites the file in place, without fsync.")
+    print()
+    print("GOALS")
+    for goal in goals:
+        mine, theirs = by_name[goal.row].best, by_name[goal.reference].best
+        if mine is None or theirs is None or theirs <= 0:
+            status, ratio = "n/a", "(a row failed)"
+        else:
+            status = "ok" if mine / theirs <= goal.target else "MISSED"
+            ratio = f"{mine / theirs:.3g} (target <= {goal.target:g})"
+        print(f"  {status:<6}  {ratio:<24}  {goal.text}")
 
 
 async def main(n: int, rounds: int) -> None:
+    for name in ENV_VARS:  # the default-backend rows read the default (unset) env backends
+        os.environ.pop(name, None)
+    configure(backend=None)
+    peer = import_peer()
+    file_n = max(n // 20, 5)
+    peer_line = (
+        f"{PEER} {getattr(peer, '__version__', '?')}"
+        if peer is not None
+        else f"{PEER} not installed, its rows and goals are skipped: "
+        "pip install -r benchmarks/requirements.txt"
+    )
+    print(f"maintguard {__version__}; {peer_line}")
+    print(
+        f"Python {platform.python_version()}; best of {rounds} round(s) of {n} ops"
+        f" ({file_n} for file rows)"
+    )
+    print()
     with tempfile.TemporaryDirectory() as tmp:
-        memory = MemoryBackend()
-        file = LocalFileBackend(Path(tmp) / "maintenance.json")
-        memory_hold = under_maintenance(backend=memory)
-        file_hold = under_maintenance(backend=file)
+        rows = build_rows(n, file_n, Path(tmp), peer)
+        for _ in range(rounds):
+            for row in rows:
+                if row.error is None:
+                    await row.run()
+    report(rows, build_goals(peer is not None))
 
-        async def hold_memory() -> None:
-            async with memory_hold:
-                pass
 
-        async def hold_file() -> None:
-            async with file_hold:
-                pass
-
-        async def nested_memory() -> None:  # a frame on top of a live hold: no I/O at all
-            async with memory_hold:
-                pass
-
-        async def nested_file() -> None:
-            async with file_hold:
-                pass
-
-        async def get_memory() -> None:
-            await get_maintenance_mode(memory)
-
-        async def get_file() -> None:
-            await get_maintenance_mode(file)
-
-        bare = await best(noop, n, rounds)
-        rows = [
-            ("bare async call", bare),
-            ("hold enter+exit, memory", await best(hold_memory, n, rounds)),
-            ("hold enter+exit, file", await best(hold_file, max(n // 20, 20), rounds)),
-            ("get_maintenance_mode, memory", await best(get_memory, n, rounds)),
-            ("get_maintenance_mode, file (cached)", await best(get_file, n, rounds)),
-        ]
-        async with memory_hold:
-            rows.append(("nested hold enter+exit, memory", await best(nested_memory, n, rounds)))
-        async with file_hold:
-            rows.append(("nested hold enter+exit, file", await best(nested_file, n, rounds)))
-    width = max(len(name) for name, _ in rows)
-    print(f"{'operation':<{width}}  {'per op':>10}  {'x bare call':>11}")
-    for name, seconds in rows:
-        print(f"{name:<{width}}  {seconds * 1e6:>8.2f}us  {seconds / bare:>11.0f}")
+def positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=2000, help="operations per round")
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--n", type=positive, default=2000, help="operations per round")
+    parser.add_argument("--rounds", type=positive, default=5)
+    parser.add_argument("--quick", action="store_true", help="n=20, 1 round: a smoke run for CI")
     args = parser.parse_args()
-    anyio.run(main, args.n, args.rounds)
+    n, rounds = (20, 1) if args.quick else (args.n, args.rounds)
+    try:
+        anyio.run(main, n, rounds)
+    except Exception:  # a report, not a test: say what broke and still exit 0
+        traceback.print_exc()

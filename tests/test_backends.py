@@ -18,6 +18,7 @@ from maintguard import (
     EventKind,
     MaintenanceEvent,
     add_listener,
+    flush_listeners,
     get_maintenance_mode,
     get_state,
     remove_listener,
@@ -172,6 +173,7 @@ async def test_env_unknown_value_warns_once_and_follows_on_error(
         assert "'maybe' is not a maintenance value" in warnings[0]
         assert "1, 0, on, off, true, false, yes, no, read_only" in warnings[0]
         assert "on_error='last_known'" in warnings[0]
+        assert flush_listeners()
         assert [e.kind for e in events].count(EventKind.BACKEND_ERROR) == 3
         assert os.environ[var] == "maybe"
     finally:
@@ -207,8 +209,9 @@ async def test_file_stays_plain_while_nothing_more_is_stored(tmp_path: Path) -> 
     assert path.read_text() == "1\n"
     async with under_maintenance(backend=backend):
         assert json.loads(path.read_text())["holds"][0]["pid"] == os.getpid()
+    assert path.read_text() == "1\n"  # the hold is gone: back to the plain form
     await set_maintenance_mode(False, backend)
-    assert json.loads(path.read_text())["active"] is False
+    assert path.read_text() == "0\n"
 
 
 async def test_file_missing_is_off_and_no_file_is_created_by_reading(tmp_path: Path) -> None:
@@ -326,7 +329,8 @@ async def test_file_lease_is_renewed_while_held(tmp_path: Path) -> None:
         await anyio.sleep(0.5)  # past the first lease: only renewal keeps it alive
         record = json.loads(path.read_text())["holds"][0]
         assert record["expires"] > first
-        assert await get_maintenance_mode(LocalFileBackend(path, refresh_interval=0)) is True
+        other = LocalFileBackend(path, lease_ttl=0.3, refresh_interval=0)
+        assert await get_maintenance_mode(other) is True
 
 
 # -- URLs --------------------------------------------------------------------------------------

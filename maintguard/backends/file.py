@@ -6,10 +6,12 @@ import contextlib
 import errno
 import json
 import os
-import tempfile
-from collections.abc import Callable, Iterator
+import random
+import threading
+import weakref
+from collections.abc import Callable, Collection, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import anyio
 
@@ -27,14 +29,54 @@ __all__ = ["LocalFileBackend"]
 
 _Scopes = dict[str | None, StoredState]
 
+VERSION = 1
+"""The format version this maintguard reads and writes."""
+
+_STATE_KEYS = frozenset(StoredState().to_dict())
+_TOP_KEYS = _STATE_KEYS | {"version", "plain", "scopes"}
+_NEW_FILE_MODE = 0o644  # a new file: readable by every process that checks it
+_READ_SIZE = 65536
+_MAX_LINKS = 40  # as the kernel's ELOOP limit
+
+
+class _Loaded:
+    """One read of the file: the parsed scopes plus what a rewrite needs to keep."""
+
+    __slots__ = ("mode", "plain", "raw", "scopes", "version")
+
+    def __init__(
+        self,
+        scopes: _Scopes,
+        raw: dict[str, Any] | None = None,
+        plain: bool = False,
+        version: int = VERSION,
+        mode: int | None = None,
+    ) -> None:
+        self.scopes = scopes
+        self.raw = raw  # the JSON object as read (None: plain text or no file)
+        self.plain = plain  # written back in plain form once nothing more needs storing
+        self.version = version
+        self.mode = mode  # permission bits of the file (None: no file yet)
+
 
 class LocalFileBackend(Backend):
     """Keeps the state in a JSON file: the explicit state plus one record per holding process.
 
     Every write goes to a temporary file renamed over the old one (a reader never sees half
-    a document), under an exclusive lock on ``<file>.lock`` for read-modify-write. A missing
-    file means "off". Plain files other tools write (``1``, ``0``, ``on``, ``off``, ...) are
-    read as the explicit state, and stay plain while nothing more needs storing.
+    a document), under an exclusive lock for read-modify-write. A missing file means "off".
+
+    If the path is a symbolic link (or a chain of them), the link is left alone and its
+    target is replaced: the temporary file is made in the target's directory and renamed
+    over the target. The lock is ``<target>.lock``, next to the real file, so that a backend
+    given the link and one given the real path exclude each other.
+
+    Plain files other tools write (``1``, ``0``, ``on``, ``off``, ``read_only``, ...) are
+    read as the explicit state. While something more needs storing (a hold, a reason) the
+    file holds JSON marked ``"plain": true``; once nothing more is stored, whichever
+    process writes last turns it back into ``0``, ``1`` or ``read_only``. A file that
+    started as JSON stays JSON. Fields this version does not know are kept on every
+    rewrite; a file written in a newer format version is read as far as this version
+    understands it and never modified.
 
     A live holder renews its lease every ``lease_ttl / 3`` seconds; a record whose lease has
     run out (its process was killed) no longer counts and is removed by the next write.
@@ -43,6 +85,8 @@ class LocalFileBackend(Backend):
     Content that is not a maintenance state raises ``BackendError`` on first use and is
     never overwritten: fix or delete the file.
     """
+
+    _blocking: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -58,7 +102,15 @@ class LocalFileBackend(Backend):
             raise ConfigurationError(f"LocalFileBackend needs a file path, not {file_path!r}")
         super().__init__(on_error=on_error, lease_ttl=lease_ttl, refresh_interval=refresh_interval)
         self.path = Path(file_path).expanduser().absolute()
-        self._lock_path = self.path.with_name(self.path.name + ".lock")
+        self._path = str(self.path)
+        # The lock file stays open between writes (one open per process, not one per write).
+        # Threads of this process take `_mutex` first: they share one open file description,
+        # on which flock would not exclude them from each other.
+        self._mutex = threading.Lock()
+        self._lock_fd: int | None = None
+        self._lock_name = ""
+        self._lock_pid = 0
+        _instances.add(self)
 
     def store_key(self) -> tuple[str, str]:
         return ("file", os.path.realpath(self.path))
@@ -66,63 +118,93 @@ class LocalFileBackend(Backend):
     def describe(self) -> str:
         return f"LocalFileBackend({self.path})"
 
+    # -- the async face: one worker-thread hop each ------------------------------------------
+
     async def read_state(self, scope: str | None) -> StoredState:
-        scopes, _ = await anyio.to_thread.run_sync(self._load)
-        return scopes.get(scope, StoredState())
+        scopes = await anyio.to_thread.run_sync(self._read_scopes_blocking, (scope,))
+        return scopes[scope]
+
+    async def read_scopes(self, scopes: Collection[str | None]) -> Mapping[str | None, StoredState]:
+        return await anyio.to_thread.run_sync(self._read_scopes_blocking, tuple(scopes))
 
     async def write_state(self, scope: str | None, state: StoredState) -> None:
-        await self.update_state(scope, lambda _: state)
+        await anyio.to_thread.run_sync(self._update_blocking, scope, lambda _: state)
 
     async def update_state(
         self, scope: str | None, mutate: Callable[[StoredState], StoredState]
     ) -> StoredState:
-        return await anyio.to_thread.run_sync(self._update, scope, mutate)
+        return await anyio.to_thread.run_sync(self._update_blocking, scope, mutate)
 
-    # -- blocking helpers, run in worker threads -------------------------------------
+    # -- the blocking protocol: any thread, any number of threads and processes at once -----
 
-    def _update(
+    def _read_scopes_blocking(self, scopes: Collection[str | None]) -> _Scopes:
+        """Every scope asked for (and every scope in the file) from one read of the file."""
+        result = self._parse(*self._read(self._path, stat=False)).scopes
+        for scope in scopes:
+            if scope not in result:
+                result[scope] = StoredState()
+        return result
+
+    def _update_blocking(
         self, scope: str | None, mutate: Callable[[StoredState], StoredState]
     ) -> StoredState:
-        with self._locked():
-            scopes, plain = self._load()
-            current = scopes.get(scope, StoredState())
+        """Read-modify-write of one scope under the exclusive lock; return the new state."""
+        target = self._target()
+        with self._locked(target + ".lock"):
+            loaded = self._parse(*self._read(target, stat=True))
+            if loaded.version != VERSION:
+                raise self._newer(loaded.version)
+            current = loaded.scopes.get(scope, StoredState())
             new = mutate(current)
             if new != current:
-                scopes[scope] = new
-                self._save(scopes, plain)
+                loaded.scopes[scope] = new
+                self._write(target, _render(loaded))
             return new
 
-    @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
-        try:
-            fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o666)
-        except OSError as exc:
-            raise self._write_error(exc) from exc
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            os.close(fd)  # closing releases the lock
+    # -- reading -------------------------------------------------------------------------------
 
-    def _load(self) -> tuple[_Scopes, bool]:
+    def _read(self, path: str, *, stat: bool) -> tuple[str | None, int | None]:
+        """The file's text (None: no file) and, with ``stat``, its permission bits."""
         try:
-            text = self.path.read_text(encoding="utf-8")
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:
-            return {}, False
+            return None, None
+        except OSError as exc:
+            raise self._read_error(exc) from exc
+        try:
+            mode = os.fstat(fd).st_mode & 0o777 if stat else None
+            chunks = [os.read(fd, _READ_SIZE)]
+            # A regular file returns less than asked only at its end.
+            while len(chunks[-1]) == _READ_SIZE:
+                chunks.append(os.read(fd, _READ_SIZE))
+        except OSError as exc:
+            raise self._read_error(exc) from exc
+        finally:
+            os.close(fd)
+        try:
+            return b"".join(chunks).decode("utf-8"), mode
         except UnicodeDecodeError as exc:
             raise self._corrupt("it is not UTF-8 text") from exc
-        except OSError as exc:
-            raise BackendError(
-                f"cannot read the maintenance state from {self.path}: {exc.strerror}. "
-                "Check that the path names a readable file."
-            ) from exc
+
+    def _parse(self, text: str | None, mode: int | None) -> _Loaded:
+        if text is None:
+            return _Loaded({})
         flag = parse_flag(text)
         if flag is not None:
-            return {None: StoredState(flag)}, True
+            return _Loaded({None: StoredState(flag)}, plain=True, mode=mode)
         try:
             data = json.loads(text)
             if not isinstance(data, dict):
                 raise ValueError(f"expected a JSON object, found {type(data).__name__}")
+            version = data.get("version", VERSION)
+            if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+                raise ValueError(f"'version' must be a positive integer, found {version!r}")
+            plain = data.get("plain", False)
+            if not isinstance(plain, bool):
+                raise ValueError(f"'plain' must be bool, found {plain!r}")
+        except ValueError as exc:
+            raise self._corrupt(str(exc)) from exc
+        try:
             scopes: _Scopes = {None: StoredState.from_dict(data)}
             named = data.get("scopes", {})
             if not isinstance(named, dict):
@@ -130,37 +212,112 @@ class LocalFileBackend(Backend):
             for name, value in named.items():
                 scopes[name] = StoredState.from_dict(value)
         except ValueError as exc:
+            if version > VERSION:
+                raise BackendError(
+                    f"{self.path} is in format version {version}, which this maintguard "
+                    f"(format version {VERSION}) cannot read ({exc}). Upgrade maintguard."
+                ) from exc
             raise self._corrupt(str(exc)) from exc
-        return scopes, False
+        return _Loaded(scopes, data, plain, version, mode)
 
-    def _save(self, scopes: _Scopes, plain: bool) -> None:
-        text = _plain(scopes) if plain else None
-        if text is None:
-            document: dict[str, Any] = {"version": 1}
-            document.update(scopes.get(None, StoredState()).to_dict())
-            named = {
-                k: v.to_dict() for k, v in scopes.items() if k is not None and v != StoredState()
-            }
-            if named:
-                document["scopes"] = named
-            text = json.dumps(document, indent=2) + "\n"
+    # -- writing -------------------------------------------------------------------------------
+
+    def _target(self) -> str:
+        """The file a write replaces: the path, or the end of its chain of symbolic links."""
+        path = self._path
+        for _ in range(_MAX_LINKS):
+            try:
+                link = os.readlink(path)
+            except OSError:
+                return path  # not a link (EINVAL), or missing: the write tells what is wrong
+            path = os.path.join(os.path.dirname(path), link)  # an absolute link replaces all
+        raise self._write_error(OSError(errno.ELOOP, os.strerror(errno.ELOOP)), path)
+
+    @contextlib.contextmanager
+    def _locked(self, name: str) -> Iterator[None]:
+        with self._mutex:
+            fd = self._lock_fd
+            if fd is None or name != self._lock_name or self._lock_pid != os.getpid():
+                fd = self._open_lock(name)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                if os.fstat(fd).st_nlink == 0:
+                    # Someone deleted (or renamed over) the lock file while we kept it open:
+                    # lock the file that the others now open (closing this one unlocks it).
+                    fd = self._open_lock(name)
+                    fcntl.flock(fd, fcntl.LOCK_EX)
+                yield
+            finally:
+                if fd == self._lock_fd:
+                    fcntl.flock(fd, fcntl.LOCK_UN)
+
+    def _open_lock(self, name: str) -> int:
+        self._drop_lock()
         try:
-            fd, tmp = tempfile.mkstemp(
-                dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp"
-            )
+            fd = os.open(name, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
         except OSError as exc:
-            raise self._write_error(exc) from exc
+            raise self._write_error(exc, name) from exc
+        self._lock_fd, self._lock_name, self._lock_pid = fd, name, os.getpid()
+        return fd
+
+    def _drop_lock(self) -> None:
+        fd, self._lock_fd = self._lock_fd, None
+        # A descriptor inherited over fork is only closed here: closing never releases the
+        # parent's lock, and a new open gives this process a lock of its own.
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+    def _after_fork(self) -> None:
+        self._mutex = threading.Lock()  # another thread may have held it at the fork
+        self._drop_lock()
+
+    def __del__(self) -> None:
+        if getattr(self, "_lock_fd", None) is not None:
+            self._drop_lock()
+
+    def _write(self, target: str, document: tuple[str, int | None]) -> None:
+        text, mode = document
+        data = text.encode("utf-8")
+        directory, name = os.path.split(target)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        wanted = _NEW_FILE_MODE if mode is None else mode
+        pid = self._lock_pid  # this process's, checked under the lock
+        for _ in range(100):
+            tmp = os.path.join(directory, f".{name}.{pid}.{random.getrandbits(40):x}.tmp")
+            try:
+                fd = os.open(tmp, flags, wanted)
+                break
+            except FileExistsError:
+                continue
+            except OSError as exc:
+                raise self._write_error(exc, target) from exc
+        else:  # pragma: no cover - 100 name collisions
+            raise self._write_error(OSError(errno.EEXIST, os.strerror(errno.EEXIST)), target)
         try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(text)
-                f.flush()
-                os.fsync(f.fileno())
-            os.chmod(tmp, _mode_for(self.path))
-            os.replace(tmp, self.path)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+                if wanted & _umask():
+                    os.fchmod(fd, wanted)  # the umask took bits away
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.rename(tmp, target)
         except OSError as exc:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
-            raise self._write_error(exc) from exc
+            raise self._write_error(exc, target) from exc
+
+    # -- errors --------------------------------------------------------------------------------
+
+    def _newer(self, version: int) -> BackendError:
+        return BackendError(
+            f"{self.path} is in format version {version}, written by a newer maintguard; this "
+            f"one writes format version {VERSION} and leaves the file as it is. Upgrade "
+            "maintguard in every process that changes this file."
+        )
 
     def _corrupt(self, detail: str) -> BackendError:
         return BackendError(
@@ -168,8 +325,14 @@ class LocalFileBackend(Backend):
             "it to start from 'off'; maintguard does not overwrite it."
         )
 
-    def _write_error(self, exc: OSError) -> BackendError:
-        where = self.path.parent
+    def _read_error(self, exc: OSError) -> BackendError:
+        return BackendError(
+            f"cannot read the maintenance state from {self.path}: {exc.strerror}. "
+            "Check that the path names a readable file."
+        )
+
+    def _write_error(self, exc: OSError, target: str | None = None) -> BackendError:
+        where = Path(target).parent if target else self.path.parent
         if exc.errno == errno.ENOENT:
             fix = f"the directory {where} does not exist. Create it (mkdir -p {where})"
         elif exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
@@ -182,6 +345,76 @@ class LocalFileBackend(Backend):
             f"cannot write the maintenance state to {self.path}: {fix}, "
             "or give LocalFileBackend a path in a writable directory."
         )
+
+
+# -- rendering -------------------------------------------------------------------------------
+
+
+def _render(loaded: _Loaded) -> tuple[str, int | None]:
+    """The new file content (and the permission bits to keep) for ``loaded.scopes``."""
+    raw = loaded.raw or {}
+    raw_named: dict[str, Any] = raw.get("scopes") or {}
+    if (
+        loaded.plain
+        and not _unknown(raw, _TOP_KEYS)
+        and not any(_unknown(v, _STATE_KEYS) for v in raw_named.values())
+        and (text := _plain(loaded.scopes)) is not None
+    ):
+        return text, loaded.mode  # nothing more to store: back to the form other tools wrote
+    document: dict[str, Any] = {"version": VERSION}
+    if loaded.plain:
+        document["plain"] = True  # "return to plain form when possible", for every process
+    merged = _merge(raw, loaded.scopes.get(None, StoredState()))
+    document.update((k, v) for k, v in merged.items() if k not in ("version", "plain", "scopes"))
+    named: dict[str, Any] = {}
+    for name, state in loaded.scopes.items():
+        if name is None:
+            continue
+        known = raw_named.get(name)
+        if state != StoredState() or _unknown(known, _STATE_KEYS):
+            named[name] = _merge(known, state)
+    if named:
+        document["scopes"] = named
+    return _dumps(document, "") + "\n", loaded.mode
+
+
+def _dumps(obj: Mapping[str, Any], indent: str) -> str:
+    """``obj`` as JSON for people to read: a field per line, a hold per line.
+
+    Leaves go through ``json.dumps`` without ``indent``, which is the C encoder (with
+    ``indent`` the whole document would go through the pure-Python one, several times slower).
+    """
+    inner = indent + "  "
+    fields = []
+    for key, value in obj.items():
+        if key == "holds" and value and isinstance(value, list):
+            text = ",\n".join(f"{inner}  {json.dumps(h)}" for h in value)
+            text = f"[\n{text}\n{inner}]"
+        elif key == "scopes" and not indent and value and isinstance(value, dict):
+            text = ",\n".join(
+                f"{inner}  {json.dumps(k)}: {_dumps(v, inner + '  ')}" for k, v in value.items()
+            )
+            text = f"{{\n{text}\n{inner}}}"
+        else:
+            text = json.dumps(value)
+        fields.append(f"{inner}{json.dumps(key)}: {text}")
+    body = ",\n".join(fields)
+    return f"{{\n{body}\n{indent}}}" if fields else "{}"
+
+
+def _merge(raw: Mapping[str, Any] | None, state: StoredState) -> dict[str, Any]:
+    """``state`` as JSON, keeping the fields of ``raw`` (and of its holds, by id) we don't know."""
+    out = dict(raw) if raw else {}
+    new = state.to_dict()
+    if raw and new["holds"]:
+        old = {h.get("id"): h for h in raw.get("holds", ())}
+        new["holds"] = [{**old.get(h["id"], {}), **h} for h in new["holds"]]
+    out.update(new)
+    return out
+
+
+def _unknown(raw: Mapping[str, Any] | None, known: frozenset[str]) -> bool:
+    return raw is not None and not known.issuperset(raw)
 
 
 def _plain(scopes: _Scopes) -> str | None:
@@ -197,8 +430,37 @@ def _plain(scopes: _Scopes) -> str | None:
     return "read_only\n" if e.mode.value == "read_only" else "1\n"
 
 
-def _mode_for(path: Path) -> int:
-    try:
-        return os.stat(path).st_mode & 0o777
-    except OSError:
-        return 0o644  # a new file: readable by every process that checks it
+# -- process-wide state ----------------------------------------------------------------------
+
+_umask_cache: int | None = None
+
+
+def _umask() -> int:
+    """This process's umask, read once (on Linux without changing it; else 0o777: "always
+    chmod"). A fork inherits it. A process that changes its umask after its first write
+    gets files created with the old one's bits, as if it had not changed it."""
+    global _umask_cache
+    if _umask_cache is None:
+        value = 0o777
+        with (
+            contextlib.suppress(OSError, ValueError),
+            open("/proc/self/status", encoding="ascii") as f,
+        ):
+            for line in f:
+                if line.startswith("Umask:"):
+                    value = int(line.split()[1], 8)
+                    break
+        _umask_cache = value
+    return _umask_cache
+
+
+_instances: weakref.WeakSet[LocalFileBackend] = weakref.WeakSet()
+
+
+def _reset_after_fork() -> None:
+    for backend in list(_instances):
+        backend._after_fork()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_after_fork)

@@ -2,9 +2,9 @@
 
 Holds are taken from asyncio, trio, plain threads and test portals at once.
 - The built-in in-process backends (memory, env) answer at once: they run in the caller.
-- Blocking backends (the file) run in the calling thread for sync faces and in one worker
-  thread for async faces: the fewest thread hops, and a write that has started finishes
-  even when its caller is cancelled.
+- Blocking backends (the file) run in the calling thread for sync faces and in one of
+  maintguard's worker threads for async faces: the fewest thread hops, and a write handed
+  over is under way at once, so it finishes even when its caller is cancelled.
 - Other backends are async code that may need asyncio (a Redis client): they run on one
   asyncio loop in a daemon thread, so trio callers and sync code can use them too; a
   submitted call finishes there whatever its caller does.
@@ -49,6 +49,8 @@ _loop: asyncio.AbstractEventLoop | None = None
 _thread: threading.Thread | None = None
 _background: weakref.WeakSet[asyncio.Task[Any]] = weakref.WeakSet()
 _async_locks: weakref.WeakKeyDictionary[Serialised, asyncio.Lock] = weakref.WeakKeyDictionary()
+_workers = concurrent.futures.ThreadPoolExecutor(4, thread_name_prefix="maintguard-worker")
+_running_loop = asyncio._get_running_loop
 
 
 def _start() -> asyncio.AbstractEventLoop:
@@ -111,12 +113,23 @@ async def run(coro: Coroutine[Any, Any, T]) -> T:
     """
     if on_io_thread():
         return await coro
-    future = submit(coro)
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:  # not asyncio: trio (through anyio)
-        return await anyio.to_thread.run_sync(future.result, abandon_on_cancel=True)
-    return await asyncio.shield(asyncio.wrap_future(future))
+    return await wait(submit(coro))
+
+
+def offload(fn: Callable[..., T], *args: Any) -> concurrent.futures.Future[T]:
+    """Start ``fn(*args)`` in maintguard's worker threads now, whatever the caller does next.
+
+    Unlike a thread hop that starts when awaited, a write handed over here is under way
+    even if its caller is cancelled at once, and threads finish it at interpreter exit.
+    """
+    return _workers.submit(fn, *args)
+
+
+async def wait(future: concurrent.futures.Future[T]) -> T:
+    """Wait for ``future`` from asyncio or trio; cancelling the wait leaves the work running."""
+    if _running_loop() is not None:
+        return await asyncio.shield(asyncio.wrap_future(future))
+    return await anyio.to_thread.run_sync(future.result, abandon_on_cancel=True)
 
 
 # -- backend calls ---------------------------------------------------------------------
@@ -128,7 +141,7 @@ async def read_scopes(
     if backend._inline:
         return backend._read_scopes_blocking(scopes)
     if backend._blocking:
-        return await anyio.to_thread.run_sync(backend._read_scopes_blocking, scopes)
+        return await wait(offload(backend._read_scopes_blocking, scopes))
     return await run(backend.read_scopes(scopes))
 
 
@@ -147,7 +160,7 @@ async def update(
     if backend._inline:
         return _locked_update(backend, scope, mutate, owner)
     if backend._blocking:
-        return await anyio.to_thread.run_sync(_locked_update, backend, scope, mutate, owner)
+        return await wait(offload(_locked_update, backend, scope, mutate, owner))
     return await run(_async_update(backend, scope, mutate, owner))
 
 
@@ -213,10 +226,11 @@ def shutdown(timeout: float = 5.0) -> None:
 
 
 def _after_fork_in_child() -> None:
-    # The loop thread does not survive fork; the child starts its own on first use.
-    global _loop, _thread, _lock, _background, _async_locks
+    # The loop thread and the workers do not survive fork; the child starts its own.
+    global _loop, _thread, _lock, _background, _async_locks, _workers
     _loop, _thread, _lock = None, None, threading.Lock()
     _background, _async_locks = weakref.WeakSet(), weakref.WeakKeyDictionary()
+    _workers = concurrent.futures.ThreadPoolExecutor(4, thread_name_prefix="maintguard-worker")
 
 
 atexit.register(shutdown)

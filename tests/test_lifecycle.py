@@ -1,0 +1,153 @@
+"""Fork and interpreter exit, in real processes: a child holds nothing of its parent and
+follows changes by itself; at exit, holds still entered end with the process."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+
+def run(code: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def holds(path: Path) -> list[object]:
+    return list(json.loads(path.read_text())["holds"]) if path.exists() else []
+
+
+def test_forked_worker_leaves_the_parents_block_and_follows_changes(tmp_path: Path) -> None:
+    done = run(
+        """
+        import os, sys, time
+        from maintguard import under_maintenance
+        from maintguard.backends import LocalFileBackend
+        from maintguard.core import store_of, watch
+
+        backend = LocalFileBackend(sys.argv[1], refresh_interval=0.05)
+        stop = watch(backend)  # as a middleware does before gunicorn forks its workers
+        root = store_of(backend).root
+        with under_maintenance(backend=backend, reason="parent"):
+            pid = os.fork()
+            if pid == 0:  # the child leaves the parent's block: no error, nothing removed
+                pass
+            else:
+                time.sleep(0.5)
+        if pid == 0:
+            try:
+                assert not root.stack and root.snapshot.active, "the parent still holds"
+                assert root.snapshot.holders[0].pid == os.getppid()
+                deadline = time.monotonic() + 10
+                while root.snapshot.active:  # only the child's own watcher can show this
+                    assert time.monotonic() < deadline, "the child's watcher never ran"
+                    time.sleep(0.02)
+            except BaseException as exc:
+                print("child:", exc, flush=True)
+                os._exit(1)
+            os._exit(0)
+        _, status = os.waitpid(pid, 0)
+        print("child exit", os.waitstatus_to_exitcode(status))
+        """,
+        str(tmp_path / "m.json"),
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().endswith("child exit 0"), done.stdout + done.stderr
+    assert holds(tmp_path / "m.json") == []
+
+
+def test_holds_left_entered_at_exit_are_released(tmp_path: Path) -> None:
+    path = tmp_path / "m.json"
+    done = run(
+        """
+        import sys, threading
+        from maintguard import under_maintenance
+        from maintguard.backends import LocalFileBackend
+
+        backend = LocalFileBackend(sys.argv[1])
+        entered = threading.Event()
+
+        def job():  # a daemon thread still inside its hold when the interpreter exits
+            with under_maintenance(backend=backend, reason="daemon"):
+                entered.set()
+                threading.Event().wait()
+
+        threading.Thread(target=job, daemon=True).start()
+        entered.wait()
+        print(open(sys.argv[1]).read().count('"daemon"'))
+        """,
+        str(path),
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "1"  # it was held...
+    assert holds(path) == []  # ...and the record is gone, not left to its 30 s lease
+
+
+def test_a_release_that_cannot_land_at_exit_says_so(tmp_path: Path) -> None:
+    done = run(
+        """
+        import sys, threading
+        from maintguard import under_maintenance
+        from maintguard.backends import Backend, StoredState
+
+        class Flaky(Backend):
+            broken = False
+            state = StoredState()
+
+            async def read_state(self, scope):
+                return self.state
+
+            async def write_state(self, scope, state):
+                if self.broken:
+                    raise OSError("store unreachable")
+                self.state = state
+
+        backend = Flaky()
+        entered = threading.Event()
+
+        def job():
+            with under_maintenance(backend=backend):
+                entered.set()
+                threading.Event().wait()
+
+        threading.Thread(target=job, daemon=True).start()
+        entered.wait()
+        Flaky.broken = True
+        """
+    )
+    assert done.returncode == 0
+    assert "could not remove this process's hold record" in done.stderr
+    assert "store unreachable" in done.stderr
+    assert "lease runs out" in done.stderr
+
+
+def test_a_release_write_still_running_at_exit_lands(tmp_path: Path) -> None:
+    path = tmp_path / "m.json"
+    done = run(
+        """
+        import asyncio, sys
+        from maintguard import under_maintenance
+        from maintguard.backends import LocalFileBackend
+
+        backend = LocalFileBackend(sys.argv[1])
+
+        async def main():
+            hold = under_maintenance(backend=backend)
+            await hold.__aenter__()
+            # The release starts, and the program ends before it is awaited to the end.
+            task = asyncio.ensure_future(hold.__aexit__(None, None, None))
+            await asyncio.sleep(0)
+            task.cancel()
+
+        asyncio.run(main())
+        """,
+        str(path),
+    )
+    assert done.returncode == 0, done.stderr
+    assert holds(path) == []
