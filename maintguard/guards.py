@@ -20,6 +20,7 @@ from .core import ScopeController, controller, dispatch, resolve_backend
 from .core.stack import Presents, new_key
 from .exceptions import ConfigurationError
 from .state import (
+    EventKind,
     ExplicitState,
     MaintenanceState,
     Mode,
@@ -102,10 +103,14 @@ class MaintenanceHold:
         )
         self._ctrl: ScopeController | None = None  # the last controller, for its backend
         self._fixed = isinstance(backend, Backend)  # then the controller never changes
-        # Live entries, oldest first: key -> [controller, owner (task or thread), depth]. The
-        # same object entered again by the same task on the same controller only counts
-        # deeper (identical details, strictly nested): no frame, no write.
-        self._live: dict[int, list[Any]] = {}
+        # The frames this object holds on each controller: [[[key, count], ...], owner],
+        # oldest first. Entering the object again while its newest frame is the top of the
+        # stack counts on that frame (the details are the same: nothing to push or write);
+        # otherwise it pushes a new frame. An exit counts the newest one down, wherever it
+        # runs; a frame leaves at zero. `owner` (the task or thread) is only recorded when
+        # the object holds frames on two controllers at once (the default backend changed
+        # in between), to choose which one an exit ends.
+        self._live: dict[ScopeController, list[Any]] = {}
 
     @property
     def _owner(self) -> str:
@@ -140,47 +145,63 @@ class MaintenanceHold:
             await _write_entry(ctrl, key)
         return ctrl, key
 
-    def _nest(self) -> bool:
-        # Enter again on top of this task's own live entry, if that is what this entry is.
-        live = self._live
-        if not live or dispatch._listeners:  # listeners hear every entry as its own
-            return False
-        entry = live[next(reversed(live))]
-        if entry[1] != _token() or (not self._fixed and entry[0] is not self._controller()):
-            return False
-        entry[2] += 1
+    def _deeper(self, ctrl: ScopeController) -> bool:
+        # Enter again on the newest frame this object holds there, if it is the top.
+        with _lock:
+            entry = self._live.get(ctrl)
+            if entry is None:
+                return False
+            newest = entry[0][-1]
+            if not ctrl.on_top(newest[0]):
+                return False
+            newest[1] += 1
+        if dispatch._listeners:
+            ctrl.heard(EventKind.HOLD_ACQUIRED, self._presents.owner)
         return True
 
+    def _track(self, ctrl: ScopeController, key: int) -> None:
+        with _lock:
+            live = self._live
+            entry = live.get(ctrl)
+            if entry is None:
+                live[ctrl] = [[[key, 1]], _token() if live else None]
+            else:
+                entry[0].append([key, 1])
+
     def _claim(self) -> Entry | None:
-        # The entry an exit ends: the newest one its own task or thread made, else (the exit
-        # runs elsewhere than the entry) the newest one. None when that entry only counted
-        # deeper: it stays.
+        # The frame an exit counts down; returned when it must leave (at zero).
         with _lock:
             live = self._live
             if not live:
                 raise RuntimeError(f"{self!r} was exited more often than entered")
-            key = next(reversed(live))
-            if len(live) > 1 and live[key][1] != (token := _token()):
-                for candidate, (_, owner, _) in reversed(live.items()):
-                    if owner == token:
-                        key = candidate
-                        break
-            entry = live[key]
-            if entry[2] > 1:
-                entry[2] -= 1
+            if len(live) == 1:
+                ctrl = next(iter(live))
+            else:  # the default backend changed while entered: this task's own, if any
+                token = _token()
+                owned = [c for c, e in live.items() if e[1] == token]
+                unknown = [c for c, e in live.items() if e[1] is None]
+                ctrl = (owned or unknown or list(live))[-1]
+            frames = live[ctrl][0]
+            newest = frames[-1]
+            newest[1] -= 1
+            if newest[1] > 0:
+                if dispatch._listeners:
+                    ctrl.heard(EventKind.HOLD_RELEASED, self._presents.owner)
                 return None
-            del live[key]
-            return entry[0], key
+            frames.pop()
+            if not frames:
+                del live[ctrl]
+            return ctrl, newest[0]
 
     # -- async with -----------------------------------------------------------------
 
     async def __aenter__(self) -> MaintenanceHold:
-        if not self._live or not self._nest():
-            ctrl = self._controller()
+        ctrl = self._ctrl if self._fixed and self._ctrl is not None else self._controller()
+        if not self._live or not self._deeper(ctrl):
             key = new_key()
             if ctrl.enter(key, self._presents):
                 await _write_entry(ctrl, key)
-            self._live[key] = [ctrl, _token(), 1]
+            self._track(ctrl, key)
         return self
 
     async def __aexit__(
@@ -196,12 +217,12 @@ class MaintenanceHold:
     # -- with -----------------------------------------------------------------------
 
     def __enter__(self) -> MaintenanceHold:
-        if not self._live or not self._nest():
-            ctrl = self._controller()
+        ctrl = self._ctrl if self._fixed and self._ctrl is not None else self._controller()
+        if not self._live or not self._deeper(ctrl):
             key = new_key()
             if ctrl.enter(key, self._presents):
                 _write_entry_blocking(ctrl, key)
-            self._live[key] = [ctrl, _token(), 1]
+            self._track(ctrl, key)
         return self
 
     def __exit__(

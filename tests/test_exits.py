@@ -492,3 +492,24 @@ async def test_state_after_exit_is_exact(tmp_path: Path) -> None:
         assert (await get_state(backend)).reason == "outer"
         assert stored_holds(backend)[0]["reason"] == "outer"
     assert await all_off(backend)
+
+
+@pytest.mark.anyio
+async def test_one_object_nested_around_another_shows_the_innermost_details() -> None:
+    backend = MemoryBackend()
+    a = under_maintenance(backend=backend, reason="a")
+    b = under_maintenance(backend=backend, reason="b")
+    async with a:
+        async with a:  # counts on a's frame: nothing in between
+            assert (await get_state(backend)).reason == "a"
+            async with b:
+                assert (await get_state(backend)).reason == "b"
+                async with a:  # on top of b: must show again
+                    assert (await get_state(backend)).reason == "a"
+                    async with a:
+                        assert (await get_state(backend)).reason == "a"
+                    assert (await get_state(backend)).reason == "a"
+                assert (await get_state(backend)).reason == "b"  # restored
+            assert (await get_state(backend)).reason == "a"
+        assert (await get_state(backend)).reason == "a"
+    assert not await get_maintenance_mode(backend)

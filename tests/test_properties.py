@@ -404,3 +404,45 @@ def _run_mixed(path: Path, schedule: list[tuple[Any, ...]]) -> None:
 def test_threads_and_tasks_of_both_loops_keep_invariants(schedule: list[Any]) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         _run_mixed(Path(tmp) / "m.json", schedule)
+
+
+class NestedHoldObjects(RuleBasedStateMachine):
+    """Hold objects nested in any order in one thread (the same object again included):
+    what readers see is always the innermost entry's details, restored as entries leave."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.backend = MemoryBackend()
+        self.holds = [
+            under_maintenance(backend=self.backend, reason=r, mode=m)
+            for r, m in (("a", "full"), ("b", "read_only"), (None, "full"))
+        ]
+        self.entered: list[int] = []
+
+    @rule(i=st.integers(0, 2))
+    def enter(self, i: int) -> None:
+        self.holds[i].__enter__()
+        self.entered.append(i)
+
+    @rule()
+    def leave(self) -> None:
+        if self.entered:
+            self.holds[self.entered.pop()].__exit__(None, None, None)
+
+    @invariant()
+    def readers_see_the_innermost_details(self) -> None:
+        state = store_of(self.backend).root.snapshot
+        assert state.active is bool(self.entered)
+        reasons = [self.holds[i]._presents.reason for i in self.entered]
+        assert state.reason == next((r for r in reversed(reasons) if r), None)
+        modes = {self.holds[i]._presents.mode for i in self.entered}
+        if self.entered:
+            assert state.mode is (Mode.FULL if Mode.FULL in modes else Mode.READ_ONLY)
+
+    def teardown(self) -> None:
+        while self.entered:
+            self.leave()
+
+
+TestNestedHoldObjects = NestedHoldObjects.TestCase
+TestNestedHoldObjects.settings = settings(max_examples=150, stateful_step_count=30, deadline=None)

@@ -10,12 +10,39 @@ from ..exceptions import BackendError, ReadOnlyBackendError
 from ..state import ExplicitState, Mode, StoredState
 from .base import Backend, OnError
 
-__all__ = ["EnvVarBackend", "parse_flag", "ACCEPTED"]
+__all__ = ["ACCEPTED", "EnvVarBackend", "getenv", "parse_flag"]
 
 _ON = {"1", "on", "true", "yes"}
 _OFF = {"0", "off", "false", "no", ""}
 _READ_ONLY = {"read_only", "read-only", "readonly"}
 ACCEPTED = "1, 0, on, off, true, false, yes, no, read_only (any case)"
+
+
+def getenv(name: str) -> str:
+    """``os.environ.get(name, "")``, at a fraction of its cost on POSIX.
+
+    os.environ keeps its contents as bytes in ``_data`` and decodes on every lookup; the
+    state of maintenance is asked on hot paths, so look there directly when it exists.
+    """
+    data = getattr(os.environ, "_data", None)
+    if type(data) is dict:
+        key = _keys.get(name)
+        if key is None:
+            key = _keys[name] = os.fsencode(name)
+        raw = data.get(key)
+        if raw is None:
+            return ""
+        text = _texts.get(raw)
+        if text is None:
+            if len(_texts) > 256:
+                _texts.clear()
+            text = _texts[raw] = os.fsdecode(raw)
+        return text
+    return os.environ.get(name, "")
+
+
+_keys: dict[str, bytes] = {}
+_texts: dict[bytes, str] = {}
 
 
 def parse_flag(text: str) -> ExplicitState | None:
@@ -62,7 +89,7 @@ class EnvVarBackend(Backend):
 
     def _read_blocking(self, scope: str | None) -> StoredState:
         name = self.var_name if scope is None else self.variable(scope)
-        raw = os.environ.get(name, "")
+        raw = getenv(name)
         state = self._parsed.get(raw)
         if state is None:
             explicit = parse_flag(raw)

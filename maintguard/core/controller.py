@@ -118,9 +118,17 @@ class ScopeController:
                 self.entering.remove(key)
             self.version += 1
             self._snap = None
-            first = self.stack.push(key, presents, started)
-            change = self._recompute(started) if first else _NO_CHANGE
-        if dispatch._listeners or not self._quiet(change):
+            change = _NO_CHANGE
+            if self.stack.push(key, presents, started):  # the first frame: on, by itself
+                own_changed = not self.own_active
+                self.own_active = True
+                if not self.active:
+                    self.active = True
+                    change = ((self.phase, Phase.ON), own_changed)
+                    self.phase = Phase.ON
+                elif own_changed:
+                    change = (None, True)
+        if dispatch._listeners or (change is not _NO_CHANGE and not self._quiet()):
             self._announce(change, EventKind.HOLD_ACQUIRED, presents.owner)
         return False
 
@@ -162,15 +170,23 @@ class ScopeController:
             if write:
                 self._inflight += 1
             change = _NO_CHANGE if self.stack._frames else self._recompute(self.store.clock())
-        if dispatch._listeners or not self._quiet(change):
+        if dispatch._listeners or (change is not _NO_CHANGE and not self._quiet()):
             self._announce(change, EventKind.HOLD_RELEASED, frame[0].owner)
         return write
 
-    def _quiet(self, change: tuple[Transition, bool]) -> bool:
+    def heard(self, kind: EventKind, owner: str) -> None:
+        """Tell listeners of an entry or exit that changed no frame (a deeper nesting)."""
+        if dispatch._listeners:
+            dispatch.emit([self._event(kind, owner=owner)])
+
+    def _quiet(self) -> bool:
         # Nobody to tell: no listener, no log line, no named scope that follows this one.
-        return change is _NO_CHANGE or (
-            self.parent is None and not self.store.has_children and not dispatch.listening()
-        )
+        return self.parent is None and not self.store.has_children and not dispatch.listening()
+
+    def on_top(self, key: int) -> bool:
+        """Frame ``key`` is the newest: one more of the same on it would change nothing."""
+        frames = self.stack._frames
+        return bool(frames) and next(reversed(frames)) == key
 
     def holding(self) -> bool:
         return bool(self.stack) or bool(self.entering)
@@ -292,11 +308,13 @@ class ScopeController:
     def refresh_inline(self) -> bool:
         """For in-memory backends: refresh this scope and its parent at once, in this
         thread; False when the backend needs I/O (then await :meth:`refresh`)."""
-        if not self.backend._inline:
+        backend = self.backend
+        if not backend._inline:
             return False
-        if self.parent is not None and self.parent.stale():
-            self.parent._read_inline()
-        if self.stale():
+        parent = self.parent
+        if parent is not None and parent.stale():
+            parent._read_inline()
+        if time.monotonic() - self.read_at >= backend.refresh_interval:
             self._read_inline()
         return True
 
@@ -306,6 +324,9 @@ class ScopeController:
             stored = self.backend._read_blocking(self.scope)
         except Exception as exc:
             self.read_failed(exc, may_raise=True)
+            return
+        if stored is self.stored and self.store.quiet():  # the env backend: unchanged
+            self.read_at = time.monotonic()
         else:
             self.apply_read(stored, writes)
 

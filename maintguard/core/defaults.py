@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import os
 import threading
 
 from ..backends import Backend, EnvVarBackend, backend_from_url
+from ..backends.env import getenv
 from ..exceptions import ConfigurationError
 
 __all__ = ["coerce", "configure", "register_default", "resolve_backend"]
@@ -60,7 +60,7 @@ def resolve_backend(backend: Backend | str | None = None) -> Backend:
     chosen = _configured or _middleware_default
     if chosen is not None:
         return chosen
-    url = os.environ.get("MAINTGUARD_BACKEND", "")
+    url = getenv("MAINTGUARD_BACKEND")
     found = _from_env.get(url)
     if found is None:
         with _lock:

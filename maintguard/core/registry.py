@@ -67,6 +67,10 @@ class Store:
     def named_changed(self) -> None:
         self.named_active = any(c.own_active for c in self.children())
 
+    def quiet(self) -> bool:
+        """Used, and no error to clear: a read that changes nothing has nothing to do."""
+        return self.used and self._error is None
+
     def read_ok(self) -> None:
         self.used = True
         if self._error is not None:
