@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import os
 import sys
 import threading
 from collections.abc import AsyncGenerator, Callable, Generator
@@ -16,11 +15,10 @@ import anyio
 import wrapt
 
 from .backends import Backend
-from .core import ScopeController, controller, dispatch, resolve_backend
-from .core.stack import Presents, new_key
+from .core import ScopeController, controller, resolve_backend
+from .core.stack import Presents
 from .exceptions import ConfigurationError
 from .state import (
-    EventKind,
     ExplicitState,
     MaintenanceState,
     Mode,
@@ -44,8 +42,7 @@ BackendArg = Backend | str | None
 Seconds = float | timedelta | datetime
 
 
-Entry = tuple[ScopeController, int]  # where a frame was pushed, and its key
-_lock = threading.Lock()  # guards every hold object's table of live entries
+Entry = tuple[ScopeController, list[int]]  # a controller, and one object's frame keys there
 
 
 def _token() -> object:
@@ -103,14 +100,14 @@ class MaintenanceHold:
         )
         self._ctrl: ScopeController | None = None  # the last controller, for its backend
         self._fixed = isinstance(backend, Backend)  # then the controller never changes
-        # The frames this object holds on each controller: [[[key, count], ...], owner],
-        # oldest first. Entering the object again while its newest frame is the top of the
-        # stack counts on that frame (the details are the same: nothing to push or write);
-        # otherwise it pushes a new frame. An exit counts the newest one down, wherever it
-        # runs; a frame leaves at zero. `owner` (the task or thread) is only recorded when
-        # the object holds frames on two controllers at once (the default backend changed
-        # in between), to choose which one an exit ends.
-        self._live: dict[ScopeController, list[Any]] = {}
+        # The keys of the frames this object holds on each controller, oldest first (the
+        # controller counts entries made again on its own top frame). An exit counts the
+        # newest one out, wherever it runs. Lists are kept once made, so no entry races a
+        # removal. `_owners` (the task or thread) is only recorded when the object holds
+        # frames on two controllers at once (the default backend changed in between), to
+        # choose which one an exit ends.
+        self._live: dict[ScopeController, list[int]] = {}
+        self._owners: dict[ScopeController, object] = {}
 
     @property
     def _owner(self) -> str:
@@ -131,77 +128,43 @@ class MaintenanceHold:
             ctrl = self._ctrl = controller(backend, self._scope)
         return ctrl
 
-    def _enter_sync(self) -> Entry:
-        ctrl = self._controller()
-        key = new_key()
-        if ctrl.enter(key, self._presents):
-            _write_entry_blocking(ctrl, key)
-        return ctrl, key
+    def _keys(self, ctrl: ScopeController) -> list[int]:
+        live = self._live
+        keys = live.get(ctrl)
+        if keys is None:
+            if live:
+                self._owners.setdefault(ctrl, _token())
+            keys = live.setdefault(ctrl, [])
+        return keys
 
-    async def _enter_async(self) -> Entry:
-        ctrl = self._controller()
-        key = new_key()
-        if ctrl.enter(key, self._presents):
-            await _write_entry(ctrl, key)
-        return ctrl, key
+    def _claim(self) -> Entry:
+        # Which controller's frames an exit counts down.
+        live = self._live
+        if len(live) == 1:
+            ctrl = next(iter(live))
+            return ctrl, live[ctrl]
+        held = [c for c, keys in list(live.items()) if keys]
+        if not held:
+            raise RuntimeError(f"{self!r} was exited more often than entered")
+        token = _token()  # the default backend changed while entered: this task's own first
+        owned = [c for c in held if self._owners.get(c) == token]
+        unknown = [c for c in held if c not in self._owners]
+        ctrl = (owned or unknown or held)[-1]
+        return ctrl, live[ctrl]
 
-    def _deeper(self, ctrl: ScopeController) -> bool:
-        # Enter again on the newest frame this object holds there, if it is the top.
-        with _lock:
-            entry = self._live.get(ctrl)
-            if entry is None:
-                return False
-            newest = entry[0][-1]
-            if not ctrl.on_top(newest[0]):
-                return False
-            newest[1] += 1
-        if dispatch._listeners:
-            ctrl.heard(EventKind.HOLD_ACQUIRED, self._presents.owner)
-        return True
-
-    def _track(self, ctrl: ScopeController, key: int) -> None:
-        with _lock:
-            live = self._live
-            entry = live.get(ctrl)
-            if entry is None:
-                live[ctrl] = [[[key, 1]], _token() if live else None]
-            else:
-                entry[0].append([key, 1])
-
-    def _claim(self) -> Entry | None:
-        # The frame an exit counts down; returned when it must leave (at zero).
-        with _lock:
-            live = self._live
-            if not live:
-                raise RuntimeError(f"{self!r} was exited more often than entered")
-            if len(live) == 1:
-                ctrl = next(iter(live))
-            else:  # the default backend changed while entered: this task's own, if any
-                token = _token()
-                owned = [c for c, e in live.items() if e[1] == token]
-                unknown = [c for c, e in live.items() if e[1] is None]
-                ctrl = (owned or unknown or list(live))[-1]
-            frames = live[ctrl][0]
-            newest = frames[-1]
-            newest[1] -= 1
-            if newest[1] > 0:
-                if dispatch._listeners:
-                    ctrl.heard(EventKind.HOLD_RELEASED, self._presents.owner)
-                return None
-            frames.pop()
-            if not frames:
-                del live[ctrl]
-            return ctrl, newest[0]
+    def _exited_too_often(self) -> RuntimeError:
+        return RuntimeError(f"{self!r} was exited more often than entered")
 
     # -- async with -----------------------------------------------------------------
 
     async def __aenter__(self) -> MaintenanceHold:
         ctrl = self._ctrl if self._fixed and self._ctrl is not None else self._controller()
-        if not self._live or not self._deeper(ctrl):
-            key = new_key()
-            if ctrl.enter(key, self._presents):
-                await _write_entry(ctrl, key)
-            self._track(ctrl, key)
+        keys = self._live.get(ctrl)
+        if keys is None:
+            keys = self._keys(ctrl)
+        key = ctrl.enter(self._presents, keys)
+        if key is not None:
+            await _write_entry(ctrl, key, keys)
         return self
 
     async def __aexit__(
@@ -210,19 +173,28 @@ class MaintenanceHold:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        entry = self._claim()
-        if entry is not None and entry[0].leave(entry[1]):
-            await _write_release(entry[0])
+        live = self._live
+        if len(live) == 1:
+            ctrl = next(iter(live))
+            keys = live[ctrl]
+        else:
+            ctrl, keys = self._claim()
+        write = ctrl.leave(keys)
+        if write:
+            await _write_release(ctrl)
+        elif write is None:
+            raise self._exited_too_often()
 
     # -- with -----------------------------------------------------------------------
 
     def __enter__(self) -> MaintenanceHold:
         ctrl = self._ctrl if self._fixed and self._ctrl is not None else self._controller()
-        if not self._live or not self._deeper(ctrl):
-            key = new_key()
-            if ctrl.enter(key, self._presents):
-                _write_entry_blocking(ctrl, key)
-            self._track(ctrl, key)
+        keys = self._live.get(ctrl)
+        if keys is None:
+            keys = self._keys(ctrl)
+        key = ctrl.enter(self._presents, keys)
+        if key is not None:
+            _write_entry_blocking(ctrl, key, keys)
         return self
 
     def __exit__(
@@ -231,9 +203,35 @@ class MaintenanceHold:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        entry = self._claim()
-        if entry is not None and entry[0].leave(entry[1]):
-            _write_release_blocking(entry[0])
+        live = self._live
+        if len(live) == 1:
+            ctrl = next(iter(live))
+            keys = live[ctrl]
+        else:
+            ctrl, keys = self._claim()
+        write = ctrl.leave(keys)
+        if write:
+            _write_release_blocking(ctrl)
+        elif write is None:
+            raise self._exited_too_often()
+
+    # -- the decorators' entries: each call holds its own --------------------------------
+
+    def _enter_sync(self) -> Entry:
+        ctrl = self._controller()
+        keys: list[int] = []
+        key = ctrl.enter(self._presents, keys)
+        if key is not None:
+            _write_entry_blocking(ctrl, key, keys)
+        return ctrl, keys
+
+    async def _enter_async(self) -> Entry:
+        ctrl = self._controller()
+        keys: list[int] = []
+        key = ctrl.enter(self._presents, keys)
+        if key is not None:
+            await _write_entry(ctrl, key, keys)
+        return ctrl, keys
 
     # -- decorator ------------------------------------------------------------------
 
@@ -244,39 +242,39 @@ class MaintenanceHold:
         clone = object.__new__(MaintenanceHold)
         clone.__dict__.update(self.__dict__)
         clone._presents = self._presents._replace(owner=owner)
-        clone._live = {}
+        clone._live, clone._owners = {}, {}
         return clone
 
 
-async def _write_entry(ctrl: ScopeController, key: int) -> None:
+async def _write_entry(ctrl: ScopeController, key: int, keys: list[int]) -> None:
     # All or nothing: whatever interrupts the entry's write, nothing of it remains.
     try:
         await ctrl.write()
     except BaseException:
-        await _undo(ctrl, key)
+        ctrl.abort(key)
+        await _write_release(ctrl)
         raise
-    ctrl.commit(key)
+    ctrl.commit(key, keys)
 
 
-def _write_entry_blocking(ctrl: ScopeController, key: int) -> None:
+def _write_entry_blocking(ctrl: ScopeController, key: int, keys: list[int]) -> None:
     try:
         ctrl.write_blocking()
     except BaseException:
-        _undo_blocking(ctrl, key)
+        ctrl.abort(key)
+        _write_release_blocking(ctrl)
         raise
-    ctrl.commit(key)
+    ctrl.commit(key, keys)
 
 
 async def _leave(entry: Entry) -> None:
-    ctrl, key = entry
-    if ctrl.leave(key):
-        await _write_release(ctrl)
+    if entry[0].leave(entry[1]):
+        await _write_release(entry[0])
 
 
 def _leave_blocking(entry: Entry) -> None:
-    ctrl, key = entry
-    if ctrl.leave(key):
-        _write_release_blocking(ctrl)
+    if entry[0].leave(entry[1]):
+        _write_release_blocking(entry[0])
 
 
 async def _write_release(ctrl: ScopeController) -> None:
@@ -294,25 +292,6 @@ def _write_release_blocking(ctrl: ScopeController) -> None:
         ctrl.write_blocking()
     except Exception as exc:
         ctrl.release_failed(exc)
-
-
-async def _undo(ctrl: ScopeController, key: int) -> None:
-    if ctrl.abort(key):
-        await _write_release(ctrl)
-
-
-def _undo_blocking(ctrl: ScopeController, key: int) -> None:
-    if ctrl.abort(key):
-        _write_release_blocking(ctrl)
-
-
-def _after_fork_in_child() -> None:
-    global _lock
-    _lock = threading.Lock()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _caller() -> str:

@@ -153,6 +153,7 @@ class HoldStackModel(RuleBasedStateMachine):
         super().__init__()
         self.stack = HoldStack()
         self.model: list[tuple[int, Presents, float]] = []
+        self.counts: dict[int, int] = {}
         self.now = 1_000_000.0
 
     @rule(
@@ -170,10 +171,23 @@ class HoldStackModel(RuleBasedStateMachine):
 
     @rule(key=consumes(frames))
     def remove(self, key: int) -> None:
+        count = self.counts.pop(key, 1)
+        for left in range(count - 1, -1, -1):  # counted entries leave one by one
+            frame = self.stack.remove(key)
+            assert frame is not None and frame[2] == left
+            assert (key in self.stack) is (left > 0)
         self.model = [f for f in self.model if f[0] != key]
-        assert self.stack.remove(key) is not None
         assert bool(self.stack) is bool(self.model)
         assert self.stack.remove(key) is None  # a second exit of one frame changes nothing
+
+    @rule(key=frames)
+    def enter_again(self, key: int) -> None:
+        on_top = bool(self.model) and self.model[-1][0] == key
+        before = details_of(self.stack)
+        assert self.stack.again(key) is on_top  # only the top frame counts one more entry
+        if on_top:
+            self.counts[key] = self.counts.get(key, 1) + 1
+        assert details_of(self.stack) == before  # counting changes nothing presented
 
     @rule(seconds=st.floats(0, 100))
     def time_passes(self, seconds: float) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import functools
 import logging
 import math
 import os
@@ -36,7 +37,7 @@ from ..state import (
     derive,
 )
 from . import dispatch, io
-from .stack import Details, HoldStack, Presents, details_of, record, to_datetime
+from .stack import Details, HoldStack, Presents, details_of, new_key, record, to_datetime
 
 if TYPE_CHECKING:
     from .registry import Store
@@ -49,6 +50,8 @@ EMPTY = StoredState()
 _UNKNOWN = ("unknown",)  # the record as stored is not known: the next change writes it
 Transition = tuple[Phase, Phase] | None
 _NO_CHANGE: tuple[Transition, bool] = (None, False)
+_may_log = functools.partial(dispatch._level_cache.get, logging.INFO, True)
+"""Whether a transition may be logged (logging's own cache; not known yet: _announce asks)."""
 
 
 class ScopeController:
@@ -105,88 +108,109 @@ class ScopeController:
 
     # -- the hold path: pure decisions under the lock -------------------------------------
 
-    def enter(self, key: int, presents: Presents) -> bool:
-        """Enter frame ``key``. True when its record must be written first: then the caller
-        writes and calls :meth:`commit` on success or :meth:`abort` on any failure."""
-        started = self.store.clock()
-        with self._lock:
-            if self._stores_holds:
-                self.entering.push(key, presents, started)
-                if self._inflight or self._presented() != self._written:
-                    self._inflight += 1
-                    return True
-                self.entering.remove(key)
-            self.version += 1
-            self._snap = None
-            change = _NO_CHANGE
-            if self.stack.push(key, presents, started):  # the first frame: on, by itself
-                own_changed = not self.own_active
-                self.own_active = True
-                if not self.active:
-                    self.active = True
-                    change = ((self.phase, Phase.ON), own_changed)
-                    self.phase = Phase.ON
-                elif own_changed:
-                    change = (None, True)
-        if dispatch._listeners or (change is not _NO_CHANGE and not self._quiet()):
-            self._announce(change, EventKind.HOLD_ACQUIRED, presents.owner)
-        return False
+    def enter(self, presents: Presents, keys: list[int]) -> int | None:
+        """Enter one more frame presenting ``presents`` for the hold object whose frames
+        here are ``keys`` (oldest first; the frame's key is appended to it).
 
-    def commit(self, key: int) -> None:
+        Returns ``None`` when the entry is done. Returns the new frame's key when its record
+        must be stored first: the caller writes, then calls :meth:`commit` on success or
+        :meth:`abort` on any failure; until then nobody sees the frame.
+        """
+        change = _NO_CHANGE
+        with self._lock:
+            # The object entered again while its own frame is the top: count on that frame.
+            again = bool(keys) and self.stack.again(keys[-1])
+            if not again:
+                started = self.store.clock()
+                key = new_key()
+                if self._stores_holds:
+                    self.entering.push(key, presents, started)
+                    if self._inflight or self._presented() != self._written:
+                        self._inflight += 1
+                        return key
+                    self.entering.remove(key)
+                keys.append(key)
+                self.version += 1
+                self._snap = None
+                if self.stack.push(key, presents, started):  # the first frame: on by itself
+                    own_changed = not self.own_active
+                    self.own_active = True
+                    if not self.active:
+                        self.active = True
+                        change = ((self.phase, Phase.ON), own_changed)
+                        self.phase = Phase.ON
+                    elif own_changed:
+                        change = (None, True)
+        if dispatch._listeners or (
+            change is not _NO_CHANGE
+            and (self.parent is not None or self.store.has_children or _may_log())
+        ):
+            self._announce(change, EventKind.HOLD_ACQUIRED, presents.owner)
+        return None
+
+    def commit(self, key: int, keys: list[int]) -> None:
         """The record of an entering frame is stored: readers see the frame from now on."""
         with self._lock:
             frame = self.entering.remove(key)
             if frame is None:  # pragma: no cover - a fork came between
                 return
+            keys.append(key)
             self.version += 1
             self._snap = None
             change = _NO_CHANGE
-            if self.stack.push(key, *frame):
+            if self.stack.push(key, frame[0], frame[1]):
                 change = self._recompute(self.store.clock())
         self._announce(change, EventKind.HOLD_ACQUIRED, frame[0].owner)
 
-    def abort(self, key: int) -> bool:
-        """An entry failed: forget the frame; nobody saw it. True when a write must follow."""
+    def abort(self, key: int) -> None:
+        """An entry failed: forget the frame (nobody saw it); a write must follow."""
         with self._lock:
             self.entering.remove(key)
             self._inflight += 1
-            return True
 
-    def leave(self, key: int) -> bool:
-        """Remove frame ``key`` wherever it stands; True when the stored record must follow.
+    def leave(self, keys: list[int]) -> bool | None:
+        """Count the newest entry of ``keys`` out; True when the stored record must follow.
 
-        A frame that is not here (left already, or entered before this process forked)
-        changes nothing.
+        ``None`` when ``keys`` is empty (exited more often than entered). A frame that is
+        not here (entered before this process forked) changes nothing.
         """
         with self._lock:
+            if not keys:
+                return None
+            key = keys[-1]
             frame = self.stack.remove(key)
             if frame is None:
+                keys.pop()
                 return False
-            self.version += 1
-            self._snap = None
-            write = self._stores_holds and (
-                self._inflight > 0 or self._presented() != self._written
-            )
-            if write:
-                self._inflight += 1
-            change = _NO_CHANGE if self.stack._frames else self._recompute(self.store.clock())
-        if dispatch._listeners or (change is not _NO_CHANGE and not self._quiet()):
+            stays = frame[2] > 0  # counted down: the frame stays
+            if not stays:
+                keys.pop()
+                self.version += 1
+                self._snap = None
+                write = self._stores_holds and (
+                    self._inflight > 0 or self._presented() != self._written
+                )
+                if write:
+                    self._inflight += 1
+                if self.stack._frames:
+                    change = _NO_CHANGE
+                elif self.stored is None and self.parent is None:  # nothing else holds it
+                    self.own_active = False
+                    change = ((self.phase, Phase.OFF), True) if self.active else (None, True)
+                    self.active = False
+                    self.phase = Phase.OFF
+                else:
+                    change = self._recompute(self.store.clock())
+        if stays:
+            if dispatch._listeners:
+                self._announce(_NO_CHANGE, EventKind.HOLD_RELEASED, frame[0].owner)
+            return False
+        if dispatch._listeners or (
+            change is not _NO_CHANGE
+            and (self.parent is not None or self.store.has_children or _may_log())
+        ):
             self._announce(change, EventKind.HOLD_RELEASED, frame[0].owner)
         return write
-
-    def heard(self, kind: EventKind, owner: str) -> None:
-        """Tell listeners of an entry or exit that changed no frame (a deeper nesting)."""
-        if dispatch._listeners:
-            dispatch.emit([self._event(kind, owner=owner)])
-
-    def _quiet(self) -> bool:
-        # Nobody to tell: no listener, no log line, no named scope that follows this one.
-        return self.parent is None and not self.store.has_children and not dispatch.listening()
-
-    def on_top(self, key: int) -> bool:
-        """Frame ``key`` is the newest: one more of the same on it would change nothing."""
-        frames = self.stack._frames
-        return bool(frames) and next(reversed(frames)) == key
 
     def holding(self) -> bool:
         return bool(self.stack) or bool(self.entering)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import itertools
 from collections import OrderedDict
 from datetime import datetime, timedelta, timezone
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from ..state import HoldRecord, Mode, RetryAfter
 
@@ -58,15 +58,18 @@ class Details(NamedTuple):
 
 
 _FULL = Mode.FULL
-Frame = tuple[Presents, float]  # what a frame presents, and when it began (wall seconds)
+Frame = list[Any]
+"""``[presents, started, count]``: what a frame presents, when it began (wall seconds), and
+how many entries of one hold object it stands for (entered again while on top: counted)."""
 
 
 class HoldStack:
     """Frames of one (store, scope) in this process, by key."""
 
-    __slots__ = ("_frames", "_full", "_reasons", "_retries")
+    __slots__ = ("_frames", "_full", "_reasons", "_retries", "_top")
 
     def __init__(self) -> None:
+        self._top = 0  # the newest frame's key (0: none)
         self._frames: OrderedDict[int, Frame] = OrderedDict()
         self._reasons: OrderedDict[int, None] = OrderedDict()
         self._retries: OrderedDict[int, None] = OrderedDict()
@@ -82,7 +85,8 @@ class HoldStack:
         """Put frame ``key`` on top; True when it is the first frame."""
         frames = self._frames
         first = not frames
-        frames[key] = (presents, started)
+        frames[key] = [presents, started, 1]
+        self._top = key
         if presents.reason is not None:
             self._reasons[key] = None
         if presents.retry_after is not None:
@@ -91,23 +95,41 @@ class HoldStack:
             self._full += 1
         return first
 
-    def remove(self, key: int) -> Frame | None:
-        """Take frame ``key`` out wherever it stands and return it.
+    def again(self, key: int) -> bool:
+        """Count one more entry on frame ``key`` if it is the top; what the stack presents
+        does not change. False (nothing done) when another frame is above it."""
+        if key == self._top:
+            self._frames[key][2] += 1
+            return True
+        return False
 
-        ``None`` when the frame is not here (left already, or entered before a fork).
+    def remove(self, key: int) -> Frame | None:
+        """Count one entry of frame ``key`` out; at zero the frame leaves, wherever it stands.
+
+        Returns the frame (its count tells whether it left), or ``None`` when it is not here
+        (left already, or entered before a fork).
         """
-        frame = self._frames.pop(key, None)
-        if frame is not None:
-            presents = frame[0]
-            if presents.reason is not None:
-                del self._reasons[key]
-            if presents.retry_after is not None:
-                del self._retries[key]
-            if presents.mode is _FULL:
-                self._full -= 1
+        frames = self._frames
+        frame = frames.get(key)
+        if frame is None:
+            return None
+        frame[2] -= 1
+        if frame[2] > 0:
+            return frame
+        del frames[key]
+        if key == self._top:
+            self._top = next(reversed(frames)) if frames else 0
+        presents = frame[0]
+        if presents.reason is not None:
+            del self._reasons[key]
+        if presents.retry_after is not None:
+            del self._retries[key]
+        if presents.mode is _FULL:
+            self._full -= 1
         return frame
 
     def clear(self) -> None:
+        self._top = 0
         self._frames.clear()
         self._reasons.clear()
         self._retries.clear()
