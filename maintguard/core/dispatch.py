@@ -27,7 +27,6 @@ __all__ = [
     "add_listener",
     "emit",
     "flush_listeners",
-    "hears_holds",
     "listening",
     "remove_listener",
 ]
@@ -91,11 +90,6 @@ def listening() -> bool:
     return logger.isEnabledFor(logging.INFO) if enabled is None else enabled
 
 
-def hears_holds() -> bool:
-    """True when hold and job events must be built (listeners, or debug logging)."""
-    return bool(_listeners) or logger.isEnabledFor(logging.DEBUG)
-
-
 def emit(events: Iterable[MaintenanceEvent]) -> None:
     """Log ``events`` and queue them for the listeners; never blocks, never raises."""
     listeners = _listeners
@@ -116,8 +110,6 @@ def _log(event: MaintenanceEvent) -> None:
             "" if event.scope is None else f", scope {event.scope!r}",
             f": {s.reason}" if s.reason else "",
         )
-    elif event.kind is not EventKind.BACKEND_ERROR:  # errors are logged where they happen
-        logger.debug("%s %s (%s)", event.kind.value, event.owner or "", event.backend)
 
 
 def _start() -> None:
