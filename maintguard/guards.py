@@ -138,11 +138,11 @@ class MaintenanceHold:
         return keys
 
     def _claim(self) -> Entry:
-        # Which controller's frames an exit counts down.
+        # Which controller's frames an exit counts down: the only one, almost always.
         live = self._live
         if len(live) == 1:
-            ctrl = next(iter(live))
-            return ctrl, live[ctrl]
+            for ctrl, keys in live.items():
+                return ctrl, keys
         held = [c for c, keys in list(live.items()) if keys]
         if not held:
             raise RuntimeError(f"{self!r} was exited more often than entered")
@@ -173,12 +173,7 @@ class MaintenanceHold:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        live = self._live
-        if len(live) == 1:
-            ctrl = next(iter(live))
-            keys = live[ctrl]
-        else:
-            ctrl, keys = self._claim()
+        ctrl, keys = self._claim()
         write = ctrl.leave(keys)
         if write:
             await _write_release(ctrl)
@@ -203,12 +198,7 @@ class MaintenanceHold:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        live = self._live
-        if len(live) == 1:
-            ctrl = next(iter(live))
-            keys = live[ctrl]
-        else:
-            ctrl, keys = self._claim()
+        ctrl, keys = self._claim()
         write = ctrl.leave(keys)
         if write:
             _write_release_blocking(ctrl)
