@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import gc
 import importlib
+import itertools
 import logging
 import os
 import platform
@@ -44,7 +45,7 @@ DEEP, SHALLOW = 3_000, 300  # nesting depths of one hold object
 ENV_VARS = ("MAINTGUARD_BACKEND", "MAINTGUARD_MODE", "FASTAPI_MAINTENANCE_MODE")
 
 BARE = "bare awaited no-op coroutine (reference)"
-MINIMAL = "minimal correct hold (threading.Lock + counter)"
+MINIMAL = "minimal correct hold (lock + frames, newest reason shown)"
 MEMORY = "memory hold enter+exit (async with)"
 NESTED = "nested memory hold enter+exit (on an entered hold)"
 SYNC = "memory hold enter+exit (sync with)"
@@ -73,19 +74,33 @@ async def noop() -> None:
 
 
 class MinimalHold:
-    """The cheapest hold that is still thread-safe and nests: a counter under a lock."""
+    """The least a correct hold does, written plainly: thread-safe, nests, its frames leave
+    in any order (concurrent holders), and readers see the newest frame's reason, restored
+    when it leaves (snapshot/restore). A bare counter would be cheaper but could not say
+    which reason is in force once holders leave out of order, so it is not a correct hold.
+    """
 
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._count = 0
+    _keys = itertools.count()
+
+    def __init__(self, frames: dict[int, str | None], lock: threading.Lock, reason: str) -> None:
+        self._frames = frames  # shared by every hold of one store: key -> reason, oldest first
+        self._lock = lock
+        self._reason = reason
+        self._mine: list[int] = []  # this object's entries, newest last
 
     @property
     def active(self) -> bool:
-        return self._count > 0
+        return bool(self._frames)
+
+    @property
+    def reason(self) -> str | None:
+        return self._frames[next(reversed(self._frames))] if self._frames else None
 
     async def __aenter__(self) -> MinimalHold:
+        key = next(self._keys)
         with self._lock:
-            self._count += 1
+            self._frames[key] = self._reason
+            self._mine.append(key)
         return self
 
     async def __aexit__(
@@ -95,7 +110,7 @@ class MinimalHold:
         tb: TracebackType | None,
     ) -> None:
         with self._lock:
-            self._count -= 1
+            del self._frames[self._mine.pop()]
 
 
 def import_peer() -> ModuleType | None:
@@ -263,7 +278,7 @@ def build_rows(n: int, file_n: int, tmp: Path, peer: ModuleType | None) -> list[
     levels = max(DEEP, n)
     rows = [
         Row(BARE, per_op(noop, n)),
-        Row(MINIMAL, per_op(enter_exit(MinimalHold()), n)),
+        Row(MINIMAL, per_op(enter_exit(MinimalHold({}, threading.Lock(), "job")), n)),
         Row(MEMORY, per_op(enter_exit(hold), n)),
         Row(NESTED, on_entered(hold, per_op(enter_exit(hold), n))),
         Row(SYNC, per_sync_op(hold, n)),

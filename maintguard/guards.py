@@ -99,7 +99,9 @@ class MaintenanceHold:
             owner or _caller(), reason, check_retry_after(retry_after), Mode.parse(mode)
         )
         self._ctrl: ScopeController | None = None  # the last controller, for its backend
-        self._fixed = isinstance(backend, Backend)  # then the controller never changes
+        # A backend object given: its controller never changes (and a conflict of options
+        # with another object for the same store is reported now).
+        self._fixed = controller(backend, self._scope) if isinstance(backend, Backend) else None
         # The keys of the frames this object holds on each controller, oldest first (the
         # controller counts entries made again on its own top frame). An exit counts the
         # newest one out, wherever it runs. Lists are kept once made, so no entry races a
@@ -120,8 +122,8 @@ class MaintenanceHold:
     # -- entries ---------------------------------------------------------------------------
 
     def _controller(self) -> ScopeController:
-        if self._fixed and self._ctrl is not None:
-            return self._ctrl
+        if self._fixed is not None:
+            return self._fixed
         backend = resolve_backend(self._backend)
         ctrl = self._ctrl
         if ctrl is None or ctrl.backend is not backend:
@@ -158,7 +160,7 @@ class MaintenanceHold:
     # -- async with -----------------------------------------------------------------
 
     async def __aenter__(self) -> MaintenanceHold:
-        ctrl = self._ctrl if self._fixed and self._ctrl is not None else self._controller()
+        ctrl = self._fixed or self._controller()
         keys = self._live.get(ctrl)
         if keys is None:
             keys = self._keys(ctrl)
@@ -183,7 +185,7 @@ class MaintenanceHold:
     # -- with -----------------------------------------------------------------------
 
     def __enter__(self) -> MaintenanceHold:
-        ctrl = self._ctrl if self._fixed and self._ctrl is not None else self._controller()
+        ctrl = self._fixed or self._controller()
         keys = self._live.get(ctrl)
         if keys is None:
             keys = self._keys(ctrl)

@@ -45,7 +45,7 @@ def test_holds_benchmark_prints_ratios(tmp_path: Path) -> None:
 
     ours = [
         "bare awaited no-op coroutine (reference)",
-        "minimal correct hold (threading.Lock + counter)",
+        "minimal correct hold (lock + frames, newest reason shown)",
         "memory hold enter+exit (async with)",
         "nested memory hold enter+exit (on an entered hold)",
         "memory hold enter+exit (sync with)",
