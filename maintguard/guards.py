@@ -99,9 +99,9 @@ class MaintenanceHold:
             owner or _caller(), reason, check_retry_after(retry_after), Mode.parse(mode)
         )
         self._ctrl: ScopeController | None = None  # the last controller, for its backend
-        # A backend object given: its controller never changes (and a conflict of options
-        # with another object for the same store is reported now).
-        self._fixed = controller(backend, self._scope) if isinstance(backend, Backend) else None
+        self._start_tracking()
+
+    def _start_tracking(self) -> None:
         # The keys of the frames this object holds on each controller, oldest first (the
         # controller counts entries made again on its own top frame). An exit counts the
         # newest one out, wherever it runs. Lists are kept once made, so no entry races a
@@ -110,6 +110,12 @@ class MaintenanceHold:
         # choose which one an exit ends.
         self._live: dict[ScopeController, list[int]] = {}
         self._owners: dict[ScopeController, object] = {}
+        # A backend object given: the controller and the frame keys never change (and a
+        # conflict of options with another object for the same store is reported now).
+        self._fixed: Entry | None = None
+        if isinstance(self._backend, Backend):
+            fixed = controller(self._backend, self._scope)
+            self._fixed = (fixed, self._keys(fixed))
 
     @property
     def _owner(self) -> str:
@@ -123,12 +129,17 @@ class MaintenanceHold:
 
     def _controller(self) -> ScopeController:
         if self._fixed is not None:
-            return self._fixed
+            return self._fixed[0]
         backend = resolve_backend(self._backend)
         ctrl = self._ctrl
         if ctrl is None or ctrl.backend is not backend:
             ctrl = self._ctrl = controller(backend, self._scope)
         return ctrl
+
+    def _entry(self) -> Entry:
+        ctrl = self._controller()
+        keys = self._live.get(ctrl)
+        return ctrl, keys if keys is not None else self._keys(ctrl)
 
     def _keys(self, ctrl: ScopeController) -> list[int]:
         live = self._live
@@ -160,10 +171,7 @@ class MaintenanceHold:
     # -- async with -----------------------------------------------------------------
 
     async def __aenter__(self) -> MaintenanceHold:
-        ctrl = self._fixed or self._controller()
-        keys = self._live.get(ctrl)
-        if keys is None:
-            keys = self._keys(ctrl)
+        ctrl, keys = self._fixed or self._entry()
         key = ctrl.enter(self._presents, keys)
         if key is not None:
             await _write_entry(ctrl, key, keys)
@@ -175,7 +183,7 @@ class MaintenanceHold:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        ctrl, keys = self._claim()
+        ctrl, keys = self._fixed or self._claim()
         write = ctrl.leave(keys)
         if write:
             await _write_release(ctrl)
@@ -185,10 +193,7 @@ class MaintenanceHold:
     # -- with -----------------------------------------------------------------------
 
     def __enter__(self) -> MaintenanceHold:
-        ctrl = self._fixed or self._controller()
-        keys = self._live.get(ctrl)
-        if keys is None:
-            keys = self._keys(ctrl)
+        ctrl, keys = self._fixed or self._entry()
         key = ctrl.enter(self._presents, keys)
         if key is not None:
             _write_entry_blocking(ctrl, key, keys)
@@ -200,7 +205,7 @@ class MaintenanceHold:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        ctrl, keys = self._claim()
+        ctrl, keys = self._fixed or self._claim()
         write = ctrl.leave(keys)
         if write:
             _write_release_blocking(ctrl)
@@ -234,7 +239,7 @@ class MaintenanceHold:
         clone = object.__new__(MaintenanceHold)
         clone.__dict__.update(self.__dict__)
         clone._presents = self._presents._replace(owner=owner)
-        clone._live, clone._owners = {}, {}
+        clone._start_tracking()
         return clone
 
 

@@ -50,6 +50,7 @@ EMPTY = StoredState()
 _UNKNOWN = ("unknown",)  # the record as stored is not known: the next change writes it
 Transition = tuple[Phase, Phase] | None
 _NO_CHANGE: tuple[Transition, bool] = (None, False)
+_ON, _OFF = Phase.ON, Phase.OFF
 _may_log = functools.partial(dispatch._level_cache.get, logging.INFO, True)
 """Whether a transition may be logged (logging's own cache; not known yet: _announce asks)."""
 
@@ -119,7 +120,7 @@ class ScopeController:
         change = _NO_CHANGE
         with self._lock:
             # The object entered again while its own frame is the top: count on that frame.
-            again = bool(keys) and self.stack.again(keys[-1])
+            again = keys and self.stack.again(keys[-1])
             if not again:
                 started = self.store.clock()
                 key = new_key()
@@ -137,8 +138,8 @@ class ScopeController:
                     self.own_active = True
                     if not self.active:
                         self.active = True
-                        change = ((self.phase, Phase.ON), own_changed)
-                        self.phase = Phase.ON
+                        change = ((self.phase, _ON), own_changed)
+                        self.phase = _ON
                     elif own_changed:
                         change = (None, True)
         if dispatch._listeners or (
@@ -192,13 +193,16 @@ class ScopeController:
                 )
                 if write:
                     self._inflight += 1
+                stored = self.stored
                 if self.stack._frames:
                     change = _NO_CHANGE
-                elif self.stored is None and self.parent is None:  # nothing else holds it
+                elif self.parent is None and (
+                    stored is None or not (stored.holds or stored.explicit.active)
+                ):  # nothing else holds it: off
                     self.own_active = False
-                    change = ((self.phase, Phase.OFF), True) if self.active else (None, True)
+                    change = ((self.phase, _OFF), True) if self.active else (None, True)
                     self.active = False
-                    self.phase = Phase.OFF
+                    self.phase = _OFF
                 else:
                     change = self._recompute(self.store.clock())
         if stays:

@@ -87,11 +87,12 @@ class HoldStack:
         first = not frames
         frames[key] = [presents, started, 1]
         self._top = key
-        if presents.reason is not None:
+        _, reason, retry_after, mode = presents
+        if reason is not None:
             self._reasons[key] = None
-        if presents.retry_after is not None:
+        if retry_after is not None:
             self._retries[key] = None
-        if presents.mode is _FULL:
+        if mode is _FULL:
             self._full += 1
         return first
 
@@ -119,12 +120,12 @@ class HoldStack:
         del frames[key]
         if key == self._top:
             self._top = next(reversed(frames)) if frames else 0
-        presents = frame[0]
-        if presents.reason is not None:
+        _, reason, retry_after, mode = frame[0]
+        if reason is not None:
             del self._reasons[key]
-        if presents.retry_after is not None:
+        if retry_after is not None:
             del self._retries[key]
-        if presents.mode is _FULL:
+        if mode is _FULL:
             self._full -= 1
         return frame
 
