@@ -20,7 +20,7 @@ from maintguard import (
     set_maintenance_mode,
     under_maintenance,
 )
-from maintguard.backends import Backend, EnvVarBackend, LocalFileBackend, StoredState
+from maintguard.backends import Backend, EnvVarBackend, LocalFileBackend, MemoryBackend, StoredState
 from maintguard.core import store_of, watch
 from maintguard.core.controller import refresh_store
 
@@ -206,3 +206,34 @@ async def test_blocking_backend_callers_in_threads_and_loops_share_one_writer(
 
 def _mapping(x: Mapping[str | None, StoredState]) -> None:  # keeps the import honest
     pass
+
+
+def test_a_reader_slower_than_a_hold_never_caches_a_stale_snapshot(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import sys
+
+    controller_module = sys.modules["maintguard.core.controller"]
+
+    backend = MemoryBackend()
+    ctrl = store_of(backend).root
+    derived, go_on = threading.Event(), threading.Event()
+    real_derive = controller_module.derive
+
+    def slow_derive(*args: object, **kwargs: object) -> object:
+        state = real_derive(*args, **kwargs)  # type: ignore[arg-type]
+        if threading.current_thread().name == "slow-reader":
+            derived.set()
+            go_on.wait(10)  # the hold is entered while this reader still holds the old state
+        return state
+
+    monkeypatch.setattr(controller_module, "derive", slow_derive)
+    reader = threading.Thread(target=lambda: ctrl.snapshot, name="slow-reader")
+    reader.start()
+    assert derived.wait(10)
+    with under_maintenance(backend=backend, reason="mine"):
+        go_on.set()
+        reader.join(10)
+        state = ctrl.snapshot
+        assert (state.active, state.reason) == (True, "mine")
+    assert not ctrl.snapshot.active

@@ -301,6 +301,7 @@ class ScopeController:
     def _resnapshot(self) -> MaintenanceState:
         parent = self.parent
         parent_version = parent.version if parent is not None else -1
+        version = self.version
         now = to_datetime(self.store.clock())
         levels = [self.level(now)]
         if parent is not None:
@@ -308,10 +309,13 @@ class ScopeController:
         snap = derive(self.scope, levels, now)
         change = _NO_CHANGE
         with self._lock:
-            self._snap, self._snap_parent = snap, parent_version
-            self._deadline = _deadline(levels, now)
-            if snap.active is not self.active:  # time alone ended a lease or an `until`
-                change = self._recompute(now.timestamp())
+            # Cached only if nothing changed while deriving: a reader in another thread
+            # must never store a snapshot older than a change that already returned.
+            if self.version == version and (parent is None or parent.version == parent_version):
+                self._snap, self._snap_parent = snap, parent_version
+                self._deadline = _deadline(levels, now)
+                if snap.active is not self.active:  # time alone ended a lease or `until`
+                    change = self._recompute(now.timestamp())
         if change != _NO_CHANGE:
             self._announce(change, None)
         return snap
