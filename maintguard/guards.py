@@ -68,10 +68,10 @@ class MaintenanceHold:
     """Maintenance held for as long as a block or a call runs.
 
     The same object is a decorator and a context object for ``with`` and ``async with``.
-    It can be entered again while entered (nested, or by concurrent tasks and threads):
-    each entry is its own frame of the hold stack, and each exit ends exactly one of them,
-    wherever it runs (another task, thread or event loop than the entry's). The backend is
-    looked up at each entry.
+    It can be entered again while entered (nested, or by concurrent tasks and threads), and
+    each exit ends exactly one entry, wherever it runs (another task, thread or event loop
+    than the entry's). Entered again while its own frame is the newest, it counts on that
+    frame; otherwise it pushes a frame of its own. The backend is looked up at each entry.
     """
 
     def __init__(
