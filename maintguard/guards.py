@@ -16,6 +16,7 @@ import wrapt
 
 from .backends import Backend
 from .core import ScopeController, controller, resolve_backend
+from .core.controller import refresh_store
 from .core.stack import Presents
 from .exceptions import ConfigurationError
 from .state import (
@@ -472,6 +473,13 @@ def maintenance_mode_on(
 # -- state functions -----------------------------------------------------------------------
 
 
+async def _refresh(ctrl: ScopeController) -> None:
+    # One store read for the scope and the global scope it follows, when either is stale.
+    stale = [c for c in (ctrl.parent, ctrl) if c is not None and c.stale()]
+    if stale:
+        await refresh_store(ctrl.store, stale, may_raise=True)
+
+
 async def get_state(backend: BackendArg = None, scope: str | None = None) -> MaintenanceState:
     """The full effective state of ``scope`` (or the global scope).
 
@@ -481,9 +489,7 @@ async def get_state(backend: BackendArg = None, scope: str | None = None) -> Mai
     """
     ctrl = controller(resolve_backend(backend), None if scope is None else check_scope(scope))
     if not ctrl.refresh_inline():
-        if ctrl.parent is not None:
-            await ctrl.parent.refresh()
-        await ctrl.refresh()
+        await _refresh(ctrl)
     return ctrl.snapshot
 
 
@@ -495,9 +501,7 @@ async def get_maintenance_mode(backend: BackendArg = None, scope: str | None = N
     """
     ctrl = controller(resolve_backend(backend), None if scope is None else check_scope(scope))
     if not ctrl.refresh_inline():
-        if ctrl.parent is not None:
-            await ctrl.parent.refresh()
-        await ctrl.refresh()
+        await _refresh(ctrl)
     return ctrl.snapshot.active
 
 

@@ -228,6 +228,8 @@ def _load_retry_after(value: Any) -> RetryAfter | None:
     if isinstance(value, bool):
         raise ValueError(f"'retry_after' must be seconds or a time, found {value!r}")
     if isinstance(value, int | float):
+        if not math.isfinite(value) or value < 0:
+            raise ValueError(f"'retry_after' must be zero or more seconds, found {value!r}")
         return float(value)
     return _load_time(value)
 

@@ -28,6 +28,8 @@ def getenv(name: str) -> str:
     if type(data) is dict:
         key = _keys.get(name)
         if key is None:
+            if len(_keys) > 1024:  # per-tenant scopes: stay bounded
+                _keys.clear()
             key = _keys[name] = os.fsencode(name)
         raw = data.get(key)
         if raw is None:

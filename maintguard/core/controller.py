@@ -87,6 +87,7 @@ class ScopeController:
         self._deadline = math.inf  # clock time when the snapshot goes stale by itself
         self._written: tuple[object, ...] | None = None  # presented details last stored
         self._inflight = 0
+        self._applied = 0  # the newest write whose result this controller holds
         self._renewal: object | None = None  # the running renewal's token
         self._renewer: concurrent.futures.Future[None] | None = None
 
@@ -146,7 +147,7 @@ class ScopeController:
             change is not _NO_CHANGE
             and (self.parent is not None or self.store.has_children or _may_log())
         ):
-            self._announce(change, EventKind.HOLD_ACQUIRED, presents.owner)
+            self._announce_entry(change, presents.owner, keys)
         return None
 
     def commit(self, key: int, keys: list[int]) -> None:
@@ -161,7 +162,7 @@ class ScopeController:
             change = _NO_CHANGE
             if self.stack.push(key, frame[0], frame[1]):
                 change = self._recompute(self.store.clock())
-        self._announce(change, EventKind.HOLD_ACQUIRED, frame[0].owner)
+        self._announce_entry(change, frame[0].owner, keys)
 
     def abort(self, key: int) -> None:
         """An entry failed: forget the frame (nobody saw it); a write must follow."""
@@ -213,7 +214,12 @@ class ScopeController:
             change is not _NO_CHANGE
             and (self.parent is not None or self.store.has_children or _may_log())
         ):
-            self._announce(change, EventKind.HOLD_RELEASED, frame[0].owner)
+            try:
+                self._announce(change, EventKind.HOLD_RELEASED, frame[0].owner)
+            except BaseException:  # (a log handler hit by Ctrl-C): the release still lands
+                if write:
+                    self._release_quietly()  # blocking, but only on this way out
+                raise
         return write
 
     def holding(self) -> bool:
@@ -237,6 +243,22 @@ class ScopeController:
         self.active = active
         previous, self.phase = self.phase, Phase.ON if active else Phase.OFF
         return (previous, self.phase), own_changed
+
+    def _announce_entry(self, change: tuple[Transition, bool], owner: str, keys: list[int]) -> None:
+        # All or nothing: an entry interrupted while telling of it (a log handler hit by
+        # Ctrl-C) is undone before the interruption goes on.
+        try:
+            self._announce(change, EventKind.HOLD_ACQUIRED, owner)
+        except BaseException:
+            if self.leave(keys):
+                self._release_quietly()  # blocking, but only on this way out
+            raise
+
+    def _release_quietly(self) -> None:
+        try:
+            self.write_blocking()
+        except Exception as exc:
+            self.release_failed(exc)
 
     def _announce(
         self, change: tuple[Transition, bool], kind: EventKind | None, owner: str | None = None
@@ -350,6 +372,19 @@ class ScopeController:
             self._read_inline()
         return True
 
+    def start(self) -> None:
+        """An in-memory store is read at once, so that a first hold sees what it says (an
+        environment variable already on) rather than taking the state for off."""
+        if not self.backend._inline or self.stored is not None:
+            return
+        try:
+            stored = self.backend._read_blocking(self.scope)
+        except Exception:  # the first real read reports it
+            return
+        with self._lock:
+            if self.stored is None:  # what is known first is no transition: nothing to tell
+                self._store(stored)
+
     def _read_inline(self) -> None:
         writes = self.writes
         try:
@@ -429,36 +464,58 @@ class ScopeController:
     async def write(self) -> None:
         """Write this process's record as the stack has it (one counted write)."""
         try:
-            new = await io.update(self.backend, self.scope, self._mutate, self.store)
+            seq, mutate = self._sequenced(self._mutate)
+            new = await io.update(self.backend, self.scope, mutate, self.store)
         except BaseException as exc:
             self._write_failed()
             if isinstance(exc, Exception):
                 raise as_backend_error(exc, f"{self.label}: writing the hold failed") from exc
             raise
-        self._write_done(new)
+        self._write_done(new, seq[0])
 
     def write_blocking(self) -> None:
         """The same from a thread that may block (sync faces)."""
         try:
-            new = io.update_blocking(self.backend, self.scope, self._mutate, self.store)
+            seq, mutate = self._sequenced(self._mutate)
+            new = io.update_blocking(self.backend, self.scope, mutate, self.store)
         except BaseException as exc:
             self._write_failed()
             if isinstance(exc, Exception):
                 raise as_backend_error(exc, f"{self.label}: writing the hold failed") from exc
             raise
-        self._write_done(new)
+        self._write_done(new, seq[0])
 
     def _write_failed(self) -> None:
         with self._lock:
             self._inflight -= 1
             self._written = _UNKNOWN
 
-    def _write_done(self, new: StoredState) -> None:
+    def _sequenced(
+        self, mutate: Callable[[StoredState], StoredState]
+    ) -> tuple[list[int], Callable[[StoredState], StoredState]]:
+        # Writes of a store run one at a time; number them as they run, so that results
+        # applied out of order (their callers resume in any order) never undo a newer one.
+        seq = [0]
+
+        def numbered(stored: StoredState) -> StoredState:
+            seq[0] = next(self.store.sequence)
+            return mutate(stored)
+
+        return seq, numbered
+
+    def _apply_write(self, new: StoredState, seq: int) -> tuple[Transition, bool]:
+        # Under the lock.
+        self.writes += 1
+        if seq <= self._applied:
+            return _NO_CHANGE  # a newer write's result is already here
+        self._applied = seq
+        return self._store(new)
+
+    def _write_done(self, new: StoredState, seq: int) -> None:
         self.store.used = True
         with self._lock:
             self._inflight -= 1
-            self.writes += 1
-            change = self._store(new)
+            change = self._apply_write(new, seq)
             stop: concurrent.futures.Future[None] | None = None
             renewal = None
             if self.holding():
@@ -517,16 +574,16 @@ class ScopeController:
         def mutate(stored: StoredState) -> StoredState:
             return replace(stored, explicit=make(stored.explicit))
 
+        seq, numbered = self._sequenced(mutate)
         try:
-            new = await io.update(self.backend, self.scope, mutate, self.store)
+            new = await io.update(self.backend, self.scope, numbered, self.store)
         except MaintGuardError:
             raise
         except Exception as exc:
             raise as_backend_error(exc, f"{self.label}: writing the state failed") from exc
         self.store.used = True
         with self._lock:
-            self.writes += 1
-            change = self._store(new)
+            change = self._apply_write(new, seq[0])
         self._announce(change, None)
 
 

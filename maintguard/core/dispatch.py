@@ -72,11 +72,17 @@ def remove_listener(listener: Listener) -> None:
 def flush_listeners(timeout: float | None = 5.0) -> bool:
     """Wait until every event emitted so far has been handed to every listener.
 
-    Returns False when ``timeout`` seconds passed first (a listener still runs). Tests and
+    Returns False when ``timeout`` seconds passed first (a listener still runs). Called
+    from a listener it raises ``ConfigurationError`` (it would wait on itself). Tests and
     shutdown code call it; a hold never waits for listeners.
     """
     if _thread is None:
         return True
+    if threading.current_thread() is _thread:
+        raise ConfigurationError(
+            "flush_listeners() was called from a listener: it would wait for itself; "
+            "call it from the code that emits events (a test, a shutdown hook)"
+        )
     done = threading.Event()
     _queue.put(done)
     return done.wait(timeout)

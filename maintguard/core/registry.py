@@ -10,6 +10,7 @@ a middleware, a renewal), so per-tenant scopes do not pile up.
 from __future__ import annotations
 
 import atexit
+import itertools
 import logging
 import os
 import threading
@@ -35,6 +36,7 @@ class Store:
         self.clock: Callable[[], float] = time.time  # wall-clock seconds; tests fake it
         self.lock = threading.Lock()  # the scope table and the watcher count
         self.write_lock = threading.Lock()  # serialises this process's writes
+        self.sequence = itertools.count(1)  # numbers writes in the order they run
         self.used = False  # once read or written, read errors follow on_error
         self.named_active = False  # some named scope is on by its own state
         self.has_children = False  # a named scope was ever asked for
@@ -48,7 +50,10 @@ class Store:
 
     def controller(self, scope: str | None) -> ScopeController:
         if scope is None:
-            return self.root
+            root = self.root
+            if root.stored is None:
+                root.start()
+            return root
         ctrl = self._scopes.get(scope)
         if ctrl is None:
             with self.lock:
@@ -56,6 +61,8 @@ class Store:
                 if ctrl is None:
                     ctrl = self._scopes[scope] = ScopeController(self, scope, self.root)
                     self.has_children = True
+        if ctrl.stored is None:
+            ctrl.start()
         return ctrl
 
     def children(self) -> list[ScopeController]:
