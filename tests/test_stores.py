@@ -7,7 +7,7 @@ import asyncio
 import gc
 import json
 import threading
-from collections.abc import Collection, Mapping
+from collections.abc import Collection
 from pathlib import Path
 
 import anyio
@@ -202,10 +202,6 @@ async def test_blocking_backend_callers_in_threads_and_loops_share_one_writer(
         t.join()
     assert not await get_maintenance_mode(backend)
     assert json.loads((tmp_path / "m.json").read_text())["holds"] == []
-
-
-def _mapping(x: Mapping[str | None, StoredState]) -> None:  # keeps the import honest
-    pass
 
 
 def test_a_reader_slower_than_a_hold_never_caches_a_stale_snapshot(

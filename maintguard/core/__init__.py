@@ -15,11 +15,9 @@ from .controller import ScopeController, as_backend_error, read_only_error
 from .defaults import coerce, configure, register_default, resolve_backend
 from .dispatch import Listener, add_listener, flush_listeners, remove_listener
 from .registry import Store, controller, store_of
-from .stack import Frame
 from .watcher import watch
 
 __all__ = [
-    "Frame",
     "Listener",
     "ScopeController",
     "Store",

@@ -254,10 +254,20 @@ class ScopeController:
                 self._release_quietly()  # blocking, but only on this way out
             raise
 
+    def release_all(self) -> None:
+        """At interpreter exit: end every frame still entered here and remove the record."""
+        with self._lock:
+            if not self.holding():
+                return
+            self.stack.clear()
+            self.entering.clear()
+            self._inflight += 1
+        self._release_quietly()
+
     def _release_quietly(self) -> None:
         try:
             self.write_blocking()
-        except Exception as exc:
+        except BaseException as exc:  # on a way out already: say so; the lease ends it
             self.release_failed(exc)
 
     def _announce(
@@ -351,17 +361,9 @@ class ScopeController:
     def stale(self) -> bool:
         return time.monotonic() - self.read_at >= self.backend.refresh_interval
 
-    async def refresh(self, *, force: bool = False) -> None:
-        """Bring the stored state up to date if older than the refresh interval."""
-        if force or self.stale():
-            if self.backend._inline:
-                self._read_inline()
-            else:
-                await refresh_store(self.store, [self], may_raise=True)
-
     def refresh_inline(self) -> bool:
         """For in-memory backends: refresh this scope and its parent at once, in this
-        thread; False when the backend needs I/O (then await :meth:`refresh`)."""
+        thread; False when the backend needs I/O (then await :func:`refresh_store`)."""
         backend = self.backend
         if not backend._inline:
             return False

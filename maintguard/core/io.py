@@ -31,7 +31,7 @@ import anyio.to_thread
 from ..backends import Backend
 from ..state import StoredState
 
-__all__ = ["read_scopes", "read_scopes_blocking", "run", "run_sync", "submit", "update"]
+__all__ = ["read_scopes", "run", "run_sync", "submit", "update", "update_blocking"]
 
 logger = logging.getLogger("maintguard")
 T = TypeVar("T")
@@ -143,14 +143,6 @@ async def read_scopes(
     if backend._blocking:
         return await wait(offload(backend._read_scopes_blocking, scopes))
     return await run(backend.read_scopes(scopes))
-
-
-def read_scopes_blocking(
-    backend: Backend, scopes: Collection[str | None]
-) -> Mapping[str | None, StoredState]:
-    if backend._blocking:
-        return backend._read_scopes_blocking(scopes)
-    return run_sync(backend.read_scopes(scopes))
 
 
 async def update(

@@ -155,15 +155,7 @@ def _release_at_exit() -> None:
         if not store.backend.stores_holds:
             continue
         for ctrl in store.controllers():
-            if not ctrl.holding():
-                continue
-            ctrl.stack.clear()
-            ctrl.entering.clear()
-            ctrl._inflight += 1
-            try:
-                ctrl.write_blocking()
-            except BaseException as exc:
-                ctrl.release_failed(exc)
+            ctrl.release_all()
 
 
 atexit.register(_release_at_exit)
