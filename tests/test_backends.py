@@ -32,6 +32,7 @@ from maintguard.backends import (
     MemoryBackend,
     backend_from_url,
 )
+from maintguard.core.registry import store_of
 from maintguard.state import ExplicitState, HoldRecord, Mode, StoredState
 
 pytestmark = pytest.mark.anyio
@@ -331,6 +332,35 @@ async def test_file_lease_is_renewed_while_held(tmp_path: Path) -> None:
         assert record["expires"] > first
         other = LocalFileBackend(path, lease_ttl=0.3, refresh_interval=0)
         assert await get_maintenance_mode(other) is True
+
+
+async def test_a_hold_entered_after_a_release_is_renewed_by_the_running_renewal(
+    tmp_path: Path,
+) -> None:
+    # A job in a loop (hold, release, hold again) starts one renewal on the I/O loop, not
+    # one per hold; the renewal still renews the later hold and ends once nothing is held.
+    path = tmp_path / "m.json"
+    backend = LocalFileBackend(path, lease_ttl=0.3, refresh_interval=0)
+    ctrl = store_of(backend).controller(None)
+    async with under_maintenance(backend=backend):
+        renewal = ctrl._renewal
+        assert renewal is not None
+    for _ in range(5):
+        async with under_maintenance(backend=backend):
+            assert ctrl._renewal is renewal  # the running renewal, nothing started
+    async with under_maintenance(backend=backend):
+        assert ctrl._renewal is renewal
+        first = json.loads(path.read_text())["holds"][0]["expires"]
+        await anyio.sleep(0.5)  # past the first lease: only the renewal keeps it alive
+        assert json.loads(path.read_text())["holds"][0]["expires"] > first
+        other = LocalFileBackend(path, lease_ttl=0.3, refresh_interval=0)
+        assert await get_maintenance_mode(other) is True
+    for _ in range(100):  # the next tick finds nothing held and ends the renewal
+        if ctrl._renewal is None:
+            break
+        await anyio.sleep(0.01)
+    assert ctrl._renewal is None
+    assert json.loads(path.read_text())["holds"] == []
 
 
 # -- URLs --------------------------------------------------------------------------------------

@@ -12,7 +12,6 @@ a read that started before a write landed never replaces what the write stored.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import functools
 import logging
 import math
@@ -21,6 +20,7 @@ import socket
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from datetime import datetime
@@ -89,7 +89,6 @@ class ScopeController:
         self._inflight = 0
         self._applied = 0  # the newest write whose result this controller holds
         self._renewal: object | None = None  # the running renewal's token
-        self._renewer: concurrent.futures.Future[None] | None = None
 
     def after_fork(self) -> None:
         """In a forked child: hold nothing of the parent, renew nothing, new locks.
@@ -103,7 +102,7 @@ class ScopeController:
         self.hold_id = _new_hold_id()
         self._written = None
         self._inflight = 0
-        self._renewal = self._renewer = None
+        self._renewal = None
         self.version += 1
         self._snap = None
         self._recompute(self.store.clock())
@@ -518,22 +517,11 @@ class ScopeController:
         with self._lock:
             self._inflight -= 1
             change = self._apply_write(new, seq)
-            stop: concurrent.futures.Future[None] | None = None
             renewal = None
-            if self.holding():
-                if self._renewal is None:
-                    renewal = self._renewal = object()
-            else:  # released: the renewal ends now, not at its next tick
-                stop, self._renewal, self._renewer = self._renewer, None, None
+            if self._renewal is None and self.holding():
+                renewal = self._renewal = object()
         if renewal is not None:
-            future = io.background(self._renew(renewal))
-            with self._lock:
-                if self._renewal is renewal:
-                    self._renewer = future
-                else:
-                    stop = future
-        if stop is not None:
-            stop.cancel()
+            io.background(_renew(weakref.ref(self), renewal, self.backend.lease_ttl / 3))
         self._announce(change, None)
 
     def release_failed(self, exc: BaseException) -> None:
@@ -544,29 +532,6 @@ class ScopeController:
             exc,
             self.backend.lease_ttl,
         )
-
-    async def _renew(self, renewal: object) -> None:
-        # On the I/O loop while frames are held: renew the lease, and write the record
-        # again if it vanished (a flushed store).
-        period = self.backend.lease_ttl / 3
-        try:
-            while True:
-                await asyncio.sleep(period)
-                with self._lock:
-                    if self._renewal is not renewal or not self.holding():
-                        return
-                    self._inflight += 1
-                try:
-                    await self.write()
-                except Exception as exc:
-                    logger.warning("%s; retrying in %.1fs", exc, period)
-                    dispatch.emit(
-                        [self._event(EventKind.BACKEND_ERROR, error=as_backend_error(exc, ""))]
-                    )
-        finally:
-            with self._lock:
-                if self._renewal is renewal:
-                    self._renewal = self._renewer = None
 
     async def set_explicit(self, make: Callable[[ExplicitState], ExplicitState]) -> None:
         """Change the explicit (operator) state; holds are not touched."""
@@ -587,6 +552,42 @@ class ScopeController:
         with self._lock:
             change = self._apply_write(new, seq[0])
         self._announce(change, None)
+
+
+async def _renew(ref: weakref.ref[ScopeController], renewal: object, period: float) -> None:
+    """On the I/O loop: renew a controller's lease every ``period`` while it holds frames.
+
+    A tick that finds nothing held ends the renewal, so a hold entered soon after a release
+    (a job in a loop) starts nothing new. Between ticks the controller is held only weakly:
+    an idle one is freed, and the next tick ends.
+    """
+    try:
+        while True:
+            await asyncio.sleep(period)
+            ctrl = ref()
+            if ctrl is None:
+                return
+            with ctrl._lock:
+                if ctrl._renewal is not renewal:
+                    return
+                if not ctrl.holding():
+                    ctrl._renewal = None  # decided with the lock: a new hold starts anew
+                    return
+                ctrl._inflight += 1
+            try:
+                await ctrl.write()
+            except Exception as exc:
+                logger.warning("%s; retrying in %.1fs", exc, period)
+                dispatch.emit(
+                    [ctrl._event(EventKind.BACKEND_ERROR, error=as_backend_error(exc, ""))]
+                )
+            del ctrl
+    finally:  # cancelled (interpreter exit): a later hold starts a renewal of its own
+        ctrl = ref()
+        if ctrl is not None:
+            with ctrl._lock:
+                if ctrl._renewal is renewal:
+                    ctrl._renewal = None
 
 
 async def refresh_store(
