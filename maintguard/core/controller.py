@@ -12,6 +12,7 @@ a read that started before a write landed never replaces what the write stored.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import math
@@ -89,6 +90,7 @@ class ScopeController:
         self._inflight = 0
         self._applied = 0  # the newest write whose result this controller holds
         self._renewal: object | None = None  # the running renewal's token
+        self.wakers: set[Callable[[], None]] = set()  # see .changes; called on transitions
 
     def after_fork(self) -> None:
         """In a forked child: hold nothing of the parent, renew nothing, new locks.
@@ -103,6 +105,7 @@ class ScopeController:
         self._written = None
         self._inflight = 0
         self._renewal = None
+        self.wakers = set()
         self.version += 1
         self._snap = None
         self._recompute(self.store.clock())
@@ -280,6 +283,10 @@ class ScopeController:
                     child._parent_changed()
         elif own_changed:
             self.store.named_changed()
+        if transition is not None and self.wakers:
+            for waker in list(self.wakers):  # hands a wake-up to a loop or thread: cheap
+                with contextlib.suppress(Exception):  # its loop has ended
+                    waker()
         events: list[MaintenanceEvent] = []
         if transition is not None and dispatch.listening():
             events.append(self._event(EventKind.TRANSITION, previous=transition[0]))
@@ -315,6 +322,11 @@ class ScopeController:
         ):
             snap = self._resnapshot()
         return snap
+
+    def deadline(self) -> float:
+        """Clock time when the snapshot changes by itself (an ``until``, a lease); or inf."""
+        self.snapshot  # noqa: B018 - computes the deadline of the current snapshot
+        return self._deadline
 
     def level(self, now: datetime) -> StoredState:
         """This scope's stored state with this process's own record as the stack has it."""

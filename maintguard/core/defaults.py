@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 
 from ..backends import Backend, EnvVarBackend, backend_from_url
 from ..backends.env import getenv
 from ..exceptions import ConfigurationError
+from .registry import all_stores, store_of
 
 __all__ = ["coerce", "configure", "register_default", "resolve_backend"]
 
@@ -14,6 +16,7 @@ _configured: Backend | None = None
 _middleware_default: Backend | None = None
 _from_env: dict[str, Backend] = {}
 _lock = threading.Lock()
+logger = logging.getLogger("maintguard")
 
 
 def coerce(backend: Backend | str) -> Backend:
@@ -44,6 +47,22 @@ def configure(backend: Backend | str | None) -> None:
             _from_env.clear()
         else:
             _configured = coerce(backend)
+    if _configured is not None:
+        _warn_if_watched_elsewhere(_configured)
+
+
+def _warn_if_watched_elsewhere(backend: Backend) -> None:
+    # A middleware already following another store keeps following it: say so.
+    chosen = store_of(backend)
+    for store in all_stores():
+        if store.watchers > 0 and store is not chosen:
+            logger.warning(
+                "configure(backend=%s): a running middleware follows %s, so holds and "
+                "set_maintenance_mode() without backend= no longer reach its requests. "
+                "Configure the backend before the app starts, or pass it to the middleware.",
+                backend.describe(),
+                store.backend.describe(),
+            )
 
 
 def register_default(backend: Backend) -> None:

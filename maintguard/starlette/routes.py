@@ -30,8 +30,7 @@ class RoutePolicy:
 
 
 _NONE = RoutePolicy()
-forced_routes_exist = False  # the middleware matches routes while maintenance is off only if so
-known_scopes: set[str | None] = set()  # scopes named by route decorators, read at start-up
+generation = 0  # bumps on every mark: an app's learned routes are then learned again
 
 
 def policy_of(endpoint: Any) -> RoutePolicy:
@@ -56,6 +55,8 @@ def _mark(func: Any, name: str, **change: Any) -> Any:
         setattr(getattr(target, "__func__", target), _ATTR, merged)
     except (AttributeError, TypeError) as exc:
         raise ConfigurationError(f"@{name} cannot mark {func!r}: {exc}") from exc
+    global generation
+    generation += 1
     return func
 
 
@@ -95,13 +96,9 @@ def force_maintenance_mode_on(func: Any = None, /) -> Any:
     ... async def legacy_export(): ...
     """
 
-    def mark(f: Any) -> Any:
-        global forced_routes_exist
-        marked = _mark(f, "force_maintenance_mode_on", forced=True)
-        forced_routes_exist = True
-        return marked
-
-    return mark if func is None else mark(func)
+    if func is None:
+        return lambda f: _mark(f, "force_maintenance_mode_on", forced=True)
+    return _mark(func, "force_maintenance_mode_on", forced=True)
 
 
 def maintenance_scope(scope: str) -> Callable[[F], F]:
@@ -115,7 +112,6 @@ def maintenance_scope(scope: str) -> Callable[[F], F]:
             "maintenance_scope needs a scope name: write @maintenance_scope('billing')"
         )
     name = check_scope(scope)
-    known_scopes.add(name)
 
     def mark(func: F) -> F:
         return _mark(func, "maintenance_scope", scope=name)  # type: ignore[no-any-return]
