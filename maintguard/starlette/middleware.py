@@ -8,6 +8,7 @@ import logging
 import re
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -203,7 +204,8 @@ class MaintenanceModeMiddleware:
             logger.exception("maintguard: the maintenance state could not be read")
         with self._start_lock:
             if self._ctrl is None:
-                self._stop_watch = watch(backend)
+                self._stop_watch = stop = watch(backend)
+                weakref.finalize(self, stop)  # started without a lifespan: stops when freed
                 self._scoped.update(scoped)
                 self._ctrl = ctrl
         return self._ctrl

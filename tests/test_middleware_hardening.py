@@ -1,0 +1,510 @@
+"""The middleware's holes and traps found from outside: each case as it was reproduced."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.routing import Route, WebSocketRoute
+from starlette.testclient import TestClient
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from maintguard import (
+    ConfigurationError,
+    MaintenanceModeMiddleware,
+    configure,
+    force_maintenance_mode_on,
+    maintenance_scope,
+    set_maintenance_mode,
+    under_maintenance,
+)
+from maintguard.backends import Backend, LocalFileBackend, MemoryBackend
+from maintguard.core import controller
+from maintguard.state import ExplicitState, Mode, StoredState
+
+ROOT = Path(__file__).parents[1]
+SECRET = "s3cret-bypass-token-0123456789"
+
+
+def recording_app(backend: Any, routes: list[Any], **options: Any) -> tuple[Starlette, list[str]]:
+    app = Starlette(routes=routes)
+    app.add_middleware(MaintenanceModeMiddleware, backend=backend, **options)
+    return app, []
+
+
+async def call(
+    app: Any,
+    path: str,
+    *,
+    raw: bytes | None = None,
+    method: str = "GET",
+    headers: list[tuple[bytes, bytes]] | None = None,
+    client: tuple[str, int] | None = ("127.0.0.1", 50000),
+) -> tuple[int, dict[bytes, bytes], bytes]:
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": method,
+        "scheme": "http",
+        "path": path,
+        "raw_path": raw if raw is not None else path.encode("utf-8", "surrogateescape"),
+        "root_path": "",
+        "query_string": b"",
+        "headers": [(b"host", b"testserver"), *(headers or [])],
+        "client": client,
+        "server": ("testserver", 80),
+    }
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    await app(scope, receive, send)
+    start = next(m for m in sent if m["type"] == "http.response.start")
+    body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    return start["status"], dict(start["headers"]), body
+
+
+def endpoint(ran: list[str], name: str) -> Any:
+    async def run(request: Request) -> Response:
+        ran.append(name)
+        return PlainTextResponse(name)
+
+    return run
+
+
+# -- scope escape --------------------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("path", "raw"),
+    [
+        ("/billing/..", None),
+        ("/billing/..", b"/billing/%2e%2e"),
+        ("/billing/.", None),
+        ("/billing/x/../..", None),
+        ("/billing/%2e%2e", b"/billing/%252e%252e"),
+    ],
+)
+async def test_a_scope_glob_is_decided_on_the_path_starlette_routes(
+    path: str, raw: bytes | None
+) -> None:
+    # Found: scopes were decided on posixpath.normpath(path) while Starlette routes the raw
+    # path, so these reached a billing endpoint (200) while billing was in maintenance.
+    backend = MemoryBackend()
+    ran: list[str] = []
+    app, _ = recording_app(
+        backend,
+        [
+            Route("/billing/{rest:path}", endpoint(ran, "billing")),
+            Route("/{rest:path}", endpoint(ran, "other")),
+        ],
+        scopes={"/billing/*": "billing"},
+    )
+    await set_maintenance_mode(True, backend, scope="billing")
+    status, _, _ = await call(app, path, raw=raw)
+    assert "billing" not in ran
+    assert status == 503
+
+
+# -- forwarding spoofs ----------------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_forwarding_headers_cannot_be_spoofed_through_a_proxy() -> None:
+    backend = MemoryBackend()
+    await set_maintenance_mode(True, backend)
+    ran: list[str] = []
+    options: dict[str, Any] = {"allow_ips": ["10.0.0.0/8"], "trusted_proxies": ["127.0.0.1"]}
+    app, _ = recording_app(backend, [Route("/", endpoint(ran, "home"))], **options)
+    # The client's own first line, then the one HAProxy (option forwardfor) adds.
+    spoof = [(b"x-forwarded-for", b"10.0.0.5"), (b"x-forwarded-for", b"203.0.113.9")]
+    assert (await call(app, "/", headers=spoof))[0] == 503
+    # A client's own Forwarded header, passed through by a proxy that appends X-Forwarded-For.
+    passed = [(b"forwarded", b"for=10.0.0.5"), (b"x-forwarded-for", b"203.0.113.9")]
+    assert (await call(app, "/", headers=passed))[0] == 503
+    assert (await call(app, "/", headers=[(b"x-forwarded-for", b"10.0.0.5")]))[0] == 200
+    # An IPv4-mapped IPv6 peer is the IPv4 address it carries.
+    direct, _ = recording_app(
+        backend, [Route("/", endpoint(ran, "home"))], allow_ips=["10.0.0.0/8"]
+    )
+    assert (await call(direct, "/", client=("::ffff:10.0.0.5", 1)))[0] == 200
+    assert (await call(direct, "/", client=("::ffff:11.0.0.5", 1)))[0] == 503
+    assert ran == ["home", "home"]
+
+
+# -- never a 500 ----------------------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    "cookie",
+    [
+        "\u00b2.abc",  # superscript two: isdigit() is True, int() raises
+        "\u00b9\u00b3.abc",
+        "9" * 5000 + ".abc",
+        "1999999999.\uff53\uff49\uff47",  # a non-ASCII signature
+        "\uff11\uff12.x",  # full-width digits
+        "=;=;;",
+        "\udcff",
+    ],
+)
+async def test_garbage_bypass_cookies_are_refused_not_crashed_on(cookie: str) -> None:
+    backend = MemoryBackend()
+    await set_maintenance_mode(True, backend)
+    app, _ = recording_app(backend, [Route("/", endpoint([], "home"))], bypass_secret=SECRET)
+    text = f"maintguard_bypass={cookie}"
+    try:
+        value = text.encode("latin-1")  # as a server hands the header bytes over
+    except UnicodeEncodeError:
+        value = text.encode("utf-8", "surrogateescape")
+    header = (b"cookie", value)
+    assert (await call(app, "/", headers=[header]))[0] == 503
+
+
+class HostileBackend(Backend):
+    """A user-written store whose state carries values no setter would accept."""
+
+    def __init__(self, retry_after: Any) -> None:
+        super().__init__()
+        explicit = replace(ExplicitState(True, reason="upgrade"))
+        object.__setattr__(explicit, "retry_after", retry_after)
+        self.state = StoredState(explicit)
+
+    async def read_state(self, scope: str | None) -> StoredState:
+        return self.state
+
+    async def write_state(self, scope: str | None, state: StoredState) -> None:
+        raise NotImplementedError
+
+    def store_key(self) -> tuple[str, str]:
+        return ("hostile", str(id(self)))
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf, float("1e999"), -30, 10**400])
+async def test_bad_stored_retry_after_still_gives_a_clean_503(value: Any) -> None:
+    app, _ = recording_app(HostileBackend(value), [Route("/", endpoint([], "home"))])
+    with TestClient(app) as client:  # the lifespan reads the state
+        response = client.get("/", headers={"accept": "application/json"})
+    assert response.status_code == 503
+    retry = response.headers.get("retry-after")
+    assert retry is None or (retry.isdigit() and int(retry) <= 366 * 24 * 3600)
+    assert response.json()["detail"] == "upgrade"
+
+
+def test_templates_are_checked_when_the_middleware_is_built() -> None:
+    import string
+
+    backend = MemoryBackend()
+    app = Starlette(routes=[Route("/", endpoint([], "home"))])
+    with pytest.raises(ConfigurationError, match="decode"):
+        MaintenanceModeMiddleware(app, backend, template=b"<p>$reason</p>")  # type: ignore[arg-type]
+
+    def broken(state: Any) -> str:
+        raise KeyError("until")
+
+    with pytest.raises(ConfigurationError, match="KeyError"):
+        MaintenanceModeMiddleware(app, backend, template=broken)
+    # A string.Template object renders (it answered 500 on every request).
+    page = string.Template("<p>Back soon: $reason</p>")
+    built, _ = recording_app(backend, [Route("/", endpoint([], "home"))], template=page)
+    anyio.run(lambda: set_maintenance_mode(True, backend, reason="DB"))
+    response = TestClient(built).get("/", headers={"accept": "text/html"})
+    assert response.status_code == 503 and response.text == "<p>Back soon: DB</p>"
+
+
+def test_a_template_failing_at_request_time_falls_back_to_the_default_page(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    backend = MemoryBackend()
+    failing = {"now": False}
+
+    def template(state: Any) -> str:
+        if failing["now"]:
+            raise RuntimeError("template bug")
+        return "<p>custom</p>"
+
+    app, _ = recording_app(backend, [Route("/", endpoint([], "home"))], template=template)
+    client = TestClient(app)
+    assert client.get("/").status_code == 200  # Starlette builds the middleware now
+    failing["now"] = True
+    anyio.run(lambda: set_maintenance_mode(True, backend, reason="DB"))
+    response = client.get("/", headers={"accept": "text/html"})
+    assert response.status_code == 503 and "DB" in response.text
+    assert "template bug" in caplog.text
+
+
+def test_a_one_argument_response_handler_is_accepted_and_a_wrong_one_refused() -> None:
+    backend = MemoryBackend()
+
+    async def fastapi_maintenance_style(request: Request) -> Response:
+        return PlainTextResponse("custom", status_code=503)
+
+    app, _ = recording_app(
+        backend, [Route("/", endpoint([], "home"))], response_handler=fastapi_maintenance_style
+    )
+    anyio.run(lambda: set_maintenance_mode(True, backend))
+    response = TestClient(app).get("/")
+    assert response.status_code == 503 and response.text == "custom"
+
+    def three(request: Request, state: Any, extra: Any) -> Response:
+        raise AssertionError
+
+    with pytest.raises(ConfigurationError, match="def handler"):
+        MaintenanceModeMiddleware(app, backend, response_handler=three)
+
+
+def test_accept_application_wildcard_gets_problem_json() -> None:
+    backend = MemoryBackend()
+    app, _ = recording_app(backend, [Route("/", endpoint([], "home"))])
+    anyio.run(lambda: set_maintenance_mode(True, backend))
+    response = TestClient(app).get("/", headers={"accept": "application/*"})
+    assert response.headers["content-type"] == "application/problem+json"
+
+
+# -- start-up ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("lifespan", ["auto", "on"])
+def test_a_corrupt_state_fails_uvicorn_startup_with_the_reason(
+    tmp_path: Path, lifespan: str
+) -> None:
+    # Found: under --lifespan auto the middleware raised from receive() before Starlette's
+    # lifespan handler: uvicorn took lifespan as unsupported, the app's own lifespan never
+    # ran (/predict answered 500 for good) and the BackendError was never shown.
+    state = tmp_path / "m.json"
+    state.write_text("{broken")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "MAINTGUARD_EXAMPLE_FILE": str(state)}
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "examples.fastapi_app:app",
+            "--port",
+            "0",
+            "--lifespan",
+            lifespan,
+        ],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode != 0
+    assert "does not hold a maintenance state" in result.stderr
+    assert "appears unsupported" not in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_configure_in_the_apps_own_lifespan_is_what_the_middleware_follows() -> None:
+    # Found: a middleware without backend= settled on the default before the app's own
+    # lifespan ran; configure() there sent holds to another store (200 during the hold).
+    chosen = MemoryBackend()
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        configure(backend=chosen)
+        yield
+
+    app = Starlette(routes=[Route("/", endpoint([], "home"))], lifespan=lifespan)
+    app.add_middleware(MaintenanceModeMiddleware)
+    try:
+        with TestClient(app) as client:
+            assert client.get("/").status_code == 200
+            with under_maintenance():  # the default: configure()'s backend
+                assert client.get("/").status_code == 503
+            assert client.get("/").status_code == 200
+    finally:
+        configure(backend=None)
+
+
+def test_a_middleware_backend_other_than_the_default_is_warned_about(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    ours, other = MemoryBackend(), MemoryBackend()
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        configure(backend=other)
+        yield
+
+    app = Starlette(routes=[Route("/", endpoint([], "home"))], lifespan=lifespan)
+    app.add_middleware(MaintenanceModeMiddleware, backend=ours)
+    try:
+        with caplog.at_level(logging.WARNING, "maintguard"), TestClient(app):
+            pass
+    finally:
+        configure(backend=None)
+    warned = [r.getMessage() for r in caplog.records if "this middleware follows" in r.getMessage()]
+    assert len(warned) == 1
+    assert ours.describe() in warned[0] and other.describe() in warned[0]
+
+
+# -- routes added later, read-only WebSockets, per-app knowledge ----------------------------------
+
+
+def test_a_route_added_after_a_miss_is_blocked_during_maintenance() -> None:
+    # Found: a path requested during maintenance before its route existed (404) was cached
+    # as "no route" and then served 200 during maintenance.
+    backend = MemoryBackend()
+    ran: list[str] = []
+    app, _ = recording_app(backend, [Route("/", endpoint(ran, "home"))])
+    anyio.run(lambda: set_maintenance_mode(True, backend))
+    client = TestClient(app)
+    assert client.get("/late").status_code == 404
+    app.router.routes.append(Route("/late", endpoint(ran, "late")))
+    assert client.get("/late").status_code == 503
+    assert ran == []
+
+
+def test_a_forced_route_added_later_is_forced() -> None:
+    backend = MemoryBackend()
+    app, _ = recording_app(backend, [Route("/", endpoint([], "home"))])
+    client = TestClient(app)
+    assert client.get("/").status_code == 200
+    app.router.routes.append(Route("/legacy", force_maintenance_mode_on(endpoint([], "legacy"))))
+    assert client.get("/legacy").status_code == 503
+
+
+async def echo(websocket: WebSocket) -> None:
+    await websocket.accept()
+    await websocket.send_text("hello")
+    await websocket.close()
+
+
+def test_read_only_mode_refuses_websocket_sessions() -> None:
+    backend = MemoryBackend()
+    app, _ = recording_app(backend, [Route("/", endpoint([], "home")), WebSocketRoute("/ws", echo)])
+    anyio.run(lambda: set_maintenance_mode(True, backend, mode=Mode.READ_ONLY))
+    client = TestClient(app)
+    assert client.get("/").status_code == 200  # a safe request in read-only mode
+    with pytest.raises(WebSocketDisconnect), client.websocket_connect("/ws") as ws:
+        ws.receive_text()
+
+
+class CountingRoute(Route):
+    """A route whose matching is counted (a custom kind: asked in its place)."""
+
+    asked = 0
+
+    def matches(self, scope: Any) -> Any:
+        CountingRoute.asked += 1
+        return super().matches(scope)
+
+
+def test_a_forced_route_in_another_app_costs_this_app_nothing() -> None:
+    # Found: one @force_maintenance_mode_on anywhere in the process made every middleware
+    # match routes on every request, also in apps without forced routes.
+    backend = MemoryBackend()
+    elsewhere, _ = recording_app(
+        backend, [Route("/legacy", force_maintenance_mode_on(endpoint([], "legacy")))]
+    )
+    assert TestClient(elsewhere).get("/legacy").status_code == 503
+    routes = [CountingRoute(f"/r{i}/{{id}}", endpoint([], f"r{i}")) for i in range(50)]
+    app, _ = recording_app(backend, routes)
+    client = TestClient(app)
+    assert client.get("/r49/0").status_code == 200
+    CountingRoute.asked = 0
+    for i in range(1, 4):  # a new id each time: no cache by path helps
+        assert client.get(f"/r49/{i}").status_code == 200
+    assert CountingRoute.asked == 3 * 50  # the app's own routing only
+
+
+def test_scopes_named_by_another_apps_routes_are_not_this_apps() -> None:
+    backend = MemoryBackend()
+
+    @maintenance_scope("elsewhere-only")
+    async def other(request: Request) -> Response:
+        return PlainTextResponse("x")
+
+    recording_app(backend, [Route("/x", other)])
+    app, _ = recording_app(backend, [Route("/", endpoint([], "home"))])
+    with TestClient(app):
+        middleware = app.middleware_stack
+        while not isinstance(middleware, MaintenanceModeMiddleware):
+            middleware = middleware.app  # type: ignore[union-attr]
+        assert middleware._routes is not None and middleware._routes.scopes == set()
+
+
+def test_finding_the_endpoint_does_not_repeat_the_apps_scan(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Found: the route cache was keyed by concrete path: with IDs in URLs it always missed
+    # and the middleware repeated the app's linear match.
+    from maintguard import exempt
+
+    backend = MemoryBackend()
+    exempted = exempt(endpoint([], "exempt"))
+    routes = [
+        Route(f"/r{i}/{{id}}", exempted if i == 300 else endpoint([], "r")) for i in range(400)
+    ]
+    app, _ = recording_app(backend, routes)
+    client = TestClient(app)
+    anyio.run(lambda: set_maintenance_mode(True, backend))
+    assert client.get("/r300/0").status_code == 200  # the middleware learns the routes
+    asked = 0
+    real = Route.matches
+
+    def counting(self: Route, scope: Any) -> Any:
+        nonlocal asked
+        asked += 1
+        return real(self, scope)
+
+    monkeypatch.setattr(Route, "matches", counting)
+    for i in range(1, 6):
+        assert client.get(f"/r300/{i}").status_code == 200  # a new id every time
+    assert asked <= 5 * (301 + 2)  # the app's scan to its 301st route, and next to no more
+
+
+def test_open_websockets_wait_on_the_change_not_on_a_timer() -> None:
+    backend = MemoryBackend()
+    app, _ = recording_app(
+        backend, [WebSocketRoute("/ws", echo_until_closed)], close_websockets=True
+    )
+    client = TestClient(app)
+    root = controller(backend, None)
+    with client.websocket_connect("/ws") as ws:
+        assert ws.receive_text() == "hello"
+        assert len(root.wakers) == 1  # one waker registered: no polling loop
+        anyio.run(lambda: set_maintenance_mode(True, backend))
+        message = ws.receive()
+        assert message["type"] == "websocket.close" and message["code"] == 1012
+    assert root.wakers == set()
+
+
+async def echo_until_closed(websocket: WebSocket) -> None:
+    await websocket.accept()
+    await websocket.send_text("hello")
+    while True:
+        await websocket.receive_text()
+
+
+def test_file_backend_state_with_a_corrupt_retry_after_is_refused_not_served(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "m.json"
+    path.write_text('{"active": true, "retry_after": NaN}')
+    app, _ = recording_app(LocalFileBackend(path), [Route("/", endpoint([], "home"))])
+    with pytest.raises(Exception, match="does not hold a maintenance state"), TestClient(app):
+        pass
