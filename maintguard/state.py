@@ -68,7 +68,9 @@ class Mode(str, enum.Enum):
 
 
 def strictest(modes: Iterable[Mode]) -> Mode:
-    return Mode.FULL if Mode.FULL in modes else Mode.READ_ONLY
+    """Read-only only when every source says so: anything else (full, or a value a
+    user-written store should never hold) counts as full."""
+    return Mode.READ_ONLY if all(m is Mode.READ_ONLY for m in modes) else Mode.FULL
 
 
 class Phase(str, enum.Enum):

@@ -24,7 +24,7 @@ import uuid
 import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import replace
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 from ..exceptions import BackendError, MaintGuardError, ReadOnlyBackendError
@@ -397,6 +397,8 @@ class ScopeController:
         with self._lock:
             if self.stored is None:  # what is known first is no transition: nothing to tell
                 self._store(stored)
+        if self.parent is not None and self.own_active:
+            self.store.named_changed()  # but requests must know a named scope is on
 
     def _read_inline(self) -> None:
         writes = self.writes
@@ -423,7 +425,7 @@ class ScopeController:
         self._announce(change, None)
 
     def _store(self, stored: StoredState) -> tuple[Transition, bool]:
-        self.stored = stored
+        self.stored = _sane(stored)
         self.read_at = time.monotonic()
         self.version += 1
         self._snap = None
@@ -619,6 +621,33 @@ async def refresh_store(
 
 def _new_hold_id() -> str:
     return f"{HOST}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
+
+
+def _sane(stored: StoredState) -> StoredState:
+    """``stored`` with naive times read as UTC (a user-written store may hand them over);
+    the same object when nothing needs mending, so an unchanged read stays unchanged."""
+    explicit = stored.explicit
+    if _naive(explicit.until) or _naive(explicit.since):
+        explicit = replace(explicit, until=_utc(explicit.until), since=_utc(explicit.since))
+    holds = stored.holds
+    if any(_naive(h.acquired) or _naive(h.started) or _naive(h.expires) for h in holds):
+        holds = tuple(
+            replace(h, acquired=_utc(h.acquired), started=_utc(h.started), expires=_utc(h.expires))
+            for h in holds
+        )
+    if explicit is stored.explicit and holds is stored.holds:
+        return stored
+    return StoredState(explicit, holds)
+
+
+def _naive(value: object) -> bool:
+    return isinstance(value, datetime) and value.utcoffset() is None
+
+
+def _utc(value: Any) -> Any:
+    if isinstance(value, datetime) and value.utcoffset() is None:
+        return value.replace(tzinfo=timezone.utc)
+    return value
 
 
 def _stored_active(stored: StoredState, own_id: str, now: float) -> bool:

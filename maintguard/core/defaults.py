@@ -69,7 +69,17 @@ def register_default(backend: Backend) -> None:
     """Used by the middleware: its backend becomes the default unless ``configure`` chose one."""
     global _middleware_default
     with _lock:
-        _middleware_default = backend
+        previous, _middleware_default = _middleware_default, backend
+    if previous is not None and previous is not backend and _configured is None:
+        before, now = store_of(previous), store_of(backend)
+        if before is not now and before.watchers > 0:
+            logger.warning(
+                "the default backend is now %s (a middleware built later, e.g. a mounted "
+                "app's); the middleware following %s no longer sees holds taken without "
+                "backend=. Pass backend= to such holds, or configure() the default.",
+                backend.describe(),
+                previous.describe(),
+            )
 
 
 def resolve_backend(backend: Backend | str | None = None) -> Backend:

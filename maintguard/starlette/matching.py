@@ -30,6 +30,7 @@ __all__ = ["FULL", "NONE", "PARTIAL", "AppRoutes", "route_path"]
 
 NONE, PARTIAL, FULL = 0, 1, 2
 _UNKNOWN = (FULL, None)  # an endpoint we could not find: blocked during maintenance
+_MAX_WRAPPERS = 16  # middleware layers looked through around a mounted app
 _DOCS_ATTRS = ("docs_url", "redoc_url", "openapi_url", "swagger_ui_oauth2_redirect_url")
 
 # Route kinds whose matching is Starlette's own, by their ``matches``.
@@ -39,11 +40,13 @@ _STANDARD: dict[Any, str] = {
     WebSocketRoute.matches: _WEBSOCKET,
     Mount.matches: _MOUNT,
 }
+_HANDLES_405: set[Any] = {Route.handle}  # a partial match of these answers 405, nothing more
 try:  # FastAPI's routes match as Starlette's do outside an included router
     from fastapi.routing import APIRoute, APIWebSocketRoute
 
     _STANDARD[APIRoute.matches] = _HTTP
     _STANDARD[APIWebSocketRoute.matches] = _WEBSOCKET
+    _HANDLES_405.add(APIRoute.handle)
 except ImportError:  # pragma: no cover - FastAPI not installed
     pass
 
@@ -92,13 +95,12 @@ def _position(entry: tuple[int, Any]) -> int:
 class _Node:
     """One router's list of routes: indexed runs and routes asked in their place."""
 
-    __slots__ = ("children", "last", "parts", "router", "routes", "size")
+    __slots__ = ("children", "copy", "parts", "router", "routes")
 
     def __init__(self, router: Any, routes: list[Any]) -> None:
         self.router = router
         self.routes = routes
-        self.size = len(routes)
-        self.last = routes[-1] if routes else None
+        self.copy = list(routes)
         self.children: dict[int, _Node] = {}
         self.parts: list[_Block | Any] = []
         block: _Block | None = None
@@ -114,8 +116,7 @@ class _Node:
             block.add(position, route, segment)
 
     def current(self) -> bool:
-        routes = self.routes
-        return len(routes) == self.size and (routes[-1] if routes else None) is self.last
+        return _unchanged(self.router, "routes", self.routes, self.copy)
 
     def find(self, scope: Any) -> tuple[int, Any]:
         """(outcome, endpoint) for ``scope`` in this router, exactly as it would route."""
@@ -130,7 +131,7 @@ class _Node:
                     partial = (route, child)
         if partial is not None:
             route, child = partial
-            if _STANDARD.get(getattr(type(route), "matches", None)) == _HTTP:  # answers 405
+            if getattr(type(route), "handle", None) in _HANDLES_405:  # answers 405 itself
                 return PARTIAL, child.get("endpoint")
             return self._enter(route, child, scope)  # unknown: decide on its endpoint
         return self._low_priority(scope)
@@ -145,18 +146,38 @@ class _Node:
                 node = self.children[id(route)] = _Node(*inner)
             return node.find({**scope, **child})
         if callable(getattr(route, "_match", None)):  # a FastAPI included router
-            return _included(route, scope)
+            return self._included(route, scope)
         return FULL, child.get("endpoint")
+
+    def _included(self, router: Any, scope: Any) -> tuple[int, Any]:
+        # FastAPI includes an APIRouter as one route that names no endpoint; its own
+        # dispatch asks _match(), and so do we.
+        match, child, route, context = router._match(scope)
+        if match is Match.NONE or route is None:
+            return NONE, None
+        if callable(getattr(route, "_match", None)):
+            return self._included(route, scope)
+        if isinstance(route, Mount | Host):
+            return self._enter(route, child, scope)
+        endpoint = child.get(
+            "endpoint", getattr(getattr(context, "original_route", None), "endpoint", None)
+        )
+        if match is Match.PARTIAL and getattr(type(route), "handle", None) in _HANDLES_405:
+            return PARTIAL, endpoint
+        return FULL, endpoint
 
     def _low_priority(self, scope: Any) -> tuple[int, Any]:
         # FastAPI tries its low-priority routes when nothing else matched.
         ask = getattr(self.router, "_match_low_priority", None)
-        if not callable(ask):
+        if callable(ask):
+            match, child, route, _ = ask(scope)
+            if match is not Match.NONE and route is not None:
+                return FULL, child.get("endpoint", getattr(route, "endpoint", None))
+        # Then the router's default: its own 404, or an app of the user's.
+        default = getattr(self.router, "default", None)
+        if default is None or default == getattr(self.router, "not_found", None):
             return NONE, None
-        match, child, route, _ = ask(scope)
-        if match is Match.NONE or route is None:
-            return NONE, None
-        return FULL, child.get("endpoint", getattr(route, "endpoint", None))
+        return FULL, default
 
 
 def _first_segment(path: str) -> str | None:
@@ -167,26 +188,6 @@ def _first_segment(path: str) -> str | None:
         return None
     end = path.find("/", 1)
     return path[1:end] if end > 0 else path[1:]
-
-
-def _included(router: Any, scope: Any) -> tuple[int, Any]:
-    # FastAPI includes an APIRouter as one route that names no endpoint; its own dispatch
-    # asks _match(), and so do we.
-    match, child, route, context = router._match(scope)
-    if match is Match.NONE or route is None:
-        return NONE, None
-    if callable(getattr(route, "_match", None)):
-        return _included(route, scope)
-    if isinstance(route, Mount | Host):
-        inner = _router_of(route)
-        if inner is not None:
-            return _Node(*inner).find({**scope, **child})
-    endpoint = child.get(
-        "endpoint", getattr(getattr(context, "original_route", None), "endpoint", None)
-    )
-    if match is Match.PARTIAL and isinstance(route, Route):
-        return PARTIAL, endpoint
-    return FULL, endpoint
 
 
 def _segment_of(route: Any) -> tuple[bool, str | None]:
@@ -214,11 +215,24 @@ def _segment_of(route: Any) -> tuple[bool, str | None]:
 
 
 def _router_of(route: Mount | Host) -> tuple[Any, list[Any]] | None:
-    """The router inside a Mount or Host and its routes; None for a plain ASGI app."""
-    base = getattr(route, "_base_app", None) or route.app
-    router = getattr(base, "router", base)
-    routes = getattr(router, "routes", None)
-    return (router, routes) if isinstance(routes, list) and routes else None
+    """The router inside a Mount or Host (looking through middleware wrapping it) and its
+    routes; None for a plain ASGI app."""
+    app = getattr(route, "_base_app", None) or route.app
+    for _ in range(_MAX_WRAPPERS):
+        router = getattr(app, "router", app)
+        routes = getattr(router, "routes", None)
+        if isinstance(routes, list):
+            return router, routes
+        inner = getattr(app, "app", None)
+        if inner is None or inner is app:
+            return None
+        app = inner
+    return None
+
+
+def _unchanged(holder: Any, attr: str, routes: list[Any], copy: list[Any]) -> bool:
+    # The holder still has this very list, with the very same routes in it.
+    return getattr(holder, attr, None) is routes and routes == copy
 
 
 def _top_router(scope: Any, app: Any) -> tuple[Any, list[Any]] | None:
@@ -233,7 +247,7 @@ def _top_router(scope: Any, app: Any) -> tuple[Any, list[Any]] | None:
 class AppRoutes:
     """One app's routes: the endpoint a request reaches, and which endpoints are marked."""
 
-    __slots__ = ("_lists", "_root", "docs", "forced", "generation", "scopes")
+    __slots__ = ("_lists", "_root", "_seen", "docs", "forced", "generation", "scopes")
 
     def __init__(self, scope: Any, app: Any, *, exempt_docs: bool) -> None:
         top = _top_router(scope, app)
@@ -241,27 +255,29 @@ class AppRoutes:
         self.generation = marks.generation
         self.forced = False  # a route answers 503 while maintenance is off
         self.scopes: set[str] = set()  # scopes named by the app's route decorators
-        self._lists: list[tuple[list[Any], int, Any]] = []
-        endpoints = []
-        docs_paths = _docs_paths(scope.get("app")) if exempt_docs else set()
-        self.docs: list[Any] = []  # documentation endpoints (exempt_docs=True)
-        if top is not None:
-            for route, endpoint in self._walk(top[0], top[1]):
-                endpoints.append(endpoint)
-                if getattr(route, "path", None) in docs_paths:
-                    self.docs.append(endpoint)
-        for endpoint in endpoints:
+        self.docs: list[Any] = []  # FastAPI's own documentation endpoints (exempt_docs=True)
+        self._lists: list[tuple[Any, str, list[Any], list[Any]]] = []
+        self._seen: set[int] = set()
+        if top is None:
+            return
+        for endpoint in self._walk(*top):
             policy = marks.policy_of(endpoint)
             self.forced = self.forced or policy.forced
             if policy.scope is not None:
                 self.scopes.add(policy.scope)
+        if exempt_docs:
+            paths = _docs_paths(scope.get("app"))
+            for route in top[1]:  # FastAPI adds its docs routes to the app's own router
+                endpoint = getattr(route, "endpoint", None)
+                if getattr(route, "path", None) in paths and _is_fastapi_docs(endpoint):
+                    self.docs.append(endpoint)
 
     def current(self) -> bool:
-        """False once routes were added or replaced, or an endpoint marked, since learning."""
+        """False once routes were added, removed or replaced, or an endpoint marked."""
         if self.generation != marks.generation:
             return False
-        for routes, size, last in self._lists:
-            if len(routes) != size or (routes[-1] if routes else None) is not last:
+        for holder, attr, routes, copy in self._lists:
+            if not _unchanged(holder, attr, routes, copy):
                 return False
         return True
 
@@ -277,11 +293,18 @@ class AppRoutes:
         except Exception:  # a route's own matching failed: fail closed
             return _UNKNOWN
 
-    def _walk(self, router: Any, routes: list[Any]) -> Iterator[tuple[Any, Any]]:
-        self._lists.append((routes, len(routes), routes[-1] if routes else None))
+    def _walk(self, router: Any, routes: list[Any]) -> Iterator[Any]:
+        """Every endpoint reachable through ``router``; each list is watched for changes."""
+        if id(router) in self._seen:  # a router mounted inside itself
+            return
+        self._seen.add(id(router))
+        self._lists.append((router, "routes", routes, list(routes)))
         extra = getattr(router, "_low_priority_routes", None)
         if isinstance(extra, list):
-            self._lists.append((extra, len(extra), extra[-1] if extra else None))
+            self._lists.append((router, "_low_priority_routes", extra, list(extra)))
+        default = getattr(router, "default", None)
+        if default is not None and default != getattr(router, "not_found", None):
+            yield default
         for route in [*routes, *(extra or ())]:
             inner: tuple[Any, list[Any]] | None = None
             if isinstance(route, Mount | Host):
@@ -293,7 +316,14 @@ class AppRoutes:
             if inner is not None:
                 yield from self._walk(*inner)
             else:
-                yield route, getattr(route, "endpoint", getattr(route, "app", None))
+                yield getattr(route, "endpoint", getattr(route, "app", None))
+
+
+def _is_fastapi_docs(endpoint: Any) -> bool:
+    # The endpoints FastAPI.setup() adds for docs_url, redoc_url and openapi_url.
+    return getattr(endpoint, "__module__", None) == "fastapi.applications" and getattr(
+        endpoint, "__qualname__", ""
+    ).startswith("FastAPI.setup.")
 
 
 def _docs_paths(app: Any) -> set[str]:

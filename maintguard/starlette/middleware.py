@@ -34,13 +34,14 @@ from .handlers import (
     respond_with,
 )
 from .matching import FULL, PARTIAL, AppRoutes, route_path
-from .responses import Prepared, Template, check_template, choose, prepare
+from .responses import Prepared, Template, check_template, choose, counting_second, prepare
 
 __all__ = ["MaintenanceModeMiddleware"]
 
 logger = logging.getLogger("maintguard")
 
 _SAFE = frozenset({"GET", "HEAD", "OPTIONS"})
+_READS = frozenset({"GET", "HEAD"})
 _FORCED = MaintenanceState(active=True, phase=Phase.ON)
 _ENCODED_TRICK = re.compile(rb"%(2e|2f|5c|25)", re.IGNORECASE)
 _HEADER_VALUE = re.compile(r"[\x21-\x7e]+")
@@ -87,11 +88,12 @@ class MaintenanceModeMiddleware:
         self.app = app
         self._given = coerce(backend) if backend is not None else None
         if self._given is not None:
+            store_of(self._given)  # a conflict with another object for this store: now
             register_default(self._given)
         if isinstance(exempt_paths, str):
             raise ConfigurationError("exempt_paths takes a list of globs, e.g. ['/health']")
         self._exempt_paths = [_glob(g, "exempt_paths") for g in exempt_paths]
-        self._exempt_docs = bool(exempt_docs)
+        self._exempt_docs = _flag(exempt_docs, "exempt_docs")
         if scopes is not None and not isinstance(scopes, Mapping):
             raise ConfigurationError("scopes takes a mapping of path globs to scope names")
         self._scope_globs = [
@@ -116,13 +118,13 @@ class MaintenanceModeMiddleware:
             )
         self._status = status_code
         self._template = check_template(template)
-        self._close_websockets = bool(close_websockets)
+        self._close_websockets = _flag(close_websockets, "close_websockets")
         self._ctrl: Controller | None = None
         self._scoped: dict[str, Controller] = {}
         self._stop_watch: Callable[[], None] | None = None
         self._start_lock = threading.Lock()
         self._routes: AppRoutes | None = None
-        self._prepared: dict[Any, tuple[MaintenanceState, Prepared]] = {}
+        self._prepared: dict[Any, tuple[MaintenanceState, Prepared, int | None]] = {}
 
     # -- entry -----------------------------------------------------------------------------
 
@@ -173,10 +175,41 @@ class MaintenanceModeMiddleware:
                 self._stop()
             await send(message)
 
+        asked = False
+
+        async def hooked_receive() -> Message:
+            nonlocal asked
+            asked = True
+            return await receive()
+
         try:
-            await self.app(scope, receive, hooked_send)
+            try:
+                await self.app(scope, hooked_receive, hooked_send)
+            except Exception:
+                if asked or failed:
+                    raise
+                # The app does not speak lifespan (it raised at once, as the ASGI spec asks
+                # of such apps): speak it here, so an unreadable state still fails start-up.
+                await self._own_lifespan(scope, receive, send)
         finally:
             self._stop()
+
+    async def _own_lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    await self._start(scope, at_startup=True)
+                except MaintGuardError as exc:
+                    text = f"maintguard: {exc}"
+                    logger.error("%s", text)
+                    await send({"type": "lifespan.startup.failed", "message": text})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                self._stop()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
 
     async def _start(self, scope: Scope, *, at_startup: bool = False) -> Controller:
         if self._given is not None:
@@ -285,8 +318,10 @@ class MaintenanceModeMiddleware:
     def _controllers(self, ctrl: Controller, named: str | None, path: str) -> list[Controller]:
         """The scopes a request belongs to: its endpoint's, and those whose glob matches."""
         names = [named] if named is not None else []
+        # A route's ``$`` also matches before a final newline: "/billing%0A" is "/billing".
+        bare = path[:-1] if path.endswith("\n") else path
         for glob, name in self._scope_globs:
-            if name not in names and glob.match(path):
+            if name not in names and (glob.match(path) or glob.match(bare)):
                 names.append(name)
         if not names:
             return [ctrl]
@@ -303,7 +338,7 @@ class MaintenanceModeMiddleware:
         if policy.exempt:
             return True
         routes = self._routes
-        if routes is not None and routes.is_docs(endpoint):
+        if routes is not None and scope.get("method") in _READS and routes.is_docs(endpoint):
             return True
         if (
             self._exempt_paths
@@ -329,8 +364,9 @@ class MaintenanceModeMiddleware:
 
     def _prepared_for(self, key: Any, state: MaintenanceState) -> Prepared:
         cached = self._prepared.get(key)
-        if cached is None or cached[0] is not state:
-            cached = (state, prepare(state, self._status, self._template))
+        second = counting_second(state)
+        if cached is None or cached[0] is not state or cached[2] != second:
+            cached = (state, prepare(state, self._status, self._template), second)
             if len(self._prepared) > 256:  # keys are scopes: few; never let them pile up
                 self._prepared.clear()
             self._prepared[key] = cached
@@ -394,6 +430,7 @@ class MaintenanceModeMiddleware:
     ) -> None:
         # Close an open session with 1012 (service restart) when maintenance begins: woken
         # by the state change, not by polling.
+        error: BaseException | None = None
         async with anyio.create_task_group() as tg:
 
             async def close_when_maintenance_begins(ctrl: Controller) -> None:
@@ -407,8 +444,13 @@ class MaintenanceModeMiddleware:
 
             for ctrl in watched:
                 tg.start_soon(close_when_maintenance_begins, ctrl)
-            await self.app(scope, receive, send)
+            try:
+                await self.app(scope, receive, send)
+            except Exception as exc:
+                error = exc  # raised as the app raised it, not wrapped in a group
             tg.cancel_scope.cancel()
+        if error is not None:
+            raise error
 
 
 # -- helpers ------------------------------------------------------------------------------------
@@ -419,18 +461,28 @@ def _is_active(state: MaintenanceState) -> bool:
 
 
 def _first_active(ctrls: list[Controller]) -> tuple[Controller, MaintenanceState]:
-    """The first of ``ctrls`` in maintenance and its state, else the first one's."""
+    """The strictest of ``ctrls`` in maintenance (full mode over read-only) and its state,
+    else the first one's: a request in two scopes is judged by the stricter."""
+    found = None
     for ctrl in ctrls:
         state = ctrl.snapshot
         if state.active:
-            return ctrl, state
-    return ctrls[0], ctrls[0].snapshot
+            if state.mode is Mode.FULL:
+                return ctrl, state
+            found = found or (ctrl, state)
+    return found or (ctrls[0], ctrls[0].snapshot)
 
 
 def _glob(pattern: str, option: str) -> re.Pattern[str]:
     if not isinstance(pattern, str) or not pattern.startswith("/"):
         raise ConfigurationError(f"{option}: {pattern!r} must be a path glob starting with '/'")
     return re.compile(fnmatch.translate(pattern))
+
+
+def _flag(value: object, option: str) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigurationError(f"{option} must be True or False, not {value!r}")
+    return value
 
 
 def _scope_name(name: object) -> str:

@@ -196,6 +196,16 @@ def _page(template: Template | None, state: MaintenanceState, values: dict[str, 
 # -- building the response once per state -----------------------------------------------------
 
 
+def counting_second(state: MaintenanceState) -> int | None:
+    """The current second while ``state``'s response counts down to a time (``retry_after``
+    as a datetime, or ``until``): a prepared response is then good for that second only."""
+    if isinstance(state.retry_after, datetime) or (
+        state.retry_after is None and state.until is not None
+    ):
+        return int(utcnow().timestamp())
+    return None
+
+
 def prepare(state: MaintenanceState, status: int, template: Template | None) -> Prepared:
     """The response for ``state``; never raises, whatever the state or template hold.
 
