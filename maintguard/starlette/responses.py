@@ -25,6 +25,7 @@ __all__ = [
     "Template",
     "check_template",
     "choose",
+    "counting_second",
     "prepare",
 ]
 
