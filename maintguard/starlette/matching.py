@@ -276,8 +276,8 @@ class AppRoutes:
         """False once routes were added, removed or replaced, or an endpoint marked."""
         if self.generation != marks.generation:
             return False
-        for holder, attr, routes, copy in self._lists:
-            if not _unchanged(holder, attr, routes, copy):
+        for holder, attr, routes, copy in self._lists:  # on every request: kept tight
+            if getattr(holder, attr, None) is not routes or routes != copy:
                 return False
         return True
 
