@@ -10,6 +10,7 @@ import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import replace
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -508,3 +509,35 @@ def test_file_backend_state_with_a_corrupt_retry_after_is_refused_not_served(
     app, _ = recording_app(LocalFileBackend(path), [Route("/", endpoint([], "home"))])
     with pytest.raises(Exception, match="does not hold a maintenance state"), TestClient(app):
         pass
+
+
+def test_a_websocket_with_an_exempt_handler_is_refused_not_crashed_on() -> None:
+    # Found by the fuzz test: exempt_handler got starlette's Request for a WebSocket scope,
+    # which asserts the scope is HTTP; the handshake raised and nothing was sent.
+    backend = MemoryBackend()
+    seen: list[str] = []
+
+    def handler(connection: Any) -> bool:
+        seen.append(connection.url.path)
+        return False
+
+    app, _ = recording_app(backend, [WebSocketRoute("/ws", echo)], exempt_handler=handler)
+    anyio.run(lambda: set_maintenance_mode(True, backend))
+    with pytest.raises(WebSocketDisconnect), TestClient(app).websocket_connect("/ws") as ws:
+        ws.receive_text()
+    assert seen == ["/ws"]
+
+
+class OddTimesBackend(HostileBackend):
+    """A user-written store handing over times that are naive or no times at all."""
+
+    def __init__(self, until: Any) -> None:
+        super().__init__(None)
+        object.__setattr__(self.state.explicit, "until", until)
+
+
+@pytest.mark.parametrize("until", [5, "tomorrow", datetime(2100, 1, 1)])
+def test_odd_stored_times_are_read_not_crashed_on(until: Any) -> None:
+    app, _ = recording_app(OddTimesBackend(until), [Route("/", endpoint([], "home"))])
+    with TestClient(app) as client:
+        assert client.get("/").status_code == 503

@@ -624,15 +624,21 @@ def _new_hold_id() -> str:
 
 
 def _sane(stored: StoredState) -> StoredState:
-    """``stored`` with naive times read as UTC (a user-written store may hand them over);
-    the same object when nothing needs mending, so an unchanged read stays unchanged."""
+    """``stored`` with its times mended, as a user-written store may hand them over: naive
+    ones read as UTC, others that are no time at all dropped (no end, no expiry: closed).
+    The same object when nothing needs mending, so an unchanged read stays unchanged."""
     explicit = stored.explicit
-    if _naive(explicit.until) or _naive(explicit.since):
+    if _odd(explicit.until) or _odd(explicit.since):
         explicit = replace(explicit, until=_utc(explicit.until), since=_utc(explicit.since))
     holds = stored.holds
-    if any(_naive(h.acquired) or _naive(h.started) or _naive(h.expires) for h in holds):
+    if any(_odd(h.acquired) or _odd(h.started) or _odd(h.expires) for h in holds):
         holds = tuple(
-            replace(h, acquired=_utc(h.acquired), started=_utc(h.started), expires=_utc(h.expires))
+            replace(
+                h,
+                acquired=_utc(h.acquired) or _EPOCH,
+                started=_utc(h.started) or _EPOCH,
+                expires=_utc(h.expires),
+            )
             for h in holds
         )
     if explicit is stored.explicit and holds is stored.holds:
@@ -640,12 +646,19 @@ def _sane(stored: StoredState) -> StoredState:
     return StoredState(explicit, holds)
 
 
-def _naive(value: object) -> bool:
-    return isinstance(value, datetime) and value.utcoffset() is None
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
+def _odd(value: object) -> bool:
+    if value is None:
+        return False
+    return not isinstance(value, datetime) or value.utcoffset() is None
 
 
 def _utc(value: Any) -> Any:
-    if isinstance(value, datetime) and value.utcoffset() is None:
+    if not isinstance(value, datetime):
+        return None
+    if value.utcoffset() is None:
         return value.replace(tzinfo=timezone.utc)
     return value
 

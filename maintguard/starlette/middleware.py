@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import anyio
-from starlette.requests import Request
+from starlette.requests import HTTPConnection, Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..backends import Backend, EnvVarBackend
@@ -357,7 +357,8 @@ class MaintenanceModeMiddleware:
         if self._bypass.enabled and self._bypass.carried(scope, time.time()):
             return True
         if self._exempt_handler is not None:
-            return await exempt_by(self._exempt_handler, Request(scope))
+            request = Request(scope) if scope["type"] == "http" else HTTPConnection(scope)
+            return await exempt_by(self._exempt_handler, request)  # type: ignore[arg-type]
         return False
 
     # -- answers ---------------------------------------------------------------------------------
