@@ -510,7 +510,7 @@ async def _decide(
     tricked=methods_of_specs,
     drawn=st.lists(requests, min_size=1, max_size=10),
 )
-# Found by this test (fixed): an endpoint in two scopes, one by decorator and one by glob, is decided
+# Found, fixed: an endpoint in two scopes, one by decorator and one by glob, is decided
 # on the decorator scope's state alone (middleware._first_active takes the first scope on):
 # billing on in full mode and reports on read-only let GET /billing/reports/7 through to
 # @maintenance_scope("reports") under scopes={"/billing/*": "billing"}: 200, not 503.
@@ -887,7 +887,7 @@ _GET_X = {**_BLOCKED_WEBSOCKET, "type": "http", "path": "/x/1", "raw_path": b"/x
     drawn=st.lists(fuzz_requests, min_size=1, max_size=10),
     loop=st.sampled_from(["asyncio", "trio"]),
 )
-# Found by this test (fixed): with exempt_handler set, a WebSocket handshake to a blocked endpoint
+# Found, fixed: with exempt_handler set, a WebSocket handshake to a blocked endpoint
 # during maintenance raises AssertionError out of the middleware and sends nothing:
 # _lets_through builds starlette.requests.Request(scope), which asserts type == "http".
 # Expected: the refusal (accept + close 1013, or the 503 denial response).
@@ -898,7 +898,7 @@ _GET_X = {**_BLOCKED_WEBSOCKET, "type": "http", "path": "/x/1", "raw_path": b"/x
     drawn=[_BLOCKED_WEBSOCKET],
     loop="asyncio",
 )
-# Found by this test (fixed): a stored time that is naive (or not a datetime at all), as a user-written
+# Found, fixed: a stored time that is naive (or not a datetime at all), as a user-written
 # backend may return it, makes every request raise TypeError (500) from state.derive /
 # ExplicitState.in_force / HoldRecord.live comparing it with an aware now: here
 # ExplicitState(active=True, until=datetime(2100, 1, 1)). The same for until=5, a hold's
