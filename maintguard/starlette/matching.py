@@ -276,7 +276,11 @@ class AppRoutes:
         """False once routes were added, removed or replaced, or an endpoint marked."""
         if self.generation != marks.generation:
             return False
-        for holder, attr, routes, copy in self._lists:  # on every request: kept tight
+        lists = self._lists
+        if len(lists) == 1:  # most apps: one router, checked without a loop
+            holder, attr, routes, copy = lists[0]
+            return getattr(holder, attr, None) is routes and routes == copy
+        for holder, attr, routes, copy in lists:  # on every request: kept tight
             if getattr(holder, attr, None) is not routes or routes != copy:
                 return False
         return True
