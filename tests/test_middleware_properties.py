@@ -508,7 +508,7 @@ async def _decide(
 @given(
     situation=situations,
     tricked=methods_of_specs,
-    drawn=st.lists(requests, min_size=1, max_size=10),
+    drawn=st.lists(requests, min_size=1, max_size=10, unique_by=lambda r: r[:2]),
 )
 # Found, fixed: an endpoint in two scopes, one by decorator and one by glob, is decided
 # on the decorator scope's state alone (middleware._first_active takes the first scope on):
@@ -887,7 +887,9 @@ _GET_X = {**_BLOCKED_WEBSOCKET, "type": "http", "path": "/x/1", "raw_path": b"/x
     chosen=options,
     states=stores,
     kind=st.sampled_from(["memory", "memory", "hostile", "hostile", "failing"]),
-    drawn=st.lists(fuzz_requests, min_size=1, max_size=10),
+    drawn=st.lists(
+        fuzz_requests, min_size=1, max_size=10, unique_by=lambda r: (r["path"], r["method"])
+    ),
     loop=st.sampled_from(["asyncio", "trio"]),
 )
 # Found, fixed: with exempt_handler set, a WebSocket handshake to a blocked endpoint

@@ -167,9 +167,7 @@ class MaintenanceModeMiddleware:
                     await self._start(scope, at_startup=True)
                 except MaintGuardError as exc:
                     failed = True
-                    text = f"maintguard: {exc}"
-                    logger.error("%s", text)
-                    await send({"type": "lifespan.startup.failed", "message": text})
+                    await _fail_startup(send, exc)
                     raise
             elif kind.startswith("lifespan.shutdown."):
                 self._stop()
@@ -201,9 +199,7 @@ class MaintenanceModeMiddleware:
                 try:
                     await self._start(scope, at_startup=True)
                 except MaintGuardError as exc:
-                    text = f"maintguard: {exc}"
-                    logger.error("%s", text)
-                    await send({"type": "lifespan.startup.failed", "message": text})
+                    await _fail_startup(send, exc)
                     return
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
@@ -455,6 +451,12 @@ class MaintenanceModeMiddleware:
 
 
 # -- helpers ------------------------------------------------------------------------------------
+
+
+async def _fail_startup(send: Send, exc: MaintGuardError) -> None:
+    text = f"maintguard: {exc}"
+    logger.error("%s", text)
+    await send({"type": "lifespan.startup.failed", "message": text})
 
 
 def _is_active(state: MaintenanceState) -> bool:
