@@ -33,7 +33,13 @@ from typing import TYPE_CHECKING
 
 import anyio
 
-from maintguard import __version__, configure, get_maintenance_mode, under_maintenance
+from maintguard import (
+    __version__,
+    configure,
+    get_maintenance_mode,
+    not_during_maintenance,
+    under_maintenance,
+)
 from maintguard.backends import LocalFileBackend, MemoryBackend
 
 if TYPE_CHECKING:
@@ -58,6 +64,8 @@ CHANGE_ONE = "hold change with 1 live hold"
 NEST_DEEP = f"nesting one hold {DEEP:,} deep, per level"
 NEST_SHALLOW = f"nesting one hold {SHALLOW:,} deep, per level"
 FILE = "file hold enter+exit (LocalFileBackend)"
+GUARDED = "guarded async call while off (not_during_maintenance)"
+GUARD_BUDGET_US = 2.0  # the goal: a guarded call costs at most this much more than a bare one
 PEER_HOLD = f"{PEER} maintenance_mode_on() enter+exit"
 PEER_GET = f"{PEER} get_maintenance_mode()"
 PEER_FILE = f"{PEER} maintenance_mode_on(file) enter+exit"
@@ -291,6 +299,7 @@ def build_rows(n: int, file_n: int, tmp: Path, peer: ModuleType | None) -> list[
         Row(NEST_DEEP, nest(DEEP, levels)),
         Row(NEST_SHALLOW, nest(SHALLOW, levels)),
         Row(FILE, per_op(enter_exit(file_hold), file_n)),
+        Row(GUARDED, per_op(not_during_maintenance(backend=memory)(noop), n)),
     ]
     if peer is not None:
         peer_on = peer.maintenance_mode_on
@@ -415,6 +424,22 @@ async def main(n: int, rounds: int) -> None:
                 if row.error is None:
                     await row.run()
     report(rows, build_goals(peer is not None))
+    report_guard(rows)
+
+
+def report_guard(rows: list[Row]) -> None:
+    """The guard's goal is a cost added to the bare call, not a ratio."""
+    found = {row.name: row.best for row in rows}
+    bare, guarded = found.get(BARE), found.get(GUARDED)
+    if bare is None or guarded is None:
+        print("  n/a     (a row failed)            guarded call")
+        return
+    extra = (guarded - bare) * 1e6
+    status = "ok" if extra <= GUARD_BUDGET_US else "MISSED"
+    print(
+        f"  {status:<6}  +{extra:.2f}us (target <= +{GUARD_BUDGET_US:g}us)  "
+        "a guarded async call while off, over the bare call"
+    )
 
 
 def positive(text: str) -> int:

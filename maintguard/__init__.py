@@ -28,6 +28,7 @@ from .guards import (
     set_maintenance_mode,
     under_maintenance,
 )
+from .jobs import NotDuringMaintenance, not_during_maintenance
 from .state import EventKind, HoldRecord, MaintenanceEvent, MaintenanceState, Mode, Phase
 
 if TYPE_CHECKING:
@@ -79,6 +80,7 @@ __all__ = [
     "MaintenanceHold",
     "MaintenanceState",
     "Mode",
+    "NotDuringMaintenance",
     "Phase",
     "ReadOnlyBackendError",
     "UnderMaintenance",
@@ -89,6 +91,7 @@ __all__ = [
     "get_maintenance_mode",
     "get_state",
     "maintenance_mode_on",
+    "not_during_maintenance",
     "remove_listener",
     "set_maintenance_mode",
     "under_maintenance",

@@ -147,7 +147,7 @@ class ScopeController:
                         change = (None, True)
         if dispatch._listeners or (
             change is not _NO_CHANGE
-            and (self.parent is not None or self.store.has_children or _may_log())
+            and (self.parent is not None or self.store.has_children or self.wakers or _may_log())
         ):
             self._announce_entry(change, presents.owner, keys)
         return None
@@ -214,7 +214,7 @@ class ScopeController:
             return False
         if dispatch._listeners or (
             change is not _NO_CHANGE
-            and (self.parent is not None or self.store.has_children or _may_log())
+            and (self.parent is not None or self.store.has_children or self.wakers or _may_log())
         ):
             try:
                 self._announce(change, EventKind.HOLD_RELEASED, frame[0].owner)

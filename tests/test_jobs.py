@@ -1,0 +1,274 @@
+"""Guards for ordinary work: each policy, sync and async, decorator and context object."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from maintguard import (
+    ConfigurationError,
+    EventKind,
+    MaintenanceEvent,
+    Mode,
+    UnderMaintenance,
+    add_listener,
+    flush_listeners,
+    not_during_maintenance,
+    remove_listener,
+    set_maintenance_mode,
+    under_maintenance,
+)
+from maintguard.backends import LocalFileBackend, MemoryBackend
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_each_policy_while_off_runs_the_call() -> None:
+    backend = MemoryBackend()
+    for policy in ("wait", "skip", "raise"):
+
+        @not_during_maintenance(policy=policy, backend=backend)  # type: ignore[arg-type]
+        async def job(x: int) -> int:
+            return x * 2
+
+        assert await job(21) == 42
+
+
+async def test_raise_refuses_with_the_state() -> None:
+    backend = MemoryBackend()
+    ran: list[int] = []
+
+    @not_during_maintenance(policy="raise", backend=backend)
+    async def job() -> None:
+        ran.append(1)
+
+    await set_maintenance_mode(True, backend, reason="DB upgrade")
+    with pytest.raises(UnderMaintenance) as caught:
+        await job()
+    assert caught.value.state.reason == "DB upgrade" and ran == []
+
+
+async def test_skip_returns_none_logs_and_tells_listeners(caplog: pytest.LogCaptureFixture) -> None:
+    backend = MemoryBackend()
+    heard: list[MaintenanceEvent] = []
+    add_listener(heard.append)
+    try:
+
+        @not_during_maintenance(policy="skip", backend=backend)
+        def nightly_report() -> str:
+            return "sent"
+
+        await set_maintenance_mode(True, backend, reason="reindex")
+        with caplog.at_level(logging.INFO, "maintguard"):
+            assert await anyio.to_thread.run_sync(nightly_report) is None
+        assert flush_listeners()
+    finally:
+        remove_listener(heard.append)
+    skipped = [e for e in heard if e.kind is EventKind.JOB_SKIPPED]
+    assert len(skipped) == 1 and "nightly_report" in (skipped[0].owner or "")
+    lines = [r.getMessage() for r in caplog.records if "skipped" in r.getMessage()]
+    assert len(lines) == 1 and "nightly_report" in lines[0] and "reindex" in lines[0]
+
+
+async def test_wait_returns_when_maintenance_ends_and_the_loop_keeps_running() -> None:
+    backend = MemoryBackend()
+    ran: list[str] = []
+    ticks = 0
+
+    @not_during_maintenance(backend=backend)
+    async def job() -> None:
+        ran.append("job")
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await anyio.sleep(0.01)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(ticker)
+        async with under_maintenance(backend=backend):
+            tg.start_soon(job)
+            await anyio.sleep(0.2)
+            assert ran == []  # waiting, not running
+            assert ticks >= 5  # and the event loop is not blocked
+        with anyio.fail_after(5):
+            while not ran:  # noqa: ASYNC110 - the job under test appends
+                await anyio.sleep(0.01)
+        tg.cancel_scope.cancel()
+    assert ran == ["job"]
+
+
+async def test_wait_is_bounded_by_timeout() -> None:
+    backend = MemoryBackend()
+
+    @not_during_maintenance(backend=backend, timeout=0.1)
+    async def job() -> None:
+        raise AssertionError("must not run")
+
+    await set_maintenance_mode(True, backend)
+    with pytest.raises(UnderMaintenance):
+        await job()
+
+
+def test_sync_wait_blocks_only_its_thread_and_is_woken_by_the_change() -> None:
+    backend = MemoryBackend()
+    done = threading.Event()
+
+    @not_during_maintenance(backend=backend)
+    def job() -> None:
+        done.set()
+
+    hold = under_maintenance(backend=backend)
+    hold.__enter__()
+    worker = threading.Thread(target=job)
+    worker.start()
+    time.sleep(0.1)
+    assert not done.is_set()
+    hold.__exit__(None, None, None)
+    assert done.wait(5)
+    worker.join(5)
+
+
+def test_sync_wait_timeout_raises() -> None:
+    backend = MemoryBackend()
+    anyio.run(lambda: set_maintenance_mode(True, backend))
+
+    with pytest.raises(UnderMaintenance), not_during_maintenance(backend=backend, timeout=0.05):
+        raise AssertionError("must not run")
+
+
+async def test_wait_sees_another_process_change_through_the_store(tmp_path: Path) -> None:
+    path = tmp_path / "m.json"
+    path.write_text("1")  # another tool switched maintenance on
+    backend = LocalFileBackend(path, refresh_interval=0.05)
+    ran: list[int] = []
+
+    @not_during_maintenance(backend=backend)
+    async def job() -> None:
+        ran.append(1)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(job)
+        await anyio.sleep(0.2)
+        assert ran == []
+        path.write_text("0")  # and off again, from outside this process
+        with anyio.fail_after(5):
+            while not ran:  # noqa: ASYNC110 - the job under test appends
+                await anyio.sleep(0.01)
+
+
+async def test_context_objects_wait_and_raise_but_cannot_skip() -> None:
+    backend = MemoryBackend()
+    async with not_during_maintenance(backend=backend):
+        pass
+    with not_during_maintenance(backend=backend, policy="raise"):
+        pass
+    await set_maintenance_mode(True, backend)
+    with pytest.raises(UnderMaintenance):
+        async with not_during_maintenance(backend=backend, policy="raise"):
+            raise AssertionError("must not run")
+    with pytest.raises(ConfigurationError, match="decorate"):
+        async with not_during_maintenance(backend=backend, policy="skip"):
+            raise AssertionError("must not run")
+
+
+async def test_read_only_mode_refuses_unless_allowed() -> None:
+    backend = MemoryBackend()
+    await set_maintenance_mode(True, backend, mode=Mode.READ_ONLY)
+
+    @not_during_maintenance(backend=backend, policy="raise")
+    async def writer() -> str:
+        return "wrote"
+
+    @not_during_maintenance(backend=backend, policy="raise", allow_read_only=True)
+    async def reader() -> str:
+        return "read"
+
+    with pytest.raises(UnderMaintenance):
+        await writer()
+    assert await reader() == "read"
+
+
+async def test_scopes_follow_their_own_state_and_the_global_one() -> None:
+    backend = MemoryBackend()
+
+    @not_during_maintenance(backend=backend, scope="billing", policy="raise")
+    async def invoice() -> str:
+        return "invoiced"
+
+    @not_during_maintenance(backend=backend, scope="search", policy="raise")
+    async def reindex() -> str:
+        return "reindexed"
+
+    await set_maintenance_mode(True, backend, scope="billing")
+    with pytest.raises(UnderMaintenance):
+        await invoice()
+    assert await reindex() == "reindexed"
+    await set_maintenance_mode(True, backend)
+    with pytest.raises(UnderMaintenance):
+        await reindex()
+
+
+async def test_generators_methods_and_bare_form() -> None:
+    backend = MemoryBackend()
+
+    class Jobs:
+        @not_during_maintenance(backend=backend, policy="skip")
+        def rows(self) -> Iterator[int]:
+            yield from (1, 2, 3)
+
+        @not_during_maintenance(backend=backend, policy="skip")
+        async def pages(self) -> AsyncIterator[int]:
+            for i in (1, 2):
+                yield i
+
+        @classmethod
+        @not_during_maintenance(backend=backend, policy="raise")
+        def build(cls) -> str:
+            return cls.__name__
+
+    jobs = Jobs()
+    assert list(jobs.rows()) == [1, 2, 3]
+    assert [p async for p in jobs.pages()] == [1, 2]
+    assert Jobs.build() == "Jobs"
+    await set_maintenance_mode(True, backend)
+    assert list(jobs.rows()) == []  # skipped as a whole: no rows at all
+    assert [p async for p in jobs.pages()] == []
+    with pytest.raises(UnderMaintenance):
+        Jobs.build()
+
+    @not_during_maintenance
+    def bare() -> str:
+        return "ran"
+
+    assert bare() == "ran"  # the default backend (MAINTGUARD_MODE) is off
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"policy": "later"}, "policy must be one of 'wait', 'skip', 'raise'"),
+        ({"timeout": -1}, "timeout must be None or a number of seconds >= 0"),
+        ({"timeout": float("nan")}, "timeout must be None"),
+        ({"allow_read_only": "yes"}, "allow_read_only must be True or False"),
+        ({"scope": ""}, "scope must be None"),
+    ],
+)
+def test_bad_options_name_the_option_and_the_accepted_values(
+    options: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ConfigurationError, match=message):
+        not_during_maintenance(**options)
+
+
+def test_guarding_something_that_is_not_callable_is_refused() -> None:
+    with pytest.raises(ConfigurationError, match="decorates functions"):
+        not_during_maintenance(policy="skip")("not a function")  # type: ignore[type-var]
