@@ -541,3 +541,17 @@ def test_odd_stored_times_are_read_not_crashed_on(until: Any) -> None:
     app, _ = recording_app(OddTimesBackend(until), [Route("/", endpoint([], "home"))])
     with TestClient(app) as client:
         assert client.get("/").status_code == 503
+
+
+def test_an_open_websocket_is_closed_when_a_hold_begins() -> None:
+    # A hold's transition wakes the session's waiter even when no listener is registered.
+    backend = MemoryBackend()
+    app, _ = recording_app(
+        backend, [WebSocketRoute("/ws", echo_until_closed)], close_websockets=True
+    )
+    client = TestClient(app)
+    with client.websocket_connect("/ws") as ws:
+        assert ws.receive_text() == "hello"
+        with under_maintenance(backend=backend):
+            message = ws.receive()
+        assert message["type"] == "websocket.close" and message["code"] == 1012
