@@ -58,6 +58,7 @@ def test_holds_benchmark_prints_ratios(tmp_path: Path) -> None:
         "nesting one hold 3,000 deep, per level",
         "nesting one hold 300 deep, per level",
         "file hold enter+exit (LocalFileBackend)",
+        "guarded async call while off (not_during_maintenance)",
     ]
     peer_rows = [
         "fastapi-maintenance maintenance_mode_on() enter+exit",
@@ -71,6 +72,7 @@ def test_holds_benchmark_prints_ratios(tmp_path: Path) -> None:
         "a hold change with 10,000 live holds <= 2x with 1 live hold",
         "nesting one object deep: per-level cost 3,000 deep <= 1.5x 300 deep"
         " (linear, not quadratic)",
+        "a guarded async call while off, over the bare call",
     ]
     peer_goals = [
         "memory hold enter+exit <= fastapi-maintenance's maintenance_mode_on() enter+exit",
