@@ -855,17 +855,6 @@ def check_sound(answer: Answer, scope: dict[str, Any], inner: list[BaseException
         assert len(starts) <= 1, (answer.messages, scope)
 
 
-async def _fuzz(app: Starlette, drawn: list[dict[str, Any]]) -> None:
-    for request in drawn:
-        scope = fuzz_scope(request)
-        errors = inner_errors(app)
-        del errors[:]  # this request's only
-        check_sound(await call(app, scope), scope, errors)
-    async with served(app) as answers:  # stops the watcher that the requests started
-        pass
-    assert answers[0]["type"] in ("lifespan.startup.complete", "lifespan.startup.failed")
-
-
 _BLOCKED_WEBSOCKET = {
     "type": "websocket",
     "method": "GET",
@@ -880,6 +869,30 @@ _BLOCKED_WEBSOCKET = {
     "cookies": [],
 }
 _GET_X = {**_BLOCKED_WEBSOCKET, "type": "http", "path": "/x/1", "raw_path": b"/x/1"}
+
+
+# Sent after the drawn requests of every example, under its options and stored state.
+PROBES = [
+    {**_BLOCKED_WEBSOCKET, "path": f"/_maintenance/bypass/{SECRET}", "raw_path": "path"},
+    {
+        **_GET_X,
+        "method": "POST",
+        "client": 5,
+        "headers": [(b"x-forwarded-for", b"unknown, 10.0.0.5"), (b"accept", b"\xff")],
+        "cookies": [b"maintguard_bypass=abc.def", b"maintguard_bypass=1e5.x; maintguard_bypass"],
+    },
+]
+
+
+async def _fuzz(app: Starlette, drawn: list[dict[str, Any]]) -> None:
+    for request in [*drawn, *PROBES]:
+        scope = fuzz_scope(request)
+        errors = inner_errors(app)
+        del errors[:]  # this request's only
+        check_sound(await call(app, scope), scope, errors)
+    async with served(app) as answers:  # stops the watcher that the requests started
+        pass
+    assert answers[0]["type"] in ("lifespan.startup.complete", "lifespan.startup.failed")
 
 
 @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
