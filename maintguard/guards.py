@@ -6,7 +6,7 @@ import asyncio
 import inspect
 import sys
 import threading
-from collections.abc import AsyncGenerator, Callable, Generator
+from collections.abc import AsyncGenerator, Awaitable, Callable, Generator
 from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any, TypeVar, cast, overload
@@ -371,32 +371,48 @@ def _gen_wrapper(hold: MaintenanceHold) -> Callable[..., Any]:
 
 
 def _async_gen_wrapper(hold: MaintenanceHold) -> Callable[..., Any]:
-    async def wrapper(
+    def wrapper(
         wrapped: Callable[..., Any], instance: Any, args: Args, kwargs: Kwargs
     ) -> AsyncGenerator[Any, Any]:
-        # The hold spans the whole iteration; values sent and exceptions thrown are passed on.
-        entry = await hold._enter_async()
-        try:
-            agen = wrapped(*args, **kwargs)
-            try:
-                value = await agen.__anext__()
-                while True:
-                    try:
-                        sent = yield value
-                    except GeneratorExit:
-                        raise
-                    except BaseException as exc:
-                        value = await agen.athrow(exc)
-                    else:
-                        value = await agen.asend(sent)
-            except StopAsyncIteration:
-                return
-            finally:
-                await agen.aclose()
-        finally:
-            await _leave(entry)
+        return relay(wrapped(*args, **kwargs), hold._enter_async, _leave)
 
     return wrapper
+
+
+SKIP = object()
+"""Returned by a relay's ``enter``: the generator is not iterated at all."""
+
+
+async def relay(
+    agen: AsyncGenerator[Any, Any],
+    enter: Callable[[], Awaitable[Any]],
+    leave: Callable[[Any], Awaitable[None]] | None = None,
+) -> AsyncGenerator[Any, Any]:
+    """Iterate ``agen`` between ``enter()`` and ``leave(what enter returned)``, passing
+    values sent and exceptions thrown on: a decorator's span over a whole iteration."""
+    token = await enter()
+    if token is SKIP:
+        await agen.aclose()
+        return
+    try:
+        try:
+            value = await agen.__anext__()
+            while True:
+                try:
+                    sent = yield value
+                except GeneratorExit:
+                    raise
+                except BaseException as exc:
+                    value = await agen.athrow(exc)
+                else:
+                    value = await agen.asend(sent)
+        except StopAsyncIteration:
+            return
+        finally:
+            await agen.aclose()
+    finally:
+        if leave is not None:
+            await leave(token)
 
 
 # -- public constructors --------------------------------------------------------------------

@@ -16,7 +16,7 @@ from .backends import Backend
 from .core import ScopeController, controller, dispatch, io, resolve_backend, watch
 from .core.changes import wait_until, wait_until_blocking
 from .exceptions import ConfigurationError, UnderMaintenance
-from .guards import _refresh
+from .guards import SKIP, _refresh, relay
 from .state import EventKind, MaintenanceEvent, MaintenanceState, Mode, check_scope
 
 __all__ = ["NotDuringMaintenance", "not_during_maintenance"]
@@ -221,27 +221,13 @@ class NotDuringMaintenance:
         return wrapper
 
     def _async_gen_wrapper(self, what: str) -> Callable[..., Any]:
-        async def wrapper(
+        async def enter() -> object:
+            return None if await self._admit(what) else SKIP
+
+        def wrapper(
             wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any
         ) -> AsyncGenerator[Any, Any]:
-            if not await self._admit(what):
-                return
-            agen = wrapped(*args, **kwargs)
-            try:
-                value = await agen.__anext__()
-                while True:
-                    try:
-                        sent = yield value
-                    except GeneratorExit:
-                        raise
-                    except BaseException as exc:
-                        value = await agen.athrow(exc)
-                    else:
-                        value = await agen.asend(sent)
-            except StopAsyncIteration:
-                return
-            finally:
-                await agen.aclose()
+            return relay(wrapped(*args, **kwargs), enter)
 
         return wrapper
 
