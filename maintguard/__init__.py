@@ -16,6 +16,7 @@ from .core import add_listener, configure, flush_listeners, remove_listener
 from .exceptions import (
     BackendError,
     ConfigurationError,
+    DrainTimeout,
     MaintGuardError,
     ReadOnlyBackendError,
     UnderMaintenance,
@@ -73,6 +74,7 @@ __all__ = [
     "Backend",
     "BackendError",
     "ConfigurationError",
+    "DrainTimeout",
     "EventKind",
     "HoldRecord",
     "MaintGuardError",

@@ -10,6 +10,7 @@ if TYPE_CHECKING:
 __all__ = [
     "BackendError",
     "ConfigurationError",
+    "DrainTimeout",
     "MaintGuardError",
     "ReadOnlyBackendError",
     "UnderMaintenance",
@@ -30,6 +31,17 @@ class BackendError(MaintGuardError):
 
 class ReadOnlyBackendError(BackendError):
     """A write was asked of a backend that can only be read (the environment variable)."""
+
+
+class DrainTimeout(MaintGuardError):
+    """A drained hold's in-flight work did not end within ``drain`` seconds and
+    ``on_drain_timeout="raise"`` was asked: the hold was released and its body never ran.
+    ``pending`` is how much work was still running (this process's, plus other processes
+    that had not reported zero)."""
+
+    def __init__(self, message: str, pending: int = 0) -> None:
+        self.pending = pending
+        super().__init__(message)
 
 
 class UnderMaintenance(MaintGuardError):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import logging
+import math
 import sys
 import threading
 from collections.abc import AsyncGenerator, Awaitable, Callable, Generator
@@ -17,9 +19,12 @@ import wrapt
 from .backends import Backend
 from .core import ScopeController, controller, resolve_backend
 from .core.controller import refresh_store
+from .core.drain import wait_drained, wait_drained_blocking
+from .core.inflight import held, own_keys, work_frame
 from .core.stack import Presents
-from .exceptions import ConfigurationError
+from .exceptions import ConfigurationError, DrainTimeout
 from .state import (
+    EventKind,
     ExplicitState,
     MaintenanceState,
     Mode,
@@ -37,6 +42,8 @@ __all__ = [
     "set_maintenance_mode",
     "under_maintenance",
 ]
+
+logger = logging.getLogger("maintguard")
 
 F = TypeVar("F", bound=Callable[..., Any])
 BackendArg = Backend | str | None
@@ -84,16 +91,29 @@ class MaintenanceHold:
         retry_after: Seconds | None = None,
         mode: Mode | str = "full",
         drain: float | None = None,
+        on_drain_timeout: str = "proceed",
         owner: str | None = None,
     ) -> None:
         if backend is not None and not isinstance(backend, Backend | str):
             raise ConfigurationError(f"backend must be a Backend or a URL string, not {backend!r}")
         if reason is not None and not isinstance(reason, str):
             raise ConfigurationError(f"reason must be a string, not {reason!r}")
-        if drain is not None:
+        if drain is not None and (
+            isinstance(drain, bool)
+            or not isinstance(drain, int | float)
+            or not math.isfinite(drain)
+            or drain < 0
+        ):
             raise ConfigurationError(
-                "drain= is not available yet: it comes with the job guards; leave it out"
+                f"drain must be None or a number of seconds >= 0 to wait for in-flight work, "
+                f"not {drain!r}"
             )
+        if on_drain_timeout not in _ON_DRAIN_TIMEOUT:
+            raise ConfigurationError(
+                f"on_drain_timeout must be 'proceed' or 'raise', not {on_drain_timeout!r}"
+            )
+        self._drain = None if drain is None else float(drain)
+        self._raise_on_drain_timeout = on_drain_timeout == "raise"
         self._backend = backend
         self._scope = check_scope(scope)
         self._presents = Presents(
@@ -173,9 +193,13 @@ class MaintenanceHold:
 
     async def __aenter__(self) -> MaintenanceHold:
         ctrl, keys = self._fixed or self._entry()
-        key = ctrl.enter(self._presents, keys)
-        if key is not None:
-            await _write_entry(ctrl, key, keys)
+        if self._drain is not None:
+            await self._enter_drained(ctrl, keys)
+        else:
+            key = ctrl.enter(self._presents, keys)
+            if key is not None:
+                await _write_entry(ctrl, key, keys)
+        held.set((ctrl, keys[-1], held.get()))
         return self
 
     async def __aexit__(
@@ -185,6 +209,7 @@ class MaintenanceHold:
         tb: TracebackType | None,
     ) -> None:
         ctrl, keys = self._fixed or self._claim()
+        _unmark(ctrl, keys)
         write = ctrl.leave(keys)
         if write:
             await _write_release(ctrl)
@@ -195,9 +220,13 @@ class MaintenanceHold:
 
     def __enter__(self) -> MaintenanceHold:
         ctrl, keys = self._fixed or self._entry()
-        key = ctrl.enter(self._presents, keys)
-        if key is not None:
-            _write_entry_blocking(ctrl, key, keys)
+        if self._drain is not None:
+            self._enter_drained_blocking(ctrl, keys)
+        else:
+            key = ctrl.enter(self._presents, keys)
+            if key is not None:
+                _write_entry_blocking(ctrl, key, keys)
+        held.set((ctrl, keys[-1], held.get()))
         return self
 
     def __exit__(
@@ -207,6 +236,7 @@ class MaintenanceHold:
         tb: TracebackType | None,
     ) -> None:
         ctrl, keys = self._fixed or self._claim()
+        _unmark(ctrl, keys)
         write = ctrl.leave(keys)
         if write:
             _write_release_blocking(ctrl)
@@ -218,18 +248,106 @@ class MaintenanceHold:
     def _enter_sync(self) -> Entry:
         ctrl = self._controller()
         keys: list[int] = []
-        key = ctrl.enter(self._presents, keys)
-        if key is not None:
-            _write_entry_blocking(ctrl, key, keys)
+        if self._drain is not None:
+            self._enter_drained_blocking(ctrl, keys)
+        else:
+            key = ctrl.enter(self._presents, keys)
+            if key is not None:
+                _write_entry_blocking(ctrl, key, keys)
         return ctrl, keys
 
     async def _enter_async(self) -> Entry:
         ctrl = self._controller()
         keys: list[int] = []
-        key = ctrl.enter(self._presents, keys)
-        if key is not None:
-            await _write_entry(ctrl, key, keys)
+        if self._drain is not None:
+            await self._enter_drained(ctrl, keys)
+        else:
+            key = ctrl.enter(self._presents, keys)
+            if key is not None:
+                await _write_entry(ctrl, key, keys)
         return ctrl, keys
+
+    # -- drains: enter (maintenance on at once), wait for in-flight work, then the body ------
+
+    async def _enter_drained(self, ctrl: ScopeController, keys: list[int]) -> None:
+        exclude = own_keys()  # the holder's own request or job
+        token = ctrl.begin_drain()
+        try:
+            key = ctrl.enter(self._presents, keys)
+            if key is not None:
+                await _write_entry(ctrl, key, keys)
+            elif ctrl.sync_record():  # counted on a frame already stored: store the drain
+                await _write_release(ctrl)
+        except BaseException:
+            if ctrl.end_drain():
+                await _write_release(ctrl)
+            raise
+        try:
+            assert self._drain is not None
+            finished = await wait_drained(ctrl, token, self._presents.mode, exclude, self._drain)
+        except BaseException:  # cancelled while draining: nothing of the hold remains
+            if ctrl.end_drain():
+                await _write_release(ctrl)
+            await _leave((ctrl, keys))
+            raise
+        if ctrl.end_drain():
+            await _write_release(ctrl)
+        if not self._drained(ctrl, finished):
+            await _leave((ctrl, keys))
+            raise self._timed_out(ctrl)
+
+    def _enter_drained_blocking(self, ctrl: ScopeController, keys: list[int]) -> None:
+        exclude = own_keys()
+        token = ctrl.begin_drain()
+        try:
+            key = ctrl.enter(self._presents, keys)
+            if key is not None:
+                _write_entry_blocking(ctrl, key, keys)
+            elif ctrl.sync_record():
+                _write_release_blocking(ctrl)
+        except BaseException:
+            if ctrl.end_drain():
+                _write_release_blocking(ctrl)
+            raise
+        try:
+            assert self._drain is not None
+            finished = wait_drained_blocking(ctrl, token, self._presents.mode, exclude, self._drain)
+        except BaseException:
+            if ctrl.end_drain():
+                _write_release_blocking(ctrl)
+            _leave_blocking((ctrl, keys))
+            raise
+        if ctrl.end_drain():
+            _write_release_blocking(ctrl)
+        if not self._drained(ctrl, finished):
+            _leave_blocking((ctrl, keys))
+            raise self._timed_out(ctrl)
+
+    def _drained(self, ctrl: ScopeController, finished: bool) -> bool:
+        """Tell of the drain's end; False when the body must not run."""
+        owner = self._presents.owner
+        if finished:
+            ctrl.drain_event(EventKind.DRAIN_FINISHED, owner)
+            return True
+        ctrl.drain_event(EventKind.DRAIN_TIMED_OUT, owner)
+        if self._raise_on_drain_timeout:
+            return False
+        logger.warning(
+            "maintguard: %s: in-flight work on %s did not end within drain=%ss; "
+            "going on (on_drain_timeout='proceed')",
+            owner,
+            ctrl.label,
+            _seconds(self._drain),
+        )
+        return True
+
+    def _timed_out(self, ctrl: ScopeController) -> DrainTimeout:
+        return DrainTimeout(
+            f"{self._presents.owner}: in-flight work on {ctrl.label} did not end within "
+            f"drain={_seconds(self._drain)}s; the hold was released and its body did not run "
+            "(on_drain_timeout='raise'). Give the drain more time, or use "
+            "on_drain_timeout='proceed' to run anyway."
+        )
 
     # -- decorator ------------------------------------------------------------------
 
@@ -242,6 +360,21 @@ class MaintenanceHold:
         clone._presents = self._presents._replace(owner=owner)
         clone._start_tracking()
         return clone
+
+
+_ON_DRAIN_TIMEOUT = ("proceed", "raise")
+
+
+def _seconds(value: float | None) -> str:
+    return f"{value:g}" if value is not None else "?"
+
+
+def _unmark(ctrl: ScopeController, keys: list[int]) -> None:
+    # An exit in the context of its entry takes the hold off that context's chain (a stale
+    # link left elsewhere is ignored: its frame has gone).
+    chain = held.get()
+    if chain is not None and keys and chain[0] is ctrl and chain[1] == keys[-1]:
+        held.set(chain[2])
 
 
 async def _write_entry(ctrl: ScopeController, key: int, keys: list[int]) -> None:
@@ -336,9 +469,11 @@ Kwargs = dict[str, Any]
 def _sync_wrapper(hold: MaintenanceHold) -> Callable[..., Any]:
     def wrapper(wrapped: Callable[..., Any], instance: Any, args: Args, kwargs: Kwargs) -> Any:
         entry = hold._enter_sync()
+        mark = held.set((entry[0], entry[1][-1], held.get()))
         try:
             return wrapped(*args, **kwargs)
         finally:
+            held.reset(mark)
             _leave_blocking(entry)
 
     return wrapper
@@ -349,9 +484,11 @@ def _async_wrapper(hold: MaintenanceHold) -> Callable[..., Any]:
         wrapped: Callable[..., Any], instance: Any, args: Args, kwargs: Kwargs
     ) -> Any:
         entry = await hold._enter_async()
+        mark = held.set((entry[0], entry[1][-1], held.get()))
         try:
             return await wrapped(*args, **kwargs)
         finally:
+            held.reset(mark)
             await _leave(entry)
 
     return wrapper
@@ -362,9 +499,11 @@ def _gen_wrapper(hold: MaintenanceHold) -> Callable[..., Any]:
         wrapped: Callable[..., Any], instance: Any, args: Args, kwargs: Kwargs
     ) -> Generator[Any, Any, Any]:
         entry = hold._enter_sync()
+        held.set((entry[0], entry[1][-1], held.get()))  # the consumer's context: see _unmark
         try:
             return (yield from wrapped(*args, **kwargs))
         finally:
+            _unmark(*entry)
             _leave_blocking(entry)
 
     return wrapper
@@ -374,7 +513,16 @@ def _async_gen_wrapper(hold: MaintenanceHold) -> Callable[..., Any]:
     def wrapper(
         wrapped: Callable[..., Any], instance: Any, args: Args, kwargs: Kwargs
     ) -> AsyncGenerator[Any, Any]:
-        return relay(wrapped(*args, **kwargs), hold._enter_async, _leave)
+        return relay(wrapped(*args, **kwargs), enter, leave)
+
+    async def enter() -> Entry:
+        entry = await hold._enter_async()
+        held.set((entry[0], entry[1][-1], held.get()))
+        return entry
+
+    async def leave(entry: Entry) -> None:
+        _unmark(*entry)
+        await _leave(entry)
 
     return wrapper
 
@@ -415,6 +563,9 @@ async def relay(
             await leave(token)
 
 
+work_frame(relay.__code__, "token")  # a guarded async generator's admission
+
+
 # -- public constructors --------------------------------------------------------------------
 
 
@@ -431,6 +582,7 @@ def under_maintenance(
     retry_after: Seconds | None = None,
     mode: Mode | str = "full",
     drain: float | None = None,
+    on_drain_timeout: str = "proceed",
 ) -> MaintenanceHold: ...
 def under_maintenance(
     func: Any = None,
@@ -442,6 +594,7 @@ def under_maintenance(
     retry_after: Seconds | None = None,
     mode: Mode | str = "full",
     drain: float | None = None,
+    on_drain_timeout: str = "proceed",
 ) -> Any:
     """Hold maintenance on while the decorated function or the block runs.
 
@@ -455,7 +608,13 @@ def under_maintenance(
     ...         ...
     """
     hold = MaintenanceHold(
-        backend=backend, scope=scope, reason=reason, retry_after=retry_after, mode=mode, drain=drain
+        backend=backend,
+        scope=scope,
+        reason=reason,
+        retry_after=retry_after,
+        mode=mode,
+        drain=drain,
+        on_drain_timeout=on_drain_timeout,
     )
     return hold if func is None else hold(func)
 
@@ -468,6 +627,7 @@ def maintenance_mode_on(
     retry_after: Seconds | None = None,
     mode: Mode | str = "full",
     drain: float | None = None,
+    on_drain_timeout: str = "proceed",
 ) -> MaintenanceHold:
     """The same hold as :func:`under_maintenance`, under the name FastAPI users know.
 
@@ -482,7 +642,13 @@ def maintenance_mode_on(
             "or @under_maintenance"
         )
     return MaintenanceHold(
-        backend=backend, scope=scope, reason=reason, retry_after=retry_after, mode=mode, drain=drain
+        backend=backend,
+        scope=scope,
+        reason=reason,
+        retry_after=retry_after,
+        mode=mode,
+        drain=drain,
+        on_drain_timeout=on_drain_timeout,
     )
 
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
 import math
+import time
 from collections.abc import AsyncGenerator, Callable, Generator
 from types import TracebackType
 from typing import Any, Literal, TypeVar, cast, overload
@@ -13,10 +15,12 @@ import anyio
 import wrapt
 
 from .backends import Backend
-from .core import ScopeController, controller, dispatch, io, resolve_backend, watch
+from .core import ScopeController, controller, dispatch, io, presence, resolve_backend, watch
 from .core.changes import wait_until, wait_until_blocking
+from .core.inflight import current, holds_in_context, new_key, work_frame
+from .core.registry import Store
 from .exceptions import ConfigurationError, UnderMaintenance
-from .guards import SKIP, _refresh, relay
+from .guards import SKIP, _refresh, _token, relay
 from .state import EventKind, MaintenanceEvent, MaintenanceState, Mode, check_scope
 
 __all__ = ["NotDuringMaintenance", "not_during_maintenance"]
@@ -33,7 +37,9 @@ class NotDuringMaintenance:
 
     As a decorator it guards every call (sync or async; generators for their whole
     iteration); as ``with`` / ``async with`` it guards a block. The check comes before the
-    work starts and never interrupts work already running. ``"wait"`` returns once
+    work starts and never interrupts work already running; while the work runs it counts
+    as in-flight work for drains. Work inside a hold's own context on the same store
+    (the maintenance job calling a guarded helper) runs unchecked. ``"wait"`` returns once
     maintenance has ended, woken by the change (in other processes within the store's
     refresh interval), never blocking an event loop; ``timeout`` bounds the wait, then
     :class:`UnderMaintenance`. ``"skip"`` (decorators only) returns ``None`` without
@@ -73,6 +79,7 @@ class NotDuringMaintenance:
         self._scope = check_scope(scope)
         self._allow_read_only = allow_read_only
         self._fixed: ScopeController | None = None
+        self._blocks: list[tuple[object, Admission, Mark]] = []  # entered with / async with
 
     def __repr__(self) -> str:
         return f"not_during_maintenance(policy={self.policy!r}, scope={self._scope!r})"
@@ -91,43 +98,71 @@ class NotDuringMaintenance:
     def _free(self, state: MaintenanceState) -> bool:
         return not state.active or (self._allow_read_only and state.mode is Mode.READ_ONLY)
 
-    async def _admit(self, what: str) -> bool:
-        """True: run the work. False: skip it. Raises UnderMaintenance to refuse it."""
-        ctrl = self._controller()
-        if not ctrl.refresh_inline():
-            await _refresh(ctrl)
-        state = ctrl.snapshot
-        if not state.active or self._free(state):
-            return True
-        if self.policy == "wait":
-            stop = watch(ctrl.backend)  # changes by other processes must reach the wait
-            try:
-                with anyio.move_on_after(math.inf if self.timeout is None else self.timeout):
-                    return self._free(await wait_until(ctrl, self._free))
-            finally:
-                stop()
-            raise UnderMaintenance(ctrl.snapshot)
-        return self._refuse(ctrl, state, what)
+    def refused(self, entry: tuple[Any, ...], scope: str | None, mode: Mode) -> bool:
+        """A drain of ``scope`` in ``mode`` waits for this guard's call (``entry``)."""
+        return (scope is None or scope == entry[1]) and not (
+            self._allow_read_only and mode is Mode.READ_ONLY
+        )
 
-    def _admit_blocking(self, what: str) -> bool:
+    async def _admit(self, what: str) -> Admission | None:
+        """Admit one call: its work entry (end it with :func:`_end` when the call ends),
+        or None: skip it. Raises UnderMaintenance to refuse it."""
         ctrl = self._controller()
-        if not ctrl.refresh_inline():
-            io.run_sync(_refresh(ctrl))
-        state = ctrl.snapshot
-        if self._free(state):
-            return True
-        if self.policy == "wait":
+        store = ctrl.store
+        if not ctrl.refresh_inline() and (ctrl.stored is None or store.guard_watch is None):
+            await _keep_fresh(ctrl)
+        if holds_in_context(store):
+            return store, 0  # the maintenance job's own helper: runs, uncounted
+        work = store.work
+        key = new_key()
+        entry = (self, self._scope)
+        with anyio.move_on_after(math.inf if self.timeout is None else self.timeout):
+            while True:
+                work.live[key] = entry  # counted first, then the look: see core.inflight
+                state = ctrl.snapshot
+                if self._free(state):
+                    return store, key
+                work.end(key)  # not counted while it waits: a drain must not wait for it
+                if self.policy != "wait":
+                    self._refuse(ctrl, state, what)
+                    return None
+                stop = watch(ctrl.backend)  # changes by other processes must reach the wait
+                try:
+                    await wait_until(ctrl, self._free)
+                finally:
+                    stop()
+        raise UnderMaintenance(ctrl.snapshot)
+
+    def _admit_blocking(self, what: str) -> Admission | None:
+        ctrl = self._controller()
+        store = ctrl.store
+        if not ctrl.refresh_inline() and (ctrl.stored is None or store.guard_watch is None):
+            io.run_sync(_keep_fresh(ctrl))
+        if holds_in_context(store):
+            return store, 0
+        work = store.work
+        key = new_key()
+        entry = (self, self._scope)
+        end = math.inf if self.timeout is None else time.monotonic() + self.timeout
+        while True:
+            work.live[key] = entry
+            state = ctrl.snapshot
+            if self._free(state):
+                return store, key
+            work.end(key)
+            if self.policy != "wait":
+                self._refuse(ctrl, state, what)
+                return None
+            left = end - time.monotonic()
+            if left <= 0:
+                raise UnderMaintenance(state)
             stop = watch(ctrl.backend)
             try:
-                found = wait_until_blocking(ctrl, self._free, self.timeout)
+                wait_until_blocking(ctrl, self._free, None if left == math.inf else left)
             finally:
                 stop()
-            if found is not None:
-                return True
-            raise UnderMaintenance(ctrl.snapshot)
-        return self._refuse(ctrl, state, what)
 
-    def _refuse(self, ctrl: ScopeController, state: MaintenanceState, what: str) -> bool:
+    def _refuse(self, ctrl: ScopeController, state: MaintenanceState, what: str) -> None:
         if self.policy == "raise":
             raise UnderMaintenance(state)
         logger.info(
@@ -139,7 +174,6 @@ class NotDuringMaintenance:
             dispatch.emit(
                 [MaintenanceEvent(EventKind.JOB_SKIPPED, ctrl.scope, ctrl.where, state, owner=what)]
             )
-        return False
 
     # -- with / async with ------------------------------------------------------------------
 
@@ -151,9 +185,28 @@ class NotDuringMaintenance:
             )
         return "a guarded block"
 
-    async def __aenter__(self) -> NotDuringMaintenance:
-        await self._admit(self._block())
+    def _entered(self, admission: Admission | None) -> NotDuringMaintenance:
+        assert admission is not None  # a block is never skipped
+        mark = _mark(admission[1])
+        # Each exit ends one entry: its own task's or thread's, else the newest.
+        self._blocks.append((_token(), admission, mark))
         return self
+
+    def _exited(self) -> None:
+        blocks = self._blocks
+        if not blocks:
+            raise RuntimeError(f"{self!r} was exited more often than entered")
+        token = _token()
+        found = next((b for b in reversed(blocks) if b[0] == token), blocks[-1])
+        with contextlib.suppress(ValueError):
+            blocks.remove(found)
+        if found[2] is not None:
+            with contextlib.suppress(ValueError, RuntimeError):  # exited in another context
+                current.reset(found[2])
+        _end(*found[1])
+
+    async def __aenter__(self) -> NotDuringMaintenance:
+        return self._entered(await self._admit(self._block()))
 
     async def __aexit__(
         self,
@@ -161,11 +214,10 @@ class NotDuringMaintenance:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        return None
+        self._exited()
 
     def __enter__(self) -> NotDuringMaintenance:
-        self._admit_blocking(self._block())
-        return self
+        return self._entered(self._admit_blocking(self._block()))
 
     def __exit__(
         self,
@@ -173,7 +225,7 @@ class NotDuringMaintenance:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        return None
+        self._exited()
 
     # -- decorator --------------------------------------------------------------------------
 
@@ -196,40 +248,110 @@ class NotDuringMaintenance:
             wrapper = self._sync_wrapper(what)
         return cast(F, wrapt.FunctionWrapper(func, wrapper))
 
+    # The wrappers keep their work's key in the local ``key``: a hold entered inside the
+    # call finds it on the stack (core.inflight.work_frame), so nothing is marked per call.
+
     def _sync_wrapper(self, what: str) -> Callable[..., Any]:
         def wrapper(wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any) -> Any:
-            return wrapped(*args, **kwargs) if self._admit_blocking(what) else None
+            admission = self._admit_blocking(what)
+            if admission is None:
+                return None
+            key = admission[1]
+            try:
+                return wrapped(*args, **kwargs)
+            finally:
+                _end(admission[0], key)
 
-        return wrapper
+        return _work(wrapper)
 
     def _async_wrapper(self, what: str) -> Callable[..., Any]:
         async def wrapper(
             wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any
         ) -> Any:
-            return await wrapped(*args, **kwargs) if await self._admit(what) else None
+            admission = await self._admit(what)
+            if admission is None:
+                return None
+            key = admission[1]
+            try:
+                return await wrapped(*args, **kwargs)
+            finally:
+                _end(admission[0], key)
 
-        return wrapper
+        return _work(wrapper)
 
     def _gen_wrapper(self, what: str) -> Callable[..., Any]:
         def wrapper(
             wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any
         ) -> Generator[Any, Any, Any]:
-            if self._admit_blocking(what):
+            admission = self._admit_blocking(what)
+            if admission is None:
+                return None
+            key = admission[1]
+            try:
                 return (yield from wrapped(*args, **kwargs))
-            return None
+            finally:
+                _end(admission[0], key)
 
-        return wrapper
+        return _work(wrapper)
 
     def _async_gen_wrapper(self, what: str) -> Callable[..., Any]:
         async def enter() -> object:
-            return None if await self._admit(what) else SKIP
+            admission = await self._admit(what)
+            return SKIP if admission is None else admission
+
+        async def leave(admission: Any) -> None:
+            _end(*admission)
 
         def wrapper(
             wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any
         ) -> AsyncGenerator[Any, Any]:
-            return relay(wrapped(*args, **kwargs), enter)
+            return relay(wrapped(*args, **kwargs), enter, leave)
 
         return wrapper
+
+
+Admission = tuple[Store, int]
+"""A call let in: its store and its work key (0: not counted, inside a hold of the store)."""
+Mark = Any
+
+
+def _mark(key: int) -> Mark:
+    # A guarded block's body runs in the caller's frame: mark its context instead.
+    if key == 0:
+        return None
+    outer = current.get()
+    return current.set(key if outer is None else (key, outer))
+
+
+def _end(store: Store, key: int) -> None:
+    if key:
+        store.work.end(key)
+
+
+def _work(wrapper: Callable[..., Any]) -> Callable[..., Any]:
+    work_frame(wrapper.__code__, "key")
+    return wrapper
+
+
+async def _keep_fresh(ctrl: ScopeController) -> None:
+    # A store that is not in memory: record this process's presence (drains count its
+    # work) before the first look, keep the store watched from now on (guard checks then
+    # read memory only), and read a scope never read before.
+    store = ctrl.store
+    if store.guard_watch is None:
+        await presence.join(store)
+        with store.lock:
+            start = store.guard_watch is None
+            if start:
+                store.guard_watch = _started
+        if start:
+            store.guard_watch = watch(ctrl.backend)
+    if ctrl.stored is None:
+        await _refresh(ctrl)
+
+
+def _started() -> None:  # stands for a watch being started
+    return None
 
 
 @overload

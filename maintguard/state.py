@@ -25,6 +25,7 @@ __all__ = [
     "Phase",
     "RetryAfter",
     "StoredState",
+    "WorkerRecord",
     "derive",
 ]
 
@@ -115,22 +116,56 @@ class HoldRecord:
     reason: str | None = None
     retry_after: RetryAfter | None = None
     mode: Mode = Mode.FULL
+    drain: str | None = None
+    """While the holder waits for in-flight work before its body runs: the drain's token,
+    for which every other process reports its in-flight count (``WorkerRecord.reports``)."""
 
     def live(self, now: datetime) -> bool:
         return self.expires is None or self.expires > now
 
 
 @dataclass(frozen=True, slots=True)
+class WorkerRecord:
+    """One process that watches a shared store, so that drains know whom to wait for.
+
+    ``reports`` gives, for each drain asked by another process (by its token), how much
+    of this process's in-flight work that drain waits for. A record past ``expires`` (its
+    process died) no longer counts.
+    """
+
+    id: str
+    host: str
+    pid: int
+    expires: datetime
+    reports: tuple[tuple[str, int], ...] = ()
+
+    def live(self, now: datetime) -> bool:
+        return self.expires > now
+
+    def report(self, token: str) -> int | None:
+        """The in-flight count reported for drain ``token``; None: not reported yet."""
+        for key, count in self.reports:
+            if key == token:
+                return count
+        return None
+
+
+@dataclass(frozen=True, slots=True)
 class StoredState:
-    """What a backend stores for one scope: the explicit state and the hold records."""
+    """What a backend stores for one scope: the explicit state and the hold records.
+
+    ``workers`` (kept in the global scope's state only) records the processes that watch
+    the store, for drains that span processes.
+    """
 
     explicit: ExplicitState = field(default_factory=ExplicitState)
     holds: tuple[HoldRecord, ...] = ()
+    workers: tuple[WorkerRecord, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict; :meth:`from_dict` reads it back (for user-written backends)."""
         e = self.explicit
-        return {
+        data: dict[str, Any] = {
             "active": e.active,
             "reason": e.reason,
             "retry_after": _dump_retry_after(e.retry_after),
@@ -149,10 +184,23 @@ class StoredState:
                     "reason": h.reason,
                     "retry_after": _dump_retry_after(h.retry_after),
                     "mode": h.mode.value,
+                    **({"drain": h.drain} if h.drain is not None else {}),
                 }
                 for h in self.holds
             ],
         }
+        if self.workers:
+            data["workers"] = [
+                {
+                    "id": w.id,
+                    "host": w.host,
+                    "pid": w.pid,
+                    "expires": _dump_time(w.expires),
+                    "reports": dict(w.reports),
+                }
+                for w in self.workers
+            ]
+        return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> StoredState:
@@ -170,7 +218,12 @@ class StoredState:
             mode=_load_mode(data.get("mode", "full")),
             since=_load_time(data.get("since")),
         )
-        return cls(explicit, tuple(_load_hold(h) for h in holds))
+        workers = data.get("workers", [])
+        if not isinstance(workers, list):
+            raise ValueError("'workers' must be a list")
+        return cls(
+            explicit, tuple(_load_hold(h) for h in holds), tuple(_load_worker(w) for w in workers)
+        )
 
 
 def _get(data: Mapping[str, Any], key: str, kind: type, default: Any = None) -> Any:
@@ -197,6 +250,28 @@ def _load_hold(data: Any) -> HoldRecord:
         reason=_get(data, "reason", str),
         retry_after=_load_retry_after(data.get("retry_after")),
         mode=_load_mode(data.get("mode", "full")),
+        drain=_get(data, "drain", str),
+    )
+
+
+def _load_worker(data: Any) -> WorkerRecord:
+    if not isinstance(data, Mapping):
+        raise ValueError(f"a worker must be an object, found {data!r}")
+    expires = _load_time(data.get("expires"))
+    if expires is None or data.get("id") is None:
+        raise ValueError("a worker lacks 'id' or 'expires'")
+    reports = data.get("reports", {})
+    if not isinstance(reports, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) and v >= 0
+        for k, v in reports.items()
+    ):
+        raise ValueError(f"a worker's 'reports' must map drain tokens to counts, found {reports!r}")
+    return WorkerRecord(
+        id=_get(data, "id", str),
+        host=_get(data, "host", str, ""),
+        pid=_get(data, "pid", int, 0),
+        expires=expires,
+        reports=tuple(sorted(reports.items())),
     )
 
 
@@ -358,10 +433,17 @@ def derive(scope: str | None, levels: Iterable[StoredState], now: datetime) -> M
         until=next((e.until for e in explicits if e.until is not None), None),
         holds=len(holds),
         scope=scope,
-        phase=Phase.ON,
+        phase=Phase.DRAINING if draining(holds, explicits) else Phase.ON,
         explicit=bool(explicits),
         holders=tuple(holds),
     )
+
+
+def draining(holds: Iterable[HoldRecord], explicits: Iterable[ExplicitState]) -> bool:
+    """The phase rule: DRAINING while maintenance is on only through holds that all still
+    wait for in-flight work (no operator state, no hold whose body runs)."""
+    holds = list(holds)
+    return bool(holds) and not any(True for _ in explicits) and all(h.drain for h in holds)
 
 
 # -- events ----------------------------------------------------------------------------

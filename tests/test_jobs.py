@@ -92,10 +92,17 @@ async def test_wait_returns_when_maintenance_ends_and_the_loop_keeps_running() -
             ticks += 1
             await anyio.sleep(0.01)
 
+    started = anyio.Event()
+
+    async def worker() -> None:  # runs outside the hold's context (not its own helper)
+        await started.wait()
+        await job()
+
     async with anyio.create_task_group() as tg:
         tg.start_soon(ticker)
+        tg.start_soon(worker)
         async with under_maintenance(backend=backend):
-            tg.start_soon(job)
+            started.set()
             await anyio.sleep(0.2)
             assert ran == []  # waiting, not running
             assert ticks >= 5  # and the event loop is not blocked

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..exceptions import ConfigurationError
-from ..state import ExplicitState, HoldRecord, StoredState
+from ..state import ExplicitState, HoldRecord, StoredState, WorkerRecord
 from .base import Backend, OnError
 from .env import EnvVarBackend
 from .file import LocalFileBackend
@@ -20,6 +20,7 @@ __all__ = [
     "MemoryBackend",
     "OnError",
     "StoredState",
+    "WorkerRecord",
     "backend_from_url",
 ]
 

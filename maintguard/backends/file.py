@@ -32,7 +32,7 @@ _Scopes = dict[str | None, StoredState]
 VERSION = 1
 """The format version this maintguard reads and writes."""
 
-_STATE_KEYS = frozenset(StoredState().to_dict())
+_STATE_KEYS = frozenset(StoredState().to_dict()) | {"workers"}
 _TOP_KEYS = _STATE_KEYS | {"version", "plain", "scopes"}
 _NEW_FILE_MODE = 0o644  # a new file: readable by every process that checks it
 _READ_SIZE = 65536
@@ -387,7 +387,7 @@ def _dumps(obj: Mapping[str, Any], indent: str) -> str:
     inner = indent + "  "
     fields = []
     for key, value in obj.items():
-        if key == "holds" and value and isinstance(value, list):
+        if key in ("holds", "workers") and value and isinstance(value, list):
             text = ",\n".join(f"{inner}  {json.dumps(h)}" for h in value)
             text = f"[\n{text}\n{inner}]"
         elif key == "scopes" and not indent and value and isinstance(value, dict):
@@ -405,10 +405,14 @@ def _dumps(obj: Mapping[str, Any], indent: str) -> str:
 def _merge(raw: Mapping[str, Any] | None, state: StoredState) -> dict[str, Any]:
     """``state`` as JSON, keeping the fields of ``raw`` (and of its holds, by id) we don't know."""
     out = dict(raw) if raw else {}
+    out.pop("workers", None)  # known, and written only when there are some
     new = state.to_dict()
     if raw and new["holds"]:
-        old = {h.get("id"): h for h in raw.get("holds", ())}
-        new["holds"] = [{**old.get(h["id"], {}), **h} for h in new["holds"]]
+        old = {h.get("id"): h for h in raw.get("holds", ()) if isinstance(h, Mapping)}
+        new["holds"] = [
+            {**{k: v for k, v in old.get(h["id"], {}).items() if k != "drain"}, **h}
+            for h in new["holds"]
+        ]
     out.update(new)
     return out
 
@@ -421,7 +425,11 @@ def _plain(scopes: _Scopes) -> str | None:
     # Keep a file other tools wrote in their plain form while nothing else needs storing.
     state = scopes.get(None, StoredState())
     e = state.explicit
-    if state.holds or any(v != StoredState() for k, v in scopes.items() if k is not None):
+    if (
+        state.holds
+        or state.workers
+        or any(v != StoredState() for k, v in scopes.items() if k is not None)
+    ):
         return None
     if e.reason is not None or e.retry_after is not None or e.until is not None:
         return None

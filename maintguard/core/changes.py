@@ -19,12 +19,12 @@ import anyio
 from ..state import MaintenanceState
 from .controller import ScopeController
 
-__all__ = ["wait_until", "wait_until_blocking"]
+__all__ = ["async_waker", "wait_until", "wait_until_blocking"]
 
 Predicate = Callable[[MaintenanceState], bool]
 
 
-def _async_waker(event: anyio.Event) -> Callable[[], None]:
+def async_waker(event: anyio.Event) -> Callable[[], None]:
     loop = asyncio._get_running_loop()
     if loop is not None:
         running = loop
@@ -54,7 +54,7 @@ async def wait_until(ctrl: ScopeController, predicate: Predicate) -> Maintenance
         if predicate(state):
             return state
         event = anyio.Event()
-        waker = _async_waker(event)
+        waker = async_waker(event)
         ctrl.wakers.add(waker)
         try:
             state = ctrl.snapshot  # a change between the first look and the registration

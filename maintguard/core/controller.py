@@ -51,7 +51,7 @@ EMPTY = StoredState()
 _UNKNOWN = ("unknown",)  # the record as stored is not known: the next change writes it
 Transition = tuple[Phase, Phase] | None
 _NO_CHANGE: tuple[Transition, bool] = (None, False)
-_ON, _OFF = Phase.ON, Phase.OFF
+_ON, _OFF, _DRAINING = Phase.ON, Phase.OFF, Phase.DRAINING
 _may_log = functools.partial(dispatch._level_cache.get, logging.INFO, True)
 """Whether a transition may be logged (logging's own cache; not known yet: _announce asks)."""
 
@@ -91,6 +91,9 @@ class ScopeController:
         self._applied = 0  # the newest write whose result this controller holds
         self._renewal: object | None = None  # the running renewal's token
         self.wakers: set[Callable[[], None]] = set()  # see .changes; called on transitions
+        self.drain_token: str | None = None  # while drains wait here: what others report for
+        self._drains = 0  # drains waiting for in-flight work before their bodies run
+        self._drain_seq = 0
 
     def after_fork(self) -> None:
         """In a forked child: hold nothing of the parent, renew nothing, new locks.
@@ -106,6 +109,8 @@ class ScopeController:
         self._inflight = 0
         self._renewal = None
         self.wakers = set()
+        self.drain_token = None
+        self._drains = 0
         self.version += 1
         self._snap = None
         self._recompute(self.store.clock())
@@ -141,8 +146,9 @@ class ScopeController:
                     self.own_active = True
                     if not self.active:
                         self.active = True
-                        change = ((self.phase, _ON), own_changed)
-                        self.phase = _ON
+                        phase = _ON if self.drain_token is None else _DRAINING
+                        change = ((self.phase, phase), own_changed)
+                        self.phase = phase
                     elif own_changed:
                         change = (None, True)
         if dispatch._listeners or (
@@ -229,7 +235,57 @@ class ScopeController:
 
     def _presented(self) -> tuple[object, ...] | None:
         details = details_of(self.stack, self.entering)
-        return None if details is None else details.presented()
+        return None if details is None else (*details.presented(), self.drain_token)
+
+    # -- drains ----------------------------------------------------------------------------
+
+    def begin_drain(self) -> str:
+        """A hold about to be entered waits for in-flight work first: until
+        :meth:`end_drain`, this process's record asks others to report (phase DRAINING)."""
+        with self._lock:
+            self._drains += 1
+            if self.drain_token is None:
+                self._drain_seq += 1
+                self.drain_token = f"{self.hold_id}:{self._drain_seq}"
+                self.version += 1
+                self._snap = None
+            return self.drain_token
+
+    def end_drain(self) -> bool:
+        """A drain is over (finished, timed out or abandoned); True when the stored record
+        must follow (write it, as after :meth:`leave`)."""
+        change = _NO_CHANGE
+        write = False
+        with self._lock:
+            self._drains -= 1
+            if self._drains == 0 and self.drain_token is not None:
+                self.drain_token = None
+                self.version += 1
+                self._snap = None
+                change = self._recompute(self.store.clock())
+                write = self._stores_holds and (
+                    self._inflight > 0 or self._presented() != self._written
+                )
+                if write:
+                    self._inflight += 1
+        self._announce(change, None)
+        return write
+
+    def sync_record(self) -> bool:
+        """True when the stored record no longer matches the stack (a write must follow)."""
+        with self._lock:
+            write = (
+                self._stores_holds
+                and self.holding()
+                and (self._inflight > 0 or self._presented() != self._written)
+            )
+            if write:
+                self._inflight += 1
+            return write
+
+    def drain_event(self, kind: EventKind, owner: str, **details: Any) -> None:
+        if dispatch._listeners:
+            dispatch.emit([self._event(kind, owner=owner, **details)])
 
     def _recompute(self, now: float) -> tuple[Transition, bool]:
         # Under the lock: is this scope on, through itself or the global scope?
@@ -237,14 +293,33 @@ class ScopeController:
         own = bool(self.stack._frames) or (
             stored is not None and _stored_active(stored, self.hold_id, now)
         )
-        active = own or (self.parent is not None and self.parent.active)
+        parent = self.parent
+        active = own or (parent is not None and parent.active)
         own_changed = own is not self.own_active
         self.own_active = own
-        if active is self.active:
-            return (None, True) if own_changed else _NO_CHANGE
+        phase = self._phase(stored, now) if active else _OFF
         self.active = active
-        previous, self.phase = self.phase, Phase.ON if active else Phase.OFF
-        return (previous, self.phase), own_changed
+        if phase is self.phase:
+            return (None, True) if own_changed else _NO_CHANGE
+        previous, self.phase = self.phase, phase
+        return (previous, phase), own_changed
+
+    def _phase(self, stored: StoredState | None, now: float) -> Phase:
+        # Under the lock, while active: the phase rule of `derive` (DRAINING while every
+        # source of maintenance is a hold still draining), from what is known here.
+        if self.stack._frames and self.drain_token is None:
+            return _ON
+        if stored is not None and (stored.explicit.active or stored.holds):
+            at = to_datetime(now)
+            if stored.explicit.in_force(at):
+                return _ON
+            for h in stored.holds:
+                if h.drain is None and h.id != self.hold_id and h.live(at):
+                    return _ON
+        parent = self.parent
+        if parent is not None and parent.active and parent.phase is not _DRAINING:
+            return _ON
+        return _DRAINING
 
     def _announce_entry(self, change: tuple[Transition, bool], owner: str, keys: list[int]) -> None:
         # All or nothing: an entry interrupted while telling of it (a log handler hit by
@@ -338,8 +413,8 @@ class ScopeController:
         details = details_of(self.stack)
         holds = tuple(h for h in stored.holds if h.id != self.hold_id)
         if details is not None:
-            holds += (_local_record(details, self.hold_id, now.timestamp()),)
-        return StoredState(stored.explicit, holds)
+            holds += (_local_record(details, self.hold_id, now.timestamp(), self.drain_token),)
+        return StoredState(stored.explicit, holds, stored.workers)
 
     def _resnapshot(self) -> MaintenanceState:
         parent = self.parent
@@ -460,7 +535,8 @@ class ScopeController:
         now = self.store.clock()
         with self._lock:
             details = details_of(self.stack, self.entering)
-            self._written = None if details is None else details.presented()
+            drain = self.drain_token
+            self._written = None if details is None else (*details.presented(), drain)
         now_dt = to_datetime(now)
         holds = tuple(h for h in stored.holds if h.id != self.hold_id and h.live(now_dt))
         if details is not None:
@@ -472,6 +548,7 @@ class ScopeController:
                     pid=os.getpid(),
                     now=now,
                     lease_ttl=self.backend.lease_ttl,
+                    drain=drain,
                 ),
             )
         return stored if holds == stored.holds else replace(stored, holds=holds)
@@ -615,6 +692,7 @@ async def refresh_store(
         for ctrl in ctrls:
             ctrl.read_failed(exc, may_raise=may_raise)
         return
+    store.seen = found
     for ctrl, count in zip(ctrls, writes, strict=True):
         ctrl.apply_read(found.get(ctrl.scope, EMPTY), count)
 
@@ -679,8 +757,10 @@ def _deadline(levels: Sequence[StoredState], now: datetime) -> float:
     return min(times).timestamp()
 
 
-def _local_record(details: Details, hold_id: str, now: float) -> Any:
-    return record(details, hold_id=hold_id, host=HOST, pid=os.getpid(), now=now, lease_ttl=None)
+def _local_record(details: Details, hold_id: str, now: float, drain: str | None) -> Any:
+    return record(
+        details, hold_id=hold_id, host=HOST, pid=os.getpid(), now=now, lease_ttl=None, drain=drain
+    )
 
 
 def as_backend_error(exc: BaseException, context: str) -> BackendError:

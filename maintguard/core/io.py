@@ -145,6 +145,20 @@ async def read_scopes(
     return await run(backend.read_scopes(scopes))
 
 
+def read_scopes_blocking(
+    backend: Backend, scopes: Collection[str | None]
+) -> Mapping[str | None, StoredState]:
+    if backend._inline or backend._blocking:
+        return backend._read_scopes_blocking(scopes)
+    return run_sync(_read(backend, scopes))
+
+
+async def _read(
+    backend: Backend, scopes: Collection[str | None]
+) -> Mapping[str | None, StoredState]:
+    return await backend.read_scopes(scopes)
+
+
 async def update(
     backend: Backend, scope: str | None, mutate: Mutate, owner: Serialised
 ) -> StoredState:

@@ -12,15 +12,20 @@ from __future__ import annotations
 import atexit
 import itertools
 import logging
+import math
 import os
 import threading
 import time
+import uuid
 import weakref
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Mapping
 
 from ..backends import Backend
 from ..exceptions import ConfigurationError
-from .controller import ScopeController
+from ..state import StoredState
+from . import presence
+from .controller import HOST, ScopeController
+from .inflight import Work
 
 __all__ = ["Store", "all_stores", "controller", "store_of"]
 
@@ -42,6 +47,15 @@ class Store:
         self.has_children = False  # a named scope was ever asked for
         self.watchers = 0
         self.watching = False
+        self.work = Work()  # this process's in-flight work on the store
+        self.seen: Mapping[str | None, StoredState] = {}  # every scope the last read returned
+        self.guard_watch: Callable[[], None] | None = None  # guards keep a shared store fresh
+        # Presence (see .presence): this process's record in a shared store.
+        self.worker_id = _worker_id()
+        self.reported: tuple[tuple[str, int], ...] | None = None  # as written; None: absent
+        self.presence_at = -math.inf
+        self.presence_failing = False
+        self.judged: dict[str, dict[int, bool]] = {}  # per drain token: entries judged
         self._error: str | None = None
         self._scopes: weakref.WeakValueDictionary[str, ScopeController] = (
             weakref.WeakValueDictionary()
@@ -95,8 +109,17 @@ class Store:
     def _after_fork_in_child(self) -> None:
         self.lock = threading.Lock()
         self.write_lock = threading.Lock()
+        self.work = Work()  # the parent's work is not this process's
+        self.worker_id = _worker_id()
+        self.reported = None
+        self.presence_at = -math.inf
+        self.judged = {}
         for ctrl in self.controllers():
             ctrl.after_fork()
+
+
+def _worker_id() -> str:
+    return f"{HOST}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
 
 
 _lock = threading.Lock()
@@ -156,6 +179,7 @@ def _release_at_exit() -> None:
             continue
         for ctrl in store.controllers():
             ctrl.release_all()
+        presence.leave_blocking(store)
 
 
 atexit.register(_release_at_exit)

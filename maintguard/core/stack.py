@@ -177,6 +177,7 @@ def record(
     pid: int,
     now: float,
     lease_ttl: float | None,
+    drain: str | None = None,
 ) -> HoldRecord:
     """The hold record of a process whose frames present ``details`` at time ``now``."""
     return HoldRecord(
@@ -190,4 +191,5 @@ def record(
         reason=details.reason,
         retry_after=details.retry_after,
         mode=details.mode,
+        drain=drain,
     )

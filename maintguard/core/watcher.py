@@ -15,7 +15,7 @@ import os
 from collections.abc import Callable
 
 from ..backends import Backend
-from . import io
+from . import io, presence
 from .controller import refresh_store
 from .registry import Store, all_stores, store_of
 
@@ -52,20 +52,25 @@ async def _watch(store: Store) -> None:
         while True:
             with store.lock:
                 if store.watchers <= 0:
-                    return
+                    store.watching = False  # decided with the lock: a new watch starts anew
+                    break
             ctrls = store.controllers()
             try:
                 if interval < math.inf:
                     await refresh_store(store, ctrls)
                 for ctrl in ctrls:
                     ctrl.tick()
+                await presence.tick(store)
             except Exception:  # never let the watcher die
                 logger.exception("maintguard: the watcher of %s failed", store.backend.describe())
             del ctrls
             await asyncio.sleep(tick)
-    finally:
+    except BaseException:  # cancelled (interpreter exit)
         with store.lock:
             store.watching = False
+        raise
+    if store.watchers <= 0:
+        await presence.leave(store)  # watched no more: drains need not wait for us
 
 
 def _after_fork_in_child() -> None:

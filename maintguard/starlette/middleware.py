@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
+import functools
 import logging
 import re
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
 import anyio
@@ -18,9 +19,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..backends import Backend, EnvVarBackend
 from ..core import ScopeController as Controller
-from ..core import coerce, controller, register_default, resolve_backend, store_of, watch
+from ..core import coerce, controller, presence, register_default, resolve_backend, store_of, watch
 from ..core.changes import wait_until
 from ..core.controller import refresh_store
+from ..core.inflight import Work, new_key, work_frame
 from ..exceptions import ConfigurationError, MaintGuardError
 from ..state import MaintenanceState, Mode, Phase, check_scope
 from . import routes as marks
@@ -120,6 +122,8 @@ class MaintenanceModeMiddleware:
         self._template = check_template(template)
         self._close_websockets = _flag(close_websockets, "close_websockets")
         self._ctrl: Controller | None = None
+        self._work = Work()  # the store's in-flight work, and this middleware's table in it
+        self._live: dict[int, Scope] = {}
         self._scoped: dict[str, Controller] = {}
         self._stop_watch: Callable[[], None] | None = None
         self._start_lock = threading.Lock()
@@ -132,18 +136,51 @@ class MaintenanceModeMiddleware:
         kind = scope["type"]
         if kind == "http" or kind == "websocket":
             ctrl = self._ctrl or await self._start(scope)
-            routes = self._routes
-            if routes is None or not routes.current():
-                routes = self._learn(scope, ctrl)
+            # Counted as in-flight work first, then the look (see core.inflight). Time
+            # alone only ever ends maintenance, so `active` (kept by every change) is
+            # exact when it says off; when it says on, _guard looks at the snapshot.
+            live = self._live
+            key = new_key()
+            live[key] = scope
+            app = self.app
             if (
-                ctrl.snapshot.active
+                ctrl.active
                 or ctrl.store.named_active
-                or routes.forced
+                or (marks.steering and self._routes_now(scope, ctrl).forced)
                 or (self._close_websockets and kind == "websocket")
             ):
-                await self._guard(scope, receive, send, ctrl, routes)
-            else:
-                await self.app(scope, receive, send)
+                passed = None
+                try:
+                    passed = await self._guard(scope, receive, send, ctrl)
+                finally:
+                    if passed is None:  # answered here, or let through while on
+                        del live[key]
+                if passed is None:
+                    return
+                app = passed
+            # Passed while maintenance is off for it: in flight until the last body
+            # message (HTTP) or the end of the session (WebSocket). A hold entered while
+            # it runs finds `key` on the stack and does not wait for it (work_frame).
+            work = self._work
+            try:
+                if kind == "http":
+
+                    def counted(message: Message) -> Awaitable[None]:
+                        # Not a coroutine of its own: hands back the server's send.
+                        if message["type"] == "http.response.body" and not message.get(
+                            "more_body", False
+                        ):
+                            live.pop(key, None)  # the last body message: no longer in flight
+                            if work.drains:
+                                work.wake()
+                        return send(message)
+
+                    await app(scope, receive, counted)
+                else:
+                    await app(scope, receive, send)
+            finally:
+                if live.pop(key, None) is not None and work.drains:
+                    work.wake()
         elif kind == "lifespan":
             await self._lifespan(scope, receive, send)
         else:
@@ -225,14 +262,26 @@ class MaintenanceModeMiddleware:
         # holding their controllers keeps them alive (and watched) while the app runs.
         names = {name for _, name in self._scope_globs} | routes.scopes
         scoped = {name: controller(backend, name) for name in names}
+        store = store_of(backend)
+        try:  # recorded before the first look: a drain elsewhere then counts our requests
+            await presence.join(store)
+        except Exception as exc:
+            logger.warning(
+                "maintguard: could not record this process in %s (%s): drained holds in "
+                "other processes will not wait for its requests",
+                backend.describe(),
+                exc,
+            )
         try:
-            await refresh_store(store_of(backend), [ctrl, *scoped.values()], may_raise=True)
+            await refresh_store(store, [ctrl, *scoped.values()], may_raise=True)
         except MaintGuardError:
             if at_startup:
                 raise  # seen at start-up, where it can be fixed
             logger.exception("maintguard: the maintenance state could not be read")
         with self._start_lock:
             if self._ctrl is None:
+                self._work = store.work
+                self._live = store.work.table(self)
                 self._stop_watch = stop = watch(backend)
                 weakref.finalize(self, stop)  # started without a lifespan: stops when freed
                 self._scoped.update(scoped)
@@ -252,6 +301,12 @@ class MaintenanceModeMiddleware:
                 backend.describe(),
                 default.describe(),
             )
+
+    def _routes_now(self, scope: Scope, ctrl: Controller) -> AppRoutes:
+        routes = self._routes
+        if routes is None or not routes.current():
+            routes = self._learn(scope, ctrl)
+        return routes
 
     def _learn(self, scope: Scope, ctrl: Controller) -> AppRoutes:
         routes = AppRoutes(scope, self.app, exempt_docs=self._exempt_docs)
@@ -276,52 +331,95 @@ class MaintenanceModeMiddleware:
     # -- the decision ----------------------------------------------------------------------
 
     async def _guard(
-        self, scope: Scope, receive: Receive, send: Send, ctrl: Controller, routes: AppRoutes
-    ) -> None:
+        self, scope: Scope, receive: Receive, send: Send, ctrl: Controller
+    ) -> ASGIApp | None:
+        """Answer or pass the request; return the app to run when it passes because
+        maintenance is off for it (then it counts as in flight), else None."""
+        routes = self._routes_now(scope, ctrl)
         path = route_path(scope)
         websocket = scope["type"] == "websocket"
         if not websocket and self._bypass.enabled and self._bypass.is_grant_path(path):
             await self._bypass.grant(scope, send, time.time())
-            return
+            return None
         outcome, endpoint = routes.find(scope)
         if outcome == PARTIAL and scope.get("method") == "HEAD":
             # A HEAD the app would refuse (405) is decided as GET: monitors see the 503.
             outcome, endpoint = routes.find({**scope, "method": "GET"})
         if outcome != FULL:  # no route, or a 405: the app answers with its own error
             await self.app(scope, receive, send)
-            return
+            return None
         policy = marks.policy_of(endpoint)
         watched = self._controllers(ctrl, policy.scope, path)
         shown, state = _first_active(watched)
         if policy.forced:
             state = state if state.active else _FORCED
-        elif not state.active or await self._lets_through(scope, path, state, endpoint, policy):
-            if (
-                websocket
-                and self._close_websockets
-                and not await self._lets_through(scope, path, _FORCED, endpoint, policy)
-            ):
-                await self._watched_websocket(scope, receive, send, watched)
-            else:
-                await self.app(scope, receive, send)
-            return
+        else:
+            off = not state.active
+            if off or await self._lets_through(scope, path, state, endpoint, policy):
+                app = self.app
+                if (
+                    websocket
+                    and self._close_websockets
+                    and not await self._lets_through(scope, path, _FORCED, endpoint, policy)
+                ):
+                    app = functools.partial(self._watched_websocket, watched=watched)
+                if off:
+                    return app
+                await app(scope, receive, send)
+                return None
         if websocket:
             await self._refuse_websocket(scope, receive, send, state, shown.scope)
         else:
-            key = "forced" if policy.forced else shown.scope
-            await self._respond(scope, receive, send, state, key)
+            await self._respond(
+                scope, receive, send, state, "forced" if policy.forced else shown.scope
+            )
+        return None
 
-    def _controllers(self, ctrl: Controller, named: str | None, path: str) -> list[Controller]:
-        """The scopes a request belongs to: its endpoint's, and those whose glob matches."""
+    def _names(self, named: str | None, path: str) -> list[str]:
+        """The named scopes a request belongs to: its endpoint's, and those whose glob matches."""
         names = [named] if named is not None else []
         # A route's ``$`` also matches before a final newline: "/billing%0A" is "/billing".
         bare = path[:-1] if path.endswith("\n") else path
         for glob, name in self._scope_globs:
             if name not in names and (glob.match(path) or glob.match(bare)):
                 names.append(name)
+        return names
+
+    def _controllers(self, ctrl: Controller, named: str | None, path: str) -> list[Controller]:
+        names = self._names(named, path)
         if not names:
             return [ctrl]
         return [self._scope_ctrl(ctrl, name) for name in names]
+
+    def refused(self, entry: Scope, scope: str | None, mode: Mode) -> bool:
+        """Whether a drain of ``scope`` in ``mode`` waits for the request of ``entry``:
+        a hold of that scope and mode would refuse it. Judged on the route Starlette runs,
+        from the request as it came in (routing rewrites ``root_path`` on the way)."""
+        routes = self._routes
+        if routes is None:
+            return True
+        # Starlette keeps the root path it was given as "app_root_path" once it rewrites it.
+        probe = {**entry, "root_path": entry.get("app_root_path", entry.get("root_path", ""))}
+        outcome, endpoint = routes.find(probe)
+        if outcome == PARTIAL and probe.get("method") == "HEAD":
+            outcome, endpoint = routes.find({**probe, "method": "GET"})
+        if outcome != FULL:
+            return False  # the app answers its own 404 or 405 during maintenance too
+        policy = marks.policy_of(endpoint)
+        path = route_path(probe)
+        method = probe.get("method")
+        if (
+            policy.exempt
+            or (method in _READS and routes.is_docs(endpoint))
+            or (
+                self._exempt_paths
+                and _clean(probe, path)
+                and any(glob.match(path) for glob in self._exempt_paths)
+            )
+            or (mode is Mode.READ_ONLY and probe["type"] == "http" and method in _SAFE)
+        ):
+            return False
+        return scope is None or scope in self._names(policy.scope, path)
 
     async def _lets_through(
         self,
@@ -423,7 +521,7 @@ class MaintenanceModeMiddleware:
             await send({"type": "websocket.close", "code": 1013, "reason": "maintenance"})
 
     async def _watched_websocket(
-        self, scope: Scope, receive: Receive, send: Send, watched: list[Controller]
+        self, scope: Scope, receive: Receive, send: Send, *, watched: list[Controller]
     ) -> None:
         # Close an open session with 1012 (service restart) when maintenance begins: woken
         # by the state change, not by polling.
@@ -448,6 +546,9 @@ class MaintenanceModeMiddleware:
             tg.cancel_scope.cancel()
         if error is not None:
             raise error
+
+
+work_frame(MaintenanceModeMiddleware.__call__.__code__, "key")
 
 
 # -- helpers ------------------------------------------------------------------------------------

@@ -31,6 +31,7 @@ class RoutePolicy:
 
 _NONE = RoutePolicy()
 generation = 0  # bumps on every mark: an app's learned routes are then learned again
+steering = False  # some endpoint is forced or scoped: requests while off must look at routes
 
 
 def policy_of(endpoint: Any) -> RoutePolicy:
@@ -55,8 +56,9 @@ def _mark(func: Any, name: str, **change: Any) -> Any:
         setattr(getattr(target, "__func__", target), _ATTR, merged)
     except (AttributeError, TypeError) as exc:
         raise ConfigurationError(f"@{name} cannot mark {func!r}: {exc}") from exc
-    global generation
+    global generation, steering
     generation += 1
+    steering = steering or merged.forced or merged.scope is not None
     return func
 
 

@@ -1,0 +1,105 @@
+"""A drain: a hold that waits for in-flight work before its body runs.
+
+The hold is entered first (new work is refused from then on, here at once and in other
+processes as soon as they see it); then the drain waits until the work its hold refuses
+has ended: this process's (less the holder's own request or job) and, on a shared store,
+every other live process's, as their presence records report it (:mod:`.presence`).
+Woken at once when local work ends; other processes' reports are looked at every
+``refresh_interval`` (the watcher reads them).
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Callable
+
+import anyio
+
+from ..state import Mode
+from . import presence
+from .changes import async_waker
+from .controller import ScopeController
+from .watcher import watch
+
+__all__ = ["wait_drained", "wait_drained_blocking"]
+
+
+def _left(
+    ctrl: ScopeController, token: str, mode: Mode, exclude: frozenset[int]
+) -> Callable[[], int]:
+    store = ctrl.store
+    judged: dict[int, bool] = {}
+
+    def left() -> int:
+        return store.work.count(ctrl.scope, mode, exclude, judged) + presence.waiting_for(
+            store, token
+        )
+
+    return left
+
+
+def _poll(ctrl: ScopeController) -> float:
+    backend = ctrl.backend
+    if not backend.stores_holds:
+        return math.inf  # only this process's work: woken when it ends
+    interval = backend.refresh_interval
+    return interval if 0 < interval < math.inf else 1.0
+
+
+async def wait_drained(
+    ctrl: ScopeController, token: str, mode: Mode, exclude: frozenset[int], seconds: float
+) -> bool:
+    """Wait (asyncio or trio) until the work a drain waits for has ended: True, or False
+    when ``seconds`` ran out first."""
+    left = _left(ctrl, token, mode, exclude)
+    drains = ctrl.store.work.drains
+    poll = _poll(ctrl)
+    stop = watch(ctrl.backend) if poll < math.inf else None  # others' reports stay fresh
+    try:
+        with anyio.move_on_after(seconds):
+            while left():
+                event = anyio.Event()
+                waker = async_waker(event)
+                drains.add(waker)
+                try:
+                    if not left():  # ended between the look and the registration
+                        break
+                    with anyio.move_on_after(poll):
+                        await event.wait()
+                finally:
+                    drains.discard(waker)
+            return True
+        return not left()  # the last look decides
+    finally:
+        if stop is not None:
+            stop()
+
+
+def wait_drained_blocking(
+    ctrl: ScopeController, token: str, mode: Mode, exclude: frozenset[int], seconds: float
+) -> bool:
+    """The same, blocking this thread."""
+    left = _left(ctrl, token, mode, exclude)
+    drains = ctrl.store.work.drains
+    poll = _poll(ctrl)
+    stop = watch(ctrl.backend) if poll < math.inf else None
+    end = time.monotonic() + seconds
+    try:
+        while left():
+            remaining = end - time.monotonic()
+            if remaining <= 0:
+                return False
+            event = threading.Event()
+            drains.add(event.set)
+            try:
+                if not left():
+                    break
+                event.wait(min(remaining, poll))
+            finally:
+                drains.discard(event.set)
+        return True
+    finally:
+        if stop is not None:
+            stop()

@@ -1,0 +1,204 @@
+"""In-flight ordinary work of each store in this process, and what a drain waits for.
+
+Guarded calls, and requests the middleware lets through while maintenance is off for
+them, are *work*: each is an entry in its store's :class:`Work` from just before its
+check until it ends (a request: its last body message). Counting costs one dict insert
+and one removal; whether a drain waits for an entry (its scope, an exempt route, a
+read-only hold and a safe method) is judged only when a drain asks, by the face that
+made the entry (its first item, a :class:`Judge`).
+
+The entry is made *before* the work looks at the state, and a drain counts only after
+its hold is visible: so either the drain counts the work, or the work sees maintenance
+on and does not start.
+
+A hold entered inside work (an admin endpoint, a guarded job) finds that work's key on the
+running stack and does not wait for it: nothing is marked per call for that.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import sys
+from collections.abc import Callable, Iterable
+from contextvars import ContextVar
+from types import CodeType, FrameType
+from typing import Any, Protocol
+
+from ..state import Mode
+
+__all__ = [
+    "Judge",
+    "Work",
+    "current",
+    "held",
+    "holds_in_context",
+    "new_key",
+    "own_keys",
+    "work_frame",
+]
+
+new_key = itertools.count(1).__next__
+"""A new work key (atomic: one C call)."""
+
+Chain = int | tuple[int, Any]  # a key, or (key, the chain it runs inside)
+current: ContextVar[Chain | None] = ContextVar("maintguard_work", default=None)
+"""Guarded ``with`` blocks this context runs inside (no frame of ours runs their body)."""
+
+
+class Judge(Protocol):
+    """What made an entry: says whether a drain of ``scope`` in ``mode`` waits for it."""
+
+    def refused(self, entry: Any, scope: str | None, mode: Mode) -> bool: ...
+
+
+class Work:
+    """The in-flight work of one store in this process.
+
+    ``live`` holds the entries of guarded calls, ``(guard, ...)``: each judged by its first
+    item. A face with its own hot path (the middleware) keeps a table of its own, registered
+    with :meth:`table`, whose entries it judges itself.
+    """
+
+    __slots__ = ("drains", "live", "tables")
+
+    def __init__(self) -> None:
+        self.live: dict[int, tuple[Any, ...]] = {}
+        self.tables: list[tuple[Judge | None, dict[int, Any]]] = [(None, self.live)]
+        self.drains: set[Callable[[], None]] = set()  # wakers of drains waiting here
+
+    def table(self, judge: Judge) -> dict[int, Any]:
+        """The table of ``judge``'s entries (made once per judge)."""
+        for owner, table in self.tables:
+            if owner is judge:
+                return table
+        table = {}
+        self.tables = [*self.tables, (judge, table)]
+        return table
+
+    def end(self, key: int) -> None:
+        """Guarded call ``key`` ended (more than once is fine); wake the drains that wait."""
+        if self.live.pop(key, None) is not None and self.drains:
+            self.wake()
+
+    def wake(self) -> None:
+        for waker in list(self.drains):
+            with contextlib.suppress(Exception):  # its loop has ended
+                waker()
+
+    def count(
+        self,
+        scope: str | None,
+        mode: Mode,
+        exclude: frozenset[int],
+        judged: dict[int, bool],
+    ) -> int:
+        """How many entries a drain of ``scope`` in ``mode`` waits for, less ``exclude``.
+
+        ``judged`` remembers each entry's answer across the counts of one drain.
+        """
+        n = 0
+        for judge, table in self.tables:
+            for key, entry in list(table.items()):
+                if key in exclude:
+                    continue
+                verdict = judged.get(key)
+                if verdict is None:
+                    try:
+                        verdict = (judge or entry[0]).refused(entry, scope, mode)
+                    except Exception:  # cannot tell: wait for it (fail closed)
+                        verdict = True
+                    judged[key] = verdict
+                n += verdict
+        return n
+
+
+_work_frames: dict[CodeType, str] = {}
+
+
+def work_frame(code: CodeType, local: str) -> None:
+    """Frames running ``code`` hold the key of their work in local variable ``local``.
+
+    The hot paths (a request, a guarded call) mark nothing per call: a hold entered inside
+    such work finds it on the running stack (:func:`own_keys`).
+    """
+    _work_frames[code] = local
+
+
+def own_keys() -> frozenset[int]:
+    """The work a hold entered here runs inside: its own request or guarded job.
+
+    Found on this thread's running stack; from a worker thread of ``anyio.to_thread``
+    (a sync endpoint), on the stack of the task that waits for the thread; and through
+    :data:`current` for guarded ``with`` blocks.
+    """
+    keys: list[int] = []
+    _frames_keys(sys._getframe(1), keys)
+    task = _waiting_task()
+    if task is not None:
+        coro = task.get_coro()
+        for _ in range(_MAX_DEPTH):
+            frame = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None)
+            if frame is None:
+                break
+            _frame_key(frame, keys)
+            coro = getattr(coro, "cr_await", None) or getattr(coro, "gi_yieldfrom", None)
+    chain = current.get()
+    while isinstance(chain, tuple):
+        keys.append(chain[0])
+        chain = chain[1]
+    if chain is not None:
+        keys.append(chain)
+    return frozenset(keys)
+
+
+_MAX_DEPTH = 1000
+
+
+def _frames_keys(frame: FrameType | None, keys: list[int]) -> None:
+    for _ in range(_MAX_DEPTH):
+        if frame is None:
+            return
+        _frame_key(frame, keys)
+        frame = frame.f_back
+
+
+def _frame_key(frame: FrameType, keys: list[int]) -> None:
+    local = _work_frames.get(frame.f_code)
+    if local is not None:
+        key = frame.f_locals.get(local)
+        if isinstance(key, tuple) and len(key) == 2:  # an admission: (store, key)
+            key = key[1]
+        if isinstance(key, int) and key > 0:
+            keys.append(key)
+
+
+def _waiting_task() -> Any:
+    # In a worker thread of anyio.to_thread on asyncio: the task that waits for it.
+    backend = sys.modules.get("anyio._backends._asyncio")
+    if backend is None or not hasattr(backend, "threadlocals"):
+        return None
+    scope = getattr(backend.threadlocals, "current_cancel_scope", None)
+    return getattr(scope, "_host_task", None)
+
+
+def scope_refused(entry_scopes: Iterable[str | None], scope: str | None) -> bool:
+    """A hold of ``scope`` refuses work in ``entry_scopes``: the global scope refuses all."""
+    return scope is None or scope in entry_scopes
+
+
+held: ContextVar[tuple[Any, int, Any] | None] = ContextVar("maintguard_held", default=None)
+"""The holds this context runs inside: ``(controller, frame key, outer chain)``.
+
+Set by the faces on entry; a stale link (its frame has left) is ignored, so an exit that
+runs elsewhere, or out of order, never leaves a context believing it holds maintenance."""
+
+
+def holds_in_context(store: object) -> bool:
+    """True when this context runs inside a live hold on ``store`` (guards let it work)."""
+    chain = held.get()
+    while chain is not None:
+        ctrl, key, chain = chain
+        if ctrl.store is store and key in ctrl.stack:
+            return True
+    return False

@@ -1,0 +1,188 @@
+"""Presence: which processes watch a shared store, and what they report to drains.
+
+Every process that watches a store whose holds are stored (file, Redis) keeps a
+:class:`~maintguard.state.WorkerRecord` in the store's global scope, with a lease renewed
+every ``lease_ttl / 3`` seconds. While another process's hold drains (its record carries a
+drain token), the record also reports, for that token, how much of this process's in-flight
+work the drain waits for; it is rewritten when the count changes. A drain waits until every
+live record other than its own process's reports zero for its token (a process that died
+stops counting when its lease runs out).
+
+A process records its presence *before* it first reads the state to admit work, so a
+drain either finds the record or the process finds the drain's hold and admits nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import replace
+from datetime import timedelta
+from typing import TYPE_CHECKING
+
+from ..state import StoredState, WorkerRecord
+from . import io
+from .controller import HOST
+from .stack import to_datetime
+
+if TYPE_CHECKING:
+    from .registry import Store
+
+__all__ = ["join", "join_blocking", "leave", "leave_blocking", "tick", "waiting_for"]
+
+logger = logging.getLogger("maintguard")
+Reports = tuple[tuple[str, int], ...]
+
+
+def _shared(store: Store) -> bool:
+    return store.backend.stores_holds
+
+
+def waiting_for(store: Store, token: str) -> int:
+    """How many other live processes have not reported zero for drain ``token``."""
+    if not _shared(store):
+        return 0
+    stored = store.root.stored
+    if stored is None or not stored.workers:
+        return 0
+    now = to_datetime(store.clock())
+    own = store.worker_id
+    n = 0
+    for worker in stored.workers:
+        if worker.id == own or not worker.live(now):
+            continue
+        count = worker.report(token)
+        if count is None or count > 0:
+            n += 1
+    return n
+
+
+def _reports(store: Store) -> Reports:
+    # For each drain another process asks (a draining hold record in any scope read), how
+    # much of this process's work it waits for.
+    pid = os.getpid()
+    found: list[tuple[str, int]] = []
+    tokens: set[str] = set()
+    for scope, stored in list(store.seen.items()):
+        for hold in stored.holds:
+            token = hold.drain
+            if token is None or (hold.host == HOST and hold.pid == pid):
+                continue
+            tokens.add(token)
+            judged = store.judged.setdefault(token, {})
+            found.append((token, store.work.count(scope, hold.mode, frozenset(), judged)))
+    for token in [t for t in store.judged if t not in tokens]:
+        del store.judged[token]  # that drain is over
+    return tuple(sorted(found))
+
+
+def _mutate(
+    store: Store, reports: Reports | None
+) -> tuple[Callable[[StoredState], StoredState], float]:
+    # The global scope's state with this process's record as given (None: removed) and
+    # records whose lease ran out dropped.
+    now = store.clock()
+    expires = to_datetime(now) + timedelta(seconds=store.backend.lease_ttl)
+    own = store.worker_id
+
+    def mutate(stored: StoredState) -> StoredState:
+        at = to_datetime(store.clock())
+        workers = tuple(w for w in stored.workers if w.id != own and w.live(at))
+        if reports is not None:
+            workers += (WorkerRecord(own, HOST, os.getpid(), expires, reports),)
+        return stored if workers == stored.workers else replace(stored, workers=workers)
+
+    return mutate, now
+
+
+def _written(store: Store, new: StoredState, now: float, reports: Reports | None) -> None:
+    store.presence_at = now
+    store.reported = reports
+    ctrl = store.root
+    with ctrl._lock:  # only the records of processes: what readers see does not change
+        if ctrl.stored is not None and ctrl.stored.workers != new.workers:
+            ctrl.stored = replace(ctrl.stored, workers=new.workers)
+
+
+async def join(store: Store) -> None:
+    """Record this process's presence now, if it is not recorded yet."""
+    if not _shared(store) or store.reported is not None:
+        return
+    reports = _reports(store)
+    mutate, now = _mutate(store, reports)
+    new = await io.update(store.backend, None, mutate, store)
+    _written(store, new, now, reports)
+
+
+def join_blocking(store: Store) -> None:
+    if not _shared(store) or store.reported is not None:
+        return
+    reports = _reports(store)
+    mutate, now = _mutate(store, reports)
+    new = io.update_blocking(store.backend, None, mutate, store)
+    _written(store, new, now, reports)
+
+
+async def tick(store: Store) -> None:
+    """From the watcher: renew the record when due, rewrite it when a report changed."""
+    if not _shared(store):
+        return
+    reports = _reports(store)
+    renew_at = store.presence_at + store.backend.lease_ttl / 3
+    if reports == store.reported and store.clock() < renew_at:
+        return
+    mutate, now = _mutate(store, reports)
+    try:
+        new = await io.update(store.backend, None, mutate, store)
+    except RuntimeError:  # the interpreter is exiting: its workers are gone
+        return
+    except Exception as exc:
+        if not store.presence_failing:  # once while it lasts
+            store.presence_failing = True
+            logger.warning(
+                "%s: could not record this process's presence for drains (%s); drained "
+                "holds elsewhere do not wait for this process's work until it can; retrying",
+                store.backend.describe(),
+                exc,
+            )
+        return
+    if store.presence_failing:
+        store.presence_failing = False
+        logger.info("%s: this process's presence is recorded again", store.backend.describe())
+    _written(store, new, now, reports)
+
+
+async def leave(store: Store) -> None:
+    """Remove this process's record: it no longer watches the store."""
+    if not _shared(store) or store.reported is None:
+        return
+    mutate, _ = _mutate(store, None)
+    try:
+        await io.update(store.backend, None, mutate, store)
+    except Exception as exc:
+        _not_removed(store, exc)
+    store.reported = None
+
+
+def leave_blocking(store: Store) -> None:
+    """The same at interpreter exit."""
+    if not _shared(store) or store.reported is None:
+        return
+    mutate, _ = _mutate(store, None)
+    try:
+        found = io.read_scopes_blocking(store.backend, (None,)).get(None)
+        if found is not None and any(w.id == store.worker_id for w in found.workers):
+            io.update_blocking(store.backend, None, mutate, store)
+    except Exception as exc:
+        _not_removed(store, exc)
+    store.reported = None
+
+
+def _not_removed(store: Store, exc: Exception) -> None:
+    logger.warning(
+        "%s: could not remove this process's presence record (%s); it stops counting when "
+        "its lease runs out",
+        store.backend.describe(),
+        exc,
+    )
