@@ -111,8 +111,6 @@ class NotDuringMaintenance:
         store = ctrl.store
         if not ctrl.refresh_inline() and (ctrl.stored is None or store.guard_watch is None):
             await _keep_fresh(ctrl)
-        if holds_in_context(store):
-            return store, 0  # the maintenance job's own helper: runs, uncounted
         work = store.work
         key = new_key()
         entry = (self, self._scope)
@@ -123,6 +121,8 @@ class NotDuringMaintenance:
                 if self._free(state):
                     return store, key
                 work.end(key)  # not counted while it waits: a drain must not wait for it
+                if holds_in_context(store):
+                    return store, 0  # the maintenance job's own helper: runs, uncounted
                 if self.policy != "wait":
                     self._refuse(ctrl, state, what)
                     return None
@@ -138,8 +138,6 @@ class NotDuringMaintenance:
         store = ctrl.store
         if not ctrl.refresh_inline() and (ctrl.stored is None or store.guard_watch is None):
             io.run_sync(_keep_fresh(ctrl))
-        if holds_in_context(store):
-            return store, 0
         work = store.work
         key = new_key()
         entry = (self, self._scope)
@@ -150,6 +148,8 @@ class NotDuringMaintenance:
             if self._free(state):
                 return store, key
             work.end(key)
+            if holds_in_context(store):
+                return store, 0
             if self.policy != "wait":
                 self._refuse(ctrl, state, what)
                 return None

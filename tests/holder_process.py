@@ -23,6 +23,12 @@ def main() -> None:
     command, state_file, name, *rest = sys.argv[1:]
     folder = Path(state_file).parent
     lease = float(rest[0]) if rest else 30.0
+    if command == "drain":  # a drained hold: note when its body starts, hold until told
+        backend = LocalFileBackend(state_file, lease_ttl=lease, refresh_interval=0.2)
+        with under_maintenance(backend=backend, reason=name, drain=float(rest[1])):
+            (folder / f"body-{name}").write_text(repr(time.time()))
+            wait_for(folder / f"leave-{name}")
+        return
     backend = LocalFileBackend(state_file, lease_ttl=lease, refresh_interval=0)
     if command == "hold":  # hold until told to leave
         with under_maintenance(backend=backend, reason=name):

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+import time
+from pathlib import Path
 
+import anyio
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
@@ -22,11 +25,23 @@ async def health(request: Request) -> Response:
     return PlainTextResponse("ok")
 
 
-app = Starlette(routes=[Route("/", home), Route("/health", health)])
+async def slow(request: Request) -> Response:
+    # In flight until the test creates release-<name>; says when it started and ended.
+    name = request.query_params["name"]
+    folder = Path(os.environ["MAINTGUARD_TEST_FILE"]).parent
+    (folder / f"started-{name}").write_text(str(os.getpid()))
+    while not (folder / f"release-{name}").exists():
+        await anyio.sleep(0.01)
+    (folder / f"ending-{name}").write_text(repr(time.time()))
+    return PlainTextResponse("slow done")
+
+
+app = Starlette(routes=[Route("/", home), Route("/health", health), Route("/slow", slow)])
 app.add_middleware(
     MaintenanceModeMiddleware,
     backend=LocalFileBackend(
         os.environ["MAINTGUARD_TEST_FILE"],
+        lease_ttl=float(os.environ.get("MAINTGUARD_TEST_LEASE", "30")),
         refresh_interval=float(os.environ.get("MAINTGUARD_TEST_REFRESH", "1.0")),
     ),
 )

@@ -134,9 +134,8 @@ def own_keys() -> frozenset[int]:
     """
     keys: list[int] = []
     _frames_keys(sys._getframe(1), keys)
-    task = _waiting_task()
-    if task is not None:
-        coro = task.get_coro()
+    coro = _waiting_coroutine()
+    if coro is not None:
         for _ in range(_MAX_DEPTH):
             frame = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None)
             if frame is None:
@@ -173,13 +172,21 @@ def _frame_key(frame: FrameType, keys: list[int]) -> None:
             keys.append(key)
 
 
-def _waiting_task() -> Any:
-    # In a worker thread of anyio.to_thread on asyncio: the task that waits for it.
+def _waiting_coroutine() -> Any:
+    # In a worker thread of anyio.to_thread (asyncio) or trio.to_thread: the coroutine of
+    # the task that waits for the thread.
     backend = sys.modules.get("anyio._backends._asyncio")
-    if backend is None or not hasattr(backend, "threadlocals"):
-        return None
-    scope = getattr(backend.threadlocals, "current_cancel_scope", None)
-    return getattr(scope, "_host_task", None)
+    if backend is not None:
+        scope = getattr(getattr(backend, "threadlocals", None), "current_cancel_scope", None)
+        task = getattr(scope, "_host_task", None)
+        if task is not None:
+            return task.get_coro()
+    threads = sys.modules.get("trio._threads")
+    if threads is not None:
+        register = getattr(getattr(threads, "PARENT_TASK_DATA", None), "task_register", None)
+        if register and register[0] is not None:
+            return register[0].coro
+    return None
 
 
 def scope_refused(entry_scopes: Iterable[str | None], scope: str | None) -> bool:
