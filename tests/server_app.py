@@ -30,7 +30,7 @@ async def slow(request: Request) -> Response:
     name = request.query_params["name"]
     folder = Path(os.environ["MAINTGUARD_TEST_FILE"]).parent
     (folder / f"started-{name}").write_text(str(os.getpid()))
-    while not (folder / f"release-{name}").exists():
+    while not (folder / f"release-{name}").exists():  # noqa: ASYNC110 - another process
         await anyio.sleep(0.01)
     (folder / f"ending-{name}").write_text(repr(time.time()))
     return PlainTextResponse("slow done")

@@ -195,9 +195,7 @@ async def test_timeout_raise_releases_the_hold_and_never_runs_the_body() -> None
             tg.start_soon(stuck)
             await anyio.sleep(0.02)
             with pytest.raises(DrainTimeout, match="on_drain_timeout='raise'"):
-                async with under_maintenance(
-                    backend=backend, drain=0.1, on_drain_timeout="raise"
-                ):
+                async with under_maintenance(backend=backend, drain=0.1, on_drain_timeout="raise"):
                     ran.append("body")
             assert not (await get_state(backend)).active  # released at once
             release.set()
@@ -283,9 +281,9 @@ def test_sync_drain_timeout_raise() -> None:
     worker.start()
     assert started.wait(5)
     try:
-        with pytest.raises(DrainTimeout):
-            with under_maintenance(backend=backend, drain=0.1, on_drain_timeout="raise"):
-                raise AssertionError("the body must not run")
+        hold = under_maintenance(backend=backend, drain=0.1, on_drain_timeout="raise")
+        with pytest.raises(DrainTimeout), hold:
+            raise AssertionError("the body must not run")
         assert not backend_state(backend).active
     finally:
         release.set()
@@ -397,9 +395,9 @@ async def test_guarded_helpers_run_inside_the_holds_own_context() -> None:
         assert sync_helper() == "ran"
         async with not_during_maintenance(backend=backend, policy="raise"):
             pass
-    async with under_maintenance(backend=backend):
-        async with anyio.create_task_group() as tg:  # tasks it starts are its own too
-            tg.start_soon(helper)
+    # Tasks it starts are its own too.
+    async with under_maintenance(backend=backend), anyio.create_task_group() as tg:
+        tg.start_soon(helper)
 
     @under_maintenance(backend=backend)
     def decorated() -> str:
@@ -441,9 +439,8 @@ async def test_a_hold_on_another_store_does_not_let_guarded_work_through() -> No
     @not_during_maintenance(backend=mine, policy="raise")
     async def helper() -> None: ...
 
-    async with under_maintenance(backend=mine):
-        async with under_maintenance(backend=other):
-            await helper()  # inside a hold of `mine`: runs
+    async with under_maintenance(backend=mine), under_maintenance(backend=other):
+        await helper()  # inside a hold of `mine`: runs
     async with under_maintenance(backend=other):
         async with under_maintenance(backend=mine, reason="elsewhere"):
             pass
