@@ -31,6 +31,25 @@ def test_async_script(flag: list[str], tmp_path: Path) -> None:
     assert ("(trio)" in out) is bool(flag)
 
 
+@pytest.mark.parametrize("flag", [[], ["--trio"]])
+def test_background_jobs(flag: list[str], tmp_path: Path) -> None:
+    out = run("examples/background_jobs.py", "--state", str(tmp_path / "m.json"), *flag)
+    lines = [line.strip() for line in out.splitlines()]
+    assert lines == [
+        "charge #1 started",
+        "nightly: maintenance on, draining the jobs in flight",
+        "phase while charge #1 runs: draining",
+        "charge #1 done",  # the drain waited for it ...
+        "nightly: drained; maintenance on, reindexing",  # ... before the body ran
+        "newsletter #7 skipped: maintenance is on",
+        "charge #2 waits for maintenance to end",
+        "nightly: done",
+        "charge #2 started",  # woken when maintenance ended
+        "charge #2 done",
+        "all done; maintenance off",
+    ]
+
+
 def test_sync_script(tmp_path: Path) -> None:
     out = run("examples/sync_script.py", "--state", str(tmp_path / "m.json"))
     assert "holds recorded in m.json: 1" in out
