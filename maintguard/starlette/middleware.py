@@ -10,7 +10,7 @@ import re
 import threading
 import time
 import weakref
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import anyio
@@ -124,6 +124,7 @@ class MaintenanceModeMiddleware:
         self._ctrl: Controller | None = None
         self._work = Work()  # the store's in-flight work, and this middleware's table in it
         self._live: dict[int, Scope] = {}
+        self._drains = self._work.drains  # drains waiting (woken when a request ends)
         self._scoped: dict[str, Controller] = {}
         self._stop_watch: Callable[[], None] | None = None
         self._start_lock = threading.Lock()
@@ -133,15 +134,34 @@ class MaintenanceModeMiddleware:
     # -- entry -----------------------------------------------------------------------------
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        kind = scope["type"]
-        if kind == "http" or kind == "websocket":
-            ctrl = self._ctrl or await self._start(scope)
-            # Counted as in-flight work first, then the look (see core.inflight). Time
-            # alone only ever ends maintenance, so `active` (kept by every change) is
-            # exact when it says off; when it says on, _guard looks at the snapshot.
+        # The common case, kept short: an HTTP request while maintenance is off. It counts
+        # as in-flight work (for drains) from before the look until the app returns: after
+        # its last body message, and any background task run after it. Time alone only
+        # ever ends maintenance, so `active` (kept by every change) is exact when it says
+        # off; when it says on, the general path looks at the snapshot.
+        ctrl = self._ctrl
+        if ctrl is not None and scope["type"] == "http":
             live = self._live
             key = new_key()
             live[key] = scope
+            if not (ctrl.active or ctrl.store.named_active or marks.steering):
+                try:
+                    await self.app(scope, receive, send)
+                finally:
+                    del live[key]
+                    if self._drains:
+                        self._work.wake()
+                return
+            del live[key]
+        await self._general(scope, receive, send)
+
+    async def _general(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http" or kind == "websocket":
+            ctrl = self._ctrl or await self._start(scope)
+            live = self._live
+            key = new_key()
+            live[key] = scope  # counted first, then the look (see core.inflight)
             app = self.app
             if (
                 ctrl.active
@@ -158,29 +178,16 @@ class MaintenanceModeMiddleware:
                 if passed is None:
                     return
                 app = passed
-            # Passed while maintenance is off for it: in flight until the last body
-            # message (HTTP) or the end of the session (WebSocket). A hold entered while
-            # it runs finds `key` on the stack and does not wait for it (work_frame).
-            work = self._work
+            # Passed while maintenance is off for it: in flight until the app returns (an
+            # HTTP request's last body message and background tasks, a WebSocket session's
+            # close). A hold entered meanwhile finds `key` on the stack (work_frame) and
+            # does not wait for its own request.
             try:
-                if kind == "http":
-
-                    def counted(message: Message) -> Awaitable[None]:
-                        # Not a coroutine of its own: hands back the server's send.
-                        if message["type"] == "http.response.body" and not message.get(
-                            "more_body", False
-                        ):
-                            live.pop(key, None)  # the last body message: no longer in flight
-                            if work.drains:
-                                work.wake()
-                        return send(message)
-
-                    await app(scope, receive, counted)
-                else:
-                    await app(scope, receive, send)
+                await app(scope, receive, send)
             finally:
-                if live.pop(key, None) is not None and work.drains:
-                    work.wake()
+                del live[key]
+                if self._drains:
+                    self._work.wake()
         elif kind == "lifespan":
             await self._lifespan(scope, receive, send)
         else:
@@ -282,6 +289,7 @@ class MaintenanceModeMiddleware:
             if self._ctrl is None:
                 self._work = store.work
                 self._live = store.work.table(self)
+                self._drains = store.work.drains
                 self._stop_watch = stop = watch(backend)
                 weakref.finalize(self, stop)  # started without a lifespan: stops when freed
                 self._scoped.update(scoped)
@@ -549,6 +557,7 @@ class MaintenanceModeMiddleware:
 
 
 work_frame(MaintenanceModeMiddleware.__call__.__code__, "key")
+work_frame(MaintenanceModeMiddleware._general.__code__, "key")
 
 
 # -- helpers ------------------------------------------------------------------------------------
