@@ -20,7 +20,7 @@ from .backends import Backend
 from .core import ScopeController, controller, resolve_backend
 from .core.controller import refresh_store
 from .core.drain import wait_drained, wait_drained_blocking
-from .core.inflight import held, own_keys, work_frame
+from .core.inflight import mark_held, own_keys, work_frame
 from .core.stack import Presents
 from .exceptions import ConfigurationError, DrainTimeout
 from .state import (
@@ -199,7 +199,7 @@ class MaintenanceHold:
             key = ctrl.enter(self._presents, keys)
             if key is not None:
                 await _write_entry(ctrl, key, keys)
-        held.set((ctrl, keys[-1], held.get()))
+        mark_held(ctrl, keys[-1])  # the block runs inside it (guards let it work)
         return self
 
     async def __aexit__(
@@ -209,7 +209,6 @@ class MaintenanceHold:
         tb: TracebackType | None,
     ) -> None:
         ctrl, keys = self._fixed or self._claim()
-        _unmark(ctrl, keys)
         write = ctrl.leave(keys)
         if write:
             await _write_release(ctrl)
@@ -226,7 +225,7 @@ class MaintenanceHold:
             key = ctrl.enter(self._presents, keys)
             if key is not None:
                 _write_entry_blocking(ctrl, key, keys)
-        held.set((ctrl, keys[-1], held.get()))
+        mark_held(ctrl, keys[-1])
         return self
 
     def __exit__(
@@ -236,7 +235,6 @@ class MaintenanceHold:
         tb: TracebackType | None,
     ) -> None:
         ctrl, keys = self._fixed or self._claim()
-        _unmark(ctrl, keys)
         write = ctrl.leave(keys)
         if write:
             _write_release_blocking(ctrl)
@@ -254,6 +252,7 @@ class MaintenanceHold:
             key = ctrl.enter(self._presents, keys)
             if key is not None:
                 _write_entry_blocking(ctrl, key, keys)
+        mark_held(ctrl, keys[-1])  # the call runs inside it
         return ctrl, keys
 
     async def _enter_async(self) -> Entry:
@@ -265,6 +264,7 @@ class MaintenanceHold:
             key = ctrl.enter(self._presents, keys)
             if key is not None:
                 await _write_entry(ctrl, key, keys)
+        mark_held(ctrl, keys[-1])
         return ctrl, keys
 
     # -- drains: enter (maintenance on at once), wait for in-flight work, then the body ------
@@ -369,14 +369,6 @@ def _seconds(value: float | None) -> str:
     return f"{value:g}" if value is not None else "?"
 
 
-def _unmark(ctrl: ScopeController, keys: list[int]) -> None:
-    # An exit in the context of its entry takes the hold off that context's chain (a stale
-    # link left elsewhere is ignored: its frame has gone).
-    chain = held.get()
-    if chain is not None and keys and chain[0] is ctrl and chain[1] == keys[-1]:
-        held.set(chain[2])
-
-
 async def _write_entry(ctrl: ScopeController, key: int, keys: list[int]) -> None:
     # All or nothing: whatever interrupts the entry's write, nothing of it remains.
     try:
@@ -469,11 +461,9 @@ Kwargs = dict[str, Any]
 def _sync_wrapper(hold: MaintenanceHold) -> Callable[..., Any]:
     def wrapper(wrapped: Callable[..., Any], instance: Any, args: Args, kwargs: Kwargs) -> Any:
         entry = hold._enter_sync()
-        mark = held.set((entry[0], entry[1][-1], held.get()))
         try:
             return wrapped(*args, **kwargs)
         finally:
-            held.reset(mark)
             _leave_blocking(entry)
 
     return wrapper
@@ -484,11 +474,9 @@ def _async_wrapper(hold: MaintenanceHold) -> Callable[..., Any]:
         wrapped: Callable[..., Any], instance: Any, args: Args, kwargs: Kwargs
     ) -> Any:
         entry = await hold._enter_async()
-        mark = held.set((entry[0], entry[1][-1], held.get()))
         try:
             return await wrapped(*args, **kwargs)
         finally:
-            held.reset(mark)
             await _leave(entry)
 
     return wrapper
@@ -499,11 +487,9 @@ def _gen_wrapper(hold: MaintenanceHold) -> Callable[..., Any]:
         wrapped: Callable[..., Any], instance: Any, args: Args, kwargs: Kwargs
     ) -> Generator[Any, Any, Any]:
         entry = hold._enter_sync()
-        held.set((entry[0], entry[1][-1], held.get()))  # the consumer's context: see _unmark
         try:
             return (yield from wrapped(*args, **kwargs))
         finally:
-            _unmark(*entry)
             _leave_blocking(entry)
 
     return wrapper
@@ -513,16 +499,10 @@ def _async_gen_wrapper(hold: MaintenanceHold) -> Callable[..., Any]:
     def wrapper(
         wrapped: Callable[..., Any], instance: Any, args: Args, kwargs: Kwargs
     ) -> AsyncGenerator[Any, Any]:
-        return relay(wrapped(*args, **kwargs), enter, leave)
+        return relay(wrapped(*args, **kwargs), enter, _leave)
 
     async def enter() -> Entry:
-        entry = await hold._enter_async()
-        held.set((entry[0], entry[1][-1], held.get()))
-        return entry
-
-    async def leave(entry: Entry) -> None:
-        _unmark(*entry)
-        await _leave(entry)
+        return await hold._enter_async()
 
     return wrapper
 

@@ -17,7 +17,7 @@ import wrapt
 from .backends import Backend
 from .core import ScopeController, controller, dispatch, io, presence, resolve_backend, watch
 from .core.changes import wait_until, wait_until_blocking
-from .core.inflight import current, holds_in_context, new_key, work_frame
+from .core.inflight import current, inside_hold, new_key, work_frame
 from .core.registry import Store
 from .exceptions import ConfigurationError, UnderMaintenance
 from .guards import SKIP, _refresh, _token, relay
@@ -80,6 +80,7 @@ class NotDuringMaintenance:
         self._allow_read_only = allow_read_only
         self._fixed: ScopeController | None = None
         self._blocks: list[tuple[object, Admission, Mark]] = []  # entered with / async with
+        self._entry = (self, self._scope)  # this guard's work entries (see core.inflight)
 
     def __repr__(self) -> str:
         return f"not_during_maintenance(policy={self.policy!r}, scope={self._scope!r})"
@@ -113,24 +114,28 @@ class NotDuringMaintenance:
             await _keep_fresh(ctrl)
         work = store.work
         key = new_key()
-        entry = (self, self._scope)
+        entry = self._entry
+        work.live[key] = entry  # counted first, then the look: see core.inflight
+        state = ctrl.snapshot
+        if not state.active or self._free(state):
+            return store, key
+        work.end(key)  # not counted while it waits: a drain must not wait for it
+        if inside_hold(store):
+            return store, 0  # the maintenance job's own helper: runs, uncounted
+        if self.policy != "wait":
+            self._refuse(ctrl, state, what)
+            return None
         with anyio.move_on_after(math.inf if self.timeout is None else self.timeout):
             while True:
-                work.live[key] = entry  # counted first, then the look: see core.inflight
-                state = ctrl.snapshot
-                if self._free(state):
-                    return store, key
-                work.end(key)  # not counted while it waits: a drain must not wait for it
-                if holds_in_context(store):
-                    return store, 0  # the maintenance job's own helper: runs, uncounted
-                if self.policy != "wait":
-                    self._refuse(ctrl, state, what)
-                    return None
                 stop = watch(ctrl.backend)  # changes by other processes must reach the wait
                 try:
                     await wait_until(ctrl, self._free)
                 finally:
                     stop()
+                work.live[key] = entry
+                if self._free(ctrl.snapshot):
+                    return store, key
+                work.end(key)  # on again before it could start: wait again
         raise UnderMaintenance(ctrl.snapshot)
 
     def _admit_blocking(self, what: str) -> Admission | None:
@@ -140,7 +145,7 @@ class NotDuringMaintenance:
             io.run_sync(_keep_fresh(ctrl))
         work = store.work
         key = new_key()
-        entry = (self, self._scope)
+        entry = self._entry
         end = math.inf if self.timeout is None else time.monotonic() + self.timeout
         while True:
             work.live[key] = entry
@@ -148,7 +153,7 @@ class NotDuringMaintenance:
             if self._free(state):
                 return store, key
             work.end(key)
-            if holds_in_context(store):
+            if inside_hold(store):
                 return store, 0
             if self.policy != "wait":
                 self._refuse(ctrl, state, what)
@@ -260,7 +265,8 @@ class NotDuringMaintenance:
             try:
                 return wrapped(*args, **kwargs)
             finally:
-                _end(admission[0], key)
+                if key:
+                    admission[0].work.end(key)
 
         return _work(wrapper)
 
@@ -275,7 +281,8 @@ class NotDuringMaintenance:
             try:
                 return await wrapped(*args, **kwargs)
             finally:
-                _end(admission[0], key)
+                if key:
+                    admission[0].work.end(key)
 
         return _work(wrapper)
 
@@ -290,7 +297,8 @@ class NotDuringMaintenance:
             try:
                 return (yield from wrapped(*args, **kwargs))
             finally:
-                _end(admission[0], key)
+                if key:
+                    admission[0].work.end(key)
 
         return _work(wrapper)
 

@@ -32,7 +32,8 @@ __all__ = [
     "Work",
     "current",
     "held",
-    "holds_in_context",
+    "inside_hold",
+    "mark_held",
     "new_key",
     "own_keys",
     "work_frame",
@@ -195,17 +196,28 @@ def scope_refused(entry_scopes: Iterable[str | None], scope: str | None) -> bool
 
 
 held: ContextVar[tuple[Any, int, Any] | None] = ContextVar("maintguard_held", default=None)
-"""The holds this context runs inside: ``(controller, frame key, outer chain)``.
+"""The holds this context runs inside, newest first: ``(controller, frame key, older)``.
 
-Set by the faces on entry; a stale link (its frame has left) is ignored, so an exit that
-runs elsewhere, or out of order, never leaves a context believing it holds maintenance."""
+A context copied from it (a task started, a worker thread of ``to_thread``) runs inside
+them too. Links are not taken off at exit (an exit may run in another context): a link
+whose frame has left counts for nothing, and the next entry drops such links at the head.
+"""
 
 
-def holds_in_context(store: object) -> bool:
-    """True when this context runs inside a live hold on ``store`` (guards let it work)."""
+def mark_held(ctrl: Any, key: int) -> None:
+    """Code running in this context from now on runs inside frame ``key`` of ``ctrl``."""
+    chain = held.get()
+    while chain is not None and chain[1] not in chain[0].stack._frames:
+        chain = chain[2]  # its frame has left
+    held.set((ctrl, key, chain))
+
+
+def inside_hold(store: Any) -> bool:
+    """True when this context runs inside a live hold on ``store``: guards then let the
+    maintenance job's own helpers work."""
     chain = held.get()
     while chain is not None:
         ctrl, key, chain = chain
-        if ctrl.store is store and key in ctrl.stack:
+        if ctrl.store is store and key in ctrl.stack._frames:
             return True
     return False
