@@ -273,7 +273,7 @@ class MaintenanceHold:
         exclude = own_keys()  # the holder's own request or job
         token = ctrl.begin_drain()
         try:
-            key = ctrl.enter(self._presents, keys)
+            key = ctrl.enter(self._presents, keys, drain=True)
             if key is not None:
                 await _write_entry(ctrl, key, keys)
             elif ctrl.sync_record():  # counted on a frame already stored: store the drain
@@ -282,15 +282,16 @@ class MaintenanceHold:
             if ctrl.end_drain():
                 await _write_release(ctrl)
             raise
+        frame = keys[-1]
         try:
             assert self._drain is not None
             finished = await wait_drained(ctrl, token, self._presents.mode, exclude, self._drain)
         except BaseException:  # cancelled while draining: nothing of the hold remains
-            if ctrl.end_drain():
+            if ctrl.end_drain(frame):
                 await _write_release(ctrl)
             await _leave((ctrl, keys))
             raise
-        if ctrl.end_drain():
+        if ctrl.end_drain(frame):
             await _write_release(ctrl)
         if not self._drained(ctrl, finished):
             await _leave((ctrl, keys))
@@ -300,7 +301,7 @@ class MaintenanceHold:
         exclude = own_keys()
         token = ctrl.begin_drain()
         try:
-            key = ctrl.enter(self._presents, keys)
+            key = ctrl.enter(self._presents, keys, drain=True)
             if key is not None:
                 _write_entry_blocking(ctrl, key, keys)
             elif ctrl.sync_record():
@@ -309,15 +310,16 @@ class MaintenanceHold:
             if ctrl.end_drain():
                 _write_release_blocking(ctrl)
             raise
+        frame = keys[-1]
         try:
             assert self._drain is not None
             finished = wait_drained_blocking(ctrl, token, self._presents.mode, exclude, self._drain)
         except BaseException:
-            if ctrl.end_drain():
+            if ctrl.end_drain(frame):
                 _write_release_blocking(ctrl)
             _leave_blocking((ctrl, keys))
             raise
-        if ctrl.end_drain():
+        if ctrl.end_drain(frame):
             _write_release_blocking(ctrl)
         if not self._drained(ctrl, finished):
             _leave_blocking((ctrl, keys))

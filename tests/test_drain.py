@@ -825,3 +825,38 @@ async def test_a_file_store_drains_this_processes_work_and_records_presence(
 def read(tmp_path: Any) -> str:
     path = tmp_path / "m.json"
     return path.read_text() if path.exists() else ""
+
+
+async def test_a_drain_beside_a_running_hold_keeps_the_phase_on() -> None:
+    # Maintenance is on and a body runs already: a drain that begins now waits the same
+    # way, and the phase stays ON (the state machine never goes back to DRAINING).
+    backend = MemoryBackend()
+    release = anyio.Event()
+    phases: list[Phase] = []
+
+    @not_during_maintenance(backend=backend)
+    async def job() -> None:
+        await release.wait()
+
+    with Heard() as heard:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(job)
+            await anyio.sleep(0.02)
+            async with under_maintenance(backend=backend):
+                phases.append((await get_state(backend)).phase)
+
+                async def drained() -> None:
+                    async with under_maintenance(backend=backend, drain=10):
+                        phases.append((await get_state(backend)).phase)
+
+                tg.start_soon(drained)
+                await anyio.sleep(0.05)
+                phases.append((await get_state(backend)).phase)
+                release.set()
+                await eventually(lambda: len(phases) == 3)
+        flush_listeners()
+        transitions = [
+            (e.previous, e.phase) for e in heard.events if e.kind is EventKind.TRANSITION
+        ]
+    assert phases == [Phase.ON, Phase.ON, Phase.ON]
+    assert transitions == [(Phase.OFF, Phase.ON), (Phase.ON, Phase.OFF)]

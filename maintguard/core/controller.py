@@ -93,6 +93,7 @@ class ScopeController:
         self.wakers: set[Callable[[], None]] = set()  # see .changes; called on transitions
         self.drain_token: str | None = None  # while drains wait here: what others report for
         self._drains = 0  # drains waiting for in-flight work before their bodies run
+        self._draining: set[int] = set()  # the entered frames of those drains
         self._drain_seq = 0
 
     def after_fork(self) -> None:
@@ -111,16 +112,18 @@ class ScopeController:
         self.wakers = set()
         self.drain_token = None
         self._drains = 0
+        self._draining = set()
         self.version += 1
         self._snap = None
         self._recompute(self.store.clock())
 
     # -- the hold path: pure decisions under the lock -------------------------------------
 
-    def enter(self, presents: Presents, keys: list[int]) -> int | None:
+    def enter(self, presents: Presents, keys: list[int], drain: bool = False) -> int | None:
         """Enter one more frame presenting ``presents`` for the hold object whose frames
         here are ``keys`` (oldest first; the frame's key is appended to it).
 
+        ``drain``: the frame drains (see :meth:`begin_drain`) until :meth:`end_drain`.
         Returns ``None`` when the entry is done. Returns the new frame's key when its record
         must be stored first: the caller writes, then calls :meth:`commit` on success or
         :meth:`abort` on any failure; until then nobody sees the frame.
@@ -129,9 +132,13 @@ class ScopeController:
         with self._lock:
             # The object entered again while its own frame is the top: count on that frame.
             again = keys and self.stack.again(keys[-1])
+            if again and drain:
+                self._draining.add(keys[-1])
             if not again:
                 started = self.store.clock()
                 key = new_key()
+                if drain:
+                    self._draining.add(key)
                 if self._stores_holds:
                     self.entering.push(key, presents, started)
                     if self._inflight or self._presented() != self._written:
@@ -146,7 +153,7 @@ class ScopeController:
                     self.own_active = True
                     if not self.active:
                         self.active = True
-                        phase = _ON if self.drain_token is None else _DRAINING
+                        phase = _DRAINING if drain else _ON
                         change = ((self.phase, phase), own_changed)
                         self.phase = phase
                     elif own_changed:
@@ -176,6 +183,7 @@ class ScopeController:
         """An entry failed: forget the frame (nobody saw it); a write must follow."""
         with self._lock:
             self.entering.remove(key)
+            self._draining.discard(key)
             self._inflight += 1
 
     def leave(self, keys: list[int]) -> bool | None:
@@ -247,27 +255,32 @@ class ScopeController:
             if self.drain_token is None:
                 self._drain_seq += 1
                 self.drain_token = f"{self.hold_id}:{self._drain_seq}"
-                self.version += 1
-                self._snap = None
-            return self.drain_token
+            self.version += 1
+            self._snap = None
+            token = self.drain_token
+            change = self._recompute(self.store.clock())
+        self._announce(change, None)
+        return token
 
-    def end_drain(self) -> bool:
+    def end_drain(self, key: int | None = None) -> bool:
         """A drain is over (finished, timed out or abandoned); True when the stored record
         must follow (write it, as after :meth:`leave`)."""
         change = _NO_CHANGE
         write = False
         with self._lock:
             self._drains -= 1
+            if key is not None:
+                self._draining.discard(key)
+            self.version += 1
+            self._snap = None
             if self._drains == 0 and self.drain_token is not None:
                 self.drain_token = None
-                self.version += 1
-                self._snap = None
-                change = self._recompute(self.store.clock())
                 write = self._stores_holds and (
                     self._inflight > 0 or self._presented() != self._written
                 )
                 if write:
                     self._inflight += 1
+            change = self._recompute(self.store.clock())
         self._announce(change, None)
         return write
 
@@ -307,8 +320,9 @@ class ScopeController:
     def _phase(self, stored: StoredState | None, now: float) -> Phase:
         # Under the lock, while active: the phase rule of `derive` (DRAINING while every
         # source of maintenance is a hold still draining), from what is known here.
-        if self.stack._frames and self.drain_token is None:
-            return _ON
+        frames = self.stack._frames
+        if len(frames) > len(self._draining):
+            return _ON  # a frame of ours whose body runs
         if stored is not None and (stored.explicit.active or stored.holds):
             at = to_datetime(now)
             if stored.explicit.in_force(at):
@@ -338,6 +352,7 @@ class ScopeController:
                 return
             self.stack.clear()
             self.entering.clear()
+            self._draining.clear()
             self._inflight += 1
         self._release_quietly()
 
@@ -413,7 +428,11 @@ class ScopeController:
         details = details_of(self.stack)
         holds = tuple(h for h in stored.holds if h.id != self.hold_id)
         if details is not None:
-            holds += (_local_record(details, self.hold_id, now.timestamp(), self.drain_token),)
+            # Draining as this process sees it: while every frame of ours still drains
+            # (the stored record asks others to report while any does).
+            draining = len(self.stack._frames) <= len(self._draining)  # (and it has frames)
+            drain = self.drain_token if draining else None
+            holds += (_local_record(details, self.hold_id, now.timestamp(), drain),)
         return StoredState(stored.explicit, holds, stored.workers)
 
     def _resnapshot(self) -> MaintenanceState:
