@@ -196,7 +196,9 @@ def scope_refused(entry_scopes: Iterable[str | None], scope: str | None) -> bool
 
 
 held: ContextVar[tuple[Any, int, Any] | None] = ContextVar("maintguard_held", default=None)
-"""The holds this context runs inside, newest first: ``(controller, frame key, older)``.
+"""The holds this context runs inside, newest first: ``(frames, frame key, older)``, where
+``frames`` is the frame table of the hold's stack (not its controller: a mark left behind
+keeps no controller alive).
 
 A context copied from it (a task started, a worker thread of ``to_thread``) runs inside
 them too. Links are not taken off at exit (an exit may run in another context): a link
@@ -207,17 +209,20 @@ whose frame has left counts for nothing, and the next entry drops such links at 
 def mark_held(ctrl: Any, key: int) -> None:
     """Code running in this context from now on runs inside frame ``key`` of ``ctrl``."""
     chain = held.get()
-    while chain is not None and chain[1] not in chain[0].stack._frames:
+    while chain is not None and chain[1] not in chain[0]:
         chain = chain[2]  # its frame has left
-    held.set((ctrl, key, chain))
+    held.set((ctrl.stack._frames, key, chain))
 
 
 def inside_hold(store: Any) -> bool:
     """True when this context runs inside a live hold on ``store``: guards then let the
     maintenance job's own helpers work."""
     chain = held.get()
+    if chain is None:
+        return False
+    tables = {id(ctrl.stack._frames) for ctrl in store.controllers()}
     while chain is not None:
-        ctrl, key, chain = chain
-        if ctrl.store is store and key in ctrl.stack._frames:
+        frames, key, chain = chain
+        if key in frames and id(frames) in tables:
             return True
     return False
