@@ -708,6 +708,8 @@ async def refresh_store(
     try:
         found = await io.read_scopes(store.backend, [c.scope for c in ctrls])
     except Exception as exc:
+        if io.exiting():
+            return  # the watcher of an exiting process: nothing to tell
         for ctrl in ctrls:
             ctrl.read_failed(exc, may_raise=may_raise)
         return

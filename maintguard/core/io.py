@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import concurrent.futures
+import concurrent.futures.thread
 import contextvars
 import logging
 import os
@@ -114,6 +115,11 @@ async def run(coro: Coroutine[Any, Any, T]) -> T:
     if on_io_thread():
         return await coro
     return await wait(submit(coro))
+
+
+def exiting() -> bool:
+    """The interpreter is exiting: worker threads take no more work (reads are moot now)."""
+    return bool(getattr(concurrent.futures.thread, "_shutdown", False))
 
 
 def offload(fn: Callable[..., T], *args: Any) -> concurrent.futures.Future[T]:
