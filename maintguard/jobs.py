@@ -7,6 +7,7 @@ import inspect
 import logging
 import math
 import time
+import weakref
 from collections.abc import AsyncGenerator, Callable, Generator
 from types import TracebackType
 from typing import Any, Literal, TypeVar, cast, overload
@@ -81,6 +82,7 @@ class NotDuringMaintenance:
         self._fixed: ScopeController | None = None
         self._blocks: list[tuple[object, Admission, Mark]] = []  # entered with / async with
         self._entry = (self, self._scope)  # this guard's work entries (see core.inflight)
+        self._watched: dict[Store, Callable[[], None]] = {}  # stores this guard keeps fresh
 
     def __repr__(self) -> str:
         return f"not_during_maintenance(policy={self.policy!r}, scope={self._scope!r})"
@@ -110,8 +112,8 @@ class NotDuringMaintenance:
         or None: skip it. Raises UnderMaintenance to refuse it."""
         ctrl = self._controller()
         store = ctrl.store
-        if not ctrl.refresh_inline() and (ctrl.stored is None or store.guard_watch is None):
-            await _keep_fresh(ctrl)
+        if not ctrl.refresh_inline() and (ctrl.stored is None or store not in self._watched):
+            await self._keep_fresh(ctrl)
         work = store.work
         key = new_key()
         entry = self._entry
@@ -141,8 +143,8 @@ class NotDuringMaintenance:
     def _admit_blocking(self, what: str) -> Admission | None:
         ctrl = self._controller()
         store = ctrl.store
-        if not ctrl.refresh_inline() and (ctrl.stored is None or store.guard_watch is None):
-            io.run_sync(_keep_fresh(ctrl))
+        if not ctrl.refresh_inline() and (ctrl.stored is None or store not in self._watched):
+            io.run_sync(self._keep_fresh(ctrl))
         work = store.work
         key = new_key()
         entry = self._entry
@@ -166,6 +168,21 @@ class NotDuringMaintenance:
                 wait_until_blocking(ctrl, self._free, None if left == math.inf else left)
             finally:
                 stop()
+
+    async def _keep_fresh(self, ctrl: ScopeController) -> None:
+        # A store that is not in memory: record this process's presence (drains elsewhere
+        # count its work) before the first look, keep the store watched while this guard
+        # lives (guard checks then read memory only), and read a scope never read before.
+        store = ctrl.store
+        if store not in self._watched:
+            await presence.join(store)
+            stop = watch(ctrl.backend)
+            if self._watched.setdefault(store, stop) is stop:
+                weakref.finalize(self, stop)
+            else:
+                stop()  # another thread started it first
+        if ctrl.stored is None:
+            await _refresh(ctrl)
 
     def _refuse(self, ctrl: ScopeController, state: MaintenanceState, what: str) -> None:
         if self.policy == "raise":
@@ -339,27 +356,6 @@ def _end(store: Store, key: int) -> None:
 def _work(wrapper: Callable[..., Any]) -> Callable[..., Any]:
     work_frame(wrapper.__code__, "key")
     return wrapper
-
-
-async def _keep_fresh(ctrl: ScopeController) -> None:
-    # A store that is not in memory: record this process's presence (drains count its
-    # work) before the first look, keep the store watched from now on (guard checks then
-    # read memory only), and read a scope never read before.
-    store = ctrl.store
-    if store.guard_watch is None:
-        await presence.join(store)
-        with store.lock:
-            start = store.guard_watch is None
-            if start:
-                store.guard_watch = _started
-        if start:
-            store.guard_watch = watch(ctrl.backend)
-    if ctrl.stored is None:
-        await _refresh(ctrl)
-
-
-def _started() -> None:  # stands for a watch being started
-    return None
 
 
 @overload

@@ -49,7 +49,6 @@ class Store:
         self.watching = False
         self.work = Work()  # this process's in-flight work on the store
         self.seen: Mapping[str | None, StoredState] = {}  # every scope the last read returned
-        self.guard_watch: Callable[[], None] | None = None  # guards keep a shared store fresh
         # Presence (see .presence): this process's record in a shared store.
         self.worker_id = _worker_id()
         self.reported: tuple[tuple[str, int], ...] | None = None  # as written; None: absent
