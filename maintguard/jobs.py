@@ -122,7 +122,7 @@ class NotDuringMaintenance:
         if not state.active or self._free(state):
             return store, key
         work.end(key)  # not counted while it waits: a drain must not wait for it
-        if inside_hold(store):
+        if inside_hold(store, self._scope):
             return store, 0  # the maintenance job's own helper: runs, uncounted
         if self.policy != "wait":
             self._refuse(ctrl, state, what)
@@ -155,7 +155,7 @@ class NotDuringMaintenance:
             if self._free(state):
                 return store, key
             work.end(key)
-            if inside_hold(store):
+            if inside_hold(store, self._scope):
                 return store, 0
             if self.policy != "wait":
                 self._refuse(ctrl, state, what)

@@ -294,7 +294,10 @@ def _load_time(value: Any) -> datetime | None:
     parsed = datetime.fromisoformat(value)
     if parsed.tzinfo is None:
         raise ValueError(f"time {value!r} has no time zone")
-    return parsed.astimezone(timezone.utc)
+    try:
+        return parsed.astimezone(timezone.utc)
+    except OverflowError:  # e.g. 9999-12-31T23:59-01:00
+        raise ValueError(f"time {value!r} is out of range") from None
 
 
 def _dump_retry_after(value: RetryAfter | None) -> float | str | None:

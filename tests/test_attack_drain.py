@@ -428,11 +428,6 @@ async def test_a_hold_left_in_another_task_leaves_no_live_mark_behind() -> None:
         await set_maintenance_mode(False, b)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a hold of a named scope lets its context's globally guarded work through a "
-    "global maintenance that someone else holds (inside_hold looks at the store, not the scope)",
-)
 async def test_a_named_scope_hold_does_not_open_global_maintenance_to_its_helpers() -> None:
     b = MemoryBackend()
 
@@ -843,11 +838,6 @@ async def test_head_on_a_fastapi_get_route_sees_the_503_while_draining() -> None
 # -- the middleware: bugs ------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a mounted sub-app's own middleware judges its requests with the outer root_path: "
-    "they never match, so drains do not wait for them",
-)
 async def test_mounted_subapp_middleware_requests_are_waited_for() -> None:
     b = MemoryBackend()
     gate = Gate()
@@ -873,11 +863,6 @@ async def test_mounted_subapp_middleware_requests_are_waited_for() -> None:
     assert gate.ended_at is not None and gate.ended_at <= body
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a request answered 503 during maintenance counts as in flight, and its end wakes "
-    "no drain: the drain runs to its timeout",
-)
 async def test_requests_refused_with_503_are_not_waited_for() -> None:
     b = MemoryBackend()
     release = anyio.Event()
@@ -904,11 +889,6 @@ async def test_requests_refused_with_503_are_not_waited_for() -> None:
     assert took < 0.4  # refused work is no work: nothing to wait for
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a safe request let through in read-only mode is counted, but its end wakes no "
-    "drain: a full drain then runs to its timeout",
-)
 async def test_full_drain_ends_when_a_read_only_get_ends() -> None:
     b = MemoryBackend()
     gates = _gates()
@@ -929,11 +909,6 @@ async def test_full_drain_ends_when_a_read_only_get_ends() -> None:
     assert took < 0.3 + PROMPT
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a request let through by allow_ips during maintenance is waited for (no hold "
-    "refuses it), and its end wakes no drain: the drain runs to its timeout",
-)
 async def test_allowed_ip_request_during_maintenance_is_not_waited_for() -> None:
     b = MemoryBackend()
     gates = _gates()
@@ -952,11 +927,6 @@ async def test_allowed_ip_request_during_maintenance_is_not_waited_for() -> None
 # -- the holder's own work ------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the holder's own request/job is found only on the stack: a drained hold in a task "
-    "the request or job starts (and awaits) waits for it until the drain times out",
-)
 async def test_drained_hold_in_a_task_of_the_request_does_not_wait_for_it() -> None:
     b = MemoryBackend()
     took: list[float | str] = []
@@ -984,11 +954,6 @@ async def test_drained_hold_in_a_task_of_the_request_does_not_wait_for_it() -> N
     assert [isinstance(t, float) and t < PROMPT for t in took] == [True, True], took
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Starlette (ASGI spec < 2.4, as uvicorn sends) iterates a StreamingResponse in a "
-    "child task: a drained hold in a streamed endpoint waits for its own request",
-)
 async def test_drained_hold_in_a_streamed_endpoint_does_not_wait_for_its_request() -> None:
     b = MemoryBackend()
 
@@ -1031,11 +996,6 @@ async def test_sync_drained_hold_in_asyncio_to_thread_does_not_wait_for_its_job(
     assert await job() < PROMPT
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="two guarded jobs that each enter a drained hold wait for each other until a drain "
-    "times out (a job blocked in its own drain still counts as in flight)",
-)
 async def test_two_guarded_jobs_entering_drained_holds_do_not_deadlock() -> None:
     b = MemoryBackend()
     outcome: dict[str, float | str] = {}
@@ -1234,11 +1194,6 @@ def test_a_sigkilled_worker_stops_counting_when_its_lease_ends(
         assert time.monotonic() - t0 < 3.0  # its lease (1 s), not the drain's 8 s
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a named scope's drain reads the workers from the global scope's cached state, "
-    "which a process that never read it does not have: it waits for no other process",
-)
 def test_named_scope_drain_waits_for_another_processs_job(
     tmp_path: Path, workers: Callable[..., Worker]
 ) -> None:
@@ -1249,11 +1204,6 @@ def test_named_scope_drain_waits_for_another_processs_job(
         assert worker.state() == "ended"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a full drain joining a read-only one shares its token, so it trusts reports "
-    "counted for read-only mode (and the reporter caches those verdicts per token)",
-)
 def test_full_drain_beside_a_read_only_drain_waits_for_work_it_refuses(
     tmp_path: Path, workers: Callable[..., Worker]
 ) -> None:
@@ -1288,11 +1238,6 @@ def test_full_drain_beside_a_read_only_drain_waits_for_work_it_refuses(
             thread.join(10)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="presence is renewed only on watcher ticks (every refresh_interval), not every "
-    "lease_ttl/3: with refresh_interval >= lease_ttl a live worker's record lapses",
-)
 def test_presence_of_a_live_worker_does_not_lapse(
     tmp_path: Path, workers: Callable[..., Worker]
 ) -> None:
@@ -1347,11 +1292,6 @@ async def test_corrupt_workers_are_a_clean_backend_error_and_the_file_is_kept(
     assert path.read_text() == before
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a time out of datetime's range in the file surfaces as a wrapped OverflowError, "
-    "not as the 'does not hold a maintenance state ... fix the file' error",
-)
 async def test_out_of_range_worker_expiry_is_reported_as_a_corrupt_file(tmp_path: Path) -> None:
     path = tmp_path / "state.json"
     worker = {"id": "x", "expires": "9999-12-31T23:59:59-05:00"}
@@ -1453,20 +1393,7 @@ class NaiveTimesBackend(Backend):
         self.states[scope] = StoredState(state.explicit, holds)
 
 
-@pytest.mark.parametrize(
-    "naive",
-    [
-        False,
-        pytest.param(
-            True,
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="mending naive hold times (controller._sane) rebuilds the state without "
-                "its workers: drains then wait for no other process",
-            ),
-        ),
-    ],
-)
+@pytest.mark.parametrize("naive", [False, True])
 async def test_mended_naive_times_keep_the_workers_a_drain_waits_for(naive: bool) -> None:
     b = NaiveTimesBackend(naive)
     with pytest.raises(DrainTimeout):  # the other process never reports: wait for it

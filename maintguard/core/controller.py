@@ -742,7 +742,7 @@ def _sane(stored: StoredState) -> StoredState:
         )
     if explicit is stored.explicit and holds is stored.holds:
         return stored
-    return StoredState(explicit, holds)
+    return StoredState(explicit, holds, stored.workers)
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)

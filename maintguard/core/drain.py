@@ -18,9 +18,9 @@ from collections.abc import Callable
 import anyio
 
 from ..state import Mode
-from . import presence
+from . import io, presence
 from .changes import async_waker
-from .controller import ScopeController
+from .controller import ScopeController, refresh_store
 from .watcher import watch
 
 __all__ = ["wait_drained", "wait_drained_blocking"]
@@ -34,7 +34,7 @@ def _left(
 
     def left() -> int:
         return store.work.count(ctrl.scope, mode, exclude, judged) + presence.waiting_for(
-            store, token
+            store, token, mode
         )
 
     return left
@@ -54,10 +54,14 @@ async def wait_drained(
     """Wait (asyncio or trio) until the work a drain waits for has ended: True, or False
     when ``seconds`` ran out first."""
     left = _left(ctrl, token, mode, exclude)
-    drains = ctrl.store.work.drains
+    work = ctrl.store.work
+    drains = work.drains
     poll = _poll(ctrl)
     stop = watch(ctrl.backend) if poll < math.inf else None  # others' reports stay fresh
+    own = work.suspend(exclude)
     try:
+        if poll < math.inf:  # who watches the store, as it is now (not as cached)
+            await refresh_store(ctrl.store, ctrl.store.controllers())
         with anyio.move_on_after(seconds):
             while left():
                 event = anyio.Event()
@@ -73,6 +77,7 @@ async def wait_drained(
             return True
         return not left()  # the last look decides
     finally:
+        work.resume(own)
         if stop is not None:
             stop()
 
@@ -82,11 +87,15 @@ def wait_drained_blocking(
 ) -> bool:
     """The same, blocking this thread."""
     left = _left(ctrl, token, mode, exclude)
-    drains = ctrl.store.work.drains
+    work = ctrl.store.work
+    drains = work.drains
     poll = _poll(ctrl)
     stop = watch(ctrl.backend) if poll < math.inf else None
     end = time.monotonic() + seconds
+    own = work.suspend(exclude)
     try:
+        if poll < math.inf:
+            io.run_sync(refresh_store(ctrl.store, ctrl.store.controllers()))
         while left():
             remaining = end - time.monotonic()
             if remaining <= 0:
@@ -101,5 +110,6 @@ def wait_drained_blocking(
                 drains.discard(event.set)
         return True
     finally:
+        work.resume(own)
         if stop is not None:
             stop()

@@ -17,10 +17,11 @@ running stack and does not wait for it: nothing is marked per call for that.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import itertools
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from contextvars import ContextVar
 from types import CodeType, FrameType
 from typing import Any, Protocol
@@ -87,6 +88,25 @@ class Work:
             with contextlib.suppress(Exception):  # its loop has ended
                 waker()
 
+    def suspend(self, keys: frozenset[int]) -> list[tuple[dict[int, Any], int, Any]]:
+        """Take entries ``keys`` out of the count while their work waits in a drain of its
+        own (as a waiting guard is not in flight): two jobs that each drain must not wait
+        for each other. :meth:`resume` puts them back."""
+        taken = []
+        for _, table in self.tables:
+            for key in keys:
+                entry = table.pop(key, None)
+                if entry is not None:
+                    taken.append((table, key, entry))
+        if taken and self.drains:
+            self.wake()
+        return taken
+
+    @staticmethod
+    def resume(taken: list[tuple[dict[int, Any], int, Any]]) -> None:
+        for table, key, entry in taken:
+            table[key] = entry
+
     def count(
         self,
         scope: str | None,
@@ -129,14 +149,15 @@ def work_frame(code: CodeType, local: str) -> None:
 def own_keys() -> frozenset[int]:
     """The work a hold entered here runs inside: its own request or guarded job.
 
-    Found on this thread's running stack; from a worker thread of ``anyio.to_thread``
-    (a sync endpoint), on the stack of the task that waits for the thread; and through
-    :data:`current` for guarded ``with`` blocks.
+    Found on this thread's running stack; on the stacks of the tasks this one runs on
+    behalf of — the task waiting for this worker thread of ``anyio.to_thread`` (a sync
+    endpoint) or ``trio.to_thread``, the tasks that started this one in an anyio task
+    group or a trio nursery (a streamed response's body, the request's own tasks); and
+    through :data:`current` for guarded ``with`` blocks.
     """
     keys: list[int] = []
     _frames_keys(sys._getframe(1), keys)
-    coro = _waiting_coroutine()
-    if coro is not None:
+    for coro in _outer_coroutines():
         for _ in range(_MAX_DEPTH):
             frame = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None)
             if frame is None:
@@ -171,6 +192,44 @@ def _frame_key(frame: FrameType, keys: list[int]) -> None:
             key = key[1]
         if isinstance(key, int) and key > 0:
             keys.append(key)
+
+
+def _outer_coroutines() -> Iterator[Any]:
+    """The coroutines of the tasks this code runs on behalf of, innermost first: the task
+    waiting for this worker thread, then the tasks that started the current task."""
+    waiting = _waiting_coroutine()
+    if waiting is not None:
+        yield waiting
+    loop = asyncio._get_running_loop()
+    if loop is not None:
+        backend = sys.modules.get("anyio._backends._asyncio")
+        states = getattr(backend, "_task_states", None)
+        task = asyncio.current_task(loop)
+        tasks: dict[int, Any] | None = None
+        for _ in range(_MAX_DEPTH):
+            parent_id = getattr(states.get(task), "parent_id", None) if states else None
+            if parent_id is None:
+                return
+            if tasks is None:
+                tasks = {id(t): t for t in asyncio.all_tasks(loop)}
+            task = tasks.get(parent_id)
+            if task is None:
+                return
+            yield task.get_coro()
+        return
+    trio = sys.modules.get("trio")
+    if trio is None:
+        return
+    try:
+        task = trio.lowlevel.current_task()
+    except RuntimeError:  # not in trio
+        return
+    for _ in range(_MAX_DEPTH):
+        nursery = task.parent_nursery
+        if nursery is None:
+            return
+        task = nursery.parent_task
+        yield task.coro
 
 
 def _waiting_coroutine() -> Any:
@@ -214,13 +273,18 @@ def mark_held(ctrl: Any, key: int) -> None:
     held.set((ctrl.stack._frames, key, chain))
 
 
-def inside_hold(store: Any) -> bool:
-    """True when this context runs inside a live hold on ``store``: guards then let the
-    maintenance job's own helpers work."""
+def inside_hold(store: Any, scope: str | None) -> bool:
+    """True when this context runs inside a live hold on ``store`` that refuses work of
+    ``scope`` (the global scope's, or that scope's own): guards then let the maintenance
+    job's own helpers work. A hold of another named scope lets nothing through."""
     chain = held.get()
     if chain is None:
         return False
-    tables = {id(ctrl.stack._frames) for ctrl in store.controllers()}
+    tables = {
+        id(ctrl.stack._frames)
+        for ctrl in store.controllers()
+        if ctrl.scope is None or ctrl.scope == scope
+    }
     while chain is not None:
         frames, key, chain = chain
         if key in frames and id(frames) in tables:

@@ -21,7 +21,7 @@ from dataclasses import replace
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
-from ..state import StoredState, WorkerRecord
+from ..state import Mode, StoredState, WorkerRecord
 from . import io
 from .controller import HOST
 from .stack import to_datetime
@@ -39,8 +39,15 @@ def _shared(store: Store) -> bool:
     return store.backend.stores_holds
 
 
-def waiting_for(store: Store, token: str) -> int:
-    """How many other live processes have not reported zero for drain ``token``."""
+def report_key(token: str, mode: Mode) -> str:
+    """What a report answers: drain ``token`` of a hold in ``mode`` (one process's drains
+    share a token; a full hold refuses more than a read-only one)."""
+    return f"{token}/{mode.value}"
+
+
+def waiting_for(store: Store, token: str, mode: Mode) -> int:
+    """How many other live processes have not reported zero for drain ``token`` of a hold
+    in ``mode`` (a full report of zero also answers a read-only drain)."""
     if not _shared(store):
         return 0
     stored = store.root.stored
@@ -52,7 +59,9 @@ def waiting_for(store: Store, token: str) -> int:
     for worker in stored.workers:
         if worker.id == own or not worker.live(now):
             continue
-        count = worker.report(token)
+        count = worker.report(report_key(token, Mode.FULL))
+        if count is None and mode is Mode.READ_ONLY:
+            count = worker.report(report_key(token, mode))
         if count is None or count > 0:
             n += 1
     return n
@@ -66,9 +75,9 @@ def _reports(store: Store) -> Reports:
     tokens: set[str] = set()
     for scope, stored in list(store.seen.items()):
         for hold in stored.holds:
-            token = hold.drain
-            if token is None or (hold.host == HOST and hold.pid == pid):
+            if hold.drain is None or (hold.host == HOST and hold.pid == pid):
                 continue
+            token = report_key(hold.drain, hold.mode)
             tokens.add(token)
             judged = store.judged.setdefault(token, {})
             found.append((token, store.work.count(scope, hold.mode, frozenset(), judged)))

@@ -12,6 +12,7 @@ import asyncio
 import logging
 import math
 import os
+import time
 from collections.abc import Callable
 
 from ..backends import Backend
@@ -48,6 +49,9 @@ def watch(backend: Backend) -> Callable[[], None]:
 async def _watch(store: Store) -> None:
     interval = store.backend.refresh_interval
     tick = interval if 0 < interval < math.inf else 1.0
+    if store.backend.stores_holds:  # the presence record's lease is renewed in time too
+        tick = min(tick, store.backend.lease_ttl / 3)
+    read_at = -math.inf
     try:
         while True:
             with store.lock:
@@ -56,7 +60,9 @@ async def _watch(store: Store) -> None:
                     break
             ctrls = store.controllers()
             try:
-                if interval < math.inf:
+                now = time.monotonic()
+                if interval < math.inf and now - read_at >= interval * 0.99:
+                    read_at = now
                     await refresh_store(store, ctrls)
                 for ctrl in ctrls:
                     ctrl.tick()

@@ -123,7 +123,7 @@ class MaintenanceModeMiddleware:
         self._close_websockets = _flag(close_websockets, "close_websockets")
         self._ctrl: Controller | None = None
         self._work = Work()  # the store's in-flight work, and this middleware's table in it
-        self._live: dict[int, Scope] = {}
+        self._live: dict[int, tuple[Scope, str]] = {}
         self._drains = self._work.drains  # drains waiting (woken when a request ends)
         self._scoped: dict[str, Controller] = {}
         self._stop_watch: Callable[[], None] | None = None
@@ -143,7 +143,8 @@ class MaintenanceModeMiddleware:
         if ctrl is not None and scope["type"] == "http":
             live = self._live
             key = new_key()
-            live[key] = scope
+            # The root path as this middleware sees it: routing rewrites it on the way in.
+            live[key] = (scope, scope.get("root_path", ""))
             if not (ctrl.active or ctrl.store.named_active or marks.steering):
                 try:
                     await self.app(scope, receive, send)
@@ -161,7 +162,7 @@ class MaintenanceModeMiddleware:
             ctrl = self._ctrl or await self._start(scope)
             live = self._live
             key = new_key()
-            live[key] = scope  # counted first, then the look (see core.inflight)
+            live[key] = (scope, scope.get("root_path", ""))  # counted, then the look
             app = self.app
             if (
                 ctrl.active
@@ -171,10 +172,10 @@ class MaintenanceModeMiddleware:
             ):
                 passed = None
                 try:
-                    passed = await self._guard(scope, receive, send, ctrl)
+                    passed = await self._guard(scope, receive, send, ctrl, key)
                 finally:
                     if passed is None:  # answered here, or let through while on
-                        del live[key]
+                        self._end(key)
                 if passed is None:
                     return
                 app = passed
@@ -338,15 +339,23 @@ class MaintenanceModeMiddleware:
 
     # -- the decision ----------------------------------------------------------------------
 
+    def _end(self, key: int) -> None:
+        """Request ``key`` is no longer in flight (more than once is fine)."""
+        if self._live.pop(key, None) is not None and self._drains:
+            self._work.wake()
+
     async def _guard(
-        self, scope: Scope, receive: Receive, send: Send, ctrl: Controller
+        self, scope: Scope, receive: Receive, send: Send, ctrl: Controller, key: int
     ) -> ASGIApp | None:
         """Answer or pass the request; return the app to run when it passes because
-        maintenance is off for it (then it counts as in flight), else None."""
+        maintenance is off for it (then it stays in flight), else None. A request answered
+        here, or let through while maintenance is on (no hold refuses it), stops counting
+        as soon as that is decided."""
         routes = self._routes_now(scope, ctrl)
         path = route_path(scope)
         websocket = scope["type"] == "websocket"
         if not websocket and self._bypass.enabled and self._bypass.is_grant_path(path):
+            self._end(key)
             await self._bypass.grant(scope, send, time.time())
             return None
         outcome, endpoint = routes.find(scope)
@@ -354,6 +363,7 @@ class MaintenanceModeMiddleware:
             # A HEAD the app would refuse (405) is decided as GET: monitors see the 503.
             outcome, endpoint = routes.find({**scope, "method": "GET"})
         if outcome != FULL:  # no route, or a 405: the app answers with its own error
+            self._end(key)
             await self.app(scope, receive, send)
             return None
         policy = marks.policy_of(endpoint)
@@ -363,6 +373,14 @@ class MaintenanceModeMiddleware:
             state = state if state.active else _FORCED
         else:
             off = not state.active
+            if (
+                not off
+                and _read_only_pass(scope, state)
+                and not self._exempt_route(scope, path, endpoint, policy)
+            ):
+                return self.app  # stays in flight: a full hold would refuse it
+            if not off:
+                self._end(key)
             if off or await self._lets_through(scope, path, state, endpoint, policy):
                 app = self.app
                 if (
@@ -375,6 +393,7 @@ class MaintenanceModeMiddleware:
                     return app
                 await app(scope, receive, send)
                 return None
+        self._end(key)
         if websocket:
             await self._refuse_websocket(scope, receive, send, state, shown.scope)
         else:
@@ -399,15 +418,30 @@ class MaintenanceModeMiddleware:
             return [ctrl]
         return [self._scope_ctrl(ctrl, name) for name in names]
 
-    def refused(self, entry: Scope, scope: str | None, mode: Mode) -> bool:
+    def _exempt_route(
+        self, scope: Scope, path: str, endpoint: Any, policy: marks.RoutePolicy
+    ) -> bool:
+        """Exempt whatever the state: the endpoint's mark, the docs, an exempt path."""
+        if policy.exempt:
+            return True
+        routes = self._routes
+        if routes is not None and scope.get("method") in _READS and routes.is_docs(endpoint):
+            return True
+        return bool(
+            self._exempt_paths
+            and _clean(scope, path)
+            and any(glob.match(path) for glob in self._exempt_paths)
+        )
+
+    def refused(self, entry: tuple[Scope, str], scope: str | None, mode: Mode) -> bool:
         """Whether a drain of ``scope`` in ``mode`` waits for the request of ``entry``:
         a hold of that scope and mode would refuse it. Judged on the route Starlette runs,
         from the request as it came in (routing rewrites ``root_path`` on the way)."""
         routes = self._routes
         if routes is None:
             return True
-        # Starlette keeps the root path it was given as "app_root_path" once it rewrites it.
-        probe = {**entry, "root_path": entry.get("app_root_path", entry.get("root_path", ""))}
+        request, root_path = entry
+        probe = {**request, "root_path": root_path}
         outcome, endpoint = routes.find(probe)
         if outcome == PARTIAL and probe.get("method") == "HEAD":
             outcome, endpoint = routes.find({**probe, "method": "GET"})
@@ -415,16 +449,8 @@ class MaintenanceModeMiddleware:
             return False  # the app answers its own 404 or 405 during maintenance too
         policy = marks.policy_of(endpoint)
         path = route_path(probe)
-        method = probe.get("method")
-        if (
-            policy.exempt
-            or (method in _READS and routes.is_docs(endpoint))
-            or (
-                self._exempt_paths
-                and _clean(probe, path)
-                and any(glob.match(path) for glob in self._exempt_paths)
-            )
-            or (mode is Mode.READ_ONLY and probe["type"] == "http" and method in _SAFE)
+        if self._exempt_route(probe, path, endpoint, policy) or (
+            mode is Mode.READ_ONLY and probe["type"] == "http" and probe.get("method") in _SAFE
         ):
             return False
         return scope is None or scope in self._names(policy.scope, path)
@@ -437,22 +463,7 @@ class MaintenanceModeMiddleware:
         endpoint: Any,
         policy: marks.RoutePolicy,
     ) -> bool:
-        if policy.exempt:
-            return True
-        routes = self._routes
-        if routes is not None and scope.get("method") in _READS and routes.is_docs(endpoint):
-            return True
-        if (
-            self._exempt_paths
-            and _clean(scope, path)
-            and any(glob.match(path) for glob in self._exempt_paths)
-        ):
-            return True
-        if (
-            state.mode is Mode.READ_ONLY
-            and scope["type"] == "http"  # a WebSocket session is not a safe request
-            and scope.get("method") in _SAFE
-        ):
+        if self._exempt_route(scope, path, endpoint, policy) or _read_only_pass(scope, state):
             return True
         if self._clients.enabled and self._clients.allows(scope):
             return True
@@ -567,6 +578,11 @@ async def _fail_startup(send: Send, exc: MaintGuardError) -> None:
     text = f"maintguard: {exc}"
     logger.error("%s", text)
     await send({"type": "lifespan.startup.failed", "message": text})
+
+
+def _read_only_pass(scope: Scope, state: MaintenanceState) -> bool:
+    # A safe HTTP request in read-only mode (a WebSocket session is not a safe request).
+    return state.mode is Mode.READ_ONLY and scope["type"] == "http" and scope.get("method") in _SAFE
 
 
 def _is_active(state: MaintenanceState) -> bool:
