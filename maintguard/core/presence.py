@@ -29,7 +29,7 @@ from .stack import to_datetime
 if TYPE_CHECKING:
     from .registry import Store
 
-__all__ = ["join", "join_blocking", "leave", "leave_blocking", "tick", "waiting_for"]
+__all__ = ["join", "leave", "leave_blocking", "report_key", "tick", "waiting_for"]
 
 logger = logging.getLogger("maintguard")
 Reports = tuple[tuple[str, int], ...]
@@ -121,15 +121,6 @@ async def join(store: Store) -> None:
     reports = _reports(store)
     mutate, now = _mutate(store, reports)
     new = await io.update(store.backend, None, mutate, store)
-    _written(store, new, now, reports)
-
-
-def join_blocking(store: Store) -> None:
-    if not _shared(store) or store.reported is not None:
-        return
-    reports = _reports(store)
-    mutate, now = _mutate(store, reports)
-    new = io.update_blocking(store.backend, None, mutate, store)
     _written(store, new, now, reports)
 
 
