@@ -274,6 +274,7 @@ class MaintenanceModeMiddleware:
         try:  # recorded before the first look: a drain elsewhere then counts our requests
             await presence.join(store)
         except Exception as exc:
+            store.presence_failing = True  # said here: the watcher's retries stay quiet
             logger.warning(
                 "maintguard: could not record this process in %s (%s): drained holds in "
                 "other processes will not wait for its requests",
