@@ -5,7 +5,7 @@ from __future__ import annotations
 import abc
 import itertools
 import math
-from collections.abc import Callable, Collection, Hashable, Mapping
+from collections.abc import AsyncIterator, Callable, Collection, Hashable, Mapping
 from typing import ClassVar, Literal
 
 from ..exceptions import ConfigurationError
@@ -127,6 +127,12 @@ class Backend(abc.ABC):
         self, scope: str | None, mutate: Callable[[StoredState], StoredState]
     ) -> StoredState:
         raise NotImplementedError
+
+    def _changes(self) -> AsyncIterator[object] | None:
+        """Notifications that the store may have changed (the watcher then reads at once),
+        or None: the watcher polls every ``refresh_interval`` only. Iterated on the I/O
+        loop; polling goes on beside it as the safety net."""
+        return None
 
     def options(self) -> dict[str, object]:
         """The options two objects naming one store must agree on (checked at first use)."""

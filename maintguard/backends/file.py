@@ -9,7 +9,7 @@ import os
 import random
 import threading
 import weakref
-from collections.abc import Callable, Collection, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Collection, Iterator, Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -117,6 +117,25 @@ class LocalFileBackend(Backend):
 
     def describe(self) -> str:
         return f"LocalFileBackend({self.path})"
+
+    def _changes(self) -> AsyncIterator[object] | None:
+        # OS file notifications (inotify and the like, through watchfiles, the `watch`
+        # extra) on the file's directory: an atomic rename replaces the file's inode, so
+        # the name is watched, not the file. Without watchfiles, polling alone.
+        try:
+            import watchfiles
+        except ImportError:
+            return None
+        paths = {self._path, self._target()}
+        folders = sorted({os.path.dirname(p) for p in paths if os.path.isdir(os.path.dirname(p))})
+        if not folders:
+            return None  # no folder yet: polling notices the file when it comes
+        names = {os.path.basename(p) for p in paths}
+
+        def ours(change: object, path: str) -> bool:
+            return os.path.basename(path) in names
+
+        return watchfiles.awatch(*folders, watch_filter=ours, debounce=50, step=5, recursive=False)
 
     # -- the async face: one worker-thread hop each ------------------------------------------
 

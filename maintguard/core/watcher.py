@@ -9,6 +9,7 @@ paths then read snapshots and never a backend.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import os
@@ -52,6 +53,8 @@ async def _watch(store: Store) -> None:
     if store.backend.stores_holds:  # the presence record's lease is renewed in time too
         tick = min(tick, store.backend.lease_ttl / 3)
     read_at = -math.inf
+    wake = asyncio.Event()
+    notifier = _notifier(store, wake)
     try:
         while True:
             with store.lock:
@@ -61,7 +64,9 @@ async def _watch(store: Store) -> None:
             ctrls = store.controllers()
             try:
                 now = time.monotonic()
-                if interval < math.inf and now - read_at >= interval * 0.99:
+                notified = wake.is_set()
+                wake.clear()
+                if interval < math.inf and (notified or now - read_at >= interval * 0.99):
                     read_at = now
                     await refresh_store(store, ctrls)
                 for ctrl in ctrls:
@@ -70,13 +75,44 @@ async def _watch(store: Store) -> None:
             except Exception:  # never let the watcher die
                 logger.exception("maintguard: the watcher of %s failed", store.backend.describe())
             del ctrls
-            await asyncio.sleep(tick)
+            with contextlib.suppress(asyncio.TimeoutError):  # a change wakes it early
+                await asyncio.wait_for(wake.wait(), tick)
     except BaseException:  # cancelled (interpreter exit)
         with store.lock:
             store.watching = False
         raise
+    finally:
+        if notifier is not None:
+            notifier.cancel()
     if store.watchers <= 0:
         await presence.leave(store)  # watched no more: drains need not wait for us
+
+
+def _notifier(store: Store, wake: asyncio.Event) -> asyncio.Task[None] | None:
+    """Wake the watcher when the backend says the store may have changed."""
+    try:
+        changes = store.backend._changes()
+    except Exception:
+        logger.exception("maintguard: %s offers no change notification", store.backend.describe())
+        return None
+    if changes is None:
+        return None
+
+    async def notify() -> None:
+        try:
+            async for _ in changes:
+                wake.set()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # polling goes on: changes are still seen, later
+            logger.warning(
+                "maintguard: change notification for %s stopped (%s); polling every %ss",
+                store.backend.describe(),
+                exc,
+                store.backend.refresh_interval,
+            )
+
+    return asyncio.ensure_future(notify())
 
 
 def _after_fork_in_child() -> None:
