@@ -1342,6 +1342,12 @@ async def test_dead_and_self_claiming_worker_records_do_not_hold_a_drain(tmp_pat
     mine = {"id": own, "host": "h", "pid": os.getpid(), "expires": _LATER, "reports": {"z": 7}}
     path.write_text(json.dumps({"version": 1, "workers": [*dead, mine]}))
     assert await drain_seconds(b, drain=2) < 1.0
+    # The drain's watcher removes this process's record as it stops: let that write land
+    # before writing the file behind maintguard's lock, as a test may.
+    store = store_of(b)
+    with anyio.fail_after(5):
+        while store.watching or store.reported is not None:  # noqa: ASYNC110
+            await anyio.sleep(0.01)
 
     # A live record that never reports is waited for (fail closed), up to the drain time.
     alive = {"id": "alive", "host": "h", "pid": 1, "expires": _LATER}

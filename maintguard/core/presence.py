@@ -105,13 +105,12 @@ def _mutate(
     return mutate, now
 
 
-def _written(store: Store, new: StoredState, now: float, reports: Reports | None) -> None:
+def _written(store: Store, now: float, reports: Reports | None) -> None:
+    # The records written are not applied to what this process knows of the store: a
+    # write that read the file before another process changed it could land after a
+    # newer read. The watcher's next read brings them.
     store.presence_at = now
     store.reported = reports
-    ctrl = store.root
-    with ctrl._lock:  # only the records of processes: what readers see does not change
-        if ctrl.stored is not None and ctrl.stored.workers != new.workers:
-            ctrl.stored = replace(ctrl.stored, workers=new.workers)
 
 
 async def join(store: Store) -> None:
@@ -120,8 +119,8 @@ async def join(store: Store) -> None:
         return
     reports = _reports(store)
     mutate, now = _mutate(store, reports)
-    new = await io.update(store.backend, None, mutate, store)
-    _written(store, new, now, reports)
+    await io.update(store.backend, None, mutate, store)
+    _written(store, now, reports)
 
 
 async def tick(store: Store) -> None:
@@ -134,7 +133,7 @@ async def tick(store: Store) -> None:
         return
     mutate, now = _mutate(store, reports)
     try:
-        new = await io.update(store.backend, None, mutate, store)
+        await io.update(store.backend, None, mutate, store)
     except RuntimeError:  # the interpreter is exiting: its workers are gone
         return
     except Exception as exc:
@@ -150,7 +149,7 @@ async def tick(store: Store) -> None:
     if store.presence_failing:
         store.presence_failing = False
         logger.info("%s: this process's presence is recorded again", store.backend.describe())
-    _written(store, new, now, reports)
+    _written(store, now, reports)
 
 
 async def leave(store: Store) -> None:
