@@ -799,11 +799,12 @@ async def test_a_file_store_drains_this_processes_work_and_records_presence(
     tmp_path: Any,
 ) -> None:
     backend = LocalFileBackend(tmp_path / "m.json", refresh_interval=0.05)
-    release = anyio.Event()
+    release, inside = anyio.Event(), anyio.Event()
     log: list[str] = []
 
     @not_during_maintenance(backend=backend)
     async def job() -> None:
+        inside.set()
         await release.wait()
         log.append("job")
 
@@ -813,7 +814,8 @@ async def test_a_file_store_drains_this_processes_work_and_records_presence(
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(job)
-        await eventually(lambda: bool(backend_state(backend)) and '"workers"' in read(tmp_path))
+        await inside.wait()  # admitted, and so in flight
+        assert '"workers"' in read(tmp_path)  # recorded before its first look
         tg.start_soon(maintenance)
         await eventually(lambda: '"drain"' in read(tmp_path))  # others are asked to report
         assert log == []

@@ -303,7 +303,7 @@ class LocalFileBackend(Backend):
         wanted = _NEW_FILE_MODE if mode is None else mode
         pid = self._lock_pid  # this process's, checked under the lock
         for _ in range(100):
-            tmp = os.path.join(directory, f".{name}.{pid}.{random.getrandbits(40):x}.tmp")
+            tmp = os.path.join(directory, f".{name}.{pid}.{_names.getrandbits(40):x}.tmp")
             try:
                 fd = os.open(tmp, flags, wanted)
                 break
@@ -459,6 +459,7 @@ def _plain(scopes: _Scopes) -> str | None:
 
 # -- process-wide state ----------------------------------------------------------------------
 
+_names = random.Random()  # temporary file names; never the shared module's state
 _umask_cache: int | None = None
 
 
