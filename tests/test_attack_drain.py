@@ -47,6 +47,7 @@ from maintguard import (
 from maintguard.backends import Backend, HoldRecord, LocalFileBackend, MemoryBackend, StoredState
 from maintguard.core.registry import store_of
 from maintguard.state import WorkerRecord
+from tests.asgi import http_scope
 
 pytestmark = pytest.mark.anyio
 
@@ -72,20 +73,7 @@ async def call(
     disconnect: anyio.Event | None = None,
 ) -> tuple[int | None, bytes]:
     """One raw ASGI HTTP request: (status, body). ``disconnect`` set: the client leaves."""
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": method,
-        "scheme": "http",
-        "path": path,
-        "raw_path": path.encode(),
-        "root_path": "",
-        "query_string": b"",
-        "headers": [(b"host", b"test")],
-        "client": (client, 1234),
-        "server": ("test", 80),
-    }
+    scope = http_scope(path, method, client=(client, 1234), host=b"test")
     asked = False
     status: list[int] = []
     body: list[bytes] = []

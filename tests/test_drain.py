@@ -37,6 +37,7 @@ from maintguard import (
     under_maintenance,
 )
 from maintguard.backends import LocalFileBackend, MemoryBackend
+from tests.asgi import http_scope
 
 pytestmark = pytest.mark.anyio
 
@@ -503,20 +504,7 @@ class Client:
         async def send(message: dict[str, Any]) -> None:
             messages.append(message)
 
-        scope = {
-            "type": "http",
-            "asgi": {"version": "3.0"},
-            "http_version": "1.1",
-            "method": method,
-            "scheme": "http",
-            "path": path,
-            "raw_path": path.encode(),
-            "root_path": "",
-            "query_string": b"",
-            "headers": [(b"host", b"testserver")],
-            "client": ("127.0.0.1", 1234),
-            "server": ("testserver", 80),
-        }
+        scope = http_scope(path, method)
         await self.app(scope, receive, send)
         return int(next(m["status"] for m in messages if m["type"] == "http.response.start"))
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.test_server import free_port
+from tests.test_server import start_uvicorn, stop_all
 
 ROOT = Path(__file__).parents[1]
 Workers = Callable[..., list[tuple[str, subprocess.Popen[bytes]]]]
@@ -28,41 +28,16 @@ def start_workers(tmp_path: Path) -> Iterator[Workers]:
 
     def start(count: int = 2, lease: float = 30.0) -> list[tuple[str, subprocess.Popen[bytes]]]:
         env = {
-            **os.environ,
-            "PYTHONPATH": str(ROOT),
             "MAINTGUARD_TEST_FILE": str(tmp_path / "maintenance.json"),
             "MAINTGUARD_TEST_REFRESH": "0.2",
             "MAINTGUARD_TEST_LEASE": str(lease),
         }
-        started = []
-        for _ in range(count):
-            port = free_port()
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "uvicorn", "tests.server_app:app", "--host",
-                 "127.0.0.1", "--port", str(port), "--log-level", "warning"],
-                env=env,
-                cwd=ROOT,
-            )  # fmt: skip
-            procs.append(proc)
-            started.append((f"http://127.0.0.1:{port}", proc))
-        deadline = time.monotonic() + 30
-        for url, _ in started:
-            while True:
-                try:
-                    if httpx.get(f"{url}/health").status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                assert time.monotonic() < deadline, "uvicorn did not start"
-                time.sleep(0.05)
+        started = start_uvicorn(env, count)
+        procs.extend(proc for _, proc in started)
         return started
 
     yield start
-    for proc in procs:
-        if proc.poll() is None:
-            proc.terminate()
-    for proc in procs:
-        proc.wait(10)
+    stop_all(procs)
 
 
 def wait_file(path: Path, limit: float = 20) -> str:

@@ -34,6 +34,7 @@ from maintguard import (
 )
 from maintguard.backends import LocalFileBackend, MemoryBackend
 from maintguard.state import StoredState
+from tests.asgi import http_scope
 
 SECRET = "s3cret-bypass-token-0123456789"
 
@@ -244,20 +245,7 @@ def test_mount_host_and_root_path(memory: MemoryBackend) -> None:
 async def raw_call(
     app: Any, path: str, raw_path: bytes | None = None, method: str = "GET", headers: Any = ()
 ) -> int:
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": method,
-        "scheme": "http",
-        "path": path,
-        "raw_path": raw_path if raw_path is not None else path.encode(),
-        "root_path": "",
-        "query_string": b"",
-        "headers": [(b"host", b"testserver"), *headers],
-        "client": ("127.0.0.1", 5000),
-        "server": ("testserver", 80),
-    }
+    scope = http_scope(path, method, raw_path=raw_path, headers=headers, client=("127.0.0.1", 5000))
     status = []
 
     async def receive() -> dict[str, Any]:

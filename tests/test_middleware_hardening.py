@@ -35,6 +35,7 @@ from maintguard import (
 from maintguard.backends import Backend, LocalFileBackend, MemoryBackend
 from maintguard.core import controller
 from maintguard.state import ExplicitState, Mode, StoredState
+from tests.asgi import http_scope
 
 ROOT = Path(__file__).parents[1]
 SECRET = "s3cret-bypass-token-0123456789"
@@ -55,20 +56,7 @@ async def call(
     headers: list[tuple[bytes, bytes]] | None = None,
     client: tuple[str, int] | None = ("127.0.0.1", 50000),
 ) -> tuple[int, dict[bytes, bytes], bytes]:
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": method,
-        "scheme": "http",
-        "path": path,
-        "raw_path": raw if raw is not None else path.encode("utf-8", "surrogateescape"),
-        "root_path": "",
-        "query_string": b"",
-        "headers": [(b"host", b"testserver"), *(headers or [])],
-        "client": client,
-        "server": ("testserver", 80),
-    }
+    scope = http_scope(path, method, raw_path=raw, headers=headers or (), client=client)
     sent: list[dict[str, Any]] = []
 
     async def receive() -> dict[str, Any]:

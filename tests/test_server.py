@@ -22,52 +22,53 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def start_uvicorn(env: dict[str, str], count: int) -> list[tuple[str, subprocess.Popen[bytes]]]:
+    """``count`` uvicorn processes serving tests/server_app.py on 127.0.0.1, each on its
+    own port, once their health check answers: (url, process) each."""
+    started = []
+    for _ in range(count):
+        port = free_port()
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "uvicorn", "tests.server_app:app", "--host", "127.0.0.1",
+             "--port", str(port), "--log-level", "warning"],
+            env={**os.environ, "PYTHONPATH": str(ROOT), **env},
+            cwd=ROOT,
+        )  # fmt: skip
+        started.append((f"http://127.0.0.1:{port}", proc))
+    deadline = time.monotonic() + 30
+    for url, _ in started:
+        while True:
+            try:
+                if httpx.get(f"{url}/health").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "uvicorn did not start"
+            time.sleep(0.05)
+    return started
+
+
+def stop_all(procs: list[subprocess.Popen[bytes]]) -> None:
+    for proc in procs:
+        if proc.poll() is None:
+            proc.terminate()
+    for proc in procs:
+        proc.wait(10)
+
+
 @pytest.fixture
 def workers(tmp_path: Path) -> Iterator[list[str]]:
     env = {
-        **os.environ,
-        "PYTHONPATH": str(ROOT),
         "MAINTGUARD_TEST_FILE": str(tmp_path / "maintenance.json"),
         "MAINTGUARD_TEST_REFRESH": "0.5",
     }
-    ports = [free_port(), free_port()]
-    procs = [
-        subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "uvicorn",
-                "tests.server_app:app",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--log-level",
-                "warning",
-            ],
-            env=env,
-            cwd=ROOT,
-        )
-        for port in ports
-    ]
-    urls = [f"http://127.0.0.1:{port}" for port in ports]
+    procs: list[subprocess.Popen[bytes]] = []
     try:
-        deadline = time.monotonic() + 30
-        for url in urls:
-            while True:
-                try:
-                    if httpx.get(f"{url}/health").status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                assert time.monotonic() < deadline, "uvicorn did not start"
-                time.sleep(0.05)
-        yield urls
+        started = start_uvicorn(env, 2)
+        procs = [proc for _, proc in started]
+        yield [url for url, _ in started]
     finally:
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            proc.wait(10)
+        stop_all(procs)
 
 
 def switch(tmp_path: Path, value: bool) -> None:

@@ -205,11 +205,7 @@ class ScopeController:
                 keys.pop()
                 self.version += 1
                 self._snap = None
-                write = self._stores_holds and (
-                    self._inflight > 0 or self._presented() != self._written
-                )
-                if write:
-                    self._inflight += 1
+                write = self._claim_write()
                 stored = self.stored
                 if self.stack._frames:
                     change = _NO_CHANGE
@@ -275,11 +271,7 @@ class ScopeController:
             self._snap = None
             if self._drains == 0 and self.drain_token is not None:
                 self.drain_token = None
-                write = self._stores_holds and (
-                    self._inflight > 0 or self._presented() != self._written
-                )
-                if write:
-                    self._inflight += 1
+                write = self._claim_write()
             change = self._recompute(self.store.clock())
         self._announce(change, None)
         return write
@@ -287,14 +279,15 @@ class ScopeController:
     def sync_record(self) -> bool:
         """True when the stored record no longer matches the stack (a write must follow)."""
         with self._lock:
-            write = (
-                self._stores_holds
-                and self.holding()
-                and (self._inflight > 0 or self._presented() != self._written)
-            )
-            if write:
-                self._inflight += 1
-            return write
+            return self.holding() and self._claim_write()
+
+    def _claim_write(self) -> bool:
+        # Under the lock: True (and one more write counted) when this process's stored
+        # record must be written to match the stack, or a write is already under way.
+        write = self._stores_holds and (self._inflight > 0 or self._presented() != self._written)
+        if write:
+            self._inflight += 1
+        return write
 
     def drain_event(self, kind: EventKind, owner: str, **details: Any) -> None:
         if dispatch._listeners:

@@ -2,7 +2,7 @@
 
 Guarded calls, and requests the middleware lets through while maintenance is off for
 them, are *work*: each is an entry in its store's :class:`Work` from just before its
-check until it ends (a request: its last body message). Counting costs one dict insert
+check until it ends (a request: when the app returns). Counting costs one dict insert
 and one removal; whether a drain waits for an entry (its scope, an exempt route, a
 read-only hold and a safe method) is judged only when a drain asks, by the face that
 made the entry (its first item, a :class:`Judge`).
@@ -21,7 +21,7 @@ import asyncio
 import contextlib
 import itertools
 import sys
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 from types import CodeType, FrameType
 from typing import Any, Protocol
@@ -247,11 +247,6 @@ def _waiting_coroutine() -> Any:
         if register and register[0] is not None:
             return register[0].coro
     return None
-
-
-def scope_refused(entry_scopes: Iterable[str | None], scope: str | None) -> bool:
-    """A hold of ``scope`` refuses work in ``entry_scopes``: the global scope refuses all."""
-    return scope is None or scope in entry_scopes
 
 
 held: ContextVar[tuple[Any, int, Any] | None] = ContextVar("maintguard_held", default=None)

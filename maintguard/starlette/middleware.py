@@ -149,20 +149,22 @@ class MaintenanceModeMiddleware:
                 try:
                     await self.app(scope, receive, send)
                 finally:
-                    del live[key]
+                    live.pop(key, None)  # (a drain may hold it back while its holder waits)
                     if self._drains:
                         self._work.wake()
                 return
-            del live[key]
-        await self._general(scope, receive, send)
+            await self._general(scope, receive, send, key)  # counted already
+        else:
+            await self._general(scope, receive, send)
 
-    async def _general(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _general(self, scope: Scope, receive: Receive, send: Send, key: int = 0) -> None:
         kind = scope["type"]
         if kind == "http" or kind == "websocket":
             ctrl = self._ctrl or await self._start(scope)
             live = self._live
-            key = new_key()
-            live[key] = (scope, scope.get("root_path", ""))  # counted, then the look
+            if not key:
+                key = new_key()
+                live[key] = (scope, scope.get("root_path", ""))  # counted, then the look
             app = self.app
             if (
                 ctrl.active
@@ -186,7 +188,7 @@ class MaintenanceModeMiddleware:
             try:
                 await app(scope, receive, send)
             finally:
-                del live[key]
+                live.pop(key, None)
                 if self._drains:
                     self._work.wake()
         elif kind == "lifespan":
