@@ -698,10 +698,10 @@ async def set_maintenance_mode(
         raise ConfigurationError("reason, retry_after and until only go with value=True")
     ctrl = controller(resolve_backend(backend), check_scope(scope))
 
-    def make(old: ExplicitState) -> ExplicitState:
-        if not value:
-            return ExplicitState()
-        since = old.since if old.in_force(now) and old.since else now
-        return ExplicitState(True, reason, checked_retry_after, checked_until, checked_mode, since)
-
-    await ctrl.set_explicit(make)
+    if value:
+        explicit = ExplicitState(
+            True, reason, checked_retry_after, checked_until, checked_mode, since=now
+        )
+    else:
+        explicit = ExplicitState()
+    await ctrl.set_explicit(explicit)

@@ -36,9 +36,12 @@ class Backend(abc.ABC):
     in one) when the store cannot be reached.
 
     maintguard calls ``update_state`` for every read-modify-write, under a lock that
-    serialises writers in this process. Override it when several processes share the store
-    and it offers a lock or a transaction; the default reads, applies ``mutate`` and writes
-    when something changed.
+    serialises writers in this process. ``mutate`` is one of the writes in
+    :mod:`maintguard.backends.writes` (put a hold record, put a presence record, set the
+    explicit state): callable on the scope's state, and plain data a store that runs code
+    of its own can apply natively. Override ``update_state`` when several processes share
+    the store and it offers a lock or a transaction; the default reads, applies ``mutate``
+    and writes when something changed.
     """
 
     stores_holds: ClassVar[bool] = True

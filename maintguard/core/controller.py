@@ -27,6 +27,7 @@ from dataclasses import replace
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
+from ..backends.writes import PutHold, SetExplicit, Write
 from ..exceptions import BackendError, MaintGuardError, ReadOnlyBackendError
 from ..state import (
     EventKind,
@@ -541,71 +542,68 @@ class ScopeController:
 
     # -- writing -------------------------------------------------------------------------
 
-    def _mutate(self, stored: StoredState) -> StoredState:
-        # Runs under the store's write lock, wherever the write runs: store the stack as it
-        # is now (this is what makes writes reconcile).
+    def _hold_write(self, renewal: bool) -> PutHold:
+        # Under the store's write lock, once this write's turn has come: store the stack as
+        # it is now (this is what makes writes reconcile).
         now = self.store.clock()
         with self._lock:
             details = details_of(self.stack, self.entering)
             drain = self.drain_token
             self._written = None if details is None else (*details.presented(), drain)
-        now_dt = to_datetime(now)
-        holds = tuple(h for h in stored.holds if h.id != self.hold_id and h.live(now_dt))
+        ttl = self.backend.lease_ttl
+        held = None
         if details is not None:
-            holds += (
-                record(
-                    details,
-                    hold_id=self.hold_id,
-                    host=HOST,
-                    pid=os.getpid(),
-                    now=now,
-                    lease_ttl=self.backend.lease_ttl,
-                    drain=drain,
-                ),
+            held = record(
+                details,
+                hold_id=self.hold_id,
+                host=HOST,
+                pid=os.getpid(),
+                now=now,
+                lease_ttl=ttl,
+                drain=drain,
             )
-        return stored if holds == stored.holds else replace(stored, holds=holds)
+        return PutHold(self.hold_id, held, to_datetime(now), ttl, renewal and held is not None)
 
-    async def write(self) -> None:
+    async def write(self, *, renewal: bool = False) -> None:
         """Write this process's record as the stack has it (one counted write)."""
         try:
-            seq, mutate = self._sequenced(self._mutate)
-            new = await io.update(self.backend, self.scope, mutate, self.store)
+            turn, build = self._numbered(functools.partial(self._hold_write, renewal))
+            new = await io.update(self.backend, self.scope, build, self.store)
         except BaseException as exc:
             self._write_failed()
             if isinstance(exc, Exception):
                 raise as_backend_error(exc, f"{self.label}: writing the hold failed") from exc
             raise
-        self._write_done(new, seq[0])
+        self._write_done(new, turn)
 
     def write_blocking(self) -> None:
         """The same from a thread that may block (sync faces)."""
         try:
-            seq, mutate = self._sequenced(self._mutate)
-            new = io.update_blocking(self.backend, self.scope, mutate, self.store)
+            turn, build = self._numbered(functools.partial(self._hold_write, False))
+            new = io.update_blocking(self.backend, self.scope, build, self.store)
         except BaseException as exc:
             self._write_failed()
             if isinstance(exc, Exception):
                 raise as_backend_error(exc, f"{self.label}: writing the hold failed") from exc
             raise
-        self._write_done(new, seq[0])
+        self._write_done(new, turn)
 
     def _write_failed(self) -> None:
         with self._lock:
             self._inflight -= 1
             self._written = _UNKNOWN
 
-    def _sequenced(
-        self, mutate: Callable[[StoredState], StoredState]
-    ) -> tuple[list[int], Callable[[StoredState], StoredState]]:
+    def _numbered(self, make: Callable[[], Write]) -> tuple[list[Any], io.Build]:
         # Writes of a store run one at a time; number them as they run, so that results
         # applied out of order (their callers resume in any order) never undo a newer one.
-        seq = [0]
+        turn: list[Any] = [0, None]  # [number, the write made]
 
-        def numbered(stored: StoredState) -> StoredState:
-            seq[0] = next(self.store.sequence)
-            return mutate(stored)
+        def build() -> Write:
+            turn[0] = next(self.store.sequence)
+            turn[1] = write = make()
+            return write
 
-        return seq, numbered
+        return turn, build
 
     def _apply_write(self, new: StoredState, seq: int) -> tuple[Transition, bool]:
         # Under the lock.
@@ -615,11 +613,17 @@ class ScopeController:
         self._applied = seq
         return self._store(new)
 
-    def _write_done(self, new: StoredState, seq: int) -> None:
+    def _write_done(self, new: StoredState, turn: list[Any]) -> None:
         self.store.used = True
+        if turn[1].lost:
+            logger.warning(
+                "%s: this process's hold record had gone from the store (its lease ran out "
+                "while renewals failed, or the store was flushed or restarted); written again",
+                self.label,
+            )
         with self._lock:
             self._inflight -= 1
-            change = self._apply_write(new, seq)
+            change = self._apply_write(new, turn[0])
             renewal = None
             if self._renewal is None and self.holding():
                 renewal = self._renewal = object()
@@ -636,24 +640,21 @@ class ScopeController:
             self.backend.lease_ttl,
         )
 
-    async def set_explicit(self, make: Callable[[ExplicitState], ExplicitState]) -> None:
-        """Change the explicit (operator) state; holds are not touched."""
+    async def set_explicit(self, explicit: ExplicitState) -> None:
+        """Set the explicit (operator) state; holds are not touched. ``since`` is kept
+        when the state is in force already."""
         if self.backend.read_only:
             raise read_only_error(self.backend, self.scope)
-
-        def mutate(stored: StoredState) -> StoredState:
-            return replace(stored, explicit=make(stored.explicit))
-
-        seq, numbered = self._sequenced(mutate)
+        turn, build = self._numbered(lambda: SetExplicit(explicit, to_datetime(self.store.clock())))
         try:
-            new = await io.update(self.backend, self.scope, numbered, self.store)
+            new = await io.update(self.backend, self.scope, build, self.store)
         except MaintGuardError:
             raise
         except Exception as exc:
             raise as_backend_error(exc, f"{self.label}: writing the state failed") from exc
         self.store.used = True
         with self._lock:
-            change = self._apply_write(new, seq[0])
+            change = self._apply_write(new, turn[0])
         self._announce(change, None)
 
 
@@ -678,7 +679,7 @@ async def _renew(ref: weakref.ref[ScopeController], renewal: object, period: flo
                     return
                 ctrl._inflight += 1
             try:
-                await ctrl.write()
+                await ctrl.write(renewal=True)
             except Exception as exc:
                 logger.warning("%s; retrying in %.1fs", exc, period)
                 dispatch.emit(

@@ -37,6 +37,10 @@ __all__ = ["read_scopes", "run", "run_sync", "submit", "update", "update_blockin
 logger = logging.getLogger("maintguard")
 T = TypeVar("T")
 Mutate = Callable[[StoredState], StoredState]
+Build = Callable[[], Mutate]
+"""Makes the write (a :class:`~maintguard.backends.writes.Write`) once it is this write's
+turn: what it stores is decided then, so writes that run in any order still leave the store
+as this process is when the last one runs."""
 
 
 class Serialised(Protocol):
@@ -166,40 +170,40 @@ async def _read(
 
 
 async def update(
-    backend: Backend, scope: str | None, mutate: Mutate, owner: Serialised
+    backend: Backend, scope: str | None, build: Build, owner: Serialised
 ) -> StoredState:
-    """Read-modify-write one scope, serialised with the store's other writes."""
+    """Make one write to one scope, serialised with the store's other writes."""
     if backend._inline:
-        return _locked_update(backend, scope, mutate, owner)
+        return _locked_update(backend, scope, build, owner)
     if backend._blocking:
-        return await wait(offload(_locked_update, backend, scope, mutate, owner))
-    return await run(_async_update(backend, scope, mutate, owner))
+        return await wait(offload(_locked_update, backend, scope, build, owner))
+    return await run(_async_update(backend, scope, build, owner))
 
 
 def update_blocking(
-    backend: Backend, scope: str | None, mutate: Mutate, owner: Serialised
+    backend: Backend, scope: str | None, build: Build, owner: Serialised
 ) -> StoredState:
     if backend._blocking:
-        return _locked_update(backend, scope, mutate, owner)
-    return run_sync(_async_update(backend, scope, mutate, owner))
+        return _locked_update(backend, scope, build, owner)
+    return run_sync(_async_update(backend, scope, build, owner))
 
 
 def _locked_update(
-    backend: Backend, scope: str | None, mutate: Mutate, owner: Serialised
+    backend: Backend, scope: str | None, build: Build, owner: Serialised
 ) -> StoredState:
     with owner.write_lock:
-        return backend._update_blocking(scope, mutate)
+        return backend._update_blocking(scope, build())
 
 
 async def _async_update(
-    backend: Backend, scope: str | None, mutate: Mutate, owner: Serialised
+    backend: Backend, scope: str | None, build: Build, owner: Serialised
 ) -> StoredState:
     # On the I/O loop: an asyncio lock stands for the store's thread lock there.
     async_lock = _async_locks.get(owner)
     if async_lock is None:
         async_lock = _async_locks[owner] = asyncio.Lock()
     async with async_lock:
-        return await backend.update_state(scope, mutate)
+        return await backend.update_state(scope, build())
 
 
 # -- exit and fork -----------------------------------------------------------------------

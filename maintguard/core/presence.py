@@ -16,12 +16,11 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable
-from dataclasses import replace
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
-from ..state import Mode, StoredState, WorkerRecord
+from ..backends.writes import PutWorker
+from ..state import Mode, WorkerRecord
 from . import io
 from .controller import HOST
 from .stack import to_datetime
@@ -86,23 +85,19 @@ def _reports(store: Store) -> Reports:
     return tuple(sorted(found))
 
 
-def _mutate(
-    store: Store, reports: Reports | None
-) -> tuple[Callable[[StoredState], StoredState], float]:
-    # The global scope's state with this process's record as given (None: removed) and
-    # records whose lease ran out dropped.
+def _write(store: Store, reports: Reports | None) -> tuple[io.Build, float]:
+    # This process's record in the global scope as given (None: removed); records whose
+    # lease ran out are dropped.
     now = store.clock()
-    expires = to_datetime(now) + timedelta(seconds=store.backend.lease_ttl)
+    ttl = store.backend.lease_ttl
+    expires = to_datetime(now) + timedelta(seconds=ttl)
     own = store.worker_id
 
-    def mutate(stored: StoredState) -> StoredState:
-        at = to_datetime(store.clock())
-        workers = tuple(w for w in stored.workers if w.id != own and w.live(at))
-        if reports is not None:
-            workers += (WorkerRecord(own, HOST, os.getpid(), expires, reports),)
-        return stored if workers == stored.workers else replace(stored, workers=workers)
+    def build() -> PutWorker:
+        record = None if reports is None else WorkerRecord(own, HOST, os.getpid(), expires, reports)
+        return PutWorker(own, record, to_datetime(store.clock()), ttl)
 
-    return mutate, now
+    return build, now
 
 
 def _written(store: Store, now: float, reports: Reports | None) -> None:
@@ -118,8 +113,8 @@ async def join(store: Store) -> None:
     if not _shared(store) or store.reported is not None:
         return
     reports = _reports(store)
-    mutate, now = _mutate(store, reports)
-    await io.update(store.backend, None, mutate, store)
+    build, now = _write(store, reports)
+    await io.update(store.backend, None, build, store)
     _written(store, now, reports)
 
 
@@ -131,9 +126,9 @@ async def tick(store: Store) -> None:
     renew_at = store.presence_at + store.backend.lease_ttl / 3
     if reports == store.reported and store.clock() < renew_at:
         return
-    mutate, now = _mutate(store, reports)
+    build, now = _write(store, reports)
     try:
-        await io.update(store.backend, None, mutate, store)
+        await io.update(store.backend, None, build, store)
     except RuntimeError:  # the interpreter is exiting: its workers are gone
         return
     except Exception as exc:
@@ -156,9 +151,9 @@ async def leave(store: Store) -> None:
     """Remove this process's record: it no longer watches the store."""
     if not _shared(store) or store.reported is None:
         return
-    mutate, _ = _mutate(store, None)
+    build, _ = _write(store, None)
     try:
-        await io.update(store.backend, None, mutate, store)
+        await io.update(store.backend, None, build, store)
     except Exception as exc:
         _not_removed(store, exc)
     store.reported = None
@@ -168,11 +163,11 @@ def leave_blocking(store: Store) -> None:
     """The same at interpreter exit."""
     if not _shared(store) or store.reported is None:
         return
-    mutate, _ = _mutate(store, None)
+    build, _ = _write(store, None)
     try:
         found = io.read_scopes_blocking(store.backend, (None,)).get(None)
         if found is not None and any(w.id == store.worker_id for w in found.workers):
-            io.update_blocking(store.backend, None, mutate, store)
+            io.update_blocking(store.backend, None, build, store)
     except Exception as exc:
         _not_removed(store, exc)
     store.reported = None

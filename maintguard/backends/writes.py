@@ -1,0 +1,90 @@
+"""The writes the core asks of a store, as values a backend can apply natively.
+
+Every read-modify-write maintguard makes is one of three: put (or remove) this process's
+hold record in a scope, put (or remove) its presence record, set the explicit state. Each is
+callable on a :class:`~maintguard.state.StoredState`, so a backend that knows only
+``update_state(scope, mutate)`` applies it as any mutation; a backend whose store runs code
+of its own (Redis scripts) looks at the fields and makes the change there, atomically and
+without reading the whole scope first.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from datetime import datetime
+
+from ..state import ExplicitState, HoldRecord, StoredState, WorkerRecord
+
+__all__ = ["PutHold", "PutWorker", "SetExplicit", "Write"]
+
+
+class Write:
+    """One change to one scope; ``write(stored)`` returns the scope's new state."""
+
+    __slots__ = ()
+
+    def __call__(self, stored: StoredState) -> StoredState:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+@dataclass(slots=True, eq=False)
+class PutHold(Write):
+    """Store ``record`` as hold ``hold_id`` (``None``: remove it); records whose lease ran
+    out by ``now`` are dropped. A store with a clock of its own may take the lease from
+    that clock: ``lease_ttl`` seconds from when the write lands."""
+
+    hold_id: str
+    record: HoldRecord | None
+    now: datetime
+    lease_ttl: float
+    renewal: bool = False
+    """The record should be there still (a lease renewal)."""
+    lost: bool = False
+    """Set by the backend: a renewal found the record gone (its lease ran out, or the store
+    was flushed or restarted); it has been written again."""
+
+    def __call__(self, stored: StoredState) -> StoredState:
+        now = self.now
+        if self.renewal:
+            self.lost = not any(h.id == self.hold_id and h.live(now) for h in stored.holds)
+        holds = tuple(h for h in stored.holds if h.id != self.hold_id and h.live(now))
+        if self.record is not None:
+            holds += (self.record,)
+        return stored if holds == stored.holds else replace(stored, holds=holds)
+
+
+@dataclass(slots=True, eq=False)
+class PutWorker(Write):
+    """Store ``record`` as worker ``worker_id`` in the global scope (``None``: remove it);
+    workers whose lease ran out by ``now`` are dropped."""
+
+    worker_id: str
+    record: WorkerRecord | None
+    now: datetime
+    lease_ttl: float
+
+    def __call__(self, stored: StoredState) -> StoredState:
+        now = self.now
+        workers = tuple(w for w in stored.workers if w.id != self.worker_id and w.live(now))
+        if self.record is not None:
+            workers += (self.record,)
+        return stored if workers == stored.workers else replace(stored, workers=workers)
+
+
+@dataclass(slots=True, eq=False)
+class SetExplicit(Write):
+    """Set the explicit state to ``explicit``; holds are untouched. Turning it on while it
+    is already in force keeps the old ``since`` (running ``on`` again updates details)."""
+
+    explicit: ExplicitState
+    now: datetime
+
+    def __call__(self, stored: StoredState) -> StoredState:
+        new = self.explicit
+        if not new.active:
+            new = ExplicitState()
+        else:
+            old = stored.explicit
+            if old.in_force(self.now) and old.since is not None:
+                new = replace(new, since=old.since)
+        return stored if new == stored.explicit else replace(stored, explicit=new)
