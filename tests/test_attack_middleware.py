@@ -1003,6 +1003,7 @@ async def test_memory_stays_flat_over_distinct_paths_methods_and_headers() -> No
         for pattern in (
             "*/maintguard/core/watcher.py",
             "*/maintguard/core/io.py",
+            "*/maintguard/ioloop.py",
             "*/maintguard/core/presence.py",
             "*/maintguard/backends/file.py",
             "*/asyncio/*",

@@ -1,9 +1,10 @@
 """The watcher: one background task per watched store keeps every scope's snapshot fresh.
 
 Each ``refresh_interval`` it reads the whole store once (every scope at once, through
-``Backend.read_scopes``) and republishes; a store that never changes behind maintguard's
-back (memory) is only re-derived, so leases and ``until`` still run out on time. Hot
-paths then read snapshots and never a backend.
+``Backend.read_scopes``) and republishes; at once when the store notifies a change; and at
+the next lease expiry or ``until`` of any scope, so that transitions are heard on time. A
+store that never changes behind maintguard's back (memory) is only re-derived. Hot paths
+then read snapshots and never a backend.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from .registry import Store, all_stores, store_of
 __all__ = ["watch"]
 
 logger = logging.getLogger("maintguard")
+_MIN_DELAY = 0.001
 
 
 def watch(backend: Backend) -> Callable[[], None]:
@@ -53,6 +55,7 @@ async def _watch(store: Store) -> None:
     if store.backend.stores_holds:  # the presence record's lease is renewed in time too
         tick = min(tick, store.backend.lease_ttl / 3)
     read_at = -math.inf
+    due = math.inf  # the next lease expiry or `until` of any scope (store clock)
     wake = asyncio.Event()
     notifier = _notifier(store, wake)
     try:
@@ -66,17 +69,24 @@ async def _watch(store: Store) -> None:
                 now = time.monotonic()
                 notified = wake.is_set()
                 wake.clear()
-                if interval < math.inf and (notified or now - read_at >= interval * 0.99):
+                expired = store.clock() >= due
+                if interval < math.inf and (
+                    notified or expired or now - read_at >= interval * 0.99
+                ):  # (a lease that ran out here may have been renewed unheard: read first)
                     read_at = now
                     await refresh_store(store, ctrls)
                 for ctrl in ctrls:
                     ctrl.tick()
                 await presence.tick(store)
+                due = min((ctrl.deadline() for ctrl in ctrls), default=math.inf)
             except Exception:  # never let the watcher die
                 logger.exception("maintguard: the watcher of %s failed", store.backend.describe())
             del ctrls
-            with contextlib.suppress(asyncio.TimeoutError):  # a change wakes it early
-                await asyncio.wait_for(wake.wait(), tick)
+            # Woken early by a change, or at the next expiry: expiries are heard on time
+            # without any notification from the store.
+            delay = min(tick, max(due - store.clock(), _MIN_DELAY))
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(wake.wait(), delay)
     except BaseException:  # cancelled (interpreter exit)
         with store.lock:
             store.watching = False
