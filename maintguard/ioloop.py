@@ -33,6 +33,7 @@ __all__ = [
     "run_sync",
     "shutdown",
     "submit",
+    "tidy",
     "wait",
 ]
 
@@ -75,6 +76,18 @@ def submit(coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
     # An empty context: the caller's context variables (trio's sniffio marker among them)
     # must not leak into the I/O loop's task.
     return contextvars.Context().run(asyncio.run_coroutine_threadsafe, coro, _loop or _start())
+
+
+def tidy(coro: Coroutine[Any, Any, None]) -> None:
+    """Run a clean-up ``coro`` on the I/O loop if it is running (never starts it)."""
+    loop = _loop
+    if loop is None or loop.is_closed():
+        coro.close()
+        return
+    try:
+        contextvars.Context().run(asyncio.run_coroutine_threadsafe, coro, loop)
+    except RuntimeError:  # the loop is closing
+        coro.close()
 
 
 def background(coro: Coroutine[Any, Any, None]) -> concurrent.futures.Future[None]:

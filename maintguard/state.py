@@ -164,66 +164,80 @@ class StoredState:
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict; :meth:`from_dict` reads it back (for user-written backends)."""
-        e = self.explicit
-        data: dict[str, Any] = {
-            "active": e.active,
-            "reason": e.reason,
-            "retry_after": _dump_retry_after(e.retry_after),
-            "until": _dump_time(e.until),
-            "mode": e.mode.value,
-            "since": _dump_time(e.since),
-            "holds": [
-                {
-                    "id": h.id,
-                    "owner": h.owner,
-                    "host": h.host,
-                    "pid": h.pid,
-                    "acquired": _dump_time(h.acquired),
-                    "started": _dump_time(h.started),
-                    "expires": _dump_time(h.expires),
-                    "reason": h.reason,
-                    "retry_after": _dump_retry_after(h.retry_after),
-                    "mode": h.mode.value,
-                    **({"drain": h.drain} if h.drain is not None else {}),
-                }
-                for h in self.holds
-            ],
-        }
+        data = explicit_to_dict(self.explicit)
+        data["holds"] = [hold_to_dict(h) for h in self.holds]
         if self.workers:
-            data["workers"] = [
-                {
-                    "id": w.id,
-                    "host": w.host,
-                    "pid": w.pid,
-                    "expires": _dump_time(w.expires),
-                    "reports": dict(w.reports),
-                }
-                for w in self.workers
-            ]
+            data["workers"] = [worker_to_dict(w) for w in self.workers]
         return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> StoredState:
         """Parse :meth:`to_dict` output; raises ``ValueError`` saying what is wrong."""
-        if not isinstance(data, Mapping):
-            raise ValueError(f"expected an object, found {type(data).__name__}")
+        explicit = explicit_from_dict(data)
         holds = data.get("holds", [])
         if not isinstance(holds, list):
             raise ValueError("'holds' must be a list")
-        explicit = ExplicitState(
-            active=_get(data, "active", bool, False),
-            reason=_get(data, "reason", str),
-            retry_after=_load_retry_after(data.get("retry_after")),
-            until=_load_time(data.get("until")),
-            mode=_load_mode(data.get("mode", "full")),
-            since=_load_time(data.get("since")),
-        )
         workers = data.get("workers", [])
         if not isinstance(workers, list):
             raise ValueError("'workers' must be a list")
         return cls(
-            explicit, tuple(_load_hold(h) for h in holds), tuple(_load_worker(w) for w in workers)
+            explicit,
+            tuple(hold_from_dict(h) for h in holds),
+            tuple(worker_from_dict(w) for w in workers),
         )
+
+
+# -- the JSON forms of the parts (what `StoredState.to_dict` is made of) ------------------
+
+
+def explicit_to_dict(e: ExplicitState) -> dict[str, Any]:
+    return {
+        "active": e.active,
+        "reason": e.reason,
+        "retry_after": _dump_retry_after(e.retry_after),
+        "until": _dump_time(e.until),
+        "mode": e.mode.value,
+        "since": _dump_time(e.since),
+    }
+
+
+def explicit_from_dict(data: Any) -> ExplicitState:
+    if not isinstance(data, Mapping):
+        raise ValueError(f"expected an object, found {type(data).__name__}")
+    return ExplicitState(
+        active=_get(data, "active", bool, False),
+        reason=_get(data, "reason", str),
+        retry_after=_load_retry_after(data.get("retry_after")),
+        until=_load_time(data.get("until")),
+        mode=_load_mode(data.get("mode", "full")),
+        since=_load_time(data.get("since")),
+    )
+
+
+def hold_to_dict(h: HoldRecord) -> dict[str, Any]:
+    return {
+        "id": h.id,
+        "owner": h.owner,
+        "host": h.host,
+        "pid": h.pid,
+        "acquired": _dump_time(h.acquired),
+        "started": _dump_time(h.started),
+        "expires": _dump_time(h.expires),
+        "reason": h.reason,
+        "retry_after": _dump_retry_after(h.retry_after),
+        "mode": h.mode.value,
+        **({"drain": h.drain} if h.drain is not None else {}),
+    }
+
+
+def worker_to_dict(w: WorkerRecord) -> dict[str, Any]:
+    return {
+        "id": w.id,
+        "host": w.host,
+        "pid": w.pid,
+        "expires": _dump_time(w.expires),
+        "reports": dict(w.reports),
+    }
 
 
 def _get(data: Mapping[str, Any], key: str, kind: type, default: Any = None) -> Any:
@@ -233,7 +247,7 @@ def _get(data: Mapping[str, Any], key: str, kind: type, default: Any = None) -> 
     return value
 
 
-def _load_hold(data: Any) -> HoldRecord:
+def hold_from_dict(data: Any) -> HoldRecord:
     if not isinstance(data, Mapping):
         raise ValueError(f"a hold must be an object, found {data!r}")
     for key in ("id", "acquired", "started"):
@@ -254,7 +268,7 @@ def _load_hold(data: Any) -> HoldRecord:
     )
 
 
-def _load_worker(data: Any) -> WorkerRecord:
+def worker_from_dict(data: Any) -> WorkerRecord:
     if not isinstance(data, Mapping):
         raise ValueError(f"a worker must be an object, found {data!r}")
     expires = _load_time(data.get("expires"))

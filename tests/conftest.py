@@ -8,9 +8,45 @@ from pathlib import Path
 import pytest
 
 import maintguard
-from maintguard.backends import Backend, EnvVarBackend, LocalFileBackend, MemoryBackend
+from maintguard.backends import (
+    Backend,
+    EnvVarBackend,
+    LocalFileBackend,
+    MemoryBackend,
+    RedisBackend,
+)
 
 _vars = itertools.count()
+REDIS_URL = os.environ.get("MAINTGUARD_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+"""The Redis server the tests use (.ci/run starts one when none answers)."""
+_TEST_PREFIX = f"mgtest-{os.getpid()}"
+
+
+def redis_prefix() -> str:
+    """A key prefix no other test uses."""
+    return f"{_TEST_PREFIX}-{next(_vars)}"
+
+
+def redis_backend(**options: object) -> RedisBackend:
+    """A Redis store of its own, read afresh on every read unless told otherwise."""
+    options.setdefault("refresh_interval", 0)
+    return RedisBackend(REDIS_URL, key_prefix=redis_prefix(), **options)  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _redis_keys_removed() -> Iterator[None]:
+    """The keys of this run's Redis stores are deleted at the end."""
+    yield
+    import redis
+
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        for key in client.scan_iter(match="{" + _TEST_PREFIX + "*"):
+            client.delete(key)
+    except redis.RedisError:
+        pass
+    finally:
+        client.close()
 
 
 @pytest.fixture(params=["asyncio", "trio"])
@@ -39,11 +75,14 @@ def make_backend(kind: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
         var = f"MAINTGUARD_TEST_{os.getpid()}_{next(_vars)}"
         monkeypatch.delenv(var, raising=False)
         return lambda: EnvVarBackend(var)
+    if kind == "redis":
+        prefix = redis_prefix()
+        return lambda: RedisBackend(REDIS_URL, key_prefix=prefix, refresh_interval=0)
     path = tmp_path / "maintenance.json"
     return lambda: LocalFileBackend(path, refresh_interval=0)
 
 
-@pytest.fixture(params=["memory", "env", "file"])
+@pytest.fixture(params=["memory", "env", "file", "redis"])
 def backend_kind(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
@@ -60,9 +99,11 @@ def backend(new_backend: BackendFactory) -> Backend:
     return new_backend()
 
 
-@pytest.fixture(params=["memory", "file"])
+@pytest.fixture(params=["memory", "file", "redis"])
 def writable_backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
     """The backends that set_maintenance_mode can write."""
     if request.param == "memory":
         return MemoryBackend()
+    if request.param == "redis":
+        return redis_backend()
     return LocalFileBackend(tmp_path / "maintenance.json", refresh_interval=0)

@@ -10,6 +10,7 @@ from .base import Backend, OnError
 from .env import EnvVarBackend
 from .file import LocalFileBackend
 from .memory import MemoryBackend
+from .redis import RedisBackend, redact
 
 __all__ = [
     "Backend",
@@ -19,19 +20,22 @@ __all__ = [
     "LocalFileBackend",
     "MemoryBackend",
     "OnError",
+    "RedisBackend",
     "StoredState",
     "WorkerRecord",
     "backend_from_url",
 ]
 
-_SCHEMES = "memory:, env:, env:VAR, file:PATH"
+_SCHEMES = "memory:, env:, env:VAR, file:PATH, redis://HOST[:PORT][/DB], rediss://..., unix://PATH"
 
 
 def backend_from_url(url: str, **options: Any) -> Backend:
-    """Build a backend from a URL: ``memory:``, ``env:``, ``env:VAR``, ``file:PATH``.
+    """Build a backend from a URL: ``memory:``, ``env:``, ``env:VAR``, ``file:PATH``,
+    ``redis://...``, ``rediss://...`` (TLS) or ``unix://...`` (Redis on a socket).
 
     ``file:`` takes a relative or absolute path (``file:/var/run/app/maintenance.json``,
-    ``file:///var/run/...`` also works). Keyword options go to the backend's constructor.
+    ``file:///var/run/...`` also works). Keyword options go to the backend's constructor
+    (``backend_from_url("redis://cache:6379/2", key_prefix="shop")``).
 
     >>> backend_from_url("env:APP_MAINTENANCE").var_name
     'APP_MAINTENANCE'
@@ -50,10 +54,9 @@ def backend_from_url(url: str, **options: Any) -> Backend:
             if path:
                 return LocalFileBackend(path, **options)
         if scheme in ("redis", "rediss", "unix"):
-            raise ConfigurationError(
-                f"backend URL {url!r}: the Redis backend is not available in this version; "
-                f"use one of {_SCHEMES}"
-            )
+            return RedisBackend(url, **options)
     except TypeError as exc:
-        raise ConfigurationError(f"backend URL {url!r}: {exc}") from exc
-    raise ConfigurationError(f"backend URL {url!r} is not understood: use one of {_SCHEMES}")
+        raise ConfigurationError(f"backend URL {redact(url)!r}: {exc}") from exc
+    raise ConfigurationError(
+        f"backend URL {redact(url)!r} is not understood: use one of {_SCHEMES}"
+    )

@@ -1,0 +1,629 @@
+"""State in Redis, shared by every process of every server that names the same store."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import math
+import os
+import re
+import time
+import weakref
+from collections.abc import AsyncIterator, Callable, Collection, Mapping
+from dataclasses import replace
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from .. import ioloop
+from ..exceptions import BackendError, ConfigurationError
+from ..state import (
+    ExplicitState,
+    HoldRecord,
+    StoredState,
+    WorkerRecord,
+    explicit_from_dict,
+    explicit_to_dict,
+    hold_from_dict,
+    hold_to_dict,
+    worker_from_dict,
+    worker_to_dict,
+)
+from .base import Backend, OnError
+from .writes import PutHold, PutWorker, SetExplicit
+
+__all__ = ["RedisBackend"]
+
+logger = logging.getLogger("maintguard")
+
+INSTALL = "pip install 'maintguard[redis]'"
+SKEW = 0.5
+"""Clock differences to the Redis server below this many seconds are taken as none: they
+are within what one round trip can measure, and writes then round-trip exactly."""
+
+# -- the scripts: one per operation, every write publishes the store's new version -------
+#
+# KEYS of a write, for scope S (B = "{prefix}" for the global scope, "{prefix}:scope:S"
+# for a named one): 1 B:explicit, 2 B:holds, 3 B:leases, 4 {prefix}:scopes,
+# 5 {prefix}:version, 6 {prefix}:workers, 7 {prefix}:worker-leases.
+# ARGV[1] is the channel, ARGV[2] the scope ('' = global). Times are the server's.
+
+_PRELUDE = """
+local t = redis.call('TIME')
+local ts = t[1] .. '.' .. string.format('%06d', tonumber(t[2]))
+local now = tonumber(ts)
+
+local function prune(hash, zset)
+  local dead = redis.call('ZRANGEBYSCORE', zset, '-inf', ts)
+  for i = 1, #dead do redis.call('HDEL', hash, dead[i]) end
+  if #dead > 0 then redis.call('ZREMRANGEBYSCORE', zset, '-inf', ts) end
+end
+
+local function live(hash, zset)
+  local out = {}
+  local found = redis.call('ZRANGEBYSCORE', zset, '(' .. ts, '+inf', 'WITHSCORES')
+  for i = 1, #found, 2 do
+    local value = redis.call('HGET', hash, found[i])
+    if value then
+      out[#out + 1] = found[i]
+      out[#out + 1] = value
+      out[#out + 1] = found[i + 1]
+    end
+  end
+  return out
+end
+"""
+
+_WRITE = (
+    _PRELUDE
+    + """
+local scope = ARGV[2]
+
+local function tidy()
+  if scope ~= '' then
+    if redis.call('ZCARD', KEYS[3]) == 0 and redis.call('EXISTS', KEYS[1]) == 0 then
+      redis.call('SREM', KEYS[4], scope)
+    else
+      redis.call('SADD', KEYS[4], scope)
+    end
+  end
+end
+
+local function finish(extra)
+  tidy()
+  local version = redis.call('INCR', KEYS[5])
+  redis.call('PUBLISH', ARGV[1], version)
+  local workers = {}
+  if scope == '' then workers = live(KEYS[6], KEYS[7]) end
+  return {t[1], t[2], extra, redis.call('HGETALL', KEYS[1]), live(KEYS[2], KEYS[3]), workers}
+end
+"""
+)
+
+SCRIPTS = {
+    # ARGV 3 hold id, 4 record, 5 lease seconds. Returns whether a live record was there.
+    "hold": _WRITE
+    + """
+prune(KEYS[2], KEYS[3])
+local there = redis.call('ZSCORE', KEYS[3], ARGV[3]) and 1 or 0
+redis.call('HSET', KEYS[2], ARGV[3], ARGV[4])
+redis.call('ZADD', KEYS[3], now + tonumber(ARGV[5]), ARGV[3])
+return finish(there)
+""",
+    # ARGV 3 hold id.
+    "release": _WRITE
+    + """
+prune(KEYS[2], KEYS[3])
+redis.call('HDEL', KEYS[2], ARGV[3])
+redis.call('ZREM', KEYS[3], ARGV[3])
+return finish(0)
+""",
+    # ARGV 3 the state's JSON ('' = off), 4 since, 5 until ('' = none). On while in force
+    # already: the old since stays.
+    "explicit": _WRITE
+    + """
+if ARGV[3] == '' then
+  redis.call('DEL', KEYS[1])
+else
+  local old = redis.call('HMGET', KEYS[1], 'since', 'until')
+  local since = ARGV[4]
+  if old[1] and (not old[2] or tonumber(old[2]) > now) then since = old[1] end
+  redis.call('DEL', KEYS[1])
+  redis.call('HSET', KEYS[1], 'state', ARGV[3], 'since', since)
+  if ARGV[5] ~= '' then redis.call('HSET', KEYS[1], 'until', ARGV[5]) end
+end
+return finish(0)
+""",
+    # ARGV 3 worker id, 4 record ('' = remove), 5 lease seconds.
+    "worker": _WRITE
+    + """
+prune(KEYS[6], KEYS[7])
+if ARGV[4] == '' then
+  redis.call('HDEL', KEYS[6], ARGV[3])
+  redis.call('ZREM', KEYS[7], ARGV[3])
+else
+  redis.call('HSET', KEYS[6], ARGV[3], ARGV[4])
+  redis.call('ZADD', KEYS[7], now + tonumber(ARGV[5]), ARGV[3])
+end
+return finish(0)
+""",
+    # `write_state`: ARGV 3 state ('' = off), 4 since ('' = none), 5 until, then the
+    # number of holds and (id, record, expiry) each, then (global scope) the same of workers.
+    "replace": _WRITE
+    + """
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
+if ARGV[3] ~= '' then
+  redis.call('HSET', KEYS[1], 'state', ARGV[3])
+  if ARGV[4] ~= '' then redis.call('HSET', KEYS[1], 'since', ARGV[4]) end
+  if ARGV[5] ~= '' then redis.call('HSET', KEYS[1], 'until', ARGV[5]) end
+end
+local i = 7
+for _ = 1, tonumber(ARGV[6]) do
+  redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1])
+  redis.call('ZADD', KEYS[3], ARGV[i + 2], ARGV[i])
+  i = i + 3
+end
+if scope == '' then
+  redis.call('DEL', KEYS[6], KEYS[7])
+  for _ = 1, tonumber(ARGV[i]) do
+    redis.call('HSET', KEYS[6], ARGV[i + 1], ARGV[i + 2])
+    redis.call('ZADD', KEYS[7], ARGV[i + 3], ARGV[i + 1])
+    i = i + 3
+  end
+end
+return finish(0)
+""",
+    # The whole store: KEYS 1 {prefix}:scopes, 2 {prefix}:workers, 3 {prefix}:worker-leases;
+    # ARGV 1 "{prefix}". Returns the time, the live workers, then (scope, explicit, live
+    # holds) for the global scope and every named scope that stores something.
+    "read": _PRELUDE
+    + """
+local out = {t[1], t[2], live(KEYS[2], KEYS[3])}
+local scopes = redis.call('SMEMBERS', KEYS[1])
+table.insert(scopes, 1, '')
+for _, scope in ipairs(scopes) do
+  local base = ARGV[1]
+  if scope ~= '' then base = base .. ':scope:' .. scope end
+  out[#out + 1] = scope
+  out[#out + 1] = redis.call('HGETALL', base .. ':explicit')
+  out[#out + 1] = live(base .. ':holds', base .. ':leases')
+end
+return out
+""",
+}
+
+_CLIENT_OPTIONS: dict[str, Any] = {
+    "decode_responses": True,
+    "socket_timeout": 5.0,
+    "socket_connect_timeout": 5.0,
+    "client_name": "maintguard",
+}
+_PASSWORD = re.compile(r"(?<=://)([^/@?#]*?):[^/@?#]*@")
+_QUERY_PASSWORD = re.compile(r"(?i)([?&]password=)[^&#]*")
+
+
+def redact(url: str) -> str:
+    """``url`` with any password replaced by ``***``."""
+    return _QUERY_PASSWORD.sub(r"\1***", _PASSWORD.sub(r"\1:***@", url))
+
+
+class RedisBackend(Backend):
+    """Keeps the state in Redis, so that every process of every server sees one state.
+
+    Each write is one Lua script, atomic on the server, that also publishes the store's new
+    version on ``{prefix}:changes``: the watcher of every process subscribes and re-reads
+    at once, re-reads in full after every reconnect, and still re-reads every
+    ``refresh_interval`` seconds in case a message was lost. Leases are judged by the
+    Redis server's clock (``TIME``), so servers whose clocks disagree still agree on which
+    holds are live.
+
+    Creating the backend does no I/O. When Redis cannot be reached, readers keep the last
+    state read (or follow ``on_error``), a warning is logged once and an info line on
+    recovery, and entering a hold raises ``BackendError`` (the body does not run).
+
+    ``client`` is a ``redis.asyncio.Redis`` to use instead of one made from ``url`` (for
+    settings a URL cannot carry); maintguard uses it on its own I/O loop only, so do not
+    share it with the app's loop. A forked child makes a fresh client with its settings.
+
+    >>> backend = RedisBackend("redis://localhost:6379/0", key_prefix="shop")
+    """
+
+    def __init__(
+        self,
+        url: str = "redis://localhost:6379/0",
+        *,
+        key_prefix: str = "maintguard",
+        lease_ttl: float = 30.0,
+        refresh_interval: float = 5.0,
+        on_error: OnError = "last_known",
+        client: Any = None,
+    ) -> None:
+        super().__init__(on_error=on_error, lease_ttl=lease_ttl, refresh_interval=refresh_interval)
+        try:
+            from redis.asyncio.connection import parse_url
+        except ImportError:
+            raise ConfigurationError(f"RedisBackend needs the redis package: {INSTALL}") from None
+        if not isinstance(url, str):
+            raise ConfigurationError(
+                f"RedisBackend needs a redis://, rediss:// or unix:// URL, not {url!r}"
+            )
+        if not isinstance(key_prefix, str) or not key_prefix or re.search(r"[{}\s]", key_prefix):
+            raise ConfigurationError(
+                f"key_prefix must be a non-empty name without braces or spaces, such as "
+                f"'maintguard' or 'shop', not {key_prefix!r}"
+            )
+        self.url = url
+        self.key_prefix = key_prefix
+        if client is not None:
+            where = dict(client.connection_pool.connection_kwargs)
+        else:
+            try:
+                where = dict(parse_url(url))
+            except ValueError as exc:
+                raise ConfigurationError(
+                    f"RedisBackend URL {redact(url)!r} is not understood ({exc}); use "
+                    "redis://[user:password@]host[:port][/db], rediss://... (TLS) or "
+                    "unix:///path/to/redis.sock[?db=N]"
+                ) from None
+        self._where = where
+        self._base = "{" + key_prefix + "}"
+        self._channel = self._base + ":changes"
+        self._given = client
+        self._given_pid = os.getpid()
+        self._conn = _Connection()
+        self._offset: float | None = None  # server clock minus ours (seconds)
+        weakref.finalize(self, self._conn.close)
+
+    # -- what names the store ---------------------------------------------------------------
+
+    def store_key(self) -> tuple[object, ...]:
+        where = self._where
+        db = int(where.get("db", 0) or 0)
+        if where.get("path"):
+            return ("redis", "unix", where["path"], db, self.key_prefix)
+        host = str(where.get("host", "localhost")).lower()
+        return ("redis", host, int(where.get("port", 6379)), db, self.key_prefix)
+
+    def describe(self) -> str:
+        return f"RedisBackend({redact(self.url)}, key_prefix={self.key_prefix!r})"
+
+    def keys(self, scope: str | None) -> list[str]:
+        """The keys one scope's write touches (all share the hash tag ``{prefix}``)."""
+        base = self._base
+        at = base if scope is None else f"{base}:scope:{scope}"
+        return [
+            f"{at}:explicit",
+            f"{at}:holds",
+            f"{at}:leases",
+            f"{base}:scopes",
+            f"{base}:version",
+            f"{base}:workers",
+            f"{base}:worker-leases",
+        ]
+
+    # -- the backend face: every call runs on maintguard's I/O loop -------------------------
+
+    async def read_state(self, scope: str | None) -> StoredState:
+        return (await self.read_scopes((scope,)))[scope]
+
+    async def read_scopes(self, scopes: Collection[str | None]) -> Mapping[str | None, StoredState]:
+        found = await ioloop.run(self._read_all())
+        for scope in scopes:
+            found.setdefault(scope, StoredState())
+        return found
+
+    async def write_state(self, scope: str | None, state: StoredState) -> None:
+        await ioloop.run(self._replace(scope, state))
+
+    async def update_state(
+        self, scope: str | None, mutate: Callable[[StoredState], StoredState]
+    ) -> StoredState:
+        """maintguard's own writes run as one script each; any other ``mutate`` reads,
+        applies and writes the scope (not atomic against other processes)."""
+        if isinstance(mutate, PutHold | PutWorker | SetExplicit):
+            return await ioloop.run(self._apply(scope, mutate))
+        return await super().update_state(scope, mutate)
+
+    def _changes(self) -> AsyncIterator[object]:
+        return self._subscribe()
+
+    # -- on the I/O loop ------------------------------------------------------------------
+
+    def _connection(self) -> Any:
+        conn = self._conn
+        pid = os.getpid()
+        if conn.pid != pid:  # first use, or a forked child: a client of its own
+            import redis.asyncio as aioredis
+            from redis.asyncio.retry import Retry
+            from redis.backoff import NoBackoff
+
+            given = self._given
+            if given is not None and pid == self._given_pid:
+                client, own = given, False
+            elif given is not None:
+                pool = given.connection_pool
+                pool = aioredis.ConnectionPool(
+                    connection_class=pool.connection_class, **pool.connection_kwargs
+                )
+                client, own = (
+                    aioredis.Redis(connection_pool=pool, auto_close_connection_pool=True),
+                    True,
+                )
+            else:
+                # One quick retry (a pooled connection a restarted server closed), then
+                # the error: a hold entered while Redis is down fails at once.
+                retry = Retry(NoBackoff(), 1)
+                client = aioredis.Redis.from_url(self.url, retry=retry, **_CLIENT_OPTIONS)
+                own = True
+            conn.client, conn.own, conn.pid = client, own, pid
+            conn.scripts = {name: client.register_script(src) for name, src in SCRIPTS.items()}
+            self._offset = None
+        return conn.client
+
+    async def _call(self, name: str, keys: list[str], args: list[object], doing: str) -> Any:
+        self._connection()
+        sent = time.time()
+        try:
+            reply = await self._conn.scripts[name](keys=keys, args=args)
+        except Exception as exc:
+            raise BackendError(f"{self.describe()}: {doing} failed: {_say(exc)}") from exc
+        self._clock(reply[0], reply[1], sent)
+        return reply
+
+    async def _offset_now(self, doing: str) -> float:
+        # How far the server's clock is from ours, to put the times a write stores on the
+        # server's clock (every reply tells it again; the first write asks TIME).
+        client = self._connection()
+        if self._offset is None:
+            sent = time.time()
+            try:
+                sec, usec = await client.time()
+            except Exception as exc:
+                raise BackendError(f"{self.describe()}: {doing} failed: {_say(exc)}") from exc
+            self._clock(sec, usec, sent)
+        return self._offset or 0.0
+
+    def _clock(self, sec: Any, usec: Any, sent: float) -> None:
+        server = int(sec) + int(usec) / 1e6
+        offset = server - (sent + time.time()) / 2
+        self._offset = offset if abs(offset) >= SKEW else 0.0
+
+    async def _read_all(self) -> dict[str | None, StoredState]:
+        base = self._base
+        reply = await self._call(
+            "read",
+            [f"{base}:scopes", f"{base}:workers", f"{base}:worker-leases"],
+            [base],
+            "reading the maintenance state",
+        )
+        try:
+            offset = self._offset or 0.0
+            workers = self._workers(reply[2], offset)
+            found: dict[str | None, StoredState] = {}
+            rest = reply[3:]
+            for i in range(0, len(rest), 3):
+                scope = _text(rest[i]) or None
+                found[scope] = self._scope(
+                    rest[i + 1], rest[i + 2], workers if scope is None else (), offset
+                )
+        except (ValueError, TypeError, KeyError, IndexError) as exc:
+            raise self._bad_data(exc) from exc
+        return found
+
+    async def _apply(
+        self, scope: str | None, write: PutHold | PutWorker | SetExplicit
+    ) -> StoredState:
+        keys = self.keys(scope)
+        args: list[object] = [self._channel, scope or ""]
+        offset = await self._offset_now("writing to Redis")
+        if isinstance(write, PutHold):
+            if write.record is None:
+                name, doing = "release", "releasing the hold"
+                args.append(write.hold_id)
+            else:
+                name, doing = "hold", "writing the hold"
+                record = _shift_hold(write.record, offset)
+                args += [
+                    write.hold_id,
+                    _dump(hold_to_dict(replace(record, expires=None))),
+                    write.lease_ttl,
+                ]
+        elif isinstance(write, PutWorker):
+            if scope is not None:
+                raise BackendError("presence records live in the global scope")
+            name, doing = "worker", "recording this process's presence"
+            record_w = write.record
+            data = "" if record_w is None else _dump(worker_to_dict(record_w) | {"expires": None})
+            args += [write.worker_id, data, write.lease_ttl]
+        else:
+            name, doing = "explicit", "writing the state"
+            args += self._explicit_args(write.explicit, offset)
+        reply = await self._call(name, keys, args, doing)
+        if isinstance(write, PutHold) and write.renewal and write.record is not None:
+            write.lost = not reply[2]
+        return self._reply(scope, reply)
+
+    async def _replace(self, scope: str | None, state: StoredState) -> None:
+        offset = await self._offset_now("writing the state")
+        args: list[object] = [
+            self._channel,
+            scope or "",
+            *self._explicit_args(state.explicit, offset),
+        ]
+        args.append(len(state.holds))
+        for hold in state.holds:
+            shifted = _shift_hold(hold, offset)
+            args += [
+                hold.id,
+                _dump(hold_to_dict(replace(shifted, expires=None))),
+                _score(shifted.expires),
+            ]
+        if scope is None:
+            args.append(len(state.workers))
+            for worker in state.workers:
+                expires = worker.expires + timedelta(seconds=offset)
+                args += [
+                    worker.id,
+                    _dump(worker_to_dict(worker) | {"expires": None}),
+                    _score(expires),
+                ]
+        await self._call("replace", self.keys(scope), args, "writing the state")
+
+    def _explicit_args(self, explicit: ExplicitState, offset: float) -> list[object]:
+        if not explicit.active:
+            return ["", "", ""]
+        shift = timedelta(seconds=offset)
+        state = explicit_to_dict(
+            replace(
+                explicit, since=None, until=None, retry_after=_later(explicit.retry_after, shift)
+            )
+        )
+        since = "" if explicit.since is None else repr((explicit.since + shift).timestamp())
+        until = "" if explicit.until is None else repr((explicit.until + shift).timestamp())
+        return [_dump(state), since, until]
+
+    def _reply(self, scope: str | None, reply: Any) -> StoredState:
+        try:
+            offset = self._offset or 0.0
+            workers = self._workers(reply[5], offset) if scope is None else ()
+            return self._scope(reply[3], reply[4], workers, offset)
+        except (ValueError, TypeError, KeyError, IndexError) as exc:
+            raise self._bad_data(exc) from exc
+
+    def _scope(
+        self, explicit: Any, holds: Any, workers: tuple[WorkerRecord, ...], offset: float
+    ) -> StoredState:
+        fields = {_text(explicit[i]): _text(explicit[i + 1]) for i in range(0, len(explicit), 2)}
+        state = ExplicitState()
+        if fields:
+            back = timedelta(seconds=-offset)
+            loaded = explicit_from_dict(json.loads(fields["state"]))
+            state = replace(
+                loaded,
+                active=True,
+                since=_time(fields.get("since"), offset),
+                until=_time(fields.get("until"), offset),
+                retry_after=_later(loaded.retry_after, back),
+            )
+        records = []
+        for i in range(0, len(holds), 3):
+            hold = hold_from_dict(json.loads(_text(holds[i + 1])) | {"id": _text(holds[i])})
+            expires = float(_text(holds[i + 2]))
+            if not math.isinf(expires):
+                hold = replace(hold, expires=datetime.fromtimestamp(expires, timezone.utc))
+            records.append(_shift_hold(hold, -offset))
+        return StoredState(state, tuple(records), workers)
+
+    def _workers(self, flat: Any, offset: float) -> tuple[WorkerRecord, ...]:
+        found = []
+        for i in range(0, len(flat), 3):
+            data = json.loads(_text(flat[i + 1])) | {"id": _text(flat[i])}
+            data["expires"] = _time(flat[i + 2], offset).isoformat()  # type: ignore[union-attr]
+            found.append(worker_from_dict(data))
+        return tuple(found)
+
+    def _bad_data(self, exc: Exception) -> BackendError:
+        return BackendError(
+            f"{self.describe()}: the keys under {self._base} hold something maintguard did "
+            f"not write ({exc!r}); delete them (redis-cli --scan --pattern '{self._base}*') "
+            "or fix them"
+        )
+
+    async def _subscribe(self) -> AsyncIterator[object]:
+        # Every message wakes the watcher; so does every (re)subscription, after which the
+        # watcher re-reads in full: nothing published while unsubscribed is missed.
+        pause = 0.05
+        while True:
+            pubsub = self._connection().pubsub()
+            try:
+                await pubsub.subscribe(self._channel)
+                pinged = False
+                while True:
+                    message = await pubsub.get_message(timeout=max(self.refresh_interval, 1.0))
+                    if message is None:  # quiet: is the connection still there?
+                        if pinged:
+                            raise TimeoutError("no answer to PING on the subscription")
+                        await pubsub.ping()
+                        pinged = True
+                        continue
+                    pinged = False
+                    kind = _text(message.get("type"))
+                    if kind == "subscribe":
+                        pause = 0.05
+                        yield kind
+                    elif kind == "message":
+                        yield message.get("data")
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # polling goes on meanwhile; subscribe again
+                logger.debug(
+                    "%s: change notification lost (%s); subscribing again", self.describe(), exc
+                )
+            finally:
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, max(self.refresh_interval, 1.0))
+
+
+class _Connection:
+    """The client of one process (a forked child makes its own) and its scripts."""
+
+    __slots__ = ("client", "own", "pid", "scripts")
+
+    def __init__(self) -> None:
+        self.client: Any = None
+        self.own = False
+        self.pid = -1
+        self.scripts: dict[str, Any] = {}
+
+    def close(self) -> None:
+        # The backend object is gone: close the connections this process opened for it.
+        client, self.client = self.client, None
+        if client is not None and self.own and self.pid == os.getpid():
+            ioloop.tidy(client.aclose())
+
+
+def _dump(data: Mapping[str, Any]) -> str:
+    return json.dumps(data, separators=(",", ":"))
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, bytes):
+        return value.decode()
+    if not isinstance(value, str):
+        raise TypeError(f"expected text, found {value!r}")
+    return value
+
+
+def _time(value: Any, offset: float) -> datetime | None:
+    if value is None:
+        return None
+    return datetime.fromtimestamp(float(_text(value)) - offset, timezone.utc)
+
+
+def _score(expires: datetime | None) -> str:
+    return "+inf" if expires is None else repr(expires.timestamp())
+
+
+def _later(value: Any, shift: timedelta) -> Any:
+    return value + shift if isinstance(value, datetime) and shift else value
+
+
+def _shift_hold(hold: HoldRecord, offset: float) -> HoldRecord:
+    if not offset:
+        return hold
+    shift = timedelta(seconds=offset)
+    return replace(
+        hold,
+        acquired=hold.acquired + shift,
+        started=hold.started + shift,
+        expires=None if hold.expires is None else hold.expires + shift,
+        retry_after=_later(hold.retry_after, shift),
+    )
+
+
+def _say(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    return redact(text)
