@@ -15,16 +15,9 @@ from maintguard.backends import (
     MemoryBackend,
     RedisBackend,
 )
+from tests.stores import REDIS_URL, TEST_PREFIX, redis_prefix
 
 _vars = itertools.count()
-REDIS_URL = os.environ.get("MAINTGUARD_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
-"""The Redis server the tests use (.ci/run starts one when none answers)."""
-_TEST_PREFIX = f"mgtest-{os.getpid()}"
-
-
-def redis_prefix() -> str:
-    """A key prefix no other test uses."""
-    return f"{_TEST_PREFIX}-{next(_vars)}"
 
 
 def redis_backend(**options: object) -> RedisBackend:
@@ -41,7 +34,7 @@ def _redis_keys_removed() -> Iterator[None]:
 
     client = redis.Redis.from_url(REDIS_URL)
     try:
-        for key in client.scan_iter(match="{" + _TEST_PREFIX + "*"):
+        for key in client.scan_iter(match="{" + TEST_PREFIX + "*"):
             client.delete(key)
     except redis.RedisError:
         pass

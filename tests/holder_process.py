@@ -1,4 +1,7 @@
-"""Run by tests in separate OS processes: hold, loop or read a file backend on command."""
+"""Run by tests in separate OS processes: hold, loop or read a store on command.
+
+``holder_process.py COMMAND STORE FOLDER NAME [LEASE] [DRAIN]``: STORE as tests/stores.py
+names it; FOLDER holds the files through which the test and the process talk."""
 
 from __future__ import annotations
 
@@ -8,7 +11,7 @@ import time
 from pathlib import Path
 
 from maintguard import under_maintenance
-from maintguard.backends import LocalFileBackend
+from tests.stores import open_store
 
 
 def wait_for(path: Path, limit: float = 60) -> None:
@@ -20,16 +23,25 @@ def wait_for(path: Path, limit: float = 60) -> None:
 
 
 def main() -> None:
-    command, state_file, name, *rest = sys.argv[1:]
-    folder = Path(state_file).parent
+    command, store, where, name, *rest = sys.argv[1:]
+    folder = Path(where)
+    state_file = store.partition(":")[2]
     lease = float(rest[0]) if rest else 30.0
     if command == "drain":  # a drained hold: note when its body starts, hold until told
-        backend = LocalFileBackend(state_file, lease_ttl=lease, refresh_interval=0.2)
+        backend = open_store(store, lease_ttl=lease, refresh_interval=0.2)
         with under_maintenance(backend=backend, reason=name, drain=float(rest[1])):
             (folder / f"body-{name}").write_text(repr(time.time()))
             wait_for(folder / f"leave-{name}")
         return
-    backend = LocalFileBackend(state_file, lease_ttl=lease, refresh_interval=0)
+    backend = open_store(store, lease_ttl=lease, refresh_interval=0)
+    if command == "skewed":  # hold with this process's wall clock an hour behind
+        import time_machine
+
+        with time_machine.travel(time.time() - 3600, tick=True):
+            with under_maintenance(backend=backend, reason=name):
+                (folder / f"entered-{name}").touch()
+                wait_for(folder / f"leave-{name}")
+        return
     if command == "hold":  # hold until told to leave
         with under_maintenance(backend=backend, reason=name):
             (folder / f"entered-{name}").touch()

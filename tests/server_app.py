@@ -1,4 +1,6 @@
-"""An app served by real uvicorn processes in tests/test_server.py."""
+"""An app served by real uvicorn processes in tests/test_server.py: its store is
+MAINTGUARD_TEST_STORE (see tests/stores.py), else the file MAINTGUARD_TEST_FILE, whose
+folder also holds the files through which slow requests and the tests talk."""
 
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
 from maintguard import MaintenanceModeMiddleware, exempt
-from maintguard.backends import LocalFileBackend
+from tests.stores import open_store
 
 
 async def home(request: Request) -> Response:
@@ -39,8 +41,8 @@ async def slow(request: Request) -> Response:
 app = Starlette(routes=[Route("/", home), Route("/health", health), Route("/slow", slow)])
 app.add_middleware(
     MaintenanceModeMiddleware,
-    backend=LocalFileBackend(
-        os.environ["MAINTGUARD_TEST_FILE"],
+    backend=open_store(
+        os.environ.get("MAINTGUARD_TEST_STORE") or "file:" + os.environ["MAINTGUARD_TEST_FILE"],
         lease_ttl=float(os.environ.get("MAINTGUARD_TEST_LEASE", "30")),
         refresh_interval=float(os.environ.get("MAINTGUARD_TEST_REFRESH", "1.0")),
     ),

@@ -16,19 +16,26 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.stores import new_spec
 from tests.test_server import start_uvicorn, stop_all
 
 ROOT = Path(__file__).parents[1]
 Workers = Callable[..., list[tuple[str, subprocess.Popen[bytes]]]]
 
 
+@pytest.fixture(params=["file", "redis"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    return new_spec(str(request.param), tmp_path)
+
+
 @pytest.fixture
-def start_workers(tmp_path: Path) -> Iterator[Workers]:
+def start_workers(tmp_path: Path, store: str) -> Iterator[Workers]:
     procs: list[subprocess.Popen[bytes]] = []
 
     def start(count: int = 2, lease: float = 30.0) -> list[tuple[str, subprocess.Popen[bytes]]]:
         env = {
             "MAINTGUARD_TEST_FILE": str(tmp_path / "maintenance.json"),
+            "MAINTGUARD_TEST_STORE": store,
             "MAINTGUARD_TEST_REFRESH": "0.2",
             "MAINTGUARD_TEST_LEASE": str(lease),
         }
@@ -60,9 +67,9 @@ def slow_request(url: str, name: str, results: dict[str, object]) -> threading.T
     return thread
 
 
-def drain_holder(tmp_path: Path, name: str, drain: float) -> subprocess.Popen[bytes]:
+def drain_holder(store: str, tmp_path: Path, name: str, drain: float) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        [sys.executable, "tests/holder_process.py", "drain", str(tmp_path / "maintenance.json"),
+        [sys.executable, "tests/holder_process.py", "drain", store, str(tmp_path),
          name, "30", str(drain)],
         cwd=ROOT,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
@@ -77,14 +84,14 @@ def until_status(url: str, status: int, limit: float = 5) -> None:
 
 
 def test_a_drained_hold_waits_for_both_workers_in_flight_requests(
-    start_workers: Workers, tmp_path: Path
+    start_workers: Workers, tmp_path: Path, store: str
 ) -> None:
     (a, _), (b, _) = start_workers()
     results: dict[str, object] = {}
     threads = [slow_request(a, "a", results), slow_request(b, "b", results)]
     pids = {wait_file(tmp_path / "started-a"), wait_file(tmp_path / "started-b")}
     assert len(pids) == 2  # one request in flight in each worker process
-    holder = drain_holder(tmp_path, "nightly", drain=60)
+    holder = drain_holder(store, tmp_path, "nightly", drain=60)
     try:
         until_status(a, 503)  # maintenance is on at once: new requests are refused
         until_status(b, 503)
@@ -114,13 +121,13 @@ def test_a_drained_hold_waits_for_both_workers_in_flight_requests(
 
 
 def test_a_dead_workers_requests_stop_counting_when_its_lease_runs_out(
-    start_workers: Workers, tmp_path: Path
+    start_workers: Workers, tmp_path: Path, store: str
 ) -> None:
     (a, proc), = start_workers(count=1, lease=2.0)  # fmt: skip
     results: dict[str, object] = {}
     thread = slow_request(a, "a", results)
     wait_file(tmp_path / "started-a")
-    holder = drain_holder(tmp_path, "nightly", drain=60)
+    holder = drain_holder(store, tmp_path, "nightly", drain=60)
     try:
         until_status(a, 503)
         proc.send_signal(signal.SIGKILL)  # dies with its request in flight: no cleanup

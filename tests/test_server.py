@@ -1,4 +1,4 @@
-"""Two real uvicorn processes on 127.0.0.1 share a file backend; a third switches it."""
+"""Two real uvicorn processes on 127.0.0.1 share a store (a file, Redis); a third switches it."""
 
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ from pathlib import Path
 
 import httpx
 import pytest
+
+from tests.stores import new_spec
 
 ROOT = Path(__file__).parents[1]
 
@@ -56,11 +58,18 @@ def stop_all(procs: list[subprocess.Popen[bytes]]) -> None:
         proc.wait(10)
 
 
+@pytest.fixture(params=["file", "redis"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    return new_spec(str(request.param), tmp_path)
+
+
 @pytest.fixture
-def workers(tmp_path: Path) -> Iterator[list[str]]:
+def workers(tmp_path: Path, store: str) -> Iterator[list[str]]:
     env = {
         "MAINTGUARD_TEST_FILE": str(tmp_path / "maintenance.json"),
-        "MAINTGUARD_TEST_REFRESH": "0.5",
+        "MAINTGUARD_TEST_STORE": store,
+        # A file is polled; Redis publishes every change, so its polling may be slow.
+        "MAINTGUARD_TEST_REFRESH": "0.5" if store.startswith("file:") else "30",
     }
     procs: list[subprocess.Popen[bytes]] = []
     try:
@@ -71,19 +80,17 @@ def workers(tmp_path: Path) -> Iterator[list[str]]:
         stop_all(procs)
 
 
-def switch(tmp_path: Path, value: bool) -> None:
+def switch(store: str, value: bool) -> None:
     code = (
         "import anyio, sys, maintguard\n"
+        "from tests.stores import open_store\n"
         "on = sys.argv[1] == 'on'\n"
         "details = {'reason': 'DB upgrade', 'retry_after': 30} if on else {}\n"
-        "anyio.run(lambda: maintguard.set_maintenance_mode(on, 'file:' + sys.argv[2], **details))\n"
+        "store = open_store(sys.argv[2])\n"
+        "anyio.run(lambda: maintguard.set_maintenance_mode(on, store, **details))\n"
     )
     state = "on" if value else "off"
-    subprocess.run(
-        [sys.executable, "-c", code, state, str(tmp_path / "maintenance.json")],
-        check=True,
-        cwd=ROOT,
-    )
+    subprocess.run([sys.executable, "-c", code, state, store], check=True, cwd=ROOT)
 
 
 def time_until(urls: list[str], status: int, limit: float) -> float:
@@ -98,16 +105,16 @@ def time_until(urls: list[str], status: int, limit: float) -> float:
     return time.monotonic() - start
 
 
-def test_two_workers_follow_a_third_process(workers: list[str], tmp_path: Path) -> None:
+def test_two_workers_follow_a_third_process(workers: list[str], store: str) -> None:
     pids = {httpx.get(url + "/").text for url in workers}
     assert len(pids) == 2  # two separate worker processes
-    switch(tmp_path, True)
-    time_until(workers, 503, limit=1.0)  # the watchers re-read every 0.5 s
+    switch(store, True)
+    time_until(workers, 503, limit=1.0)  # polled every 0.5 s, or published
     for url in workers:
         response = httpx.get(url + "/", headers={"accept": "application/json"})
         assert response.status_code == 503
         assert response.json()["detail"] == "DB upgrade"
         assert response.headers["retry-after"] == "30"
         assert httpx.get(url + "/health").status_code == 200
-    switch(tmp_path, False)
+    switch(store, False)
     time_until(workers, 200, limit=1.0)
