@@ -37,10 +37,12 @@ def main() -> None:
     if command == "skewed":  # hold with this process's wall clock an hour behind
         import time_machine
 
-        with time_machine.travel(time.time() - 3600, tick=True):
-            with under_maintenance(backend=backend, reason=name):
-                (folder / f"entered-{name}").touch()
-                wait_for(folder / f"leave-{name}")
+        with (
+            time_machine.travel(time.time() - 3600, tick=True),
+            under_maintenance(backend=backend, reason=name),
+        ):
+            (folder / f"entered-{name}").touch()
+            wait_for(folder / f"leave-{name}")
         return
     if command == "hold":  # hold until told to leave
         with under_maintenance(backend=backend, reason=name):
