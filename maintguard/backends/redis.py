@@ -416,29 +416,25 @@ class RedisBackend(Backend):
     ) -> StoredState:
         keys = self.keys(scope)
         args: list[object] = [self._channel, scope or ""]
-        offset = await self._offset_now("writing to Redis")
         if isinstance(write, PutHold):
-            if write.record is None:
-                name, doing = "release", "releasing the hold"
-                args.append(write.hold_id)
-            else:
-                name, doing = "hold", "writing the hold"
-                record = _shift_hold(write.record, offset)
-                args += [
-                    write.hold_id,
-                    _dump(hold_to_dict(replace(record, expires=None))),
-                    write.lease_ttl,
-                ]
+            held = write.record
+            name = "release" if held is None else "hold"
+            doing = "releasing the hold" if held is None else "writing the hold"
+            offset = await self._offset_now(doing)
+            args.append(write.hold_id)
+            if held is not None:
+                held = replace(_shift_hold(held, offset), expires=None)
+                args += [_dump(hold_to_dict(held)), write.lease_ttl]
         elif isinstance(write, PutWorker):
             if scope is not None:
                 raise BackendError("presence records live in the global scope")
             name, doing = "worker", "recording this process's presence"
-            record_w = write.record
-            data = "" if record_w is None else _dump(worker_to_dict(record_w) | {"expires": None})
+            worker = write.record
+            data = "" if worker is None else _dump(worker_to_dict(worker) | {"expires": None})
             args += [write.worker_id, data, write.lease_ttl]
         else:
             name, doing = "explicit", "writing the state"
-            args += self._explicit_args(write.explicit, offset)
+            args += self._explicit_args(write.explicit, await self._offset_now(doing))
         reply = await self._call(name, keys, args, doing)
         if isinstance(write, PutHold) and write.renewal and write.record is not None:
             write.lost = not reply[2]

@@ -534,8 +534,8 @@ class ScopeController:
             stored = EMPTY
         elif policy == "closed":
             stored = StoredState(ExplicitState(active=True, reason="maintenance state unavailable"))
-        else:
-            stored = self.stored or EMPTY
+        else:  # as last read, with its holds' leases frozen: renewals cannot be seen now
+            stored = _frozen(self.stored or EMPTY, to_datetime(self.store.clock()))
         with self._lock:
             change = self._store(stored)
         self._announce(change, None)
@@ -754,6 +754,16 @@ def _utc(value: Any) -> Any:
     if value.utcoffset() is None:
         return value.replace(tzinfo=timezone.utc)
     return value
+
+
+def _frozen(stored: StoredState, now: datetime) -> StoredState:
+    """``stored`` while the store cannot be read: the holds live now count until the next
+    read (their holders' renewals cannot be seen; a job must not lose its maintenance to
+    an outage of the store), the others are gone."""
+    if all(h.expires is None for h in stored.holds):
+        return stored
+    holds = tuple(replace(h, expires=None) for h in stored.holds if h.live(now))
+    return replace(stored, holds=holds)
 
 
 def _stored_active(stored: StoredState, own_id: str, now: float) -> bool:

@@ -1,0 +1,171 @@
+"""A Redis server of the test's own, killed and started again while an app serves and a job
+holds: requests never get a 500, the last known state holds meanwhile, and once Redis is
+back the job's record is written again and every reader sees it."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import anyio
+import pytest
+import redis
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.routing import Route
+from starlette.testclient import TestClient
+
+from maintguard import BackendError, MaintenanceModeMiddleware, under_maintenance
+from maintguard.backends import RedisBackend
+from maintguard.core.registry import store_of
+from tests.stores import redis_prefix
+from tests.test_server import free_port
+
+
+class RedisServer:
+    """``redis-server`` on a spare port (and a socket), keeping nothing on disk."""
+
+    def __init__(self, folder: Path) -> None:
+        self.port = free_port()
+        self.socket = folder / "redis.sock"
+        self.folder = folder
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        binary = shutil.which("redis-server")
+        assert binary, "redis-server is not installed (.ci/run installs it)"
+        self.proc = subprocess.Popen(
+            [binary, "--port", str(self.port), "--bind", "127.0.0.1",
+             "--unixsocket", str(self.socket), "--save", "", "--appendonly", "no",
+             "--dir", str(self.folder)],
+            stdout=subprocess.DEVNULL,
+        )  # fmt: skip
+        client = redis.Redis(port=self.port)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                client.ping()
+                break
+            except redis.ConnectionError:
+                assert time.monotonic() < deadline, "redis-server did not start"
+                time.sleep(0.02)
+        client.close()
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait(10)
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[RedisServer]:
+    own = RedisServer(tmp_path)
+    own.start()
+    yield own
+    if own.proc is not None and own.proc.poll() is None:
+        own.kill()
+
+
+def app_for(backend: RedisBackend) -> Starlette:
+    async def home(request: Request) -> Response:
+        return PlainTextResponse("ok")
+
+    app = Starlette(routes=[Route("/", home)])
+    app.add_middleware(MaintenanceModeMiddleware, backend=backend)
+    return app
+
+
+def statuses(client: TestClient, seconds: float) -> set[int]:
+    seen = set()
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        seen.add(client.get("/").status_code)
+        time.sleep(0.01)
+    return seen
+
+
+def until(client: TestClient, status: int, limit: float) -> set[int]:
+    seen = set()
+    end = time.monotonic() + limit
+    while (code := client.get("/").status_code) != status:
+        seen.add(code)
+        assert time.monotonic() < end, f"still {code}, not {status}"
+        time.sleep(0.01)
+    return seen
+
+
+def test_redis_killed_and_restarted_mid_run(
+    server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    prefix = redis_prefix()
+    app_backend = RedisBackend(
+        f"redis://127.0.0.1:{server.port}/0", key_prefix=prefix, refresh_interval=0.3
+    )
+    # The job, as another process sees the same server: through the socket.
+    job_backend = RedisBackend(
+        f"unix://{server.socket}", key_prefix=prefix, lease_ttl=1.5, refresh_interval=0.3
+    )
+    entering = RedisBackend(f"redis://localhost:{server.port}/0", key_prefix=prefix)
+    leave = threading.Event()
+    held = threading.Event()
+
+    def job() -> None:
+        with under_maintenance(backend=job_backend, reason="reindex"):
+            held.set()
+            leave.wait(60)
+
+    caplog.set_level(logging.INFO, "maintguard")
+    with TestClient(app_for(app_backend)) as client:
+        assert client.get("/").status_code == 200
+        worker = threading.Thread(target=job)
+        worker.start()
+        try:
+            assert held.wait(10)
+            until(client, 503, limit=5)
+
+            server.kill()
+            # The last known state, longer than the job's lease (its renewals cannot be
+            # seen now); never a 500.
+            assert statuses(client, 2.5) == {503}
+            with pytest.raises(BackendError, match=r"writing the hold failed: .*(refused|failed)"):
+                anyio.run(_enter, entering)
+
+            server.start()  # empty: the restart lost every key
+            # The job's renewal finds its record gone and writes it again; readers follow.
+            seen = statuses(client, 3.0)
+            assert 500 not in seen and 503 in seen
+            until(client, 503, limit=5)
+            stored = anyio.run(RedisBackend(f"redis://127.0.0.1:{server.port}/0",
+                                            key_prefix=prefix).read_state, None)  # fmt: skip
+            assert [h.reason for h in stored.holds] == ["reindex"]
+        finally:
+            leave.set()
+            worker.join(30)
+        assert until(client, 200, limit=5) <= {503}
+    store = store_of(app_backend)
+    until_true(lambda: store.reported is None)  # the watcher left before Redis goes
+
+    messages = [r.getMessage() for r in caplog.records if r.name == "maintguard"]
+    failed = [m for m in messages if "reading the maintenance state failed" in m]
+    assert len([m for m in failed if "127.0.0.1" in m]) == 1  # warned once while it lasted
+    assert any("readable again" in m for m in messages)
+    assert any("had gone from the store" in m for m in messages)  # the lease re-acquired
+    assert any("writing the hold failed" in m and "retrying" in m for m in messages)
+
+
+def until_true(check: Callable[[], bool], limit: float = 10) -> None:
+    end = time.monotonic() + limit
+    while not check():
+        assert time.monotonic() < end
+        time.sleep(0.01)
+
+
+async def _enter(backend: RedisBackend) -> None:
+    async with under_maintenance(backend=backend):
+        raise AssertionError("the body ran although Redis was down")
