@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import random
 import socket
@@ -101,53 +100,56 @@ async def until_status(client: Any, url: str, status: int, limit: float = 10.0) 
             raise RuntimeError(f"{url} did not answer {status} within {limit}s")
 
 
-async def measure(spec: str, poll_only: bool, switches: int, requests: int) -> dict[str, Any]:
+def measure(spec: str, poll_only: bool, switches: int, requests: int) -> dict[str, Any]:
+    port = free_port()
+    args = [sys.executable, __file__, "--serve", spec, str(port)]
+    proc = subprocess.Popen([*args, *(["--poll-only"] if poll_only else [])])
+    try:
+        return asyncio.run(switching(spec, port, poll_only, switches, requests))
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+async def switching(
+    spec: str, port: int, poll_only: bool, switches: int, requests: int
+) -> dict[str, Any]:
     import httpx
 
     from maintguard import set_maintenance_mode
 
-    port = free_port()
     url = f"http://127.0.0.1:{port}/"
-    args = [sys.executable, __file__, "--serve", spec, str(port)]
-    proc = subprocess.Popen([*args, *(["--poll-only"] if poll_only else [])])
     backend = open_backend(spec)
     delays: list[float] = []
-    try:
-        async with httpx.AsyncClient() as client:
-            deadline = time.monotonic() + 30
-            while True:
-                try:
-                    await client.get(url)
-                    break
-                except httpx.TransportError:
-                    if time.monotonic() > deadline:
-                        raise
-                    await asyncio.sleep(0.05)
-            await asyncio.sleep(0.5)  # the watcher is subscribed / watching
-            for i in range(switches):
-                on = i % 2 == 0
-                # Polling: switch at any moment of the poll's cycle, not in step with it.
-                await asyncio.sleep(random.uniform(0.02, 1.1 if poll_only else 0.25))
-                start = time.perf_counter()
-                await set_maintenance_mode(on, backend)
-                await until_status(client, url, 503 if on else 200)
-                delays.append((time.perf_counter() - start) * 1000)
-            await until_status(client, url, 200)
-            before_calls = (await client.get(url + "_calls")).json()["n"]
-            before_cmds = redis_commands() if spec.startswith("redis:") else None
-            started = time.perf_counter()
-            for _ in range(requests):
+    async with httpx.AsyncClient() as client:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
                 await client.get(url)
-            took = time.perf_counter() - started
-            after_cmds = redis_commands() if spec.startswith("redis:") else None
-            after_calls = (await client.get(url + "_calls")).json()["n"]
-    finally:
-        proc.terminate()
-        proc.wait(10)
+                break
+            except httpx.TransportError:
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.05)
+        await asyncio.sleep(0.5)  # the watcher is subscribed / watching
+        for i in range(switches):
+            on = i % 2 == 0
+            # Polling: switch at any moment of the poll's cycle, not in step with it.
+            await asyncio.sleep(random.uniform(0.02, 1.1 if poll_only else 0.25))
+            start = time.perf_counter()
+            await set_maintenance_mode(on, backend)
+            await until_status(client, url, 503 if on else 200)
+            delays.append((time.perf_counter() - start) * 1000)
+        await until_status(client, url, 200)
+        before_calls = (await client.get(url + "_calls")).json()["n"]
+        before_cmds = redis_commands() if spec.startswith("redis:") else None
+        for _ in range(requests):
+            await client.get(url)
+        after_cmds = redis_commands() if spec.startswith("redis:") else None
+        after_calls = (await client.get(url + "_calls")).json()["n"]
     result: dict[str, Any] = {
         "delays": delays,
         "calls": after_calls - before_calls,
-        "seconds": took,
     }
     if before_cmds is not None and after_cmds is not None:
         result["commands"] = after_cmds - before_cmds - 1  # the INFO call itself
@@ -210,7 +212,7 @@ def main() -> None:
     print(f"{'store':<26}{'p50 ms':>9}{'p99 ms':>9}{'max ms':>9}   calls per request")
     report: dict[str, Any] = {}
     for name, spec, poll_only in cases:
-        found = asyncio.run(measure(spec, poll_only, options.switches, options.requests))
+        found = measure(spec, poll_only, options.switches, options.requests)
         report[name] = found
         delays = found["delays"]
         p50, p99 = statistics.median(delays), percentile(delays, 0.99)
@@ -234,8 +236,6 @@ def main() -> None:
     mark = "ok " if per_request < 0.05 else "MISS"
     print(f"  [{mark}] backend calls per request: {per_request:.3f} (background reads only)")
     cleanup(prefix)
-    json.dump({k: {**v, "delays": v["delays"]} for k, v in report.items()},
-              (folder / "report.json").open("w"))  # fmt: skip
 
 
 def cleanup(prefix: str) -> None:

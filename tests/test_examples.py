@@ -142,6 +142,17 @@ def test_holds_benchmark_prints_ratios(tmp_path: Path) -> None:
     check(done.stdout, with_peer=False)
 
 
+def test_propagation_benchmark_reports_every_store() -> None:
+    out = run("benchmarks/propagation.py", "--quick")
+    for store in ("file, OS notifications", "file, polling every 1 s", "Redis, pub/sub"):
+        row = next(line for line in out.splitlines() if line.startswith(store))
+        p50, p99, top = (float(x) for x in row[len(store) :].split()[:3])
+        assert 0 < p50 <= p99 <= top
+    assert "hold enter+exit: Redis" in out
+    goals = out.split("GOALS")[1].splitlines()
+    assert len([g for g in goals if g.strip().startswith("[")]) == 3
+
+
 def test_typed_usage_file_runs(tmp_path: Path) -> None:
     out = run("tests/typing_usage.py", str(tmp_path / "m.json"))
     assert out.startswith("MaintenanceState(active=False")
