@@ -142,6 +142,24 @@ def test_holds_benchmark_prints_ratios(tmp_path: Path) -> None:
     check(done.stdout, with_peer=False)
 
 
+def test_many_servers_example_reaches_both_workers() -> None:
+    import os
+
+    from tests.stores import REDIS_URL, redis_prefix
+
+    done = subprocess.run(
+        [sys.executable, "examples/many_servers.py", "--redis", REDIS_URL],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "MAINTGUARD_PREFIX": redis_prefix()},
+    )
+    assert done.returncode == 0 and done.stderr == "", done.stderr
+    answers = [line.split("workers answer ")[1] for line in done.stdout.splitlines()]
+    assert answers == ["200, 200", "503, 503", "200, 200", "503, 503", "200, 200"]
+
+
 def test_propagation_benchmark_reports_every_store() -> None:
     out = run("benchmarks/propagation.py", "--quick")
     for store in ("file, OS notifications", "file, polling every 1 s", "Redis, pub/sub"):
