@@ -73,8 +73,10 @@ def start_workers(env: dict[str, str]) -> list[tuple[str, subprocess.Popen[bytes
     workers = []
     for _ in range(2):
         port = free_port()
-        command = [sys.executable, "-m", "uvicorn", "examples.many_servers:app",
-                   "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]  # fmt: skip
+        command = [
+            *(sys.executable, "-m", "uvicorn", "examples.many_servers:app"),
+            *("--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"),
+        ]
         workers.append((f"http://127.0.0.1:{port}", subprocess.Popen(command, env=env, cwd=ROOT)))
     for url, _ in workers:
         for _ in range(300):
