@@ -5,10 +5,12 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shlex
 import sys
 import time
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -255,3 +257,36 @@ def test_a_forked_child_uses_a_connection_of_its_own() -> None:
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
     assert anyio.run(get_state, twin(backend, refresh_interval=0)).active is False
+
+
+def test_the_readmes_acl_user_can_do_everything_maintguard_needs(raw: redis.Redis) -> None:
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    line = next(x for x in readme.splitlines() if x.startswith("ACL SETUSER shop "))
+    prefix, user = redis_prefix(), f"mg-{os.getpid()}"
+    words = shlex.split(line.replace("{maintguard}", "{" + prefix + "}"))
+    words[2] = user
+    raw.execute_command(*words)
+    try:
+        backend = RedisBackend(
+            REDIS_URL.replace("redis://", f"redis://{user}:s3cret@"),
+            key_prefix=prefix,
+            refresh_interval=0.2,
+        )
+        stop = watcher.watch(backend)  # subscribes, reads, records its presence
+        try:
+            anyio.run(lambda: set_maintenance_mode(True, backend, scope="billing", reason="x"))
+            with under_maintenance(backend=backend, reason="job", drain=1):
+                assert anyio.run(get_state, backend).holds == 1
+            anyio.run(lambda: set_maintenance_mode(False, backend, scope="billing"))
+            eventually(lambda: store_of(backend).reported is not None, 5)
+        finally:
+            stop()
+        eventually(lambda: store_of(backend).reported is None, 5)  # left, through the ACL
+        assert anyio.run(get_state, backend).active is False
+        denied = RedisBackend(
+            REDIS_URL.replace("redis://", f"redis://{user}:s3cret@"), key_prefix="other"
+        )
+        with pytest.raises(BackendError, match=r"no permissions"):
+            anyio.run(lambda: set_maintenance_mode(True, denied))
+    finally:
+        raw.acl_deluser(user)
