@@ -286,7 +286,15 @@ class RedisBackend(Backend):
         return ("redis", host, int(where.get("port", 6379)), db, self.key_prefix)
 
     def describe(self) -> str:
-        return f"RedisBackend({redact(self.url)}, key_prefix={self.key_prefix!r})"
+        where = redact(self.url)
+        if self._given is not None:  # the client's server, not the URL's
+            _, *place, db, _ = self.store_key()
+            where = (
+                f"unix://{place[1]}?db={db}"
+                if place[0] == "unix"
+                else f"redis://{place[0]}:{place[1]}/{db}"
+            )
+        return f"RedisBackend({where}, key_prefix={self.key_prefix!r})"
 
     def keys(self, scope: str | None) -> list[str]:
         """The keys one scope's write touches (all share the hash tag ``{prefix}``)."""
