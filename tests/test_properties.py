@@ -18,10 +18,17 @@ from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, consumes, invariant, rule
 
 from maintguard import get_state, set_maintenance_mode, under_maintenance
-from maintguard.backends import Backend, EnvVarBackend, LocalFileBackend, MemoryBackend
+from maintguard.backends import (
+    Backend,
+    EnvVarBackend,
+    LocalFileBackend,
+    MemoryBackend,
+    RedisBackend,
+)
 from maintguard.core import store_of
 from maintguard.core.stack import HoldStack, Presents, details_of, new_key, record, to_datetime
 from maintguard.state import HoldRecord, Mode, derive, utcnow
+from tests.stores import REDIS_URL, redis_prefix
 
 HOLDERS = 6
 
@@ -112,7 +119,7 @@ async def _run_schedule(make: Any, writable: bool, schedule: list[tuple[Any, ...
     await check()
 
 
-@pytest.mark.parametrize("kind", ["memory", "env", "file"])
+@pytest.mark.parametrize("kind", ["memory", "env", "file", "redis"])
 @pytest.mark.parametrize("framework", ["asyncio", "trio"])
 @settings(
     max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
@@ -131,6 +138,11 @@ def test_random_schedules_keep_invariants(kind: str, framework: str, schedule: l
 
             def make() -> Backend:
                 return EnvVarBackend(var)
+        elif kind == "redis":
+            prefix = redis_prefix()  # a store of its own for each schedule
+
+            def make() -> Backend:
+                return RedisBackend(REDIS_URL, key_prefix=prefix, refresh_interval=0)
         else:
             path = Path(tmp) / "m.json"
 
