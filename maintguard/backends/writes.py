@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from datetime import datetime
+from typing import TypeVar
 
 from ..state import ExplicitState, HoldRecord, StoredState, WorkerRecord
 
@@ -47,9 +48,7 @@ class PutHold(Write):
         now = self.now
         if self.renewal:
             self.lost = not any(h.id == self.hold_id and h.live(now) for h in stored.holds)
-        holds = tuple(h for h in stored.holds if h.id != self.hold_id and h.live(now))
-        if self.record is not None:
-            holds += (self.record,)
+        holds = _put(stored.holds, self.hold_id, self.record, now)
         return stored if holds == stored.holds else replace(stored, holds=holds)
 
 
@@ -64,10 +63,7 @@ class PutWorker(Write):
     lease_ttl: float
 
     def __call__(self, stored: StoredState) -> StoredState:
-        now = self.now
-        workers = tuple(w for w in stored.workers if w.id != self.worker_id and w.live(now))
-        if self.record is not None:
-            workers += (self.record,)
+        workers = _put(stored.workers, self.worker_id, self.record, self.now)
         return stored if workers == stored.workers else replace(stored, workers=workers)
 
 
@@ -88,3 +84,12 @@ class SetExplicit(Write):
             if old.in_force(self.now) and old.since is not None:
                 new = replace(new, since=old.since)
         return stored if new == stored.explicit else replace(stored, explicit=new)
+
+
+R = TypeVar("R", HoldRecord, WorkerRecord)
+
+
+def _put(records: tuple[R, ...], key: str, record: R | None, now: datetime) -> tuple[R, ...]:
+    # The records live at `now` but `key`'s, then `record` (if any) in its place.
+    kept: tuple[R, ...] = tuple(r for r in records if r.id != key and r.live(now))
+    return kept if record is None else (*kept, record)
