@@ -92,4 +92,4 @@ R = TypeVar("R", HoldRecord, WorkerRecord)
 def _put(records: tuple[R, ...], key: str, record: R | None, now: datetime) -> tuple[R, ...]:
     # The records live at `now` but `key`'s, then `record` (if any) in its place.
     kept: tuple[R, ...] = tuple(r for r in records if r.id != key and r.live(now))
-    return kept if record is None else (*kept, record)
+    return kept if record is None else kept + (record,)
