@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 from ..state import ExplicitState, HoldRecord, StoredState, WorkerRecord
 
@@ -86,10 +86,17 @@ class SetExplicit(Write):
         return stored if new == stored.explicit else replace(stored, explicit=new)
 
 
-R = TypeVar("R", HoldRecord, WorkerRecord)
+class _Leased(Protocol):
+    @property
+    def id(self) -> str: ...
+
+    def live(self, now: datetime) -> bool: ...
+
+
+R = TypeVar("R", bound=_Leased)
 
 
 def _put(records: tuple[R, ...], key: str, record: R | None, now: datetime) -> tuple[R, ...]:
     # The records live at `now` but `key`'s, then `record` (if any) in its place.
     kept: tuple[R, ...] = tuple(r for r in records if r.id != key and r.live(now))
-    return kept if record is None else kept + (record,)
+    return kept if record is None else (*kept, record)
