@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .state import MaintenanceState
@@ -12,6 +12,7 @@ __all__ = [
     "ConfigurationError",
     "DrainTimeout",
     "MaintGuardError",
+    "PartialReadError",
     "ReadOnlyBackendError",
     "UnderMaintenance",
 ]
@@ -27,6 +28,21 @@ class ConfigurationError(MaintGuardError, ValueError):
 
 class BackendError(MaintGuardError):
     """A backend could not read or write the maintenance state."""
+
+
+class PartialReadError(BackendError):
+    """A whole-store read found some scopes unreadable (keys another program wrote).
+
+    ``found`` has the scopes that could be read; each scope missing from it follows
+    ``on_error``. ``complete`` is False when even the list of named scopes could not be
+    read (then every named scope missing from ``found`` is unknown, not empty)."""
+
+    def __init__(
+        self, message: str, found: dict[str | None, Any], *, complete: bool = True
+    ) -> None:
+        self.found = found
+        self.complete = complete
+        super().__init__(message)
 
 
 class ReadOnlyBackendError(BackendError):

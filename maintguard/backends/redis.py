@@ -17,7 +17,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from .. import ioloop
-from ..exceptions import BackendError, ConfigurationError
+from ..exceptions import BackendError, ConfigurationError, PartialReadError
 from ..state import (
     ExplicitState,
     HoldRecord,
@@ -80,6 +80,28 @@ _WRITE = (
     + """
 local scope = ARGV[2]
 
+-- All or nothing: a key of another type (written by something else) fails the script
+-- before it changes anything. The version counter only numbers messages: a broken one
+-- starts again.
+local function expect(key, kind)
+  local found = redis.call('TYPE', key).ok
+  if found ~= 'none' and found ~= kind then
+    error({err = 'WRONGTYPE ' .. key .. ' holds a ' .. found .. ', not a ' .. kind})
+  end
+end
+expect(KEYS[1], 'hash')
+expect(KEYS[2], 'hash')
+expect(KEYS[3], 'zset')
+if scope ~= '' then expect(KEYS[4], 'set') else
+  expect(KEYS[6], 'hash')
+  expect(KEYS[7], 'zset')
+end
+local version = redis.pcall('INCR', KEYS[5])
+if type(version) ~= 'number' then
+  redis.call('SET', KEYS[5], 1)
+  version = 1
+end
+
 local function tidy()
   if scope ~= '' then
     if redis.call('ZCARD', KEYS[3]) == 0 and redis.call('EXISTS', KEYS[1]) == 0 then
@@ -92,7 +114,6 @@ end
 
 local function finish(extra)
   tidy()
-  local version = redis.call('INCR', KEYS[5])
   redis.call('PUBLISH', ARGV[1], version)
   local workers = {}
   if scope == '' then workers = live(KEYS[6], KEYS[7]) end
@@ -177,17 +198,30 @@ return finish(0)
     # The whole store: KEYS 1 {prefix}:scopes, 2 {prefix}:workers, 3 {prefix}:worker-leases;
     # ARGV 1 "{prefix}". Returns the time, the live workers, then (scope, explicit, live
     # holds) for the global scope and every named scope that stores something.
+    # A scope whose keys cannot be read (another type) comes as (scope, false, error).
     "read": _PRELUDE
     + """
-local out = {t[1], t[2], live(KEYS[2], KEYS[3])}
-local scopes = redis.call('SMEMBERS', KEYS[1])
-table.insert(scopes, 1, '')
-for _, scope in ipairs(scopes) do
+local function try(f, ...)
+  local ok, found = pcall(f, ...)
+  if ok then return found end
+  return {false, type(found) == 'table' and found.err or tostring(found)}
+end
+local function scope_of(scope)
   local base = ARGV[1]
   if scope ~= '' then base = base .. ':scope:' .. scope end
+  return {redis.call('HGETALL', base .. ':explicit'), live(base .. ':holds', base .. ':leases')}
+end
+local scopes = redis.pcall('SMEMBERS', KEYS[1])
+local listed = false  -- or why the named scopes are not known
+if scopes.err then
+  listed = scopes.err
+  scopes = {}
+end
+local out = {t[1], t[2], try(live, KEYS[2], KEYS[3]), listed}
+table.insert(scopes, 1, '')
+for _, scope in ipairs(scopes) do
   out[#out + 1] = scope
-  out[#out + 1] = redis.call('HGETALL', base .. ':explicit')
-  out[#out + 1] = live(base .. ':holds', base .. ':leases')
+  out[#out + 1] = try(scope_of, scope)
 end
 return out
 """,
@@ -316,7 +350,14 @@ class RedisBackend(Backend):
         return (await self.read_scopes((scope,)))[scope]
 
     async def read_scopes(self, scopes: Collection[str | None]) -> Mapping[str | None, StoredState]:
-        found = await ioloop.run(self._read_all())
+        try:
+            found = await ioloop.run(self._read_all())
+        except PartialReadError as exc:
+            if exc.complete:  # every named scope was listed: the others store nothing
+                for scope in scopes:
+                    if scope is not None:
+                        exc.found.setdefault(scope, StoredState())
+            raise
         for scope in scopes:
             found.setdefault(scope, StoredState())
         return found
@@ -405,18 +446,36 @@ class RedisBackend(Backend):
             [base],
             "reading the maintenance state",
         )
+        # Each scope stands alone: one that cannot be read (keys something else wrote)
+        # follows on_error while the others are read as usual.
+        offset = self._offset or 0.0
+        found: dict[str | None, StoredState] = {}
+        failed: dict[str | None, str] = {}
+        workers: tuple[WorkerRecord, ...] = ()
         try:
-            offset = self._offset or 0.0
-            workers = self._workers(reply[2], offset)
-            found: dict[str | None, StoredState] = {}
-            rest = reply[3:]
-            for i in range(0, len(rest), 3):
-                scope = _text(rest[i]) or None
+            workers = self._workers(_unless_failed(reply[2]), offset)
+        except _UNREADABLE as exc:
+            failed[None] = repr(exc)
+        rest = reply[4:]
+        for i in range(0, len(rest), 2):
+            scope = _text(rest[i]) or None
+            if scope in failed:
+                continue
+            try:
+                explicit, holds = _unless_failed(rest[i + 1])
                 found[scope] = self._scope(
-                    rest[i + 1], rest[i + 2], workers if scope is None else (), offset
+                    explicit, holds, workers if scope is None else (), offset
                 )
-        except (ValueError, TypeError, KeyError, IndexError) as exc:
-            raise self._bad_data(exc) from exc
+            except _UNREADABLE as exc:
+                failed[scope] = repr(exc)
+        if failed or reply[3] is not None:
+            raise PartialReadError(
+                self._bad_data(
+                    "; ".join(f"{k or 'global'}: {v}" for k, v in failed.items()) or _text(reply[3])
+                ).args[0],
+                found,
+                complete=reply[3] is None,
+            )
         return found
 
     async def _apply(
@@ -492,8 +551,8 @@ class RedisBackend(Backend):
             offset = self._offset or 0.0
             workers = self._workers(reply[5], offset) if scope is None else ()
             return self._scope(reply[3], reply[4], workers, offset)
-        except (ValueError, TypeError, KeyError, IndexError) as exc:
-            raise self._bad_data(exc) from exc
+        except _UNREADABLE as exc:
+            raise self._bad_data(repr(exc)) from exc
 
     def _scope(
         self, explicit: Any, holds: Any, workers: tuple[WorkerRecord, ...], offset: float
@@ -527,10 +586,10 @@ class RedisBackend(Backend):
             found.append(worker_from_dict(data))
         return tuple(found)
 
-    def _bad_data(self, exc: Exception) -> BackendError:
+    def _bad_data(self, why: str) -> BackendError:
         return BackendError(
             f"{self.describe()}: the keys under {self._base} hold something maintguard did "
-            f"not write ({exc!r}); delete them (redis-cli --scan --pattern '{self._base}*') "
+            f"not write ({why}); delete them (redis-cli --scan --pattern '{self._base}*') "
             "or fix them"
         )
 
@@ -587,6 +646,16 @@ class _Connection:
         client, self.client = self.client, None
         if client is not None and self.own and self.pid == os.getpid():
             ioloop.tidy(client.aclose())
+
+
+_UNREADABLE = (ValueError, TypeError, KeyError, IndexError, OverflowError)
+
+
+def _unless_failed(entry: Any) -> Any:
+    # The read script's (false, why) for keys it could not read.
+    if isinstance(entry, list) and len(entry) == 2 and entry[0] is None:
+        raise ValueError(_text(entry[1]))
+    return entry
 
 
 def _dump(data: Mapping[str, Any]) -> str:

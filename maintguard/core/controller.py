@@ -28,7 +28,7 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 from ..backends.writes import PutHold, SetExplicit, Write
-from ..exceptions import BackendError, MaintGuardError, ReadOnlyBackendError
+from ..exceptions import BackendError, MaintGuardError, PartialReadError, ReadOnlyBackendError
 from ..state import (
     EventKind,
     ExplicitState,
@@ -500,9 +500,11 @@ class ScopeController:
         else:
             self.apply_read(stored, writes)
 
-    def apply_read(self, stored: StoredState, writes: int) -> None:
-        """Take a state read when ``writes`` writes had completed, unless one landed since."""
-        self.store.read_ok()
+    def apply_read(self, stored: StoredState, writes: int, *, clears: bool = True) -> None:
+        """Take a state read when ``writes`` writes had completed, unless one landed since.
+        ``clears``: the read was whole (a store error noted before is over)."""
+        if clears:
+            self.store.read_ok()
         if stored is self.stored:  # nothing changed (the env backend returns one object)
             self.read_at = time.monotonic()
             return
@@ -701,6 +703,14 @@ async def refresh_store(
     writes = [c.writes for c in ctrls]
     try:
         found = await io.read_scopes(store.backend, [c.scope for c in ctrls])
+    except PartialReadError as exc:  # the scopes read are taken; the others follow on_error
+        store.seen = exc.found
+        for ctrl, count in zip(ctrls, writes, strict=True):
+            if ctrl.scope in exc.found:
+                ctrl.apply_read(exc.found[ctrl.scope], count, clears=False)
+            else:
+                ctrl.read_failed(exc, may_raise=may_raise)
+        return
     except Exception as exc:
         if io.exiting():
             return  # the watcher of an exiting process: nothing to tell
