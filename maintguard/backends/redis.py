@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import logging
 import math
@@ -15,6 +16,7 @@ from collections.abc import AsyncIterator, Callable, Collection, Mapping
 from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from typing import Any
+from urllib.parse import urlsplit
 
 from .. import ioloop
 from ..exceptions import BackendError, ConfigurationError, PartialReadError
@@ -233,13 +235,18 @@ _CLIENT_OPTIONS: dict[str, Any] = {
     "socket_connect_timeout": 5.0,
     "client_name": "maintguard",
 }
-_PASSWORD = re.compile(r"(?<=://)([^/@?#]*?):[^/@?#]*@")
 _QUERY_PASSWORD = re.compile(r"(?i)([?&]password=)[^&#]*")
 
 
 def redact(url: str) -> str:
-    """``url`` with any password replaced by ``***``."""
-    return _QUERY_PASSWORD.sub(r"\1***", _PASSWORD.sub(r"\1:***@", url))
+    """``url`` with any password replaced by ``***``: everything between ``user:`` and the
+    last ``@`` (a password may hold ``@``, ``/``, ``#`` or ``?``), and a ``password=``."""
+    scheme, sep, rest = url.partition("://")
+    if sep and "@" in rest:
+        userinfo, _, place = rest.rpartition("@")
+        user, colon, _ = userinfo.partition(":")
+        rest = f"{user}:***@{place}" if colon else f"{userinfo}@{place}"
+    return _QUERY_PASSWORD.sub(r"\1***", scheme + sep + rest)
 
 
 class RedisBackend(Backend):
@@ -275,7 +282,7 @@ class RedisBackend(Backend):
     ) -> None:
         super().__init__(on_error=on_error, lease_ttl=lease_ttl, refresh_interval=refresh_interval)
         try:
-            from redis.asyncio.connection import parse_url
+            import redis.asyncio.connection  # noqa: F401 - imported when the backend is made
         except ImportError:
             raise ConfigurationError(f"RedisBackend needs the redis package: {INSTALL}") from None
         if not isinstance(url, str):
@@ -292,14 +299,7 @@ class RedisBackend(Backend):
         if client is not None:
             where = dict(client.connection_pool.connection_kwargs)
         else:
-            try:
-                where = dict(parse_url(url))
-            except ValueError as exc:
-                raise ConfigurationError(
-                    f"RedisBackend URL {redact(url)!r} is not understood ({exc}); use "
-                    "redis://[user:password@]host[:port][/db], rediss://... (TLS) or "
-                    "unix:///path/to/redis.sock[?db=N]"
-                ) from None
+            where = _parse(url)
         self._where = where
         self._base = "{" + key_prefix + "}"
         self._channel = self._base + ":changes"
@@ -318,6 +318,18 @@ class RedisBackend(Backend):
             return ("redis", "unix", where["path"], db, self.key_prefix)
         host = str(where.get("host", "localhost")).lower()
         return ("redis", host, int(where.get("port", 6379)), db, self.key_prefix)
+
+    def options(self) -> dict[str, object]:
+        # Two objects for one store must also connect alike: over TLS or not, as the same
+        # user with the same password (compared, never shown).
+        where = self._where
+        kind = where.get("connection_class")
+        secret = f"{where.get('username')}\0{where.get('password')}".encode()
+        return {
+            **super().options(),
+            "connection": "tcp" if kind is None else kind.__name__,
+            "credentials": hashlib.sha256(secret).hexdigest()[:12],
+        }
 
     def describe(self) -> str:
         where = redact(self.url)
@@ -646,6 +658,47 @@ class _Connection:
         client, self.client = self.client, None
         if client is not None and self.own and self.pid == os.getpid():
             ioloop.tidy(client.aclose())
+
+
+_URL_FORMS = (
+    "use redis://[user:password@]host[:port][/db], rediss://... (TLS) or "
+    "unix:///path/to/redis.sock[?db=N], with a password's special characters %-encoded"
+)
+
+
+def _parse(url: str) -> dict[str, Any]:
+    """redis-py's reading of ``url``, checked as far as it can be without connecting."""
+    import inspect
+
+    from redis.asyncio.connection import parse_url
+
+    def bad(why: str) -> ConfigurationError:
+        return ConfigurationError(
+            f"RedisBackend URL {redact(url)!r} is not understood ({why}); {_URL_FORMS}"
+        )
+
+    try:
+        where = dict(parse_url(url))
+        split = urlsplit(url)
+    except ValueError as exc:
+        raise bad(str(exc)) from None
+    path = split.path.strip("/")
+    if split.scheme in ("redis", "rediss") and path and not path.isdigit():
+        raise bad(f"the database must be a number, not {path!r}")
+    if split.scheme == "unix" and not where.get("path"):
+        raise bad("a unix:// URL needs the socket's path")
+    from redis.asyncio.connection import Connection
+
+    connection_class: Any = where.get("connection_class") or Connection
+    known: set[str] = {"db", "username", "password", "connection_class"}
+    for cls in inspect.getmro(connection_class):
+        init = cls.__dict__.get("__init__")
+        if init is not None:
+            known |= set(inspect.signature(init).parameters)
+    unknown = sorted(set(where) - known - {"self", "args", "kwargs"})
+    if unknown:
+        raise bad(f"unknown option {', '.join(unknown)}")
+    return where
 
 
 _UNREADABLE = (ValueError, TypeError, KeyError, IndexError, OverflowError)
