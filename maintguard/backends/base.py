@@ -19,6 +19,7 @@ OnError = Literal["last_known", "open", "closed"]
 
 _ON_ERROR = ("last_known", "open", "closed")
 _tokens = itertools.count()
+_MAX_LEASE = 365 * 86400.0  # longer ones overflow datetimes
 
 
 class Backend(abc.ABC):
@@ -81,10 +82,12 @@ class Backend(abc.ABC):
                 or not isinstance(value, int | float)
                 or math.isnan(value)
                 or value < 0
-                or (name == "lease_ttl" and (value == 0 or math.isinf(value)))
+                or (name == "lease_ttl" and not 0 < value <= _MAX_LEASE)
             ):
                 raise ConfigurationError(
-                    f"{name} must be a positive number of seconds, not {value!r}"
+                    f"{name} must be a positive number of seconds"
+                    + (" (a year at most)" if name == "lease_ttl" else "")
+                    + f", not {value!r}"
                 )
         self.on_error = on_error
         self.lease_ttl = float(lease_ttl)

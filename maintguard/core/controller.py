@@ -277,6 +277,19 @@ class ScopeController:
         self._announce(change, None)
         return write
 
+    def claim_release(self) -> bool:
+        """A release failed and nothing is held now: the stored record may still be there.
+        True (one more write counted) when the caller should write again to remove it."""
+        with self._lock:
+            claim = self._release_failed() and self._inflight == 0
+            if claim:
+                self._inflight += 1
+            return claim
+
+    def _release_failed(self) -> bool:
+        # Under the lock.
+        return self._written is _UNKNOWN and not self.holding()
+
     def sync_record(self) -> bool:
         """True when the stored record no longer matches the stack (a write must follow)."""
         with self._lock:
@@ -676,7 +689,7 @@ async def _renew(ref: weakref.ref[ScopeController], renewal: object, period: flo
             with ctrl._lock:
                 if ctrl._renewal is not renewal:
                     return
-                if not ctrl.holding():
+                if not ctrl.holding() and not ctrl._release_failed():
                     ctrl._renewal = None  # decided with the lock: a new hold starts anew
                     return
                 ctrl._inflight += 1

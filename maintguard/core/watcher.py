@@ -77,6 +77,9 @@ async def _watch(store: Store) -> None:
                     await refresh_store(store, ctrls)
                 for ctrl in ctrls:
                     ctrl.tick()
+                    if ctrl.claim_release():  # a release failed: others still see the record
+                        with contextlib.suppress(Exception):  # (said when it failed)
+                            await ctrl.write()
                 await presence.tick(store)
                 due = min((ctrl.deadline() for ctrl in ctrls), default=math.inf)
             except Exception:  # never let the watcher die
