@@ -614,7 +614,8 @@ async def test_default_backend_flips_to_mounted_subapp_middleware() -> None:
 
 
 @pytest.mark.xfail(
-    strict=True, reason="no lifespan: the first requests await a full store read (stall on I/O)"
+    strict=True,
+    reason="no lifespan: the first requests wait for the first read (up to 1 s, then on_error)",
 )
 @pytest.mark.anyio
 async def test_lazy_start_request_waits_on_store_read() -> None:

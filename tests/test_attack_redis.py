@@ -657,11 +657,6 @@ def test_requests_after_startup_do_not_wait_on_a_paused_redis(own_server: RedisS
         assert seen == {200} and max(took) < 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="without a lifespan the first requests await presence.join and a full read: "
-    "about 20 s on a hung Redis, then they are let through",
-)
 def test_the_first_request_without_a_lifespan_does_not_wait_on_a_hung_redis() -> None:
     prefix = redis_prefix()
     with stalled_server() as port:

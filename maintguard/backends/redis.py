@@ -307,7 +307,7 @@ class RedisBackend(Backend):
         self._given_pid = os.getpid()
         self._conn = _Connection()
         self._offset: float | None = None  # server clock minus ours (seconds)
-        weakref.finalize(self, self._conn.close)
+        weakref.finalize(self, self._conn.close).atexit = False  # at exit the loop ends
 
     # -- what names the store ---------------------------------------------------------------
 
@@ -394,7 +394,7 @@ class RedisBackend(Backend):
     def _connection(self) -> Any:
         conn = self._conn
         pid = os.getpid()
-        if conn.pid != pid:  # first use, or a forked child: a client of its own
+        if conn.pid != pid or conn.client is None:  # first use, or a forked child
             import redis.asyncio as aioredis
             from redis.asyncio.retry import Retry
             from redis.backoff import NoBackoff

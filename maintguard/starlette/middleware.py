@@ -41,6 +41,7 @@ from .responses import Prepared, Template, check_template, choose, counting_seco
 __all__ = ["MaintenanceModeMiddleware"]
 
 logger = logging.getLogger("maintguard")
+_FIRST_READ_LIMIT = 1.0  # seconds a first request waits for the first read (no lifespan)
 
 _SAFE = frozenset({"GET", "HEAD", "OPTIONS"})
 _READS = frozenset({"GET", "HEAD"})
@@ -273,22 +274,28 @@ class MaintenanceModeMiddleware:
         names = {name for _, name in self._scope_globs} | routes.scopes
         scoped = {name: controller(backend, name) for name in names}
         store = store_of(backend)
-        try:  # recorded before the first look: a drain elsewhere then counts our requests
-            await presence.join(store)
-        except Exception as exc:
-            store.presence_failing = True  # said here: the watcher's retries stay quiet
-            logger.warning(
-                "maintguard: could not record this process in %s (%s): drained holds in "
-                "other processes will not wait for its requests",
-                backend.describe(),
-                exc,
-            )
-        try:
-            await refresh_store(store, [ctrl, *scoped.values()], may_raise=True)
-        except MaintGuardError:
-            if at_startup:
-                raise  # seen at start-up, where it can be fixed
-            logger.exception("maintguard: the maintenance state could not be read")
+        # Without a lifespan the first request waits for this: not for long.
+        with anyio.move_on_after(None if at_startup else _FIRST_READ_LIMIT) as waiting:
+            try:  # recorded before the first look: a drain elsewhere then counts our requests
+                await presence.join(store)
+            except Exception as exc:
+                store.presence_failing = True  # said here: the watcher's retries stay quiet
+                logger.warning(
+                    "maintguard: could not record this process in %s (%s): drained holds in "
+                    "other processes will not wait for its requests",
+                    backend.describe(),
+                    exc,
+                )
+            try:
+                await refresh_store(store, [ctrl, *scoped.values()], may_raise=True)
+            except MaintGuardError:
+                if at_startup:
+                    raise  # seen at start-up, where it can be fixed
+                logger.exception("maintguard: the maintenance state could not be read")
+        if waiting.cancelled_caught:  # the watcher goes on reading; on_error meanwhile
+            late = TimeoutError(f"no answer within {_FIRST_READ_LIMIT:g}s")
+            for waited in (ctrl, *scoped.values()):
+                waited.read_failed(late, may_raise=False)
         with self._start_lock:
             if self._ctrl is None:
                 self._work = store.work
