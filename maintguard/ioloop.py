@@ -27,6 +27,7 @@ import anyio.to_thread
 __all__ = [
     "background",
     "exiting",
+    "mark_background",
     "offload",
     "on_io_thread",
     "run",
@@ -88,6 +89,11 @@ def tidy(coro: Coroutine[Any, Any, None]) -> None:
         contextvars.Context().run(asyncio.run_coroutine_threadsafe, coro, loop)
     except RuntimeError:  # the loop is closing
         coro.close()
+
+
+def mark_background(task: asyncio.Task[Any]) -> None:
+    """A task made on the I/O loop that is background work (cancelled at exit, not waited for)."""
+    _background.add(task)
 
 
 def background(coro: Coroutine[Any, Any, None]) -> concurrent.futures.Future[None]:
@@ -158,10 +164,15 @@ def shutdown(timeout: float = 5.0) -> None:
     async def drain() -> bool:
         for task in list(_background):
             task.cancel()
-        tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-        if not tasks:
+        # What is left are writes (releases): they may finish; background tasks need not.
+        writes = [
+            t
+            for t in asyncio.all_tasks()
+            if t is not asyncio.current_task() and t not in _background
+        ]
+        if not writes:
             return True
-        _, pending = await asyncio.wait(tasks, timeout=timeout)
+        _, pending = await asyncio.wait(writes, timeout=timeout)
         return not pending
 
     try:

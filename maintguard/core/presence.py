@@ -120,7 +120,7 @@ async def join(store: Store) -> None:
 
 async def tick(store: Store) -> None:
     """From the watcher: renew the record when due, rewrite it when a report changed."""
-    if not _shared(store):
+    if not _shared(store) or io.exiting():  # (at exit the record is being removed)
         return
     reports = _reports(store)
     renew_at = store.presence_at + store.backend.lease_ttl / 3

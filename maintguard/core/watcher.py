@@ -17,6 +17,7 @@ import os
 import time
 from collections.abc import Callable
 
+from .. import ioloop
 from ..backends import Backend
 from . import io, presence
 from .controller import refresh_store
@@ -125,7 +126,9 @@ def _notifier(store: Store, wake: asyncio.Event) -> asyncio.Task[None] | None:
                 store.backend.refresh_interval,
             )
 
-    return asyncio.ensure_future(notify())
+    task = asyncio.ensure_future(notify())
+    ioloop.mark_background(task)
+    return task
 
 
 def _after_fork_in_child() -> None:
