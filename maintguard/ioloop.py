@@ -13,6 +13,7 @@ import asyncio
 import atexit
 import concurrent.futures
 import concurrent.futures.thread
+import contextlib
 import contextvars
 import logging
 import os
@@ -30,6 +31,7 @@ __all__ = [
     "mark_background",
     "offload",
     "on_io_thread",
+    "on_shutdown",
     "run",
     "run_sync",
     "shutdown",
@@ -45,6 +47,7 @@ _lock = threading.Lock()
 _loop: asyncio.AbstractEventLoop | None = None
 _thread: threading.Thread | None = None
 _background: weakref.WeakSet[asyncio.Task[Any]] = weakref.WeakSet()
+_closers: list[Callable[[], Coroutine[Any, Any, None]]] = []
 _workers = concurrent.futures.ThreadPoolExecutor(4, thread_name_prefix="maintguard-worker")
 _running_loop = asyncio._get_running_loop
 
@@ -89,6 +92,11 @@ def tidy(coro: Coroutine[Any, Any, None]) -> None:
         contextvars.Context().run(asyncio.run_coroutine_threadsafe, coro, loop)
     except RuntimeError:  # the loop is closing
         coro.close()
+
+
+def on_shutdown(close: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    """Run ``close()`` on the I/O loop when it shuts down, after the writes have landed."""
+    _closers.append(close)
 
 
 def mark_background(task: asyncio.Task[Any]) -> None:
@@ -165,14 +173,14 @@ def shutdown(timeout: float = 5.0) -> None:
         for task in list(_background):
             task.cancel()
         # What is left are writes (releases): they may finish; background tasks need not.
-        writes = [
-            t
-            for t in asyncio.all_tasks()
-            if t is not asyncio.current_task() and t not in _background
-        ]
-        if not writes:
-            return True
-        _, pending = await asyncio.wait(writes, timeout=timeout)
+        here = asyncio.current_task()
+        writes = [t for t in asyncio.all_tasks() if t is not here and t not in _background]
+        pending: set[asyncio.Task[Any]] = set()
+        if writes:
+            _, pending = await asyncio.wait(writes, timeout=timeout)
+        for close in _closers:  # connections opened on this loop, closed with it
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(close(), 1.0)
         return not pending
 
     try:

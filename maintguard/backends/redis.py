@@ -418,6 +418,7 @@ class RedisBackend(Backend):
                 client = aioredis.Redis.from_url(self.url, retry=retry, **_CLIENT_OPTIONS)
                 own = True
             conn.client, conn.own, conn.pid = client, own, pid
+            _open.add(conn)
             conn.scripts = {name: client.register_script(src) for name, src in SCRIPTS.items()}
             self._offset = None
         return conn.client
@@ -645,7 +646,7 @@ class RedisBackend(Backend):
 class _Connection:
     """The client of one process (a forked child makes its own) and its scripts."""
 
-    __slots__ = ("client", "own", "pid", "scripts")
+    __slots__ = ("__weakref__", "client", "own", "pid", "scripts")
 
     def __init__(self) -> None:
         self.client: Any = None
@@ -658,6 +659,20 @@ class _Connection:
         client, self.client = self.client, None
         if client is not None and self.own and self.pid == os.getpid():
             ioloop.tidy(client.aclose())
+
+
+_open: weakref.WeakSet[_Connection] = weakref.WeakSet()
+
+
+async def _close_all() -> None:
+    # The I/O loop shuts down (interpreter exit): close what this process opened on it.
+    for conn in list(_open):
+        client, conn.client = conn.client, None
+        if client is not None and conn.own and conn.pid == os.getpid():
+            await client.aclose()
+
+
+ioloop.on_shutdown(_close_all)
 
 
 _URL_FORMS = (
