@@ -149,7 +149,7 @@ async def tick(store: Store) -> None:
 
 async def leave(store: Store) -> None:
     """Remove this process's record: it no longer watches the store."""
-    if not _shared(store) or store.reported is None:
+    if not _shared(store) or store.reported is None or io.exiting():  # (at exit: blocking)
         return
     build, _ = _write(store, None)
     try:
