@@ -4,6 +4,7 @@ import itertools
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -15,7 +16,7 @@ from maintguard.backends import (
     MemoryBackend,
     RedisBackend,
 )
-from tests.stores import REDIS_URL, TEST_PREFIX, redis_prefix
+from tests.stores import REDIS_URL, TEST_PREFIX, RedisServer, redis_prefix
 
 _vars = itertools.count()
 
@@ -24,6 +25,26 @@ def redis_backend(**options: object) -> RedisBackend:
     """A Redis store of its own, read afresh on every read unless told otherwise."""
     options.setdefault("refresh_interval", 0)
     return RedisBackend(REDIS_URL, key_prefix=redis_prefix(), **options)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def raw() -> Iterator[Any]:
+    """A plain redis-py client of the tests' Redis server, answering text."""
+    import redis
+
+    client = redis.Redis.from_url(REDIS_URL, decode_responses=True)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A redis-server of the test's own on a spare port (to kill, pause or restart)."""
+    server = RedisServer(tmp_path)
+    server.start()
+    yield server
+    if server.proc is not None and server.proc.poll() is None:
+        server.kill()
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import itertools
 import os
+import shutil
+import socket
+import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -32,3 +36,46 @@ def open_store(spec: str, **options: Any) -> Backend:
     if kind == "redis":
         return RedisBackend(REDIS_URL, key_prefix=where, **options)
     return LocalFileBackend(where, **options)
+
+
+class RedisServer:
+    """``redis-server`` on a spare port (and a socket), keeping nothing on disk."""
+
+    def __init__(self, folder: Path) -> None:
+        self.port = free_port()
+        self.socket = folder / "redis.sock"
+        self.folder = folder
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        binary = shutil.which("redis-server")
+        assert binary, "redis-server is not installed (.ci/run installs it)"
+        self.proc = subprocess.Popen(
+            [binary, "--port", str(self.port), "--bind", "127.0.0.1",
+             "--unixsocket", str(self.socket), "--save", "", "--appendonly", "no",
+             "--dir", str(self.folder)],
+            stdout=subprocess.DEVNULL,
+        )  # fmt: skip
+        import redis
+
+        client = redis.Redis(port=self.port)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                client.ping()
+                break
+            except redis.ConnectionError:
+                assert time.monotonic() < deadline, "redis-server did not start"
+                time.sleep(0.02)
+        client.close()
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait(10)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])

@@ -23,7 +23,6 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import anyio
@@ -31,16 +30,11 @@ import anyio.to_thread
 import pytest
 import redis
 from redis.crc import key_slot
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import PlainTextResponse, Response
-from starlette.routing import Route
 from starlette.testclient import TestClient
 
 from maintguard import (
     BackendError,
     ConfigurationError,
-    MaintenanceModeMiddleware,
     get_state,
     set_maintenance_mode,
     under_maintenance,
@@ -48,30 +42,14 @@ from maintguard import (
 from maintguard.backends import RedisBackend, backend_from_url
 from maintguard.core import watcher
 from maintguard.core.registry import controller, store_of
-from tests.stores import REDIS_URL, redis_prefix
-from tests.test_redis_server import RedisServer
+from tests.asgi import http_scope
+from tests.stores import REDIS_URL, RedisServer, redis_prefix
+from tests.test_redis_server import app_for
 
 logger = logging.getLogger(__name__)
 
 
 # -- helpers ------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def raw() -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(REDIS_URL, decode_responses=True)
-    yield client
-    client.close()
-
-
-@pytest.fixture
-def own_server(tmp_path: Path) -> Iterator[RedisServer]:
-    """A redis-server of this test's own (it may be paused without disturbing others)."""
-    server = RedisServer(tmp_path)
-    server.start()
-    yield server
-    if server.proc is not None and server.proc.poll() is None:
-        server.kill()
 
 
 def backend_at(prefix: str, url: str = REDIS_URL, **options: Any) -> RedisBackend:
@@ -101,29 +79,7 @@ def tag(prefix: str) -> str:
     return "{" + prefix + "}"
 
 
-def app_for(backend: RedisBackend) -> Starlette:
-    async def home(request: Request) -> Response:
-        return PlainTextResponse("ok")
-
-    app = Starlette(routes=[Route("/", home)])
-    app.add_middleware(MaintenanceModeMiddleware, backend=backend)
-    return app
-
-
-HTTP_SCOPE: dict[str, Any] = {
-    "type": "http",
-    "asgi": {"version": "3.0"},
-    "http_version": "1.1",
-    "method": "GET",
-    "scheme": "http",
-    "path": "/",
-    "raw_path": b"/",
-    "root_path": "",
-    "query_string": b"",
-    "headers": [(b"host", b"testserver")],
-    "client": ("10.0.0.1", 1234),
-    "server": ("testserver", 80),
-}
+HTTP_SCOPE = http_scope("/")
 
 
 @contextlib.contextmanager
@@ -526,44 +482,44 @@ def records(server: RedisServer, prefix: str) -> int:
 
 @pytest.mark.anyio
 async def test_an_entry_cancelled_while_redis_is_paused_leaves_nothing(
-    own_server: RedisServer,
+    redis_server: RedisServer,
 ) -> None:
     prefix = redis_prefix()
-    backend = backend_at(prefix, f"redis://127.0.0.1:{own_server.port}/0")
+    backend = backend_at(prefix, f"redis://127.0.0.1:{redis_server.port}/0")
     async with under_maintenance(backend=backend):  # connected and scripts loaded
         pass
     ran = False
-    paused(own_server, 600)
+    paused(redis_server, 600)
     with anyio.move_on_after(0.1) as scope:
         async with under_maintenance(backend=backend, reason="cancelled"):
             ran = True
     assert scope.cancelled_caught and not ran
     ctrl = controller(backend, None)
     await anyio.to_thread.run_sync(
-        eventually, lambda: not ctrl.holding() and records(own_server, prefix) == 0, 10
+        eventually, lambda: not ctrl.holding() and records(redis_server, prefix) == 0, 10
     )
     assert (await get_state(backend)).active is False
 
 
 @pytest.mark.anyio
 async def test_an_exit_cancelled_while_redis_is_paused_still_releases(
-    own_server: RedisServer,
+    redis_server: RedisServer,
 ) -> None:
     prefix = redis_prefix()
-    backend = backend_at(prefix, f"redis://127.0.0.1:{own_server.port}/0")
+    backend = backend_at(prefix, f"redis://127.0.0.1:{redis_server.port}/0")
     with anyio.move_on_after(0.3):
         async with under_maintenance(backend=backend, reason="held"):
-            paused(own_server, 500)
+            paused(redis_server, 500)
             await anyio.sleep(5)  # cancelled here; the release waits out the pause
-    assert records(own_server, prefix) == 0
+    assert records(redis_server, prefix) == 0
     assert (await get_state(backend)).active is False
 
 
 def test_ctrl_c_during_a_sync_entry_on_a_paused_redis_leaves_nothing(
-    own_server: RedisServer,
+    redis_server: RedisServer,
 ) -> None:
     prefix = redis_prefix()
-    backend = backend_at(prefix, f"redis://127.0.0.1:{own_server.port}/0")
+    backend = backend_at(prefix, f"redis://127.0.0.1:{redis_server.port}/0")
     with under_maintenance(backend=backend):
         pass
 
@@ -573,7 +529,7 @@ def test_ctrl_c_during_a_sync_entry_on_a_paused_redis_leaves_nothing(
     previous = signal.signal(signal.SIGALRM, interrupt)
     ran = False
     try:
-        paused(own_server, 600)
+        paused(redis_server, 600)
         signal.setitimer(signal.ITIMER_REAL, 0.1)
         with pytest.raises(KeyboardInterrupt), under_maintenance(backend=backend):
             ran = True
@@ -581,7 +537,7 @@ def test_ctrl_c_during_a_sync_entry_on_a_paused_redis_leaves_nothing(
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
     assert not ran
-    eventually(lambda: records(own_server, prefix) == 0, 10)
+    eventually(lambda: records(redis_server, prefix) == 0, 10)
     assert not controller(backend, None).holding()
 
 
@@ -642,12 +598,12 @@ def test_a_child_forked_mid_hold_sees_it_and_does_not_end_it() -> None:
 # -- requests never wait on Redis ------------------------------------------------------------
 
 
-def test_requests_after_startup_do_not_wait_on_a_paused_redis(own_server: RedisServer) -> None:
+def test_requests_after_startup_do_not_wait_on_a_paused_redis(redis_server: RedisServer) -> None:
     prefix = redis_prefix()
-    backend = backend_at(prefix, f"redis://127.0.0.1:{own_server.port}/0", refresh_interval=0.1)
+    backend = backend_at(prefix, f"redis://127.0.0.1:{redis_server.port}/0", refresh_interval=0.1)
     with TestClient(app_for(backend)) as client:
         assert client.get("/").status_code == 200
-        paused(own_server, 2500)  # the watcher's reads hang meanwhile
+        paused(redis_server, 2500)  # the watcher's reads hang meanwhile
         took, seen = [], set()
         end = time.monotonic() + 1.5
         while time.monotonic() < end:

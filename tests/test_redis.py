@@ -36,13 +36,6 @@ from tests.stores import REDIS_URL, redis_prefix
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture
-def raw() -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(REDIS_URL, decode_responses=True)
-    yield client
-    client.close()
-
-
 def twin(backend: RedisBackend, **options: Any) -> RedisBackend:
     """Another process's view of the same keys: the same server under another host name
     is another store in this process, so nothing is shared but Redis itself."""

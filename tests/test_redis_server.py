@@ -5,16 +5,12 @@ back the job's record is written again and every reader sees it."""
 from __future__ import annotations
 
 import logging
-import shutil
-import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 
 import anyio
 import pytest
-import redis
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
@@ -24,52 +20,7 @@ from starlette.testclient import TestClient
 from maintguard import BackendError, MaintenanceModeMiddleware, under_maintenance
 from maintguard.backends import RedisBackend
 from maintguard.core.registry import store_of
-from tests.stores import redis_prefix
-from tests.test_server import free_port
-
-
-class RedisServer:
-    """``redis-server`` on a spare port (and a socket), keeping nothing on disk."""
-
-    def __init__(self, folder: Path) -> None:
-        self.port = free_port()
-        self.socket = folder / "redis.sock"
-        self.folder = folder
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        binary = shutil.which("redis-server")
-        assert binary, "redis-server is not installed (.ci/run installs it)"
-        self.proc = subprocess.Popen(
-            [binary, "--port", str(self.port), "--bind", "127.0.0.1",
-             "--unixsocket", str(self.socket), "--save", "", "--appendonly", "no",
-             "--dir", str(self.folder)],
-            stdout=subprocess.DEVNULL,
-        )  # fmt: skip
-        client = redis.Redis(port=self.port)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                assert time.monotonic() < deadline, "redis-server did not start"
-                time.sleep(0.02)
-        client.close()
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.kill()
-        self.proc.wait(10)
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[RedisServer]:
-    own = RedisServer(tmp_path)
-    own.start()
-    yield own
-    if own.proc is not None and own.proc.poll() is None:
-        own.kill()
+from tests.stores import RedisServer, redis_prefix
 
 
 def app_for(backend: RedisBackend) -> Starlette:
@@ -101,17 +52,17 @@ def until(client: TestClient, status: int, limit: float) -> set[int]:
 
 
 def test_redis_killed_and_restarted_mid_run(
-    server: RedisServer, caplog: pytest.LogCaptureFixture
+    redis_server: RedisServer, caplog: pytest.LogCaptureFixture
 ) -> None:
     prefix = redis_prefix()
     app_backend = RedisBackend(
-        f"redis://127.0.0.1:{server.port}/0", key_prefix=prefix, refresh_interval=0.3
+        f"redis://127.0.0.1:{redis_server.port}/0", key_prefix=prefix, refresh_interval=0.3
     )
     # The job, as another process sees the same server: through the socket.
     job_backend = RedisBackend(
-        f"unix://{server.socket}", key_prefix=prefix, lease_ttl=1.5, refresh_interval=0.3
+        f"unix://{redis_server.socket}", key_prefix=prefix, lease_ttl=1.5, refresh_interval=0.3
     )
-    entering = RedisBackend(f"redis://localhost:{server.port}/0", key_prefix=prefix)
+    entering = RedisBackend(f"redis://localhost:{redis_server.port}/0", key_prefix=prefix)
     leave = threading.Event()
     held = threading.Event()
 
@@ -129,19 +80,19 @@ def test_redis_killed_and_restarted_mid_run(
             assert held.wait(10)
             until(client, 503, limit=5)
 
-            server.kill()
+            redis_server.kill()
             # The last known state, longer than the job's lease (its renewals cannot be
             # seen now); never a 500.
             assert statuses(client, 2.5) == {503}
             with pytest.raises(BackendError, match=r"writing the hold failed: .*(refused|failed)"):
                 anyio.run(_enter, entering)
 
-            server.start()  # empty: the restart lost every key
+            redis_server.start()  # empty: the restart lost every key
             # The job's renewal finds its record gone and writes it again; readers follow.
             seen = statuses(client, 3.0)
             assert 500 not in seen and 503 in seen
             until(client, 503, limit=5)
-            stored = anyio.run(RedisBackend(f"redis://127.0.0.1:{server.port}/0",
+            stored = anyio.run(RedisBackend(f"redis://127.0.0.1:{redis_server.port}/0",
                                             key_prefix=prefix).read_state, None)  # fmt: skip
             assert [h.reason for h in stored.holds] == ["reindex"]
         finally:

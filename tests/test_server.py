@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -13,15 +12,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.stores import new_spec
+from tests.stores import free_port, new_spec
 
 ROOT = Path(__file__).parents[1]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def start_uvicorn(env: dict[str, str], count: int) -> list[tuple[str, subprocess.Popen[bytes]]]:
