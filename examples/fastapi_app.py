@@ -4,8 +4,8 @@
 
 Switch maintenance from any other process that shares the state file, e.g.:
 
-    python -c "import anyio, maintguard; anyio.run(lambda: maintguard.set_maintenance_mode(
-        True, 'file:/tmp/maintguard-example.json', reason='DB upgrade'))"
+    python -c "from maintguard import sync; sync.set_maintenance_mode(
+        True, 'file:/tmp/maintguard-example.json', reason='DB upgrade')"
 
 - /health stays up (exempt), so the load balancer keeps the instance.
 - POST /admin/sync runs a data sync under maintenance_mode_on(): the app is in

@@ -36,7 +36,7 @@ from maintguard import (
     BackendError,
     ConfigurationError,
     get_state,
-    set_maintenance_mode,
+    sync,
     under_maintenance,
 )
 from maintguard.backends import RedisBackend, backend_from_url
@@ -65,7 +65,7 @@ def elsewhere(prefix: str, url: str = REDIS_URL, **options: Any) -> RedisBackend
 
 
 def state_of(backend: RedisBackend, scope: str | None = None) -> Any:
-    return anyio.run(lambda: get_state(backend, scope))
+    return sync.get_state(backend, scope)
 
 
 def eventually(check: Callable[[], bool], limit: float) -> None:
@@ -237,7 +237,7 @@ def test_a_corrupt_named_scope_does_not_blind_readers_of_the_global_scope(
         raw.sadd(f"{t}:scopes", "junk")
     else:
         raw.set(f"{t}:scopes", "oops")
-    anyio.run(lambda: set_maintenance_mode(True, operator, reason="DB upgrade"))
+    sync.set_maintenance_mode(True, operator, reason="DB upgrade")
     assert state_of(reader).active is True
 
 
@@ -248,7 +248,7 @@ def test_a_write_that_reports_failure_changed_nothing(raw: redis.Redis, version:
     raw.set(f"{t}:version", version)
     backend = backend_at(prefix)
     try:
-        anyio.run(lambda: set_maintenance_mode(True, backend, reason="op"))
+        sync.set_maintenance_mode(True, backend, reason="op")
     except BackendError:
         assert raw.exists(f"{t}:explicit") == 0  # failed: nothing was stored
     else:
@@ -386,9 +386,9 @@ def test_hostile_values_through_the_middleware_never_give_a_500(raw: redis.Redis
             assert seen <= {200, 503}, (damage, seen)
             for key in raw.scan_iter(match=t + "*"):
                 raw.delete(key)
-        anyio.run(lambda: set_maintenance_mode(True, elsewhere(prefix), reason="real"))
+        sync.set_maintenance_mode(True, elsewhere(prefix), reason="real")
         eventually(lambda: client.get("/").status_code == 503, 5)
-        anyio.run(lambda: set_maintenance_mode(False, elsewhere(prefix)))
+        sync.set_maintenance_mode(False, elsewhere(prefix))
         eventually(lambda: client.get("/").status_code == 200, 5)
 
 
@@ -576,10 +576,10 @@ def test_a_child_forked_mid_hold_sees_it_and_does_not_end_it() -> None:
             code = 1
             try:
                 os.close(read)
-                seen = anyio.run(get_state, backend)
+                seen = sync.get_state(backend)
                 with under_maintenance(backend=backend, reason="child"):
-                    inside = anyio.run(get_state, backend).holds
-                after = anyio.run(get_state, backend)
+                    inside = sync.get_state(backend).holds
+                after = sync.get_state(backend)
                 os.write(write, f"{seen.active} {inside} {after.active} {after.reason}\n".encode())
                 code = 0
             finally:

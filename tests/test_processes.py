@@ -14,7 +14,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-from maintguard import get_state
+from maintguard import sync
 from maintguard.state import MaintenanceState, StoredState
 from tests.stores import new_spec, open_store
 
@@ -49,7 +49,7 @@ def spawn(tmp_path: Path, store: str) -> Iterator[Callable[..., subprocess.Popen
 
 def state(store: str) -> MaintenanceState:
     # Another process's view: a fresh read of what is stored.
-    return anyio.run(get_state, open_store(store, refresh_interval=0))
+    return sync.get_state(open_store(store, refresh_interval=0))
 
 
 def stored(store: str) -> StoredState:

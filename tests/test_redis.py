@@ -23,6 +23,7 @@ from maintguard import (
     ConfigurationError,
     get_state,
     set_maintenance_mode,
+    sync,
     under_maintenance,
 )
 from maintguard.backends import RedisBackend, backend_from_url
@@ -180,9 +181,9 @@ def test_a_switch_elsewhere_is_seen_at_once_through_pub_sub(raw: redis.Redis) ->
     backend = redis_backend(refresh_interval=60)  # polling would take a minute
     other = twin(backend)
     with watched(backend, raw) as ctrl:
-        anyio.run(lambda: set_maintenance_mode(True, other))
+        sync.set_maintenance_mode(True, other)
         assert eventually(lambda: ctrl.snapshot.active, 2) < 1
-        anyio.run(lambda: set_maintenance_mode(False, other))
+        sync.set_maintenance_mode(False, other)
         assert eventually(lambda: not ctrl.snapshot.active, 2) < 1
 
 
@@ -191,7 +192,7 @@ def test_a_lost_message_is_made_up_for_by_polling(raw: redis.Redis) -> None:
     other = twin(backend)
     other._channel = "{elsewhere}:changes"  # its messages never reach the watcher
     with watched(backend, raw) as ctrl:
-        anyio.run(lambda: set_maintenance_mode(True, other))
+        sync.set_maintenance_mode(True, other)
         assert eventually(lambda: ctrl.snapshot.active, 3) <= 1.5  # one interval and a read
 
 
@@ -227,7 +228,7 @@ def test_a_renewal_that_finds_its_record_gone_writes_it_again_with_a_warning(
                 lambda: any("had gone from the store" in r.getMessage() for r in caplog.records),
                 3,
             )
-        assert anyio.run(get_state, twin(backend, refresh_interval=0)).reason == "migration"
+        assert sync.get_state(twin(backend, refresh_interval=0)).reason == "migration"
 
 
 def test_a_forked_child_uses_a_connection_of_its_own() -> None:
@@ -248,11 +249,11 @@ def test_a_forked_child_uses_a_connection_of_its_own() -> None:
     os.close(write)
     with os.fdopen(read) as pipe:
         assert pipe.readline() == "held\n"
-        state = anyio.run(get_state, twin(backend, refresh_interval=0))
+        state = sync.get_state(twin(backend, refresh_interval=0))
         assert (state.active, state.reason, state.holders[0].pid) == (True, "child", pid)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
-    assert anyio.run(get_state, twin(backend, refresh_interval=0)).active is False
+    assert sync.get_state(twin(backend, refresh_interval=0)).active is False
 
 
 def test_the_readmes_acl_user_can_do_everything_maintguard_needs(raw: redis.Redis) -> None:
@@ -270,19 +271,19 @@ def test_the_readmes_acl_user_can_do_everything_maintguard_needs(raw: redis.Redi
         )
         stop = watcher.watch(backend)  # subscribes, reads, records its presence
         try:
-            anyio.run(lambda: set_maintenance_mode(True, backend, scope="billing", reason="x"))
+            sync.set_maintenance_mode(True, backend, scope="billing", reason="x")
             with under_maintenance(backend=backend, reason="job", drain=1):
-                assert anyio.run(get_state, backend).holds == 1
-            anyio.run(lambda: set_maintenance_mode(False, backend, scope="billing"))
+                assert sync.get_state(backend).holds == 1
+            sync.set_maintenance_mode(False, backend, scope="billing")
             eventually(lambda: store_of(backend).reported is not None, 5)
         finally:
             stop()
         eventually(lambda: store_of(backend).reported is None, 5)  # left, through the ACL
-        assert anyio.run(get_state, backend).active is False
+        assert sync.get_state(backend).active is False
         denied = RedisBackend(
             REDIS_URL.replace("redis://", f"redis://{user}:s3cret@"), key_prefix="other"
         )
         with pytest.raises(BackendError, match=r"no permissions"):
-            anyio.run(lambda: set_maintenance_mode(True, denied))
+            sync.set_maintenance_mode(True, denied)
     finally:
         raw.acl_deluser(user)

@@ -75,12 +75,12 @@ def workers(tmp_path: Path, store: str) -> Iterator[list[str]]:
 
 def switch(store: str, value: bool) -> None:
     code = (
-        "import anyio, sys, maintguard\n"
+        "import sys\n"
+        "from maintguard import sync\n"
         "from tests.stores import open_store\n"
         "on = sys.argv[1] == 'on'\n"
         "details = {'reason': 'DB upgrade', 'retry_after': 30} if on else {}\n"
-        "store = open_store(sys.argv[2])\n"
-        "anyio.run(lambda: maintguard.set_maintenance_mode(on, store, **details))\n"
+        "sync.set_maintenance_mode(on, open_store(sys.argv[2]), **details)\n"
     )
     state = "on" if value else "off"
     subprocess.run([sys.executable, "-c", code, state, store], check=True, cwd=ROOT)

@@ -1,0 +1,90 @@
+"""Blocking state functions, for scripts, operator tools and sync frameworks.
+
+The same signatures as :func:`maintguard.get_maintenance_mode`,
+:func:`maintguard.set_maintenance_mode` and :func:`maintguard.get_state`, without ``await``.
+They run on maintguard's I/O loop and block the calling thread until done, in any thread
+that does not run an event loop (a worker thread of one is fine). In a loop's own thread
+they raise :class:`~maintguard.exceptions.ConfigurationError` naming the function to await
+instead, rather than freezing every task of that loop.
+
+>>> from maintguard import sync
+>>> def announce() -> None:
+...     sync.set_maintenance_mode(True, "file:/run/app/maintenance.json", reason="DB upgrade")
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+from . import guards, ioloop
+from .exceptions import ConfigurationError
+from .guards import BackendArg, Seconds
+from .state import MaintenanceState, Mode
+
+__all__ = ["get_maintenance_mode", "get_state", "set_maintenance_mode"]
+
+T = TypeVar("T")
+
+
+def get_maintenance_mode(backend: BackendArg = None, scope: str | None = None) -> bool:
+    """True while maintenance is on for ``scope`` (blocking)."""
+    return _blocking("get_maintenance_mode", guards.get_maintenance_mode(backend, scope))
+
+
+def get_state(backend: BackendArg = None, scope: str | None = None) -> MaintenanceState:
+    """The full effective state of ``scope`` (blocking)."""
+    return _blocking("get_state", guards.get_state(backend, scope))
+
+
+def set_maintenance_mode(
+    value: bool,
+    backend: BackendArg = None,
+    *,
+    scope: str | None = None,
+    reason: str | None = None,
+    retry_after: Seconds | None = None,
+    until: Seconds | None = None,
+    mode: Mode | str = "full",
+) -> None:
+    """Set the explicit (operator) state (blocking); holds are not touched."""
+    _blocking(
+        "set_maintenance_mode",
+        guards.set_maintenance_mode(
+            value,
+            backend,
+            scope=scope,
+            reason=reason,
+            retry_after=retry_after,
+            until=until,
+            mode=mode,
+        ),
+    )
+
+
+def _blocking(name: str, coro: Coroutine[Any, Any, T]) -> T:
+    running = _running_loop()
+    if running is not None:
+        coro.close()
+        raise ConfigurationError(
+            f"maintguard.sync.{name}() blocks, and this thread runs {running} event loop: "
+            f"here use `await maintguard.{name}(...)` instead"
+        )
+    return ioloop.run_sync(coro)
+
+
+def _running_loop() -> str | None:
+    """'an asyncio' or 'a trio' when this thread runs that event loop, else None."""
+    if asyncio._get_running_loop() is not None:
+        return "an asyncio"
+    trio = sys.modules.get("trio")
+    if trio is not None:
+        try:
+            trio.lowlevel.current_trio_token()
+        except RuntimeError:
+            pass
+        else:
+            return "a trio"
+    return None
