@@ -105,7 +105,7 @@ def test_from_many_threads_at_once(tmp_path: Path) -> None:
         try:
             for _ in range(5):
                 sync.set_maintenance_mode(True, backend, reason=f"t{i}")
-                assert sync.get_maintenance_mode(backend) in (True, False)
+                assert sync.get_maintenance_mode(backend) is True  # nobody turns it off
         except BaseException as exc:  # pragma: no cover - reported below
             errors.append(exc)
 
