@@ -500,10 +500,9 @@ class RedisBackend(Backend):
             held = write.record
             name = "release" if held is None else "hold"
             doing = "releasing the hold" if held is None else "writing the hold"
-            offset = await self._offset_now(doing)
             args.append(write.hold_id)
-            if held is not None:
-                held = replace(_shift_hold(held, offset), expires=None)
+            if held is not None:  # (a release carries no times: no clock needed)
+                held = replace(_shift_hold(held, await self._offset_now(doing)), expires=None)
                 args += [_dump(hold_to_dict(held)), write.lease_ttl]
         elif isinstance(write, PutWorker):
             if scope is not None:
