@@ -48,11 +48,12 @@ def start_workers(tmp_path: Path, store: str) -> Iterator[Workers]:
 
 
 def wait_file(path: Path, limit: float = 20) -> str:
+    # Another process writes it: it may exist a moment before its text is in it.
     deadline = time.monotonic() + limit
-    while not path.exists():
+    while not (path.exists() and (text := path.read_text())):
         assert time.monotonic() < deadline, f"{path.name} did not appear"
         time.sleep(0.01)
-    return path.read_text()
+    return text
 
 
 def slow_request(url: str, name: str, results: dict[str, object]) -> threading.Thread:
