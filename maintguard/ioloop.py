@@ -33,6 +33,7 @@ __all__ = [
     "on_io_thread",
     "on_shutdown",
     "run",
+    "run_inline",
     "run_sync",
     "shutdown",
     "submit",
@@ -125,6 +126,17 @@ def run_sync(coro: Coroutine[Any, Any, T]) -> T:
         coro.close()
         raise RuntimeError("a blocking maintguard call was made on maintguard's I/O thread")
     return submit(coro).result()
+
+
+def run_inline(coro: Coroutine[Any, Any, T]) -> T:
+    """Run, right here, a coroutine that never suspends (calls on an in-process backend,
+    whose I/O is none): from sync code and from an event loop's own thread alike."""
+    try:
+        coro.send(None)
+    except StopIteration as done:
+        return done.value  # type: ignore[no-any-return]
+    coro.close()
+    raise RuntimeError("run_inline() was given a coroutine that waits for something")
 
 
 async def run(coro: Coroutine[Any, Any, T]) -> T:

@@ -18,6 +18,8 @@ from maintguard.backends import (
 )
 from tests.stores import REDIS_URL, TEST_PREFIX, RedisServer, redis_prefix
 
+pytest_plugins = ["pytester"]  # tests/test_pytest_plugin.py runs pytest on test files of its own
+
 _vars = itertools.count()
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import anyio
 import pytest
 
+from maintguard import sync
 from maintguard import (
     ConfigurationError,
     get_maintenance_mode,
@@ -104,6 +105,24 @@ async def test_idle_scope_controllers_are_freed(tmp_path: Path) -> None:
             break
         await anyio.sleep(0.01)
     assert store.children() == []
+
+
+def test_a_scope_held_by_a_dropped_hold_object_stays_on_as_the_global_one_does() -> None:
+    # The frame itself keeps its scope's controller: a hold entered and never left (a
+    # leaked object) holds maintenance on, in a named scope as in the global one, rather
+    # than ending silently when the garbage collector frees the object.
+    backend = MemoryBackend()
+    for scope in ("billing", None):
+        under_maintenance(backend=backend, scope=scope).__enter__()
+        gc.collect()
+        assert sync.get_state(backend, scope).holds == 1
+    store = store_of(backend)
+    assert [c.scope for c in store.children()] == ["billing"]
+    for ctrl in store.controllers():
+        ctrl.release_all()
+    del ctrl
+    gc.collect()
+    assert store.children() == [] and not sync.get_maintenance_mode(backend)
 
 
 class GatedBackend(Backend):

@@ -22,7 +22,7 @@ import threading
 import time
 import uuid
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import replace
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
@@ -150,6 +150,7 @@ class ScopeController:
                 self.version += 1
                 self._snap = None
                 if self.stack.push(key, presents, started):  # the first frame: on by itself
+                    self.store.held.add(self)  # lives while it holds, if nothing else holds it
                     own_changed = not self.own_active
                     self.own_active = True
                     if not self.active:
@@ -177,6 +178,7 @@ class ScopeController:
             self._snap = None
             change = _NO_CHANGE
             if self.stack.push(key, frame[0], frame[1]):
+                self.store.held.add(self)
                 change = self._recompute(self.store.clock())
         self._announce_entry(change, frame[0].owner, keys)
 
@@ -210,15 +212,17 @@ class ScopeController:
                 stored = self.stored
                 if self.stack._frames:
                     change = _NO_CHANGE
-                elif self.parent is None and (
-                    stored is None or not (stored.holds or stored.explicit.active)
-                ):  # nothing else holds it: off
-                    self.own_active = False
-                    change = ((self.phase, _OFF), True) if self.active else (None, True)
-                    self.active = False
-                    self.phase = _OFF
                 else:
-                    change = self._recompute(self.store.clock())
+                    self.store.held.discard(self)
+                    if self.parent is None and (
+                        stored is None or not (stored.holds or stored.explicit.active)
+                    ):  # nothing else holds it: off
+                        self.own_active = False
+                        change = ((self.phase, _OFF), True) if self.active else (None, True)
+                        self.active = False
+                        self.phase = _OFF
+                    else:
+                        change = self._recompute(self.store.clock())
         if stays:
             if dispatch._listeners:
                 self._announce(_NO_CHANGE, EventKind.HOLD_RELEASED, frame[0].owner)
@@ -352,14 +356,21 @@ class ScopeController:
                 self._release_quietly()  # blocking, but only on this way out
             raise
 
+    def entered(self) -> list[Presents]:
+        """What each frame entered here presents, oldest first (to name holds left behind)."""
+        with self._lock:
+            return self.entering.presents() + self.stack.presents()
+
     def release_all(self) -> None:
-        """At interpreter exit: end every frame still entered here and remove the record."""
+        """End every frame still entered here and remove the record (at interpreter exit,
+        and after a test that left a hold behind)."""
         with self._lock:
             if not self.holding():
                 return
             self.stack.clear()
             self.entering.clear()
             self._draining.clear()
+            self.store.held.discard(self)
             self._inflight += 1
         self._release_quietly()
 
@@ -633,7 +644,9 @@ class ScopeController:
         if turn[1].lost:
             logger.warning(
                 "%s: this process's hold record had gone from the store (its lease ran out "
-                "while renewals failed, or the store was flushed or restarted); written again",
+                "while renewals failed, the store was flushed or restarted, or an operator "
+                "removed it with `maintguard off --force`); written again: this process "
+                "still holds maintenance",
                 self.label,
             )
         with self._lock:
@@ -658,15 +671,36 @@ class ScopeController:
     async def set_explicit(self, explicit: ExplicitState) -> None:
         """Set the explicit (operator) state; holds are not touched. ``since`` is kept
         when the state is in force already."""
+        await self._operator_write(
+            lambda: SetExplicit(explicit, to_datetime(self.store.clock())), "writing the state"
+        )
+
+    async def remove_holds(self, hold_ids: Collection[str]) -> None:
+        """Remove other processes' hold records from this scope (an operator's forced off).
+
+        A holder that still runs writes its record again at its next lease renewal (a live
+        holder never loses its hold to a lost record); this is for holders that died or
+        hang. This process's own record is left to its frames.
+        """
+        for hold_id in hold_ids:
+            if hold_id != self.hold_id:
+                await self._operator_write(
+                    functools.partial(self._removal, hold_id), f"removing hold {hold_id}"
+                )
+
+    def _removal(self, hold_id: str) -> PutHold:
+        return PutHold(hold_id, None, to_datetime(self.store.clock()), self.backend.lease_ttl)
+
+    async def _operator_write(self, make: Callable[[], Write], doing: str) -> None:
         if self.backend.read_only:
             raise read_only_error(self.backend, self.scope)
-        turn, build = self._numbered(lambda: SetExplicit(explicit, to_datetime(self.store.clock())))
+        turn, build = self._numbered(make)
         try:
             new = await io.update(self.backend, self.scope, build, self.store)
         except MaintGuardError:
             raise
         except Exception as exc:
-            raise as_backend_error(exc, f"{self.label}: writing the state failed") from exc
+            raise as_backend_error(exc, f"{self.label}: {doing} failed") from exc
         self.store.used = True
         with self._lock:
             change = self._apply_write(new, turn[0])

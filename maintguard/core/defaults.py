@@ -10,7 +10,7 @@ from ..backends.env import getenv
 from ..exceptions import ConfigurationError
 from .registry import all_stores, store_of
 
-__all__ = ["coerce", "configure", "register_default", "resolve_backend"]
+__all__ = ["chosen", "coerce", "configure", "register_default", "resolve_backend", "restore"]
 
 _configured: Backend | None = None
 _middleware_default: Backend | None = None
@@ -49,6 +49,22 @@ def configure(backend: Backend | str | None) -> None:
             _configured = coerce(backend)
     if _configured is not None:
         _warn_if_watched_elsewhere(_configured)
+
+
+Chosen = tuple[Backend | None, Backend | None]
+
+
+def chosen() -> Chosen:
+    """The defaults chosen in code (``configure()``'s, a middleware's), to restore later."""
+    with _lock:
+        return _configured, _middleware_default
+
+
+def restore(saved: Chosen) -> None:
+    """Put back what :func:`chosen` returned (the pytest plugin, after each test)."""
+    global _configured, _middleware_default
+    with _lock:
+        _configured, _middleware_default = saved
 
 
 def _warn_if_watched_elsewhere(backend: Backend) -> None:

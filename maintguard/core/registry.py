@@ -59,6 +59,7 @@ class Store:
         self._scopes: weakref.WeakValueDictionary[str, ScopeController] = (
             weakref.WeakValueDictionary()
         )
+        self.held: set[ScopeController] = set()  # controllers with frames entered: kept
         self.root = ScopeController(self, None, None)
 
     def controller(self, scope: str | None) -> ScopeController:
@@ -113,6 +114,7 @@ class Store:
         self.reported = None
         self.presence_at = -math.inf
         self.judged = {}
+        self.held = set()
         for ctrl in self.controllers():
             ctrl.after_fork()
 

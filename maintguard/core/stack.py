@@ -96,6 +96,10 @@ class HoldStack:
             self._full += 1
         return first
 
+    def presents(self) -> list[Presents]:
+        """What each frame presents, oldest first."""
+        return [frame[0] for frame in self._frames.values()]
+
     def again(self, key: int) -> bool:
         """Count one more entry on frame ``key`` if it is the top; what the stack presents
         does not change. False (nothing done) when another frame is above it."""

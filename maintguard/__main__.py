@@ -1,0 +1,7 @@
+"""``python -m maintguard``: the same as the ``maintguard`` command."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -1,0 +1,343 @@
+"""The ``maintguard`` command (also ``python -m maintguard``): on, off, status, run.
+
+Exit codes: 0 done (``status``: off); 1 maintenance is (still) on; 2 bad usage; 3 the
+state could not be read or written. ``run`` returns the command's own code, 128+N when a
+signal N ended it, 125 when maintguard itself failed (no hold taken), 126 and 127 when the
+command cannot be run or is not found. Every failure is one line on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from typing import Any, NoReturn
+
+from .. import __version__, guards, ioloop
+from ..backends import Backend, EnvVarBackend, MemoryBackend, backend_from_url
+from ..backends.env import getenv
+from ..core import controller
+from ..exceptions import ConfigurationError, MaintGuardError, ReadOnlyBackendError
+from ..state import MaintenanceState
+from . import run as running
+from . import show, values
+
+__all__ = ["main"]
+
+USAGE, BACKEND, RUN_FAILED = 2, 3, 125
+_ENV = "MAINTGUARD_BACKEND"
+_CHOOSE = (
+    "choose the store your app uses: --backend file:/path/to/state.json (or redis://host/0), "
+    f"or set {_ENV}"
+)
+
+
+class Failure(Exception):
+    """A failure of maintguard itself: one line for stderr, and the exit code."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line (``run``'s with 125: 2 may be the command's own code)."""
+
+    def __init__(self, *args: Any, usage_code: int = USAGE, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.usage_code = usage_code
+
+    def error(self, message: str) -> NoReturn:
+        raise Failure(f"{message} (see {self.prog} --help)", self.usage_code)
+
+
+def _parser() -> _Parser:
+    common = _Parser(add_help=False)
+    common.add_argument(
+        "--backend",
+        metavar="URL",
+        default=argparse.SUPPRESS,
+        help=f"the store: file:PATH, redis://HOST[:PORT]/DB, env:VAR (default: ${_ENV})",
+    )
+    parser = _Parser(
+        prog="maintguard",
+        description="Switch maintenance mode, show it, or hold it while a command runs.",
+        epilog="Exit codes: 0 done (status: off), 1 on, 2 bad usage, 3 store unreadable.",
+    )
+    parser.add_argument("--version", action="version", version=f"maintguard {__version__}")
+    parser.add_argument("--backend", metavar="URL", help=argparse.SUPPRESS)
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    on = commands.add_parser(
+        "on", parents=[common], help="turn maintenance on (again: update the details)"
+    )
+    _details(on)
+    ends = on.add_mutually_exclusive_group()
+    ends.add_argument(
+        "--for",
+        dest="for_",
+        metavar="DURATION",
+        type=values.duration,
+        help="switch off by itself after this long: 90s, 30m, 2h, 1d",
+    )
+    ends.add_argument(
+        "--until",
+        metavar="TIME",
+        type=values.when,
+        help="switch off by itself at this ISO 8601 time (local time unless it has a zone)",
+    )
+
+    off = commands.add_parser("off", parents=[common], help="turn the operator's switch off")
+    _scope(off)
+    off.add_argument(
+        "--force",
+        action="store_true",
+        help="also remove the holds of running jobs and commands (their holders may write "
+        "them again while they live)",
+    )
+
+    status = commands.add_parser(
+        "status",
+        parents=[common],
+        help="show the state (exit 0 off, 1 on, 3 unreadable)",
+    )
+    _scope(status)
+    status.add_argument("--json", action="store_true", help="print one JSON object")
+
+    run = commands.add_parser(
+        "run",
+        parents=[common],
+        help="hold maintenance exactly while a command runs",
+        usage="maintguard run [options] -- COMMAND [ARG ...]",
+        usage_code=RUN_FAILED,
+    )
+    _details(run)
+    run.add_argument(
+        "--drain",
+        metavar="SECONDS",
+        type=values.seconds,
+        help="first wait up to this long for in-flight requests and jobs to end",
+    )
+    run.add_argument(
+        "--on-drain-timeout",
+        choices=("proceed", "raise"),
+        default="proceed",
+        help="when the drain time is up: run the command anyway (default), or not run it",
+    )
+    run.add_argument("argv", nargs=argparse.REMAINDER, metavar="COMMAND", help="what to run")
+    return parser
+
+
+def _scope(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--scope", type=values.scope, help="a named scope such as billing (default: global)"
+    )
+
+
+def _details(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--reason", help="shown to users on the maintenance page")
+    parser.add_argument(
+        "--retry-after",
+        metavar="SECONDS",
+        type=values.seconds,
+        help="what Retry-After tells clients: 600, 10m, 2h",
+    )
+    parser.add_argument(
+        "--mode",
+        type=values.mode,
+        default="full",
+        help="full (default) or read-only (safe methods still pass)",
+    )
+    _scope(parser)
+
+
+# -- the commands ----------------------------------------------------------------------
+
+
+def _backend(args: argparse.Namespace, *, writes: bool) -> Backend:
+    url = args.backend if args.backend is not None else getenv(_ENV) or None
+    named = "--backend" if args.backend is not None else _ENV
+    if url is None:
+        if writes:
+            raise Failure(
+                f"no store chosen: {_CHOOSE} (the default, the environment variable "
+                "MAINTGUARD_MODE, cannot be written)",
+                USAGE,
+            )
+        return EnvVarBackend()
+    try:
+        backend = backend_from_url(url)
+    except ConfigurationError as exc:
+        raise Failure(f"{named}: {exc}", USAGE) from None
+    if isinstance(backend, MemoryBackend):
+        raise Failure(
+            f"{named}: memory: lives inside one process, so no app sees what this command "
+            f"does; {_CHOOSE}",
+            USAGE,
+        )
+    if writes and backend.read_only:
+        raise Failure(
+            f"{named}: {backend.describe()} cannot be written (set the variable where the app "
+            f"runs instead); {_CHOOSE}",
+            USAGE,
+        )
+    return backend
+
+
+def _state(backend: Backend, scope: str | None) -> MaintenanceState:
+    return ioloop.run_sync(guards.get_state(backend, scope))
+
+
+def _print(lines: Sequence[str]) -> None:
+    print("\n".join(lines), flush=True)
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    backend = _backend(args, writes=False)
+    state = _state(backend, args.scope)
+    if args.json:
+        print(json.dumps(show.as_json(state, backend.describe()), indent=2), flush=True)
+    else:
+        _print(show.summary(state, backend.describe(), _now()))
+    return 1 if state.active else 0
+
+
+def cmd_on(args: argparse.Namespace) -> int:
+    backend = _backend(args, writes=True)
+    ioloop.run_sync(
+        guards.set_maintenance_mode(
+            True,
+            backend,
+            scope=args.scope,
+            reason=args.reason,
+            retry_after=args.retry_after,
+            until=values.until_of(args.for_, args.until),
+            mode=args.mode,
+        )
+    )
+    _print(show.summary(_state(backend, args.scope), backend.describe(), _now()))
+    return 0
+
+
+def cmd_off(args: argparse.Namespace) -> int:
+    backend = _backend(args, writes=True)
+    scope = args.scope
+    ioloop.run_sync(guards.set_maintenance_mode(False, backend, scope=scope))
+    state = _state(backend, scope)
+    if args.force and state.holds:
+        outer = {h.id for h in _state(backend, None).holders} if scope is not None else set()
+        mine = [h for h in state.holders if h.id not in outer]
+        if mine:
+            ioloop.run_sync(controller(backend, scope).remove_holds([h.id for h in mine]))
+            _say(
+                f"removed {len(mine)} hold{'s' if len(mine) != 1 else ''}; a holder that "
+                "still runs writes its hold again at its next lease renewal (stop it to end "
+                "its hold for good):"
+            )
+            _print(show.holds_lines(mine, _now()))
+            state = _state(backend, scope)
+    _print(show.summary(state, backend.describe(), _now()))
+    if not state.active:
+        return 0
+    why = []
+    if state.holds:
+        n = state.holds
+        why.append(
+            f"{n} hold{'s are' if n != 1 else ' is'} live (listed above): "
+            f"{'they end' if n != 1 else 'it ends'} when the job or command holding it ends"
+            + ("" if args.force else f"; `maintguard off --force` removes {'them' if n != 1 else 'it'}")
+        )
+    if state.explicit and scope is not None:
+        why.append("the global scope is switched on: `maintguard off` turns it off")
+    _say("maintenance stays on: " + "; ".join(why))
+    return 1
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    argv = list(args.argv)
+    if argv[:1] == ["--"]:
+        argv = argv[1:]
+    if not argv:
+        raise Failure(
+            "run needs a command: maintguard run [options] -- COMMAND [ARG ...]", RUN_FAILED
+        )
+    problem = running.find(argv[0])
+    if problem is not None:
+        code, message = problem
+        raise Failure(f"{message}; maintenance was not switched on", code)
+    backend = _backend(args, writes=True)
+    hold = guards.MaintenanceHold(
+        backend=backend,
+        scope=args.scope,
+        reason=args.reason,
+        retry_after=args.retry_after,
+        mode=args.mode,
+        drain=args.drain,
+        on_drain_timeout=args.on_drain_timeout,
+        owner=f"maintguard run: {running.describe(argv, 120)}",
+    )
+    try:
+        return running.run_held(argv, lambda: hold, _say)
+    except running.Signalled as exc:
+        _say(
+            f"stopped by {running.signal_name(exc.signum)} before the command started; "
+            "nothing is held"
+        )
+        return 128 + exc.signum
+    except MaintGuardError as exc:
+        raise Failure(f"{exc}; the command was not run", RUN_FAILED) from None
+
+
+_COMMANDS = {"on": cmd_on, "off": cmd_off, "status": cmd_status, "run": cmd_run}
+
+
+# -- the entry point ---------------------------------------------------------------------
+
+
+def _say(message: str) -> None:
+    print(f"maintguard: {message}", file=sys.stderr, flush=True)
+
+
+def _log_to_stderr() -> None:
+    # The core's warnings (a lost lease, a failed release) as one line each.
+    logger = logging.getLogger("maintguard")
+    if not logger.handlers and not logging.getLogger().handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("maintguard: %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.WARNING)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line ``argv`` (default ``sys.argv[1:]``); return the exit code."""
+    _log_to_stderr()
+    parser = _parser()
+    is_run = False
+    try:
+        args = parser.parse_args(argv)
+        is_run = args.command == "run"
+        if args.command is None:
+            raise Failure("say what to do: on, off, status or run (see maintguard --help)", USAGE)
+        return _COMMANDS[args.command](args)
+    except Failure as exc:
+        _say(str(exc))
+        return exc.code
+    except (ConfigurationError, ReadOnlyBackendError) as exc:
+        _say(str(exc))
+        return RUN_FAILED if is_run else USAGE
+    except MaintGuardError as exc:
+        _say(str(exc))
+        return RUN_FAILED if is_run else BACKEND
+    except KeyboardInterrupt:
+        _say("interrupted")
+        return 130
+    except Exception as exc:  # a bug: still one line, and what to report
+        _say(f"unexpected {type(exc).__name__}: {exc} (please report it)")
+        return RUN_FAILED if is_run else BACKEND

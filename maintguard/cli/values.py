@@ -1,0 +1,92 @@
+"""What the CLI's options mean: durations, times and modes, parsed from text. Pure."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import re
+from datetime import datetime, timedelta, timezone
+
+from ..state import Mode
+
+__all__ = ["duration", "mode", "scope", "seconds", "until_of", "when"]
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+_PART = re.compile(r"(\d+(?:\.\d+)?)([smhd])")
+_LONGEST = 365 * 86400.0  # a year: longer ones are typos (and overflow datetimes)
+
+
+def duration(text: str) -> float:
+    """Seconds from ``90s``, ``30m``, ``2h``, ``1d``, ``1h30m`` or plain seconds (``90``)."""
+    value = _seconds_of(text.strip().lower())
+    if value is None:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a duration: use a number with s, m, h or d, e.g. 90s, 30m, 2h, 1d"
+        )
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration longer than zero")
+    if value > _LONGEST:
+        raise argparse.ArgumentTypeError(f"{text!r} is longer than a year: check the unit")
+    return value
+
+
+def seconds(text: str) -> float:
+    """A wait in seconds (``600``) or a duration (``10m``); zero is allowed."""
+    value = _seconds_of(text.strip().lower())
+    if value is None:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a number of seconds: use e.g. 600, 90s, 10m or 2h"
+        )
+    if value > _LONGEST:
+        raise argparse.ArgumentTypeError(f"{text!r} is longer than a year: check the unit")
+    return value
+
+
+def _seconds_of(text: str) -> float | None:
+    try:
+        plain = float(text)
+    except ValueError:
+        pass
+    else:
+        return plain if math.isfinite(plain) and plain >= 0 else None
+    if not text or _PART.sub("", text):
+        return None
+    return sum(float(n) * _UNITS[unit] for n, unit in _PART.findall(text))
+
+
+def when(text: str) -> datetime:
+    """An ISO 8601 time; without a zone it is this machine's local time. Must be ahead."""
+    raw = text.strip()
+    if raw[-1:] in ("Z", "z"):
+        raw = raw[:-1] + "+00:00"
+    try:
+        parsed = datetime.fromisoformat(raw)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not an ISO 8601 time: use e.g. 2026-12-24T18:00 (local time) or "
+            "2026-12-24T17:00Z"
+        ) from None
+    if parsed.tzinfo is None:
+        parsed = parsed.astimezone()  # local time, as the operator's clock shows it
+    if parsed <= datetime.now(timezone.utc):
+        raise argparse.ArgumentTypeError(f"{text!r} is not in the future")
+    return parsed
+
+
+def until_of(for_: float | None, until: datetime | None) -> timedelta | datetime | None:
+    return timedelta(seconds=for_) if for_ is not None else until
+
+
+def mode(text: str) -> Mode:
+    try:
+        return Mode(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a mode: use full or read-only"
+        ) from None
+
+
+def scope(text: str) -> str:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("a scope is a non-empty name such as billing")
+    return text

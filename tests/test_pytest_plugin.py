@@ -1,0 +1,317 @@
+"""The pytest plugin, through pytest itself: test files of their own, run by ``pytester``."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestAssertRewriteWarning")
+
+_INI = """
+[pytest]
+asyncio_default_fixture_loop_scope = function
+filterwarnings =
+    error
+    ignore:Using `httpx` with `starlette.testclient` is deprecated:starlette.exceptions.StarletteDeprecationWarning
+"""
+
+
+@pytest.fixture
+def inner(pytester: pytest.Pytester) -> pytest.Pytester:
+    pytester.makeini(_INI)
+    return pytester
+
+
+def test_the_fixture_switches_holds_and_shows_a_fresh_default(inner: pytest.Pytester) -> None:
+    inner.makepyfile(
+        """
+        import maintguard
+        from maintguard import sync
+        from maintguard.backends import MemoryBackend
+
+        def test_off_at_first(maintenance):
+            assert isinstance(maintenance.backend, MemoryBackend)
+            assert not maintenance.active
+            assert not sync.get_maintenance_mode()  # the fixture's store is the default
+
+        def test_on_and_off(maintenance):
+            maintenance.on(reason="DB upgrade", retry_after=600, until=3600)
+            state = maintenance.state
+            assert state.active and state.reason == "DB upgrade" and state.retry_after == 600
+            assert state.until is not None
+            assert sync.get_state().reason == "DB upgrade"
+            maintenance.off()
+            assert not maintenance.active
+
+        def test_scopes_and_modes(maintenance):
+            maintenance.on(scope="billing", mode="read_only")
+            assert not maintenance.active
+            billing = maintenance.state_of("billing")
+            assert billing.active and billing.mode.value == "read_only"
+            maintenance.off(scope="billing")
+            assert not maintenance.state_of("billing").active
+
+        def test_a_hold_shows_while_entered(maintenance):
+            with maintenance.hold(reason="reindex"):
+                assert maintenance.state.reason == "reindex"
+                assert sync.get_maintenance_mode()
+            assert not maintenance.active
+
+        def test_hold_without_backend_refused(maintenance):
+            import pytest
+            from maintguard import ConfigurationError, MemoryBackend
+            with pytest.raises(ConfigurationError, match="under_maintenance"):
+                maintenance.hold(backend=MemoryBackend())
+        """.replace("MemoryBackend()", "maintguard.backends.MemoryBackend()").replace(
+            "from maintguard import ConfigurationError, MemoryBackend",
+            "from maintguard import ConfigurationError",
+        )
+    )
+    inner.runpytest("-p", "no:cacheprovider").assert_outcomes(passed=5)
+
+
+def test_no_state_leaks_between_tests_and_the_previous_default_returns(
+    inner: pytest.Pytester,
+) -> None:
+    inner.makepyfile(
+        """
+        import maintguard
+        from maintguard import sync
+        from maintguard.backends import MemoryBackend
+
+        mine = MemoryBackend()
+
+        def test_1_sets_a_default_then_switches_on(maintenance):
+            maintenance.on(reason="left on")
+
+        def test_2_is_off_again(maintenance):
+            assert not maintenance.active
+            assert not sync.get_maintenance_mode()
+
+        def test_3_a_configured_default_is_put_back():
+            maintguard.configure(mine)
+
+        def test_4_uses_the_fixture_store(maintenance):
+            assert sync.get_state().active is False
+            maintenance.on()
+            assert not sync.get_maintenance_mode(mine)
+
+        def test_5_the_configured_default_is_back():
+            from maintguard.core import resolve_backend
+            assert resolve_backend() is mine
+        """
+    )
+    inner.runpytest("-p", "no:cacheprovider").assert_outcomes(passed=5)
+
+
+def test_the_marker_switches_on_and_strict_markers_accept_it(inner: pytest.Pytester) -> None:
+    inner.makepyfile(
+        """
+        import pytest
+        from maintguard import sync
+
+        @pytest.mark.maintenance(reason="DB upgrade", mode="read_only")
+        def test_marked():
+            state = sync.get_state()
+            assert state.active and state.reason == "DB upgrade"
+            assert state.mode.value == "read_only"
+
+        @pytest.mark.maintenance("positional reason")
+        def test_marked_with_the_fixture_too(maintenance):
+            assert maintenance.state.reason == "positional reason"
+
+        @pytest.mark.maintenance(scope="billing")
+        def test_marked_scope(maintenance):
+            assert not maintenance.active and maintenance.state_of("billing").active
+
+        @pytest.mark.maintenance
+        class TestAClass:
+            def test_in_a_marked_class(self):
+                assert sync.get_maintenance_mode()
+
+        def test_unmarked_is_off():
+            assert not sync.get_maintenance_mode()
+        """
+    )
+    inner.runpytest("-p", "no:cacheprovider", "--strict-markers").assert_outcomes(passed=5)
+    result = inner.runpytest("-p", "no:cacheprovider", "--markers")
+    result.stdout.fnmatch_lines(["@pytest.mark.maintenance(reason=None, *, scope=None*"])
+
+
+def test_a_marker_with_bad_options_is_an_error_that_says_why(inner: pytest.Pytester) -> None:
+    inner.makepyfile(
+        """
+        import pytest
+
+        @pytest.mark.maintenance(mode="sideways")
+        def test_bad_mode():
+            pass
+
+        @pytest.mark.maintenance(reasn="typo")
+        def test_bad_keyword():
+            pass
+        """
+    )
+    result = inner.runpytest("-p", "no:cacheprovider")
+    result.assert_outcomes(errors=2)
+    result.stdout.fnmatch_lines(
+        [
+            "*@pytest.mark.maintenance: unknown maintenance mode 'sideways'*",
+            "*@pytest.mark.maintenance: *unexpected keyword argument 'reasn'*",
+        ]
+    )
+
+
+def test_a_hold_left_entered_fails_the_test_at_teardown_naming_it(
+    inner: pytest.Pytester,
+) -> None:
+    inner.makepyfile(
+        """
+        from maintguard import sync, under_maintenance
+
+        def test_leaks(maintenance):
+            hold = maintenance.hold(reason="forgotten")
+            hold.__enter__()
+
+        def test_leaks_on_the_default_in_a_scope(maintenance):
+            under_maintenance(scope="billing").__enter__()
+
+        def test_after_a_leak_all_is_off(maintenance):
+            assert not maintenance.active
+            assert not maintenance.state_of("billing").active
+            assert not sync.get_maintenance_mode()
+        """
+    )
+    result = inner.runpytest("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=3, errors=2)
+    result.stdout.fnmatch_lines(
+        [
+            "*ERROR at teardown of test_leaks *",
+            "*the test left 1 maintenance hold entered: the hold made at *"
+            "test_a_hold_left_entered_fails_the_test_at_teardown_naming_it.py:4 "
+            "(reason 'forgotten'). Exit every hold*",
+            "*ERROR at teardown of test_leaks_on_the_default_in_a_scope *",
+            "*the hold made at *.py:8 (scope 'billing')*",
+        ]
+    )
+
+
+def test_async_tests_under_anyio_asyncio_and_trio_and_pytest_asyncio(
+    inner: pytest.Pytester,
+) -> None:
+    inner.makepyfile(
+        """
+        import pytest
+        import maintguard
+
+        @pytest.fixture(params=["asyncio", "trio"])
+        def anyio_backend(request):
+            return request.param
+
+        @pytest.mark.anyio
+        async def test_anyio(maintenance, anyio_backend):
+            assert not await maintguard.get_maintenance_mode()
+            maintenance.on(reason="async")
+            assert (await maintguard.get_state()).reason == "async"
+            maintenance.off()
+            async with maintenance.hold(reason="held"):
+                assert maintenance.state.reason == "held"
+                assert await maintguard.get_maintenance_mode()
+            assert not maintenance.active
+
+        @pytest.mark.anyio
+        @pytest.mark.maintenance(reason="marked")
+        async def test_anyio_marked(anyio_backend):
+            assert (await maintguard.get_state()).reason == "marked"
+
+        @pytest.mark.asyncio
+        async def test_pytest_asyncio(maintenance):
+            maintenance.on()
+            assert await maintguard.get_maintenance_mode()
+
+        @pytest.mark.anyio
+        async def test_anyio_leak(maintenance, anyio_backend):
+            await maintenance.hold(reason="async leak").__aenter__()
+        """
+    )
+    result = inner.runpytest("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=7, errors=2)
+    result.stdout.fnmatch_lines(["*ERROR at teardown of test_anyio_leak[[]asyncio[]]*"])
+
+
+def test_with_starlette_testclient_and_httpx(inner: pytest.Pytester) -> None:
+    inner.makepyfile(
+        """
+        import httpx
+        import pytest
+        from starlette.applications import Starlette
+        from starlette.responses import PlainTextResponse
+        from starlette.routing import Route
+        from starlette.testclient import TestClient
+        from maintguard import MaintenanceModeMiddleware, exempt
+
+        async def home(request):
+            return PlainTextResponse("home")
+
+        @exempt
+        async def health(request):
+            return PlainTextResponse("ok")
+
+        def make_app():
+            app = Starlette(routes=[Route("/", home), Route("/health", health)])
+            app.add_middleware(MaintenanceModeMiddleware)
+            return app
+
+        @pytest.fixture
+        def client(maintenance):
+            with TestClient(make_app()) as client:
+                yield client
+
+        def test_off_then_on(maintenance, client):
+            assert client.get("/").status_code == 200
+            maintenance.on(reason="DB upgrade", retry_after=120)
+            response = client.get("/", headers={"accept": "application/json"})
+            assert response.status_code == 503
+            assert response.headers["retry-after"] == "120"
+            assert response.json()["detail"] == "DB upgrade"
+            assert client.get("/health").status_code == 200
+
+        @pytest.mark.maintenance(reason="marked")
+        def test_marked(client):
+            assert client.get("/").status_code == 503
+
+        def test_hold(maintenance, client):
+            with maintenance.hold():
+                assert client.get("/").status_code == 503
+            assert client.get("/").status_code == 200
+
+        @pytest.mark.anyio
+        @pytest.mark.parametrize("anyio_backend", ["asyncio"])
+        async def test_httpx(maintenance, anyio_backend):
+            transport = httpx.ASGITransport(app=make_app())
+            async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
+                assert (await http.get("/")).status_code == 200
+                async with maintenance.hold(reason="held"):
+                    assert (await http.get("/")).status_code == 503
+        """
+    )
+    inner.runpytest("-p", "no:cacheprovider").assert_outcomes(passed=4)
+
+
+def test_importing_the_plugin_imports_neither_starlette_nor_redis(
+    pytester: pytest.Pytester,
+) -> None:
+    pytester.makepyfile(
+        """
+        import sys
+
+        def test_nothing_extra(maintenance):
+            maintenance.on()
+            assert "starlette" not in sys.modules
+            assert "redis" not in sys.modules
+        """
+    )
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-p", "no:anyio")
+    result.assert_outcomes(passed=1)
+    assert sys.executable  # the subprocess ran this interpreter
