@@ -11,6 +11,7 @@ from importlib.metadata import PackageNotFoundError, version
 from importlib.util import find_spec
 from typing import TYPE_CHECKING, Any
 
+from . import sync  # (maintguard.sync works after a plain `import maintguard`)
 from .backends import Backend
 from .core import add_listener, configure, flush_listeners, remove_listener
 from .exceptions import (
@@ -96,6 +97,7 @@ __all__ = [
     "not_during_maintenance",
     "remove_listener",
     "set_maintenance_mode",
+    "sync",
     "under_maintenance",
 ]
 if TYPE_CHECKING or find_spec("starlette") is not None:

@@ -377,7 +377,7 @@ async def _write_entry(ctrl: ScopeController, key: int, keys: list[int]) -> None
         await ctrl.write()
     except BaseException:
         ctrl.abort(key)
-        await _write_release(ctrl)
+        await _write_release(ctrl, entering=True)
         raise
     ctrl.commit(key, keys)
 
@@ -387,7 +387,7 @@ def _write_entry_blocking(ctrl: ScopeController, key: int, keys: list[int]) -> N
         ctrl.write_blocking()
     except BaseException:
         ctrl.abort(key)
-        _write_release_blocking(ctrl)
+        _write_release_blocking(ctrl, entering=True)
         raise
     ctrl.commit(key, keys)
 
@@ -402,21 +402,22 @@ def _leave_blocking(entry: Entry) -> None:
         _write_release_blocking(entry[0])
 
 
-async def _write_release(ctrl: ScopeController) -> None:
+async def _write_release(ctrl: ScopeController, *, entering: bool = False) -> None:
     # Cleanup runs to the end even when the holder is being cancelled; the write itself
     # runs outside this task, so even a native asyncio cancel cannot stop it halfway.
+    # `entering`: the cleanup of a failed entry, whose own error the holder sees.
     with anyio.CancelScope(shield=True):
         try:
             await ctrl.write()
         except Exception as exc:
-            ctrl.release_failed(exc)
+            ctrl.release_failed(exc, entering)
 
 
-def _write_release_blocking(ctrl: ScopeController) -> None:
+def _write_release_blocking(ctrl: ScopeController, *, entering: bool = False) -> None:
     try:
         ctrl.write_blocking()
     except Exception as exc:
-        ctrl.release_failed(exc)
+        ctrl.release_failed(exc, entering)
 
 
 def _caller() -> str:

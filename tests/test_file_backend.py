@@ -423,6 +423,25 @@ def test_corrupt_file_is_refused_and_never_overwritten(tmp_path: Path, content: 
     assert path.read_bytes() == content
 
 
+@pytest.mark.parametrize("enter", ["sync", "async"])
+def test_a_hold_refused_by_a_corrupt_file_warns_of_no_record_left_behind(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, enter: str
+) -> None:
+    # The entry's own BackendError says it all: no "could not remove ... record" warning
+    # about a record that was never written (it once logged that, in the CLI too).
+    path = tmp_path / "m.json"
+    path.write_text("{not json")
+    hold = maintguard.under_maintenance(backend=LocalFileBackend(path))
+    with caplog.at_level("INFO", logger="maintguard"), pytest.raises(BackendError):
+        if enter == "sync":
+            hold.__enter__()
+        else:
+            anyio.run(hold.__aenter__)
+    assert [r for r in caplog.records if r.levelname == "WARNING"] == []
+    assert any("after a failed entry" in r.getMessage() for r in caplog.records)
+    assert not maintguard.sync.get_maintenance_mode(LocalFileBackend(tmp_path / "other.json"))
+
+
 def test_missing_directory_is_a_clear_write_error(tmp_path: Path) -> None:
     backend = LocalFileBackend(tmp_path / "missing" / "m.json")
     assert backend._read_scopes_blocking([None])[None] == StoredState()

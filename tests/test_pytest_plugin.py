@@ -13,7 +13,7 @@ _INI = """
 asyncio_default_fixture_loop_scope = function
 filterwarnings =
     error
-    ignore:Using `httpx` with `starlette.testclient` is deprecated:starlette.exceptions.StarletteDeprecationWarning
+    ignore:Using `httpx` with:starlette.exceptions.StarletteDeprecationWarning
 """
 
 

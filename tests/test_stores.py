@@ -13,12 +13,12 @@ from pathlib import Path
 import anyio
 import pytest
 
-from maintguard import sync
 from maintguard import (
     ConfigurationError,
     get_maintenance_mode,
     get_state,
     set_maintenance_mode,
+    sync,
     under_maintenance,
 )
 from maintguard.backends import Backend, EnvVarBackend, LocalFileBackend, MemoryBackend, StoredState

@@ -19,7 +19,7 @@ from typing import Any, NoReturn
 from .. import __version__, guards, ioloop
 from ..backends import Backend, EnvVarBackend, MemoryBackend, backend_from_url
 from ..backends.env import getenv
-from ..core import controller
+from ..core import controller, store_of
 from ..exceptions import ConfigurationError, MaintGuardError, ReadOnlyBackendError
 from ..state import MaintenanceState
 from . import run as running
@@ -188,7 +188,11 @@ def _backend(args: argparse.Namespace, *, writes: bool) -> Backend:
 
 
 def _state(backend: Backend, scope: str | None) -> MaintenanceState:
-    return ioloop.run_sync(guards.get_state(backend, scope))
+    state = ioloop.run_sync(guards.get_state(backend, scope))
+    error = store_of(backend).read_error  # read in spite of errors (on_error): not here
+    if error is not None:
+        raise Failure(str(error), BACKEND)
+    return state
 
 
 def _print(lines: Sequence[str]) -> None:
@@ -248,11 +252,15 @@ def cmd_off(args: argparse.Namespace) -> int:
         return 0
     why = []
     if state.holds:
-        n = state.holds
+        one = state.holds == 1
         why.append(
-            f"{n} hold{'s are' if n != 1 else ' is'} live (listed above): "
-            f"{'they end' if n != 1 else 'it ends'} when the job or command holding it ends"
-            + ("" if args.force else f"; `maintguard off --force` removes {'them' if n != 1 else 'it'}")
+            f"{state.holds} hold{' is' if one else 's are'} live (listed above): "
+            f"{'it ends' if one else 'they end'} when the job or command holding it ends"
+            + (
+                ""
+                if args.force
+                else f"; `maintguard off --force` removes {'it' if one else 'them'}"
+            )
         )
     if state.explicit and scope is not None:
         why.append("the global scope is switched on: `maintguard off` turns it off")
@@ -283,6 +291,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         on_drain_timeout=args.on_drain_timeout,
         owner=f"maintguard run: {running.describe(argv, 120)}",
     )
+    if args.drain:
+        _say(
+            f"maintenance on; waiting up to {args.drain:g} s for in-flight work to end "
+            f"before running: {running.describe(argv)}"
+        )
     try:
         return running.run_held(argv, lambda: hold, _say)
     except running.Signalled as exc:
@@ -305,30 +318,37 @@ def _say(message: str) -> None:
     print(f"maintguard: {message}", file=sys.stderr, flush=True)
 
 
-def _log_to_stderr() -> None:
-    # The core's warnings (a lost lease, a failed release) as one line each.
+def _log_to_stderr(level: int) -> None:
+    # The core's warnings while `run` holds (a lost lease, a failed release) as one line
+    # each; the other commands report their failures themselves.
     logger = logging.getLogger("maintguard")
     if not logger.handlers and not logging.getLogger().handlers:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("maintguard: %(message)s"))
         logger.addHandler(handler)
-        logger.setLevel(logging.WARNING)
+        logger.setLevel(level)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line ``argv`` (default ``sys.argv[1:]``); return the exit code."""
-    _log_to_stderr()
     parser = _parser()
     is_run = False
     try:
-        args = parser.parse_args(argv)
+        args, extra = parser.parse_known_args(argv)
         is_run = args.command == "run"
+        _log_to_stderr(logging.WARNING if is_run else logging.ERROR)
         if args.command is None:
             raise Failure("say what to do: on, off, status or run (see maintguard --help)", USAGE)
+        if extra:
+            raise Failure(
+                f"unrecognized arguments: {' '.join(extra)} (see maintguard {args.command} --help)",
+                USAGE,
+            )
         return _COMMANDS[args.command](args)
     except Failure as exc:
         _say(str(exc))
-        return exc.code
+        # run: 2 and 3 may be the command's own codes, so maintguard's failures are 125
+        return RUN_FAILED if is_run and exc.code in (USAGE, BACKEND) else exc.code
     except (ConfigurationError, ReadOnlyBackendError) as exc:
         _say(str(exc))
         return RUN_FAILED if is_run else USAGE

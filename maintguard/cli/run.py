@@ -27,7 +27,15 @@ from collections.abc import Callable, Sequence
 from types import FrameType
 from typing import Any
 
-__all__ = ["NOT_EXECUTABLE", "NOT_FOUND", "Signalled", "describe", "find", "run_held", "signal_name"]
+__all__ = [
+    "NOT_EXECUTABLE",
+    "NOT_FOUND",
+    "Signalled",
+    "describe",
+    "find",
+    "run_held",
+    "signal_name",
+]
 
 NOT_EXECUTABLE = 126
 NOT_FOUND = 127
@@ -49,7 +57,10 @@ def find(command: str) -> tuple[int, str] | None:
         if not os.path.exists(command):
             return NOT_FOUND, f"{command}: no such file"
         if os.path.isdir(command) or not os.access(command, os.X_OK):
-            return NOT_EXECUTABLE, f"{command}: not executable (chmod +x it, or name its interpreter)"
+            return (
+                NOT_EXECUTABLE,
+                f"{command}: not executable (chmod +x it, or run its interpreter)",
+            )
         return None
     if shutil.which(command) is None:
         return NOT_FOUND, f"{command}: command not found (is it on PATH?)"
@@ -108,9 +119,7 @@ def in_terminal_foreground() -> bool:
     return False
 
 
-def run_held(
-    argv: Sequence[str], hold: Callable[[], Any], say: Callable[[str], None]
-) -> int:
+def run_held(argv: Sequence[str], hold: Callable[[], Any], say: Callable[[str], None]) -> int:
     """Run ``argv`` inside the hold ``hold()`` makes; return the exit code to exit with.
 
     Raises what entering the hold raises (nothing of the hold remains then), and

@@ -81,9 +81,7 @@ def mode(text: str) -> Mode:
     try:
         return Mode(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is not a mode: use full or read-only"
-        ) from None
+        raise argparse.ArgumentTypeError(f"{text!r} is not a mode: use full or read-only") from None
 
 
 def scope(text: str) -> str:

@@ -549,6 +549,7 @@ class ScopeController:
         """A read failed: raise on a store's first read, then follow ``on_error``."""
         error = as_backend_error(exc, f"{self.where}: reading the maintenance state failed")
         store = self.store
+        store.read_error = error
         if may_raise and not store.used and self.backend.raise_on_first_read:
             store.used = True
             raise error from exc
@@ -659,7 +660,17 @@ class ScopeController:
             io.background(_renew(weakref.ref(self), renewal, self.backend.lease_ttl / 3))
         self._announce(change, None)
 
-    def release_failed(self, exc: BaseException) -> None:
+    def release_failed(self, exc: BaseException, entering: bool = False) -> None:
+        if entering:
+            # The entry's own error reached the holder; its write most likely never landed.
+            logger.info(
+                "%s: after a failed entry, could not check that no hold record was left "
+                "(%s); if one was, it stops counting when its lease runs out in %.0fs",
+                self.label,
+                exc,
+                self.backend.lease_ttl,
+            )
+            return
         logger.warning(
             "%s: could not remove this process's hold record (%s); other processes stop "
             "counting it when its lease runs out in %.0fs",

@@ -56,6 +56,7 @@ class Store:
         self.presence_failing = False
         self.judged: dict[str, dict[int, bool]] = {}  # per drain token: entries judged
         self._error: str | None = None
+        self.read_error: Exception | None = None  # why the last read failed; None: it worked
         self._scopes: weakref.WeakValueDictionary[str, ScopeController] = (
             weakref.WeakValueDictionary()
         )
@@ -94,6 +95,7 @@ class Store:
 
     def read_ok(self) -> None:
         self.used = True
+        self.read_error = None
         if self._error is not None:
             self._error = None
             logger.info("%s: maintenance state readable again", self.backend.describe())

@@ -1,0 +1,702 @@
+"""The ``maintguard`` command through real processes, on a file store in a temp folder:
+every command and flag, exit codes, output, the ``--json`` schema, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import maintguard
+from maintguard import sync
+from maintguard.backends import LocalFileBackend
+
+ROOT = Path(__file__).parents[1]
+HOLD_SCRIPT = """
+import sys, time
+from pathlib import Path
+from maintguard import under_maintenance
+from maintguard.backends import LocalFileBackend
+backend = LocalFileBackend(sys.argv[1], lease_ttl=float(sys.argv[3]))
+with under_maintenance(backend=backend, reason="nightly reindex"):
+    Path(sys.argv[2]).write_text("entered")
+    while Path(sys.argv[2]).exists():
+        time.sleep(0.02)
+"""
+
+
+class Result:
+    def __init__(self, proc: subprocess.CompletedProcess[str]) -> None:
+        self.code = proc.returncode
+        self.out = proc.stdout
+        self.err = proc.stderr
+
+    def json(self) -> Any:
+        return json.loads(self.out)
+
+    def __repr__(self) -> str:
+        return f"<exit {self.code}\nstdout: {self.out}\nstderr: {self.err}>"
+
+
+def environment(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MAINTGUARD_")}
+    env.update({"TZ": "UTC", "PYTHONPATH": str(ROOT), **extra})
+    return env
+
+
+Run = Callable[..., Result]
+
+
+@pytest.fixture
+def state(tmp_path: Path) -> Path:
+    return tmp_path / "state.json"
+
+
+@pytest.fixture
+def mg(state: Path) -> Run:
+    """``maintguard ARGS`` with the file store in MAINTGUARD_BACKEND (unless env= says)."""
+
+    def run(*args: str, env: dict[str, str] | None = None, timeout: float = 30) -> Result:
+        if env is None:
+            env = environment(MAINTGUARD_BACKEND=f"file:{state}")
+        proc = subprocess.run(
+            [sys.executable, "-m", "maintguard", *args],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=timeout,
+            cwd=ROOT,
+        )
+        return Result(proc)
+
+    return run
+
+
+def one_line(result: Result) -> str:
+    """A failure's stderr: one line, no traceback."""
+    lines = result.err.strip().splitlines()
+    assert len(lines) == 1, result
+    assert "Traceback" not in result.err
+    assert lines[0].startswith("maintguard: "), result
+    return lines[0]
+
+
+@pytest.fixture
+def holder(state: Path, tmp_path: Path) -> Iterator[Callable[..., subprocess.Popen[str]]]:
+    """Another process that holds maintenance on the store until its flag file is deleted."""
+    procs: list[subprocess.Popen[str]] = []
+
+    def start(lease: float = 30.0) -> subprocess.Popen[str]:
+        flag = tmp_path / f"holding-{len(procs)}"
+        proc = subprocess.Popen(
+            [sys.executable, "-c", HOLD_SCRIPT, str(state), str(flag), str(lease)],
+            env=environment(),
+            text=True,
+        )
+        procs.append(proc)
+        deadline = time.monotonic() + 20
+        while not flag.exists():
+            assert time.monotonic() < deadline and proc.poll() is None, "the holder did not hold"
+            time.sleep(0.01)
+        proc.flag = flag  # type: ignore[attr-defined]
+        return proc
+
+    yield start
+    for proc in procs:
+        proc.flag.unlink(missing_ok=True)  # type: ignore[attr-defined]
+        proc.wait(20)
+
+
+def store_state(state: Path) -> maintguard.MaintenanceState:
+    return sync.get_state(LocalFileBackend(state, refresh_interval=0))
+
+
+# -- basics ---------------------------------------------------------------------------
+
+
+def test_version_and_help(mg: Run) -> None:
+    result = mg("--version")
+    assert (result.code, result.out.strip()) == (0, f"maintguard {maintguard.__version__}")
+    result = mg("--help")
+    assert result.code == 0
+    for command in ("on", "off", "status", "run"):
+        assert command in result.out
+    assert "exit" in mg("status", "--help").out.lower()
+
+
+def test_the_console_script_is_installed_and_is_the_same_command(tmp_path: Path) -> None:
+    script = Path(sys.executable).with_name("maintguard")
+    assert script.exists(), "pip install -e . installs the maintguard command"
+    result = subprocess.run(
+        [str(script), "status", "--backend", f"file:{tmp_path / 's.json'}"],
+        capture_output=True,
+        text=True,
+        env=environment(),
+        timeout=30,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("maintenance is off")
+
+
+def test_no_command_says_what_to_do(mg: Run) -> None:
+    result = mg()
+    assert result.code == 2
+    assert "on, off, status or run" in one_line(result)
+
+
+# -- on / status / off ------------------------------------------------------------------
+
+
+def test_on_with_details_then_status_and_json(mg: Run, state: Path) -> None:
+    before = datetime.now(timezone.utc)
+    result = mg("on", "--reason", "DB upgrade", "--retry-after", "10m", "--for", "30m")
+    assert result.code == 0, result
+    assert result.out.startswith("maintenance is ON — LocalFileBackend(")
+    assert "reason:      DB upgrade" in result.out
+    assert "retry after: 600 s" in result.out
+    assert "(in 29 min)" in result.out or "(in 30 min)" in result.out
+
+    status = mg("status")
+    assert status.code == 1
+    assert "until:" in status.out and "UTC" in status.out
+    assert "on through:  the operator's switch" in status.out
+
+    data = mg("status", "--json").json()
+    assert mg("status", "--json").code == 1
+    assert data["active"] is True and data["phase"] == "on" and data["mode"] == "full"
+    assert data["reason"] == "DB upgrade" and data["retry_after"] == 600
+    assert data["holds"] == [] and data["explicit"] is True and data["scope"] is None
+    since = datetime.fromisoformat(data["since"])
+    until = datetime.fromisoformat(data["until"])
+    assert since.utcoffset() == until.utcoffset() == timedelta(0)  # ISO 8601, UTC
+    assert before - timedelta(seconds=1) <= since <= datetime.now(timezone.utc)
+    assert abs((until - since) - timedelta(minutes=30)) < timedelta(seconds=5)
+    assert store_state(state).reason == "DB upgrade"  # what an app reading the file sees
+
+
+def test_on_again_updates_the_details_and_keeps_since(mg: Run) -> None:
+    assert mg("on", "--reason", "first").code == 0
+    first = mg("status", "--json").json()
+    assert mg("on", "--reason", "second", "--mode", "read-only").code == 0
+    second = mg("status", "--json").json()
+    assert second["reason"] == "second" and second["mode"] == "read_only"
+    assert second["since"] == first["since"]
+    assert second["until"] is None
+
+
+@pytest.mark.parametrize(
+    ("given", "tz", "expected"),
+    [
+        ("2099-01-02T03:04:05Z", "UTC", "2099-01-02T03:04:05+00:00"),
+        ("2099-01-02T03:04:05+02:00", "UTC", "2099-01-02T01:04:05+00:00"),
+        ("2099-01-02T03:04", "Asia/Tokyo", "2099-01-01T18:04:00+00:00"),  # local time
+    ],
+)
+def test_on_until_takes_iso_times(mg: Run, state: Path, given: str, tz: str, expected: str) -> None:
+    env = environment(MAINTGUARD_BACKEND=f"file:{state}", TZ=tz)
+    result = mg("on", "--until", given, env=env)
+    assert result.code == 0, result
+    assert mg("status", "--json").json()["until"] == expected
+    if tz == "Asia/Tokyo":  # shown in the operator's local time, zone named
+        assert "2099-01-02 03:04:00 JST" in mg("status", env=env).out
+
+
+def test_status_shows_times_in_local_time_and_relative(mg: Run, state: Path) -> None:
+    env = environment(MAINTGUARD_BACKEND=f"file:{state}", TZ="America/New_York")
+    assert mg("on", "--for", "2h", env=env).code == 0
+    out = mg("status", env=env).out
+    since = datetime.fromisoformat(mg("status", "--json").json()["since"])
+    local = since.astimezone(timezone(timedelta(hours=-5)))  # EST in December
+    assert f"since:       {local:%Y-%m-%d %H:%M}" in out
+    assert " EST (" in out and "s ago)" in out
+    assert "(in 119 min)" in out or "(in 2 h)" in out
+
+
+def test_scopes_and_modes(mg: Run) -> None:
+    assert mg("on", "--scope", "billing", "--mode", "read_only").code == 0
+    assert mg("status").code == 0  # the global scope stays off
+    billing = mg("status", "--scope", "billing")
+    assert billing.code == 1 and "(scope billing)" in billing.out
+    assert "mode:        read-only" in billing.out
+    data = mg("status", "--scope", "billing", "--json").json()
+    assert (data["scope"], data["mode"]) == ("billing", "read_only")
+    assert mg("off", "--scope", "billing").code == 0
+    assert mg("status", "--scope", "billing").code == 0
+
+
+def test_a_scope_stays_on_while_the_global_scope_is_on_and_off_says_so(mg: Run) -> None:
+    assert mg("on").code == 0
+    assert mg("on", "--scope", "billing").code == 0
+    result = mg("off", "--scope", "billing")
+    assert result.code == 1
+    assert "the global scope is switched on: `maintguard off` turns it off" in result.err
+    assert mg("off").code == 0
+    assert mg("status", "--scope", "billing").code == 0
+
+
+def test_off_when_off_is_fine(mg: Run) -> None:
+    result = mg("off")
+    assert result.code == 0 and result.out.startswith("maintenance is off"), result
+
+
+def test_status_exit_3_when_the_state_cannot_be_read(mg: Run, state: Path) -> None:
+    state.write_text("{not json")
+    result = mg("status")
+    assert result.code == 3
+    assert "does not hold a maintenance state" in one_line(result)
+    assert "Fix the file or delete it" in result.err
+    result = mg("status", "--json")
+    assert (result.code, result.out) == (3, "")
+    result = mg("status", "--backend", "redis://127.0.0.1:1/0")
+    assert result.code == 3
+    assert "redis://127.0.0.1:1/0" in one_line(result)
+    result = mg("on", "--backend", "redis://:hunter2@127.0.0.1:1/0")
+    assert result.code == 3 and "hunter2" not in result.err
+    assert state.read_text() == "{not json"  # never overwritten
+
+
+def test_a_store_that_cannot_be_written_is_exit_3(mg: Run, tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")  # a file where the store's folder should be: no one can write
+    result = mg("on", "--backend", f"file:{blocker / 'state.json'}")
+    assert result.code == 3, result
+    assert "cannot write the maintenance state" in one_line(result)
+
+
+def test_a_store_in_a_missing_folder_is_exit_3_with_the_path(mg: Run, tmp_path: Path) -> None:
+    result = mg("on", "--backend", f"file:{tmp_path / 'nowhere' / 'state.json'}")
+    assert result.code == 3
+    assert "nowhere" in one_line(result)
+
+
+def test_off_refuses_while_another_process_holds_and_force_removes(
+    mg: Run, state: Path, holder: Callable[..., subprocess.Popen[str]]
+) -> None:
+    proc = holder(lease=60)
+    assert mg("on", "--reason", "operator").code == 0
+    result = mg("off")
+    assert result.code == 1, result
+    assert "maintenance stays on: 1 hold is live" in result.err
+    assert "`maintguard off --force` removes it" in result.err
+    line = next(x for x in result.out.splitlines() if x.startswith("    - "))
+    assert f"pid {proc.pid}" in line and "host " in line and "since " in line
+    assert "lease 59 s left" in line or "lease 60 s left" in line
+    assert "<string>:7: " in line  # the owner: where the hold was made (python -c, line 7)
+    data = mg("status", "--json").json()
+    assert data["explicit"] is False and data["reason"] == "nightly reindex"  # left alone
+    (hold,) = data["holds"]
+    assert hold["pid"] == proc.pid and hold["reason"] == "nightly reindex"
+    assert set(hold) >= {"owner", "host", "pid", "started", "expires"}
+    assert datetime.fromisoformat(hold["expires"]) > datetime.fromisoformat(hold["started"])
+
+    result = mg("off", "--force")
+    assert result.code == 0, result
+    assert "removed 1 hold; a holder that still runs writes its hold again" in result.err
+    assert f"pid {proc.pid}" in result.err + result.out
+    assert mg("status").code == 0
+    assert store_state(state).holds == 0
+
+
+def test_off_force_removes_a_dead_holders_record_at_once(
+    mg: Run, state: Path, holder: Callable[..., subprocess.Popen[str]]
+) -> None:
+    proc = holder(lease=300)
+    proc.kill()
+    proc.wait(10)
+    status = mg("status")
+    assert status.code == 1  # the record lasts until its lease ends
+    assert "no such process on this host now" in status.out
+    assert mg("off").code == 1
+    assert mg("off", "--force").code == 0
+    assert mg("status").code == 0
+
+
+# -- choosing the backend ---------------------------------------------------------------
+
+
+def test_backend_before_or_after_the_command_and_from_the_environment(
+    mg: Run, tmp_path: Path
+) -> None:
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    plain = environment()
+    assert mg("--backend", f"file:{a}", "on", env=plain).code == 0
+    assert mg("status", "--backend", f"file:{a}", env=plain).code == 1
+    assert mg("status", "--backend", f"file:{b}", env=plain).code == 0
+    from_env = environment(MAINTGUARD_BACKEND=f"file:{a}")
+    assert mg("status", env=from_env).code == 1
+    assert mg("status", "--backend", f"file:{b}", env=from_env).code == 0  # the flag wins
+    assert mg("--backend", f"file:{b}", "status", "--backend", f"file:{a}", env=plain).code == 1
+
+
+def test_without_a_backend_writes_say_how_to_choose_one(mg: Run) -> None:
+    plain = environment()
+    for args in (["on"], ["off"], ["run", "--", "true"]):
+        result = mg(*args, env=plain)
+        assert result.code == (125 if args[0] == "run" else 2), result
+        line = one_line(result)
+        assert "--backend file:" in line and "MAINTGUARD_BACKEND" in line
+    # status reads the default, the environment variable, and says which it read
+    result = mg("status", env=environment(MAINTGUARD_MODE="on"))
+    assert result.code == 1 and "EnvVarBackend(MAINTGUARD_MODE)" in result.out
+    result = mg("status", env=environment(MAINTGUARD_MODE="maybe"))
+    assert result.code == 3 and "MAINTGUARD_MODE" in one_line(result)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--backend", "bogus", "status"], "--backend: backend URL 'bogus' has no scheme"),
+        (["--backend", "ftp://x", "status"], "--backend: "),
+        (["--backend", "memory:", "on"], "memory: lives inside one process"),
+        (["--backend", "env:", "on"], "cannot be written"),
+        (["on", "--for", "5x"], "'5x' is not a duration"),
+        (["on", "--for", "0s"], "not a duration longer than zero"),
+        (["on", "--for", "400d"], "longer than a year"),
+        (["on", "--until", "tomorrow"], "'tomorrow' is not an ISO 8601 time"),
+        (["on", "--until", "2001-01-01T00:00Z"], "is not in the future"),
+        (["on", "--for", "1h", "--until", "2099-01-01T00:00Z"], "not allowed with argument"),
+        (["on", "--mode", "sideways"], "'sideways' is not a mode: use full or read-only"),
+        (["on", "--retry-after", "-5"], "is not a number of seconds"),
+        (["on", "--scope", " "], "a scope is a non-empty name"),
+        (["on", "--bogus"], "unrecognized arguments: --bogus"),
+        (["status", "--json", "extra"], "unrecognized arguments: extra"),
+        (["frobnicate"], "invalid choice: 'frobnicate'"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(mg: Run, args: list[str], message: str) -> None:
+    result = mg(*args)
+    assert result.code == 2, result
+    line = one_line(result)
+    assert message in line, line
+
+
+def test_a_bad_backend_in_the_environment_is_named(mg: Run) -> None:
+    result = mg("status", env=environment(MAINTGUARD_BACKEND="file:"))
+    assert result.code == 2
+    assert one_line(result).startswith("maintguard: MAINTGUARD_BACKEND: ")
+
+
+# -- run ------------------------------------------------------------------------------
+
+
+def test_run_holds_exactly_while_the_command_runs(mg: Run, state: Path) -> None:
+    inner = f"{sys.executable} -m maintguard status --json"
+    result = mg("run", "--reason", "migrate", "--retry-after", "300", "--", "sh", "-c", inner)
+    assert result.code == 1, result  # the command's own exit code: status saw maintenance on
+    seen = json.loads(result.out)
+    assert seen["reason"] == "migrate" and seen["retry_after"] == 300
+    (hold,) = seen["holds"]
+    assert hold["owner"].startswith("maintguard run: sh -c ")
+    assert "maintenance held while running: sh -c " in result.err
+    assert "exited with 1; hold released" in result.err
+    assert mg("status").code == 0  # released
+    assert store_state(state).holds == 0
+
+
+@pytest.mark.parametrize("code", [0, 7])
+def test_run_returns_the_commands_exit_code(mg: Run, code: int) -> None:
+    result = mg("run", "--", sys.executable, "-c", f"raise SystemExit({code})")
+    assert result.code == code, result
+    assert mg("status").code == 0
+
+
+def test_run_forwards_the_commands_output_untouched(mg: Run) -> None:
+    result = mg("run", "--", "sh", "-c", "echo out; echo err >&2")
+    assert result.code == 0
+    assert result.out == "out\n"
+    assert "err\n" in result.err
+
+
+def test_run_with_a_command_killed_by_a_signal_is_128_plus_n(mg: Run) -> None:
+    result = mg("run", "--", "sh", "-c", "kill -KILL $$")
+    assert result.code == 128 + 9, result
+    assert "was killed by SIGKILL; hold released" in result.err
+    assert mg("status").code == 0
+
+
+def test_run_without_dashes_and_with_options_of_the_command(mg: Run) -> None:
+    result = mg("run", "--reason", "x", sys.executable, "-c", "import sys; sys.exit(3)")
+    assert result.code == 3, result
+    result = mg("run", "--", sys.executable, "--version")
+    assert result.code == 0 and "Python" in result.out
+
+
+def test_run_with_a_command_not_found_or_not_executable_holds_nothing(
+    mg: Run, state: Path, tmp_path: Path
+) -> None:
+    result = mg("run", "--", "no-such-command-here")
+    assert result.code == 127
+    assert "no-such-command-here: command not found" in one_line(result)
+    assert "maintenance was not switched on" in result.err
+    result = mg("run", "--", str(tmp_path / "missing.sh"))
+    assert result.code == 127 and "no such file" in one_line(result)
+    script = tmp_path / "script.sh"
+    script.write_text("#!/bin/sh\necho hi\n")
+    result = mg("run", "--", str(script))
+    assert result.code == 126 and "not executable" in one_line(result)
+    result = mg("run", "--", str(tmp_path))
+    assert result.code == 126
+    assert not state.exists()  # nothing was ever written: no hold was taken
+    broken = tmp_path / "broken.sh"
+    broken.write_text("#!/no/such/interpreter\n")
+    broken.chmod(0o755)
+    result = mg("run", "--", str(broken))  # found, but exec fails: held, then released
+    assert result.code == 127, result
+    assert "hold released" in result.err
+    assert mg("status").code == 0
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["run"], "run needs a command"),
+        (["run", "--"], "run needs a command"),
+        (["run", "--drain", "soon", "--", "true"], "'soon' is not a number of seconds"),
+        (["run", "--mode", "x", "--", "true"], "'x' is not a mode"),
+        (["run", "--bogus", "--", "true"], "unrecognized arguments"),
+        (["--backend", "bogus", "run", "--", "true"], "backend URL 'bogus' has no scheme"),
+        (["run", "--backend", "env:", "--", "true"], "cannot be written"),
+    ],
+)
+def test_run_bad_input_is_125(mg: Run, args: list[str], message: str) -> None:
+    result = mg(*args)
+    assert result.code == 125, result
+    assert message in one_line(result)
+
+
+def test_run_when_the_store_cannot_be_written_is_125_and_the_command_never_runs(
+    mg: Run, state: Path, tmp_path: Path
+) -> None:
+    state.write_text("[1, 2]")
+    marker = tmp_path / "ran"
+    result = mg("run", "--", "touch", str(marker))
+    assert result.code == 125, result
+    assert "the command was not run" in one_line(result)
+    assert not marker.exists()
+    result = mg("run", "--backend", "redis://127.0.0.1:1/0", "--", "touch", str(marker))
+    assert result.code == 125 and not marker.exists()
+
+
+# -- run: signals -----------------------------------------------------------------------
+
+# The command: counts every signal it gets in a file, and ends on SIGTERM or SIGINT with
+# 100 + the signal number (so a second delivery would show in the file, not be lost).
+COUNTER = """
+import signal, sys, time
+from pathlib import Path
+log = Path(sys.argv[1])
+def note(signum, frame):
+    with log.open("a") as f:
+        f.write(signal.Signals(signum).name + "\\n")
+    if signum in (signal.SIGTERM, signal.SIGINT):
+        time.sleep(0.5)  # a second copy would arrive meanwhile
+        sys.exit(100 + signum)
+for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2):
+    signal.signal(s, note)
+log.write_text("")
+while True:
+    time.sleep(0.05)
+"""
+
+
+@pytest.fixture
+def start_run(state: Path, tmp_path: Path) -> Iterator[Callable[..., subprocess.Popen[str]]]:
+    procs: list[subprocess.Popen[str]] = []
+
+    def start(log: Path, *extra: str, popen: dict[str, Any] | None = None) -> subprocess.Popen[str]:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "maintguard", "run", *extra, "--",
+             sys.executable, "-c", COUNTER, str(log)],
+            env=environment(MAINTGUARD_BACKEND=f"file:{state}"),
+            cwd=ROOT,
+            stderr=subprocess.PIPE,
+            text=True,
+            **(popen or {}),
+        )  # fmt: skip
+        procs.append(proc)
+        wait_for(lambda: log.exists(), proc)
+        return proc
+
+    yield start
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+
+
+def wait_for(ready: Callable[[], bool], proc: subprocess.Popen[Any], limit: float = 20) -> None:
+    deadline = time.monotonic() + limit
+    while not ready():
+        assert proc.poll() is None, "maintguard run ended early"
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+def signals_seen(log: Path) -> list[str]:
+    return log.read_text().split()
+
+
+@pytest.mark.parametrize("to_group", [False, True], ids=["to-pid", "to-process-group"])
+@pytest.mark.parametrize("signame", ["SIGTERM", "SIGINT"])
+def test_a_signal_to_maintguard_run_reaches_the_command_once_and_the_hold_ends(
+    start_run: Callable[..., subprocess.Popen[str]],
+    tmp_path: Path,
+    state: Path,
+    signame: str,
+    to_group: bool,
+) -> None:
+    import signal
+
+    log = tmp_path / "signals"
+    # A process group of its own, as a supervisor or a CI runner starts it (no terminal).
+    proc = start_run(log, popen={"start_new_session": True})
+    assert store_state(state).active
+    signum = signal.Signals[signame]
+    if to_group:
+        os.killpg(proc.pid, signum)
+    else:
+        os.kill(proc.pid, signum)
+    _, err = proc.communicate(timeout=20)
+    assert proc.returncode == 100 + signum, err
+    assert signals_seen(log) == [signame]
+    assert "hold released" in err
+    assert not store_state(state).active
+
+
+def test_hup_and_usr_signals_are_forwarded_and_the_command_goes_on(
+    start_run: Callable[..., subprocess.Popen[str]], tmp_path: Path, state: Path
+) -> None:
+    import signal
+
+    log = tmp_path / "signals"
+    proc = start_run(log)
+    for signum in (signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2):
+        os.kill(proc.pid, signum)
+        wait_for(lambda: signum.name in signals_seen(log), proc)  # noqa: B023 - used at once
+    assert store_state(state).active  # the command goes on, and so does the hold
+    os.kill(proc.pid, signal.SIGTERM)
+    proc.communicate(timeout=20)
+    assert signals_seen(log) == ["SIGHUP", "SIGUSR1", "SIGUSR2", "SIGTERM"]
+    assert proc.returncode == 100 + signal.SIGTERM
+    assert not store_state(state).active
+
+
+def test_ctrl_c_in_a_terminal_reaches_the_command_once(tmp_path: Path, state: Path) -> None:
+    # maintguard run in the foreground of a real terminal (a pty): the terminal sends
+    # SIGINT to the whole foreground process group; maintguard must not send it again.
+    import pty
+    import signal
+
+    log = tmp_path / "signals"
+    argv = [sys.executable, "-m", "maintguard", "run", "--", sys.executable, "-c", COUNTER,
+            str(log)]  # fmt: skip
+    env = environment(MAINTGUARD_BACKEND=f"file:{state}")
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: a new session whose controlling terminal is the pty
+        os.chdir(ROOT)
+        os.execve(sys.executable, argv, env)
+    try:
+        deadline = time.monotonic() + 20
+        while not log.exists():
+            assert time.monotonic() < deadline, "timed out"
+            time.sleep(0.01)
+        os.write(fd, b"\x03")  # Ctrl-C, as typed
+        output = b""
+        while True:
+            try:
+                chunk = os.read(fd, 1024)
+            except OSError:
+                break
+            if not chunk:
+                break
+            output += chunk
+        _, status = os.waitpid(pid, 0)
+    finally:
+        os.close(fd)
+    assert os.waitstatus_to_exitcode(status) == 100 + signal.SIGINT, output
+    assert signals_seen(log) == ["SIGINT"]
+    assert b"hold released" in output
+    assert not store_state(state).active
+
+
+def test_sigterm_while_the_hold_drains_ends_it_and_the_command_never_runs(
+    mg: Run, state: Path, tmp_path: Path
+) -> None:
+    import signal
+
+    # A guarded job in another process is in flight on the store: the drain waits for it.
+    job_flag, ran = tmp_path / "job", tmp_path / "ran"
+    job = subprocess.Popen(
+        [sys.executable, "-c", JOB_SCRIPT, str(state), str(job_flag)], env=environment()
+    )
+    try:
+        wait_for(job_flag.exists, job)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "maintguard", "run", "--drain", "60", "--",
+             "touch", str(ran)],
+            env=environment(MAINTGUARD_BACKEND=f"file:{state}"),
+            cwd=ROOT,
+            stderr=subprocess.PIPE,
+            text=True,
+        )  # fmt: skip
+        wait_for(lambda: store_state(state).phase.value == "draining", proc)
+        os.kill(proc.pid, signal.SIGTERM)
+        _, err = proc.communicate(timeout=20)
+        assert proc.returncode == 128 + signal.SIGTERM, err
+        assert "stopped by SIGTERM before the command started; nothing is held" in err
+        assert "waiting up to 60 s for in-flight work" in err
+        assert not ran.exists()
+        assert not store_state(state).active
+    finally:
+        job_flag.unlink(missing_ok=True)
+        job.wait(20)
+
+
+JOB_SCRIPT = """
+import sys, time
+from pathlib import Path
+from maintguard import not_during_maintenance
+from maintguard.backends import LocalFileBackend
+backend = LocalFileBackend(sys.argv[1], refresh_interval=0.1)
+with not_during_maintenance(backend=backend):
+    Path(sys.argv[2]).write_text("running")
+    while Path(sys.argv[2]).exists():
+        time.sleep(0.02)
+"""
+
+
+def test_run_drains_in_flight_work_first(mg: Run, state: Path, tmp_path: Path) -> None:
+    job_flag = tmp_path / "job"
+    job = subprocess.Popen(
+        [sys.executable, "-c", JOB_SCRIPT, str(state), str(job_flag)], env=environment()
+    )
+    try:
+        wait_for(job_flag.exists, job)
+        result = mg("run", "--drain", "0.5", "--", "true")  # the job goes on: time is up
+        assert result.code == 0, result
+        assert "did not end" in result.err or "drain" in result.err
+        result = mg("run", "--drain", "0.5", "--on-drain-timeout", "raise", "--", "true")
+        assert result.code == 125, result
+        assert "the command was not run" in result.err
+        assert mg("status").code == 0
+    finally:
+        job_flag.unlink(missing_ok=True)
+        job.wait(20)
+    result = mg("run", "--drain", "30", "--", "true")  # nothing in flight: at once
+    assert result.code == 0, result
+
+
+def test_run_in_a_scope_with_a_mode(mg: Run) -> None:
+    inner = f"{sys.executable} -m maintguard status --scope billing --json"
+    result = mg("run", "--scope", "billing", "--mode", "read-only", "--", "sh", "-c", inner)
+    seen = json.loads(result.out)
+    assert result.code == 1 and seen["mode"] == "read_only" and seen["scope"] == "billing"
+    assert mg("status").code == 0
