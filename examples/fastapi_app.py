@@ -4,8 +4,11 @@
 
 Switch maintenance from any other process that shares the state file, e.g.:
 
-    python -c "from maintguard import sync; sync.set_maintenance_mode(
-        True, 'file:/tmp/maintguard-example.json', reason='DB upgrade')"
+    export MAINTGUARD_BACKEND=file:/tmp/maintguard-example.json
+    maintguard on --reason "DB upgrade" --for 30m
+    maintguard status
+    maintguard run --reason "schema migration" -- alembic upgrade head
+    maintguard off
 
 - /health stays up (exempt), so the load balancer keeps the instance.
 - POST /admin/sync runs a data sync under maintenance_mode_on(): the app is in

@@ -3,8 +3,15 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import pytest
+import starlette.testclient  # noqa: F401 - see below
+
+# Imported here, before pytester's in-process runs snapshot sys.modules: a run drops the
+# modules it imported, and a later run would then mix a new Starlette with the old
+# maintguard.starlette (still an attribute of the maintguard package).
+import maintguard.starlette  # noqa: F401
 
 pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestAssertRewriteWarning")
 
@@ -315,3 +322,59 @@ def test_importing_the_plugin_imports_neither_starlette_nor_redis(
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-p", "no:anyio")
     result.assert_outcomes(passed=1)
     assert sys.executable  # the subprocess ran this interpreter
+
+
+def test_a_module_level_marker_and_its_time_options(inner: pytest.Pytester) -> None:
+    inner.makepyfile(
+        """
+        import pytest
+        from maintguard import sync
+
+        pytestmark = pytest.mark.maintenance(reason="module", retry_after=60, until=3600)
+
+        def test_one():
+            state = sync.get_state()
+            assert state.reason == "module" and state.retry_after == 60
+            assert state.until is not None
+
+        def test_two(maintenance):
+            maintenance.off()
+            assert not maintenance.active
+        """
+    )
+    inner.runpytest("-p", "no:cacheprovider", "--strict-markers").assert_outcomes(passed=2)
+
+
+_APP = """
+from starlette.applications import Starlette
+from starlette.responses import PlainTextResponse
+from starlette.routing import Mount, Route
+from maintguard import MaintenanceModeMiddleware, exempt, maintenance_scope
+
+async def home(request):
+    return PlainTextResponse("home")
+
+@exempt
+async def health(request):
+    return PlainTextResponse("ok")
+
+@maintenance_scope("billing")
+async def invoices(request):
+    return PlainTextResponse("invoices")
+
+def create_app():
+    app = Starlette(routes=[
+        Route("/", home), Route("/health", health),
+        Mount("/billing", routes=[Route("/invoices", invoices)]),
+    ])
+    app.add_middleware(MaintenanceModeMiddleware)
+    return app
+"""
+
+
+def test_the_readmes_testing_example_passes(inner: pytest.Pytester) -> None:
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    section = readme.split("## Testing your app", 1)[1]
+    example = section.split("```python", 1)[1].split("```", 1)[0]
+    inner.makepyfile(myapp=_APP, test_readme=example)
+    inner.runpytest("-p", "no:cacheprovider", "--strict-markers").assert_outcomes(passed=3)

@@ -115,7 +115,7 @@ def _span(seconds: float) -> str:
     seconds = max(0, math.floor(seconds))
     if seconds < 120:
         return f"{seconds} s"
-    minutes = seconds // 60
+    minutes = round(seconds / 60)  # 1799.9 s after `--for 30m` reads "30 min"
     if minutes < 120:
         return f"{minutes} min"
     hours, minutes = divmod(minutes, 60)
