@@ -197,17 +197,16 @@ def _load(module: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
 
 
 def test_fastapi_example(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import anyio
     from starlette.testclient import TestClient
-
-    from maintguard import set_maintenance_mode
 
     monkeypatch.setenv("MAINTGUARD_EXAMPLE_SYNC_SECONDS", "0")
     example = _load("examples.fastapi_app", tmp_path, monkeypatch)
     with TestClient(example.app) as client:
         assert client.get("/predict", params={"text": "good"}).json() == {"label": "positive"}
         assert client.post("/admin/sync").json() == {"status": "synced"}
-        anyio.run(lambda: set_maintenance_mode(True, f"file:{tmp_path / 'm.json'}", reason="DB"))
+        # the operator, from another process, as the example's docstring says
+        switch = [sys.executable, "-m", "maintguard", "on", "--reason", "DB"]
+        subprocess.run([*switch, "--backend", f"file:{tmp_path / 'm.json'}"], check=True)
         deadline = time.monotonic() + 10
         while client.get("/predict", params={"text": "x"}).status_code != 503:
             assert time.monotonic() < deadline
@@ -219,23 +218,22 @@ def test_fastapi_example(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
 
 
 def test_starlette_example(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import anyio
     from starlette.testclient import TestClient
 
-    from maintguard import set_maintenance_mode
+    from maintguard import sync
     from maintguard.backends import LocalFileBackend
 
     example = _load("examples.starlette_app", tmp_path, monkeypatch)
     backend = LocalFileBackend(tmp_path / "m.json")  # the example's options: one store
     with TestClient(example.app) as client:
-        anyio.run(lambda: set_maintenance_mode(True, backend, scope="billing"))
+        sync.set_maintenance_mode(True, backend, scope="billing")
         deadline = time.monotonic() + 10
         while client.get("/billing/invoices").status_code != 503:
             assert time.monotonic() < deadline
             time.sleep(0.05)
         assert client.get("/articles").status_code == 200
-        anyio.run(lambda: set_maintenance_mode(False, backend, scope="billing"))
-        anyio.run(lambda: set_maintenance_mode(True, backend, mode="read_only"))
+        sync.set_maintenance_mode(False, backend, scope="billing")
+        sync.set_maintenance_mode(True, backend, mode="read_only")
         while client.post("/articles").status_code != 503:
             assert time.monotonic() < deadline + 10
             time.sleep(0.05)

@@ -6,7 +6,6 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-import anyio
 import pytest
 from fastapi import APIRouter, Depends, FastAPI
 from starlette.testclient import TestClient
@@ -16,9 +15,10 @@ from maintguard import (
     exempt,
     force_maintenance_mode_on,
     maintenance_scope,
-    set_maintenance_mode,
+    sync,
 )
 from maintguard.backends import MemoryBackend
+from maintguard.pytest_plugin import Maintenance
 
 
 def common_params(q: str | None = None, limit: int = 10) -> dict[str, Any]:
@@ -77,10 +77,9 @@ def test_openapi_identical_with_and_without_decorators() -> None:
     assert build(True).openapi() == build(False).openapi()
 
 
-def test_decorators_above_and_below_routes_and_dependencies() -> None:
-    backend = MemoryBackend()
-    with TestClient(build(True, backend)) as client:
-        anyio.run(lambda: set_maintenance_mode(True, backend))
+def test_decorators_above_and_below_routes_and_dependencies(maintenance: Maintenance) -> None:
+    with TestClient(build(True, maintenance.backend)) as client:
+        maintenance.on()
         assert client.get("/health").json() == {"status": "ok"}
         assert client.get("/ready", params={"q": "x", "limit": 3}).json() == {"q": "x", "limit": 3}
         assert client.get("/v1/items/5", params={"q": "y"}).json() == {
@@ -95,9 +94,9 @@ def test_decorators_above_and_below_routes_and_dependencies() -> None:
         assert client.head("/health").status_code == 405  # exempt: the app answers as it would
 
 
-def test_exempt_docs_reads_urls_from_the_app() -> None:
-    backend = MemoryBackend()
-    anyio.run(lambda: set_maintenance_mode(True, backend))
+@pytest.mark.maintenance(reason="DB upgrade")
+def test_exempt_docs_reads_urls_from_the_app(maintenance: Maintenance) -> None:
+    backend = maintenance.backend
     with TestClient(build(True, backend, exempt_docs=True)) as client:
         assert client.get("/api-docs").status_code == 200
         assert client.get("/openapi.json").status_code == 200
@@ -107,12 +106,11 @@ def test_exempt_docs_reads_urls_from_the_app() -> None:
         assert client.get("/api-docs").status_code == 503
 
 
-def test_scope_and_forced_routes_in_fastapi() -> None:
-    backend = MemoryBackend()
-    with TestClient(build(True, backend)) as client:
+def test_scope_and_forced_routes_in_fastapi(maintenance: Maintenance) -> None:
+    with TestClient(build(True, maintenance.backend)) as client:
         assert client.get("/legacy").status_code == 503
         assert client.get("/billing").status_code == 200
-        anyio.run(lambda: set_maintenance_mode(True, backend, scope="billing"))
+        maintenance.on(scope="billing")
         assert client.get("/billing").status_code == 503
         assert client.get("/work").status_code == 200
 
@@ -171,7 +169,7 @@ def test_nested_routers_with_prefixes() -> None:
     outer.include_router(inner)
     app.include_router(outer)
     app.add_middleware(MaintenanceModeMiddleware, backend=backend)
-    anyio.run(lambda: set_maintenance_mode(True, backend))
+    sync.set_maintenance_mode(True, backend)
     with TestClient(app) as client:
         assert client.get("/api/admin/status").json() == {"admin": "up"}
         assert client.get("/api/admin/users").status_code == 503

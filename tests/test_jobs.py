@@ -23,6 +23,7 @@ from maintguard import (
     not_during_maintenance,
     remove_listener,
     set_maintenance_mode,
+    sync,
     under_maintenance,
 )
 from maintguard.backends import LocalFileBackend, MemoryBackend
@@ -146,7 +147,7 @@ def test_sync_wait_blocks_only_its_thread_and_is_woken_by_the_change() -> None:
 
 def test_sync_wait_timeout_raises() -> None:
     backend = MemoryBackend()
-    anyio.run(lambda: set_maintenance_mode(True, backend))
+    sync.set_maintenance_mode(True, backend)
 
     with pytest.raises(UnderMaintenance), not_during_maintenance(backend=backend, timeout=0.05):
         raise AssertionError("must not run")

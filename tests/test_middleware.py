@@ -30,6 +30,7 @@ from maintguard import (
     maintenance_mode_on,
     maintenance_scope,
     set_maintenance_mode,
+    sync,
     under_maintenance,
 )
 from maintguard.backends import LocalFileBackend, MemoryBackend
@@ -53,11 +54,11 @@ def fresh() -> Any:
 
 
 def on(backend: Any, **options: Any) -> None:
-    anyio.run(lambda: set_maintenance_mode(True, backend, **options))
+    sync.set_maintenance_mode(True, backend, **options)
 
 
 def off(backend: Any) -> None:
-    anyio.run(lambda: set_maintenance_mode(False, backend))
+    sync.set_maintenance_mode(False, backend)
 
 
 def make_app(backend: Any, routes: list[Any], **options: Any) -> Starlette:
@@ -439,7 +440,7 @@ def test_scopes_by_decorator_and_by_glob(client_for: Any, memory: MemoryBackend)
     assert client.get("/billing/invoices").status_code == 503
     assert client.get("/search").status_code == 200
     off(memory)
-    anyio.run(lambda: set_maintenance_mode(False, memory, scope="billing"))
+    sync.set_maintenance_mode(False, memory, scope="billing")
     assert client.get("/pay").status_code == 200
     on(memory)  # the global scope blocks every scope
     assert client.get("/pay").status_code == 503 and client.get("/search").status_code == 503

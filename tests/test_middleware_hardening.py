@@ -14,7 +14,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import anyio
 import pytest
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -30,6 +29,7 @@ from maintguard import (
     force_maintenance_mode_on,
     maintenance_scope,
     set_maintenance_mode,
+    sync,
     under_maintenance,
 )
 from maintguard.backends import Backend, LocalFileBackend, MemoryBackend
@@ -216,7 +216,7 @@ def test_templates_are_checked_when_the_middleware_is_built() -> None:
     # A string.Template object renders (it answered 500 on every request).
     page = string.Template("<p>Back soon: $reason</p>")
     built, _ = recording_app(backend, [Route("/", endpoint([], "home"))], template=page)
-    anyio.run(lambda: set_maintenance_mode(True, backend, reason="DB"))
+    sync.set_maintenance_mode(True, backend, reason="DB")
     response = TestClient(built).get("/", headers={"accept": "text/html"})
     assert response.status_code == 503 and response.text == "<p>Back soon: DB</p>"
 
@@ -236,7 +236,7 @@ def test_a_template_failing_at_request_time_falls_back_to_the_default_page(
     client = TestClient(app)
     assert client.get("/").status_code == 200  # Starlette builds the middleware now
     failing["now"] = True
-    anyio.run(lambda: set_maintenance_mode(True, backend, reason="DB"))
+    sync.set_maintenance_mode(True, backend, reason="DB")
     response = client.get("/", headers={"accept": "text/html"})
     assert response.status_code == 503 and "DB" in response.text
     assert "template bug" in caplog.text
@@ -251,7 +251,7 @@ def test_a_one_argument_response_handler_is_accepted_and_a_wrong_one_refused() -
     app, _ = recording_app(
         backend, [Route("/", endpoint([], "home"))], response_handler=fastapi_maintenance_style
     )
-    anyio.run(lambda: set_maintenance_mode(True, backend))
+    sync.set_maintenance_mode(True, backend)
     response = TestClient(app).get("/")
     assert response.status_code == 503 and response.text == "custom"
 
@@ -265,7 +265,7 @@ def test_a_one_argument_response_handler_is_accepted_and_a_wrong_one_refused() -
 def test_accept_application_wildcard_gets_problem_json() -> None:
     backend = MemoryBackend()
     app, _ = recording_app(backend, [Route("/", endpoint([], "home"))])
-    anyio.run(lambda: set_maintenance_mode(True, backend))
+    sync.set_maintenance_mode(True, backend)
     response = TestClient(app).get("/", headers={"accept": "application/*"})
     assert response.headers["content-type"] == "application/problem+json"
 
@@ -359,7 +359,7 @@ def test_a_route_added_after_a_miss_is_blocked_during_maintenance() -> None:
     backend = MemoryBackend()
     ran: list[str] = []
     app, _ = recording_app(backend, [Route("/", endpoint(ran, "home"))])
-    anyio.run(lambda: set_maintenance_mode(True, backend))
+    sync.set_maintenance_mode(True, backend)
     client = TestClient(app)
     assert client.get("/late").status_code == 404
     app.router.routes.append(Route("/late", endpoint(ran, "late")))
@@ -385,7 +385,7 @@ async def echo(websocket: WebSocket) -> None:
 def test_read_only_mode_refuses_websocket_sessions() -> None:
     backend = MemoryBackend()
     app, _ = recording_app(backend, [Route("/", endpoint([], "home")), WebSocketRoute("/ws", echo)])
-    anyio.run(lambda: set_maintenance_mode(True, backend, mode=Mode.READ_ONLY))
+    sync.set_maintenance_mode(True, backend, mode=Mode.READ_ONLY)
     client = TestClient(app)
     assert client.get("/").status_code == 200  # a safe request in read-only mode
     with pytest.raises(WebSocketDisconnect), client.websocket_connect("/ws") as ws:
@@ -450,7 +450,7 @@ def test_finding_the_endpoint_does_not_repeat_the_apps_scan(
     ]
     app, _ = recording_app(backend, routes)
     client = TestClient(app)
-    anyio.run(lambda: set_maintenance_mode(True, backend))
+    sync.set_maintenance_mode(True, backend)
     assert client.get("/r300/0").status_code == 200  # the middleware learns the routes
     asked = 0
     real = Route.matches
@@ -476,7 +476,7 @@ def test_open_websockets_wait_on_the_change_not_on_a_timer() -> None:
     with client.websocket_connect("/ws") as ws:
         assert ws.receive_text() == "hello"
         assert len(root.wakers) == 1  # one waker registered: no polling loop
-        anyio.run(lambda: set_maintenance_mode(True, backend))
+        sync.set_maintenance_mode(True, backend)
         message = ws.receive()
         assert message["type"] == "websocket.close" and message["code"] == 1012
     assert root.wakers == set()
@@ -510,7 +510,7 @@ def test_a_websocket_with_an_exempt_handler_is_refused_not_crashed_on() -> None:
         return False
 
     app, _ = recording_app(backend, [WebSocketRoute("/ws", echo)], exempt_handler=handler)
-    anyio.run(lambda: set_maintenance_mode(True, backend))
+    sync.set_maintenance_mode(True, backend)
     with pytest.raises(WebSocketDisconnect), TestClient(app).websocket_connect("/ws") as ws:
         ws.receive_text()
     assert seen == ["/ws"]
