@@ -700,3 +700,23 @@ def test_run_in_a_scope_with_a_mode(mg: Run) -> None:
     seen = json.loads(result.out)
     assert result.code == 1 and seen["mode"] == "read_only" and seen["scope"] == "billing"
     assert mg("status").code == 0
+
+
+def test_closed_or_broken_output_never_changes_the_exit_code(state: Path) -> None:
+    env = environment(MAINTGUARD_BACKEND=f"file:{state}")
+
+    def shell(line: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["bash", "-c", line], capture_output=True, text=True, env=env, timeout=30, cwd=ROOT
+        )
+
+    mg = f"{sys.executable} -m maintguard"
+    assert shell(f"{mg} on >&-").returncode == 0
+    assert shell(f"{mg} status >&-").returncode == 1
+    done = shell(f"{mg} status --json | head -c 1; exit ${{PIPESTATUS[0]}}")
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert shell(f"{mg} off 2>&- >&-").returncode == 0
+    # Started without a stderr, the command gets /dev/null there: never a file of ours.
+    done = shell(f"{mg} run -- sh -c 'readlink /proc/self/fd/2; exit 4' 2>&-")
+    assert (done.returncode, done.stdout.strip()) == (4, "/dev/null")
+    assert not store_state(state).active

@@ -9,12 +9,14 @@ command cannot be run or is not found. Every failure is one line on stderr.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from datetime import datetime, timezone
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TextIO
 
 from .. import __version__, guards, ioloop
 from ..backends import Backend, EnvVarBackend, MemoryBackend, backend_from_url
@@ -196,7 +198,19 @@ def _state(backend: Backend, scope: str | None) -> MaintenanceState:
 
 
 def _print(lines: Sequence[str]) -> None:
-    print("\n".join(lines), flush=True)
+    _write(sys.stdout, "\n".join(lines))
+
+
+def _write(stream: TextIO | None, text: str) -> None:
+    # Output is a courtesy; the exit code is the answer: a closed or broken stdout or
+    # stderr (`| head -1`, `>&-`) never changes it or ends a `run` early.
+    if stream is None:  # closed before Python started
+        return
+    try:
+        print(text, file=stream, flush=True)
+    except (OSError, ValueError):
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
 
 
 def _now() -> datetime:
@@ -207,7 +221,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     backend = _backend(args, writes=False)
     state = _state(backend, args.scope)
     if args.json:
-        print(json.dumps(show.as_json(state, backend.describe()), indent=2), flush=True)
+        _write(sys.stdout, json.dumps(show.as_json(state, backend.describe()), indent=2))
     else:
         _print(show.summary(state, backend.describe(), _now()))
     return 1 if state.active else 0
@@ -297,7 +311,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             f"before running: {running.describe(argv)}"
         )
     try:
-        return running.run_held(argv, lambda: hold, _say)
+        return running.run_held(argv, hold, _say)
     except running.Signalled as exc:
         _say(
             f"stopped by {running.signal_name(exc.signum)} before the command started; "
@@ -315,7 +329,18 @@ _COMMANDS = {"on": cmd_on, "off": cmd_off, "status": cmd_status, "run": cmd_run}
 
 
 def _say(message: str) -> None:
-    print(f"maintguard: {message}", file=sys.stderr, flush=True)
+    _write(sys.stderr, f"maintguard: {message}")
+
+
+def _standard_streams_open() -> None:
+    # Started with stdin, stdout or stderr closed (`2>&-`), the next file opened would take
+    # that number: the state file's lock would become a command's stderr. /dev/null takes it.
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.open(os.devnull, os.O_RDWR)  # the lowest free number: this one
 
 
 def _log_to_stderr(level: int) -> None:
@@ -331,6 +356,7 @@ def _log_to_stderr(level: int) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line ``argv`` (default ``sys.argv[1:]``); return the exit code."""
+    _standard_streams_open()
     parser = _parser()
     is_run = False
     try:

@@ -24,6 +24,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from types import FrameType
 from typing import Any
 
@@ -119,8 +120,10 @@ def in_terminal_foreground() -> bool:
     return False
 
 
-def run_held(argv: Sequence[str], hold: Callable[[], Any], say: Callable[[str], None]) -> int:
-    """Run ``argv`` inside the hold ``hold()`` makes; return the exit code to exit with.
+def run_held(
+    argv: Sequence[str], hold: AbstractContextManager[Any], say: Callable[[str], None]
+) -> int:
+    """Run ``argv`` inside ``hold``; return the exit code to exit with.
 
     Raises what entering the hold raises (nothing of the hold remains then), and
     :class:`Signalled` when a signal ended maintguard before the command started.
@@ -129,7 +132,7 @@ def run_held(argv: Sequence[str], hold: Callable[[], Any], say: Callable[[str], 
     relay = _Relay(own_group)
     relay.install()
     try:
-        with hold():
+        with hold:
             say(f"maintenance held while running: {describe(argv)}")
             relay.spawning = True
             try:
