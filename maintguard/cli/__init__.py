@@ -340,7 +340,7 @@ def _standard_streams_open() -> None:
             os.fstat(fd)
         except OSError:
             with contextlib.suppress(OSError):
-                os.open(os.devnull, os.O_RDWR)  # the lowest free number: this one
+                os.set_inheritable(os.open(os.devnull, os.O_RDWR), True)  # lowest free: fd
 
 
 def _log_to_stderr(level: int) -> None:
