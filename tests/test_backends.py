@@ -30,6 +30,7 @@ from maintguard.backends import (
     EnvVarBackend,
     LocalFileBackend,
     MemoryBackend,
+    RedisBackend,
     backend_from_url,
 )
 from maintguard.core.registry import store_of
@@ -383,11 +384,24 @@ def test_backend_from_url(tmp_path: Path) -> None:
         ("s3://bucket/key", "is not understood: use one of memory:, env:, env:VAR, file:PATH"),
         ("rediss://u:secret@h:notaport/0", "is not understood"),
         ("memory:extra", "is not understood"),
+        ("redis://h/0?key_prefix=a&key_prefix=b", "give key_prefix once, non-empty"),
+        ("redis://h/0?key_prefix=", "give key_prefix once, non-empty"),
     ],
 )
 def test_bad_backend_urls(url: str, message: str) -> None:
     with pytest.raises(ConfigurationError, match=message):
         backend_from_url(url)
+
+
+def test_a_redis_url_names_its_key_prefix_so_the_environment_and_the_cli_can() -> None:
+    shop = backend_from_url("redis://:pw@cache:6379/2?key_prefix=shop&socket_timeout=2")
+    same = backend_from_url("redis://:pw@cache:6379/2?socket_timeout=2", key_prefix="shop")
+    assert isinstance(shop, RedisBackend) and shop.key_prefix == "shop"
+    assert shop.store_key() == same.store_key()  # one store, however it is named
+    assert "key_prefix" not in shop.url and "socket_timeout=2" in shop.url
+    assert backend_from_url("redis://h/0?key_prefix=a", key_prefix="a").key_prefix == "a"
+    with pytest.raises(ConfigurationError, match="says key_prefix='a' but key_prefix='b'"):
+        backend_from_url("redis://h/0?key_prefix=a", key_prefix="b")
 
 
 def _readme_backend() -> type[Backend]:

@@ -720,3 +720,19 @@ def test_closed_or_broken_output_never_changes_the_exit_code(state: Path) -> Non
     done = shell(f"{mg} run -- sh -c 'readlink /proc/self/fd/2; exit 4' 2>&-")
     assert (done.returncode, done.stdout.strip()) == (4, "/dev/null")
     assert not store_state(state).active
+
+
+def test_a_redis_store_with_its_own_key_prefix(mg: Run) -> None:
+    from tests.stores import REDIS_URL, redis_prefix
+
+    prefix = redis_prefix()
+    url = f"{REDIS_URL}?key_prefix={prefix}"
+    app_side = maintguard.backends.RedisBackend(REDIS_URL, key_prefix=prefix, refresh_interval=0)
+    assert mg("on", "--reason", "cache move", "--backend", url, env=environment()).code == 0
+    assert sync.get_state(app_side).reason == "cache move"  # the app's store, by its prefix
+    assert not sync.get_maintenance_mode(REDIS_URL)  # not the default prefix's
+    inner = f"{sys.executable} -m maintguard status --json"
+    result = mg("run", "--", "sh", "-c", inner, env=environment(MAINTGUARD_BACKEND=url))
+    assert result.code == 1 and len(json.loads(result.out)["holds"]) == 1
+    assert mg("off", "--backend", url, env=environment()).code == 0
+    assert not sync.get_maintenance_mode(app_side)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from ..exceptions import ConfigurationError
 from ..state import ExplicitState, HoldRecord, StoredState, WorkerRecord
@@ -35,7 +36,9 @@ def backend_from_url(url: str, **options: Any) -> Backend:
 
     ``file:`` takes a relative or absolute path (``file:/var/run/app/maintenance.json``,
     ``file:///var/run/...`` also works). Keyword options go to the backend's constructor
-    (``backend_from_url("redis://cache:6379/2", key_prefix="shop")``).
+    (``backend_from_url("redis://cache:6379/2", key_prefix="shop")``); a Redis URL may name
+    its prefix itself (``redis://cache:6379/2?key_prefix=shop``), as ``MAINTGUARD_BACKEND``
+    and the CLI's ``--backend`` then must.
 
     >>> backend_from_url("env:APP_MAINTENANCE").var_name
     'APP_MAINTENANCE'
@@ -54,9 +57,34 @@ def backend_from_url(url: str, **options: Any) -> Backend:
             if path:
                 return LocalFileBackend(path, **options)
         if scheme in ("redis", "rediss", "unix"):
-            return RedisBackend(url, **options)
+            bare, prefix = _key_prefix_of(url)
+            if prefix is not None:
+                if options.get("key_prefix", prefix) != prefix:
+                    raise ConfigurationError(
+                        f"backend URL {redact(url)!r} says key_prefix={prefix!r} but "
+                        f"key_prefix={options['key_prefix']!r} was passed: give one"
+                    )
+                options["key_prefix"] = prefix
+            return RedisBackend(bare, **options)
     except TypeError as exc:
         raise ConfigurationError(f"backend URL {redact(url)!r}: {exc}") from exc
     raise ConfigurationError(
         f"backend URL {redact(url)!r} is not understood: use one of {_SCHEMES}"
     )
+
+
+def _key_prefix_of(url: str) -> tuple[str, str | None]:
+    """``redis://host/0?key_prefix=shop`` names the prefix in the URL, so that
+    ``MAINTGUARD_BACKEND`` and the CLI's ``--backend`` can say it: the URL without it, and it."""
+    split = urlsplit(url)
+    query = parse_qsl(split.query, keep_blank_values=True)
+    prefixes = [value for key, value in query if key == "key_prefix"]
+    if not prefixes:
+        return url, None
+    if len(prefixes) > 1 or not prefixes[0]:
+        raise ConfigurationError(
+            f"backend URL {redact(url)!r}: give key_prefix once, non-empty "
+            "(e.g. redis://cache:6379/0?key_prefix=shop)"
+        )
+    rest = urlencode([(key, value) for key, value in query if key != "key_prefix"])
+    return urlunsplit(split._replace(query=rest)), prefixes[0]
