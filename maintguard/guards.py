@@ -28,6 +28,7 @@ from .state import (
     ExplicitState,
     MaintenanceState,
     Mode,
+    check_reason,
     check_retry_after,
     check_scope,
     check_until,
@@ -96,8 +97,6 @@ class MaintenanceHold:
     ) -> None:
         if backend is not None and not isinstance(backend, Backend | str):
             raise ConfigurationError(f"backend must be a Backend or a URL string, not {backend!r}")
-        if reason is not None and not isinstance(reason, str):
-            raise ConfigurationError(f"reason must be a string, not {reason!r}")
         if drain is not None and (
             isinstance(drain, bool)
             or not isinstance(drain, int | float)
@@ -117,7 +116,10 @@ class MaintenanceHold:
         self._backend = backend
         self._scope = check_scope(scope)
         self._presents = Presents(
-            owner or _caller(), reason, check_retry_after(retry_after), Mode.parse(mode)
+            owner or _caller(),
+            check_reason(reason),
+            check_retry_after(retry_after),
+            Mode.parse(mode),
         )
         self._ctrl: ScopeController | None = None  # the last controller, for its backend
         self._start_tracking()
@@ -692,6 +694,7 @@ async def set_maintenance_mode(
     if not isinstance(value, bool):
         raise ConfigurationError(f"set_maintenance_mode needs True or False, not {value!r}")
     now = utcnow()
+    check_reason(reason)
     checked_retry_after = check_retry_after(retry_after)
     checked_until = check_until(until, now)
     checked_mode = Mode.parse(mode)

@@ -21,7 +21,9 @@ import pytest
 
 from . import guards, ioloop
 from .backends import MemoryBackend
-from .core import defaults, store_of
+from .core import Store, defaults, store_of
+from .core.registry import all_stores
+from .core.stack import new_key
 from .exceptions import ConfigurationError
 from .guards import MaintenanceHold, Seconds
 from .state import MaintenanceState, Mode
@@ -98,21 +100,23 @@ class Maintenance:
     def __repr__(self) -> str:
         return f"<Maintenance active={self.active}>"
 
-    def _release_leaked(self) -> list[str]:
-        # Every hold still entered on the test's store, named; then released.
-        leaked = []
-        for ctrl in store_of(self.backend).controllers():
-            entered = ctrl.entered()
-            if not entered:
-                continue
-            for presents in entered:
+
+def _release_leaked(mark: int, own: Store) -> list[str]:
+    # Every hold entered since the test began and still entered, on any store (the
+    # fixture's, or one the test configured or named), named; then ended.
+    leaked = []
+    for store in all_stores():
+        for ctrl in store.controllers():
+            for key, presents in ctrl.entered_since(mark):
                 details = [] if presents.reason is None else [f"reason {presents.reason!r}"]
                 if ctrl.scope is not None:
                     details.append(f"scope {ctrl.scope!r}")
+                if store is not own:
+                    details.append(f"on {store.backend.describe()}")
                 shown = f" ({', '.join(details)})" if details else ""
                 leaked.append(f"the hold made at {presents.owner}{shown}")
-            ctrl.release_all()
-        return leaked
+                ctrl.end_frame(key)
+    return leaked
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -123,6 +127,7 @@ def pytest_configure(config: pytest.Config) -> None:
 def maintenance(request: pytest.FixtureRequest) -> Iterator[Maintenance]:
     """A fresh in-memory maintenance state as the process default, for this test only."""
     saved = defaults.chosen()
+    mark = new_key()  # frames entered from now on are the test's
     helper = Maintenance(MemoryBackend())
     defaults.restore((helper.backend, None))
     try:
@@ -135,7 +140,7 @@ def maintenance(request: pytest.FixtureRequest) -> Iterator[Maintenance]:
         yield helper
     finally:
         defaults.restore(saved)
-    leaked = helper._release_leaked()
+    leaked = _release_leaked(mark, store_of(helper.backend))
     if leaked:
         pytest.fail(
             f"the test left {len(leaked)} maintenance hold{'s' if len(leaked) != 1 else ''} "

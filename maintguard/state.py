@@ -350,19 +350,32 @@ def check_retry_after(value: float | timedelta | datetime | None) -> RetryAfter 
 def check_until(value: float | timedelta | datetime | None, now: datetime) -> datetime | None:
     if value is None:
         return None
-    if isinstance(value, datetime):
-        until = _aware(value, "until")
-    elif isinstance(value, timedelta):
-        until = now + value
-    elif isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
-        until = now + timedelta(seconds=value)
-    else:
+    try:
+        if isinstance(value, datetime):
+            until = _aware(value, "until")
+        elif isinstance(value, timedelta):
+            until = now + value
+        elif (
+            isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+        ):
+            until = now + timedelta(seconds=value)
+        else:
+            raise ConfigurationError(
+                f"until must be an aware datetime, a timedelta or seconds, not {value!r}"
+            )
+    except OverflowError:  # past year 9999, in UTC or as seconds from now
         raise ConfigurationError(
-            f"until must be an aware datetime, a timedelta or seconds, not {value!r}"
-        )
+            f"until {value!r} is out of range: give a time before the year 9999"
+        ) from None
     if until <= now:
         raise ConfigurationError(f"until ({until.isoformat()}) is not in the future")
     return until
+
+
+def check_reason(reason: str | None) -> str | None:
+    if reason is not None and not isinstance(reason, str):
+        raise ConfigurationError(f"reason must be a string, not {reason!r}")
+    return reason
 
 
 def check_scope(scope: str | None) -> str | None:
@@ -378,7 +391,10 @@ def _aware(value: datetime, name: str) -> datetime:
         raise ConfigurationError(
             f"{name} must be timezone-aware, e.g. datetime.now(timezone.utc) + timedelta(...)"
         )
-    return value.astimezone(timezone.utc)
+    try:
+        return value.astimezone(timezone.utc)
+    except OverflowError:  # 9999-12-31T23:00-05:00
+        raise ConfigurationError(f"{name} {value.isoformat()} is out of range") from None
 
 
 # -- the effective state ---------------------------------------------------------------

@@ -76,7 +76,10 @@ def backend_from_url(url: str, **options: Any) -> Backend:
 def _key_prefix_of(url: str) -> tuple[str, str | None]:
     """``redis://host/0?key_prefix=shop`` names the prefix in the URL, so that
     ``MAINTGUARD_BACKEND`` and the CLI's ``--backend`` can say it: the URL without it, and it."""
-    split = urlsplit(url)
+    try:
+        split = urlsplit(url)
+    except ValueError:  # not a URL: RedisBackend says what is wrong with it
+        return url, None
     query = parse_qsl(split.query, keep_blank_values=True)
     prefixes = [value for key, value in query if key == "key_prefix"]
     if not prefixes:

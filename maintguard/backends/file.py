@@ -11,6 +11,7 @@ import threading
 import weakref
 from collections.abc import AsyncIterator, Callable, Collection, Iterator, Mapping
 from pathlib import Path
+from stat import S_ISREG
 from typing import Any, ClassVar
 
 import anyio
@@ -101,7 +102,10 @@ class LocalFileBackend(Backend):
         if not isinstance(file_path, str | os.PathLike) or not str(file_path):
             raise ConfigurationError(f"LocalFileBackend needs a file path, not {file_path!r}")
         super().__init__(on_error=on_error, lease_ttl=lease_ttl, refresh_interval=refresh_interval)
-        self.path = Path(file_path).expanduser().absolute()
+        try:
+            self.path = Path(file_path).expanduser().absolute()
+        except RuntimeError as exc:  # ~nosuchuser/...
+            raise ConfigurationError(f"LocalFileBackend path {file_path!r}: {exc}") from None
         self._path = str(self.path)
         # The lock file stays open between writes (one open per process, not one per write).
         # Threads of this process take `_mutex` first: they share one open file description,
@@ -185,13 +189,20 @@ class LocalFileBackend(Backend):
     def _read(self, path: str, *, stat: bool) -> tuple[str | None, int | None]:
         """The file's text (None: no file) and, with ``stat``, its permission bits."""
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            # Non-blocking, so that a FIFO at the path cannot hang the reader in open(2).
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
         except FileNotFoundError:
             return None, None
         except OSError as exc:
             raise self._read_error(exc) from exc
         try:
-            mode = os.fstat(fd).st_mode & 0o777 if stat else None
+            st_mode = os.fstat(fd).st_mode
+            if not S_ISREG(st_mode):  # a FIFO, a device (/dev/zero never ends), a folder
+                raise BackendError(
+                    f"{self.path} is not a regular file: point the backend at a file "
+                    "(it is created when first written)"
+                )
+            mode = st_mode & 0o777 if stat else None
             chunks = [os.read(fd, _READ_SIZE)]
             # A regular file returns less than asked only at its end.
             while len(chunks[-1]) == _READ_SIZE:

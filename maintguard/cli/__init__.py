@@ -311,7 +311,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             f"before running: {running.describe(argv)}"
         )
     try:
-        return running.run_held(argv, hold, _say)
+        return running.run_held(argv, hold, _say, lambda: _released(backend, args.scope))
     except running.Signalled as exc:
         _say(
             f"stopped by {running.signal_name(exc.signum)} before the command started; "
@@ -320,6 +320,16 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 128 + exc.signum
     except MaintGuardError as exc:
         raise Failure(f"{exc}; the command was not run", RUN_FAILED) from None
+
+
+def _released(backend: Backend, scope: str | None) -> str:
+    if controller(backend, scope).release_pending():
+        lease = f"{backend.lease_ttl:g} s"
+        return (
+            "the hold's release could not be stored (see above): other processes count it "
+            f"until its lease runs out, within {lease}"
+        )
+    return "hold released"
 
 
 _COMMANDS = {"on": cmd_on, "off": cmd_off, "status": cmd_status, "run": cmd_run}
@@ -341,6 +351,13 @@ def _standard_streams_open() -> None:
         except OSError:
             with contextlib.suppress(OSError):
                 os.set_inheritable(os.open(os.devnull, os.O_RDWR), True)  # lowest free: fd
+    # A terminal or a pipe that is not UTF-8 (an ASCII or Latin-1 locale) still gets every
+    # line, with what it cannot show written as escapes.
+    for stream in (sys.stdout, sys.stderr):
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None:
+            with contextlib.suppress(Exception):
+                reconfigure(errors="backslashreplace")
 
 
 def _log_to_stderr(level: int) -> None:

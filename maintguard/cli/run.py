@@ -1,15 +1,19 @@
 """``maintguard run``: hold maintenance exactly while a command runs, however it ends.
 
 The command is looked up before the hold is taken (a typo never switches maintenance on).
-Signals an operator or a supervisor sends to maintguard reach the command once:
+Signals sent to maintguard reach the command once:
 
-- SIGTERM, SIGHUP, SIGUSR1, SIGUSR2 are forwarded;
-- in a terminal's foreground the command shares maintguard's process group, so the
-  terminal's Ctrl-C (SIGINT) and Ctrl-\\ (SIGQUIT) reach it directly and maintguard lets
-  them pass it by (never sent twice);
-- elsewhere (a CI job, a container, a background job) the command gets a process group of
-  its own, and SIGINT and SIGQUIT are forwarded like the rest (a signal sent to
-  maintguard's whole group then still reaches the command once).
+- Every signal whose default action would end maintguard (SIGTERM, SIGHUP, SIGUSR1,
+  SIGUSR2, SIGALRM, SIGXCPU, real-time signals...) is caught, so maintguard always lives to
+  release the hold, and forwarded to the command.
+- With a controlling terminal the command shares maintguard's process group, as a shell's
+  job does: job control and /dev/tty work for it. While that group is the terminal's
+  foreground group, SIGINT, SIGQUIT and SIGHUP are what the terminal itself sends the whole
+  group (Ctrl-C, Ctrl-\\, a hang-up): they reached the command already and are not sent
+  again.
+- Without one (a CI job, a container, a service) the command gets a process group of its
+  own, and every signal is forwarded to that group: a signal sent to maintguard, or to
+  maintguard's group, reaches the command and its children once.
 
 A signal that arrives before the command has started (while the hold drains) ends the
 hold, and maintguard exits with 128+N. The hold is released on every way out.
@@ -17,6 +21,7 @@ hold, and maintguard exits with 128+N. The hold is released on every way out.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 import shutil
@@ -40,8 +45,18 @@ __all__ = [
 
 NOT_EXECUTABLE = 126
 NOT_FOUND = 127
-FORWARDED = (signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
-TERMINAL = (signal.SIGINT, signal.SIGQUIT)  # what a terminal sends its foreground group
+# The signals maintguard leaves alone: faults of its own, job control, and those that
+# end nothing by default (or cannot be caught).
+_LEFT = {
+    getattr(signal, name)
+    for name in (
+        "SIGKILL", "SIGSTOP", "SIGSEGV", "SIGBUS", "SIGFPE", "SIGILL", "SIGTRAP", "SIGSYS",
+        "SIGCHLD", "SIGCONT", "SIGTSTP", "SIGTTIN", "SIGTTOU", "SIGWINCH", "SIGURG", "SIGPIPE",
+    )
+    if hasattr(signal, name)
+}  # fmt: skip
+RELAYED = tuple(sorted(s for s in signal.valid_signals() if s not in _LEFT))
+TERMINAL = (signal.SIGINT, signal.SIGQUIT, signal.SIGHUP)  # what a terminal sends its group
 
 
 class Signalled(BaseException):
@@ -76,28 +91,39 @@ def describe(argv: Sequence[str], limit: int = 200) -> str:
 class _Relay:
     """Signal handlers: to the command once it runs, else they end maintguard."""
 
-    def __init__(self, own_group: bool) -> None:
-        # Sharing the terminal's foreground group, the command got SIGINT and SIGQUIT
-        # from the terminal itself: those are not sent again.
-        self.passed_by = () if own_group else TERMINAL
+    def __init__(self, terminal: int | None) -> None:
+        self.terminal = terminal  # the controlling terminal: the command shares our group
         self.child: subprocess.Popen[bytes] | None = None
         self.spawning = False
         self.pending: list[int] = []
         self.previous: dict[int, Any] = {}
 
     def install(self) -> None:
-        for signum in FORWARDED + TERMINAL:
-            self.previous[signum] = signal.signal(signum, self.handle)
+        for signum in RELAYED:
+            try:
+                self.previous[signum] = signal.signal(signum, self.handle)
+            except (OSError, ValueError):  # reserved by the C library on this system
+                continue
 
     def handle(self, signum: int, frame: FrameType | None) -> None:
         child = self.child
-        if child is not None:
-            if signum not in self.passed_by:
-                child.send_signal(signum)  # nothing when it has ended and been waited for
-        elif self.spawning:
+        if child is None:
+            if not self.spawning:
+                raise Signalled(signum)
             self.pending.append(signum)
-        else:
-            raise Signalled(signum)
+        elif child.returncode is None:  # (once waited for, its pid may be someone else's)
+            if self.terminal is None:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(child.pid, signum)  # the command and its children
+            elif not (signum in TERMINAL and self._foreground()):
+                child.send_signal(signum)
+
+    def _foreground(self) -> bool:
+        # The terminal sent this to the whole foreground group: the command has it.
+        try:
+            return os.tcgetpgrp(self.terminal) == os.getpgrp()  # type: ignore[arg-type]
+        except OSError:
+            return False
 
     def started(self, child: subprocess.Popen[bytes]) -> None:
         self.child = child
@@ -110,51 +136,60 @@ class _Relay:
             signal.signal(signum, handler)
 
 
-def in_terminal_foreground() -> bool:
-    """True when a terminal's Ctrl-C would reach this process's group."""
-    for fd in (0, 1, 2):
-        try:
-            return os.tcgetpgrp(fd) == os.getpgrp()
-        except OSError:
-            continue
-    return False
+def controlling_terminal() -> int | None:
+    """A descriptor of this process's controlling terminal, or None: it has none."""
+    try:
+        return os.open("/dev/tty", os.O_RDONLY | os.O_NOCTTY | os.O_CLOEXEC)
+    except OSError:
+        return None
 
 
 def run_held(
-    argv: Sequence[str], hold: AbstractContextManager[Any], say: Callable[[str], None]
+    argv: Sequence[str],
+    hold: AbstractContextManager[Any],
+    say: Callable[[str], None],
+    released: Callable[[], str],
 ) -> int:
-    """Run ``argv`` inside ``hold``; return the exit code to exit with.
+    """Run ``argv`` inside ``hold``; return the exit code to exit with. ``released()``
+    says, once the hold is left, whether its release was stored.
 
     Raises what entering the hold raises (nothing of the hold remains then), and
     :class:`Signalled` when a signal ended maintguard before the command started.
     """
-    own_group = not in_terminal_foreground()
-    relay = _Relay(own_group)
+    terminal = controlling_terminal()
+    relay = _Relay(terminal)
     relay.install()
+    failed: OSError | None = None
+    returncode = 0
     try:
         with hold:
             say(f"maintenance held while running: {describe(argv)}")
             relay.spawning = True
             try:
-                child = subprocess.Popen(list(argv), **_group_options(own_group))
+                child = subprocess.Popen(list(argv), **_group_options(terminal is None))
             except OSError as exc:
                 relay.spawning = False
-                code = NOT_FOUND if isinstance(exc, FileNotFoundError) else NOT_EXECUTABLE
-                say(f"cannot run {argv[0]}: {exc.strerror or exc}; hold released")
-                _exit_if_signalled(relay)
-                return code
-            relay.started(child)
-            returncode = child.wait()
+                failed = exc
+            else:
+                relay.started(child)
+                returncode = child.wait()
+        if failed is not None:
+            code = NOT_FOUND if isinstance(failed, FileNotFoundError) else NOT_EXECUTABLE
+            say(f"cannot run {argv[0]}: {failed.strerror or failed}; {released()}")
+            _exit_if_signalled(relay)
+            return code
         code = 128 - returncode if returncode < 0 else returncode
         how = (
             f"was killed by {signal_name(-returncode)}"
             if returncode < 0
             else f"exited with {returncode}"
         )
-        say(f"{describe(argv, 60)} {how}; hold released")
+        say(f"{describe(argv, 60)} {how}; {released()}")
         return code
     finally:
         relay.restore()
+        if terminal is not None:
+            os.close(terminal)
 
 
 def _exit_if_signalled(relay: _Relay) -> None:

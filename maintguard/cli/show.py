@@ -15,22 +15,22 @@ from typing import Any
 from ..core.controller import HOST
 from ..state import HoldRecord, MaintenanceState, Phase, RetryAfter
 
-__all__ = ["as_json", "holds_lines", "summary"]
+__all__ = ["as_json", "holds_lines", "local", "summary", "text"]
 
 
 def summary(state: MaintenanceState, where: str, now: datetime) -> list[str]:
     """The lines of ``maintguard status``."""
-    scope = "" if state.scope is None else f" (scope {state.scope})"
+    scope = "" if state.scope is None else f" (scope {text(state.scope)})"
     if not state.active:
-        return [f"maintenance is off{scope} — {where}"]
+        return [f"maintenance is off{scope} — {text(where)}"]
     if state.phase is Phase.DRAINING:
         head = "DRAINING: on, new work refused; the holder waits for in-flight work to end"
     else:
         head = "ON"
-    lines = [f"maintenance is {head}{scope} — {where}"]
+    lines = [f"maintenance is {head}{scope} — {text(where)}"]
     rows: list[tuple[str, str]] = [("mode", state.mode.value.replace("_", "-"))]
     if state.reason is not None:
-        rows.append(("reason", state.reason))
+        rows.append(("reason", text(state.reason)))
     if state.since is not None:
         rows.append(("since", f"{local(state.since)} ({ago(state.since, now)})"))
     if state.until is not None:
@@ -58,7 +58,7 @@ def holds_lines(holds: Iterable[HoldRecord], now: datetime) -> list[str]:
             else f"lease {_span((hold.expires - now).total_seconds())} left"
         )
         lines.append(
-            f"    - {hold.owner}: host {hold.host}, pid {hold.pid}{_gone(hold)}, "
+            f"    - {text(hold.owner)}: host {text(hold.host)}, pid {hold.pid}{_gone(hold)}, "
             f"since {local(hold.acquired)} ({ago(hold.acquired, now)}), {lease}"
         )
     return lines
@@ -99,8 +99,20 @@ def as_json(state: MaintenanceState, where: str) -> dict[str, Any]:
 
 
 def local(moment: datetime) -> str:
-    """This machine's local time, with its zone."""
-    return moment.astimezone().strftime("%Y-%m-%d %H:%M:%S %Z")
+    """This machine's local time, with its zone (UTC where the local time is out of range)."""
+    try:
+        return moment.astimezone().strftime("%Y-%m-%d %H:%M:%S %Z")
+    except (OverflowError, ValueError):  # year 1 west of UTC, 9999 east of it
+        return moment.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def text(value: object) -> str:
+    """Stored text as it may be shown on a terminal: control characters (escape sequences,
+    newlines that would forge lines) written out, never sent."""
+    shown = str(value)
+    if shown.isprintable():
+        return shown
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in shown)
 
 
 def ago(moment: datetime, now: datetime) -> str:
@@ -139,7 +151,7 @@ def _gone(hold: HoldRecord) -> str:
         os.kill(hold.pid, 0)
     except ProcessLookupError:
         return " (no such process on this host now: its lease ends the hold)"
-    except OSError:
+    except (OSError, OverflowError, ValueError):  # another user's; a pid out of range
         pass
     return ""
 

@@ -66,9 +66,15 @@ def when(text: str) -> datetime:
             f"{text!r} is not an ISO 8601 time: use e.g. 2026-12-24T18:00 (local time) or "
             "2026-12-24T17:00Z"
         ) from None
-    if parsed.tzinfo is None:
-        parsed = parsed.astimezone()  # local time, as the operator's clock shows it
-    if parsed <= datetime.now(timezone.utc):
+    try:
+        if parsed.tzinfo is None:
+            parsed = parsed.astimezone()  # local time, as the operator's clock shows it
+        in_utc = parsed.astimezone(timezone.utc)
+    except OverflowError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is out of range: give a time before the year 9999"
+        ) from None
+    if in_utc <= datetime.now(timezone.utc):
         raise argparse.ArgumentTypeError(f"{text!r} is not in the future")
     return parsed
 

@@ -290,6 +290,12 @@ class ScopeController:
                 self._inflight += 1
             return claim
 
+    def release_pending(self) -> bool:
+        """This process holds nothing here, but its last release could not be written: its
+        stored record counts until it is removed (by a retry) or its lease runs out."""
+        with self._lock:
+            return self._release_failed()
+
     def _release_failed(self) -> bool:
         # Under the lock.
         return self._written is _UNKNOWN and not self.holding()
@@ -356,14 +362,23 @@ class ScopeController:
                 self._release_quietly()  # blocking, but only on this way out
             raise
 
-    def entered(self) -> list[Presents]:
-        """What each frame entered here presents, oldest first (to name holds left behind)."""
+    def entered_since(self, mark: int) -> list[tuple[int, Presents]]:
+        """The frames entered here after key ``mark`` was made (to name holds left behind)."""
         with self._lock:
-            return self.entering.presents() + self.stack.presents()
+            return self.stack.since(mark)
+
+    def end_frame(self, key: int) -> None:
+        """End frame ``key`` however often it was entered, wherever it stands (a hold left
+        behind by a test), as its exits would."""
+        with self._lock:
+            frame = self.stack._frames.get(key)
+            count = 0 if frame is None else frame[2]
+        for _ in range(count):
+            if self.leave([key]):
+                self._release_quietly()
 
     def release_all(self) -> None:
-        """End every frame still entered here and remove the record (at interpreter exit,
-        and after a test that left a hold behind)."""
+        """At interpreter exit: end every frame still entered here and remove the record."""
         with self._lock:
             if not self.holding():
                 return
