@@ -14,16 +14,16 @@ Importing this module imports neither Starlette nor Redis.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import pytest
 
 from . import guards, ioloop
 from .backends import MemoryBackend
-from .core import Store, defaults, store_of
+from .core import ScopeController, Store, defaults, store_of
 from .core.registry import all_stores
-from .core.stack import new_key
+from .core.stack import Presents
 from .exceptions import ConfigurationError
 from .guards import MaintenanceHold, Seconds
 from .state import MaintenanceState, Mode
@@ -101,21 +101,33 @@ class Maintenance:
         return f"<Maintenance active={self.active}>"
 
 
-def _release_leaked(mark: int, own: Store) -> list[str]:
-    # Every hold entered since the test began and still entered, on any store (the
-    # fixture's, or one the test configured or named), named; then ended.
+Entries = dict[ScopeController, dict[int, tuple[int, Presents]]]
+
+
+def _entries() -> Entries:
+    return {ctrl: ctrl.entries() for store in all_stores() for ctrl in store.controllers()}
+
+
+def _release_leaked(before: Entries, stores: Iterable[Store]) -> list[str]:
+    # The entries a test made and left, on the stores it used (the fixture's, a default
+    # it configured): named, then ended. A background job's holds on a store of its own,
+    # and entries older than the test, are not the test's.
     leaked = []
-    for store in all_stores():
+    for store in set(stores):
         for ctrl in store.controllers():
-            for key, presents in ctrl.entered_since(mark):
+            earlier = before.get(ctrl, {})
+            for key, (count, presents) in ctrl.entries().items():
+                extra = count - earlier.get(key, (0, None))[0]
+                if extra <= 0:
+                    continue
                 details = [] if presents.reason is None else [f"reason {presents.reason!r}"]
                 if ctrl.scope is not None:
                     details.append(f"scope {ctrl.scope!r}")
-                if store is not own:
+                if not isinstance(store.backend, MemoryBackend):
                     details.append(f"on {store.backend.describe()}")
                 shown = f" ({', '.join(details)})" if details else ""
-                leaked.append(f"the hold made at {presents.owner}{shown}")
-                ctrl.end_frame(key)
+                leaked += [f"the hold made at {presents.owner}{shown}"] * extra
+                ctrl.end_entries(key, extra)
     return leaked
 
 
@@ -127,7 +139,7 @@ def pytest_configure(config: pytest.Config) -> None:
 def maintenance(request: pytest.FixtureRequest) -> Iterator[Maintenance]:
     """A fresh in-memory maintenance state as the process default, for this test only."""
     saved = defaults.chosen()
-    mark = new_key()  # frames entered from now on are the test's
+    before = _entries()
     helper = Maintenance(MemoryBackend())
     defaults.restore((helper.backend, None))
     try:
@@ -139,8 +151,9 @@ def maintenance(request: pytest.FixtureRequest) -> Iterator[Maintenance]:
                 pytest.fail(f"@pytest.mark.maintenance: {exc}", pytrace=False)
         yield helper
     finally:
+        used = [b for b in (helper.backend, *defaults.chosen()) if b is not None]
         defaults.restore(saved)
-    leaked = _release_leaked(mark, store_of(helper.backend))
+    leaked = _release_leaked(before, (store_of(b) for b in used))
     if leaked:
         pytest.fail(
             f"the test left {len(leaked)} maintenance hold{'s' if len(leaked) != 1 else ''} "

@@ -378,3 +378,31 @@ def test_the_readmes_testing_example_passes(inner: pytest.Pytester) -> None:
     example = section.split("```python", 1)[1].split("```", 1)[0]
     inner.makepyfile(myapp=_APP, test_readme=example)
     inner.runpytest("-p", "no:cacheprovider", "--strict-markers").assert_outcomes(passed=3)
+
+
+def test_a_test_entering_an_already_entered_hold_again_is_reported_for_that_entry(
+    inner: pytest.Pytester,
+) -> None:
+    inner.makepyfile(
+        """
+        import pytest
+        from maintguard import sync, under_maintenance
+
+        window = under_maintenance(reason="window")  # on the default: the fixture's store
+
+        @pytest.fixture
+        def maintenance_window(maintenance):
+            with window:
+                yield
+
+        def test_enters_the_window_again(maintenance_window):
+            window.__enter__()  # counts on the window's own frame, older than the test
+            assert sync.get_state().holds == 1
+
+        def test_after_it_all_is_off(maintenance):
+            assert not maintenance.active
+        """
+    )
+    result = inner.runpytest("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=2, errors=1)
+    result.stdout.fnmatch_lines(["*the test left 1 maintenance hold entered*(reason 'window')*"])

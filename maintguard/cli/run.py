@@ -5,7 +5,8 @@ Signals sent to maintguard reach the command once:
 
 - Every signal whose default action would end maintguard (SIGTERM, SIGHUP, SIGUSR1,
   SIGUSR2, SIGALRM, SIGXCPU, real-time signals...) is caught, so maintguard always lives to
-  release the hold, and forwarded to the command.
+  release the hold, and forwarded to the command; one its caller ignores (``nohup``'s
+  SIGHUP, a background job's SIGINT) stays ignored, for the command too.
 - With a controlling terminal the command shares maintguard's process group, as a shell's
   job does: job control and /dev/tty work for it. While that group is the terminal's
   foreground group, SIGINT, SIGQUIT and SIGHUP are what the terminal itself sends the whole
@@ -101,6 +102,8 @@ class _Relay:
     def install(self) -> None:
         for signum in RELAYED:
             try:
+                if signal.getsignal(signum) is signal.SIG_IGN:
+                    continue  # ignored by our caller (nohup, `cmd &`): so for the command
                 self.previous[signum] = signal.signal(signum, self.handle)
             except (OSError, ValueError):  # reserved by the C library on this system
                 continue

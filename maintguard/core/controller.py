@@ -362,17 +362,15 @@ class ScopeController:
                 self._release_quietly()  # blocking, but only on this way out
             raise
 
-    def entered_since(self, mark: int) -> list[tuple[int, Presents]]:
-        """The frames entered here after key ``mark`` was made (to name holds left behind)."""
+    def entries(self) -> dict[int, tuple[int, Presents]]:
+        """Each entered frame's entry count and what it presents (to find holds left
+        behind: a test compares them before and after)."""
         with self._lock:
-            return self.stack.since(mark)
+            return self.stack.counts()
 
-    def end_frame(self, key: int) -> None:
-        """End frame ``key`` however often it was entered, wherever it stands (a hold left
-        behind by a test), as its exits would."""
-        with self._lock:
-            frame = self.stack._frames.get(key)
-            count = 0 if frame is None else frame[2]
+    def end_entries(self, key: int, count: int) -> None:
+        """End ``count`` entries of frame ``key`` wherever it stands (a hold a test left
+        behind), as that many exits would."""
         for _ in range(count):
             if self.leave([key]):
                 self._release_quietly()

@@ -96,9 +96,9 @@ class HoldStack:
             self._full += 1
         return first
 
-    def since(self, mark: int) -> list[tuple[int, Presents]]:
-        """The frames newer than key ``mark`` (keys only grow), oldest first."""
-        return [(key, frame[0]) for key, frame in self._frames.items() if key > mark]
+    def counts(self) -> dict[int, tuple[int, Presents]]:
+        """Each frame's entry count and what it presents, by key."""
+        return {key: (frame[2], frame[0]) for key, frame in self._frames.items()}
 
     def again(self, key: int) -> bool:
         """Count one more entry on frame ``key`` if it is the top; what the stack presents
