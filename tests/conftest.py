@@ -123,3 +123,17 @@ def writable_backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
     if request.param == "redis":
         return redis_backend()
     return LocalFileBackend(tmp_path / "maintenance.json", refresh_interval=0)
+
+
+@pytest.fixture
+def state(tmp_path: Path) -> Path:
+    """The CLI tests' state file (tests/cli.py)."""
+    return tmp_path / "state.json"
+
+
+@pytest.fixture
+def mg(state: Path) -> Callable[..., Any]:
+    """``maintguard ARGS`` as a real process on ``state`` (tests/cli.py)."""
+    from tests.cli import runner
+
+    return runner(state)

@@ -31,82 +31,9 @@ import maintguard
 import maintguard.starlette  # (see tests/test_pytest_plugin.py)
 from maintguard import sync
 from maintguard.backends import LocalFileBackend
+from tests.cli import JOB_SCRIPT, ROOT, Run, environment, one_line, store_state
 
-ROOT = Path(__file__).parents[1]
 HOST = socket.gethostname()
-
-
-# -- helpers (after tests/test_cli.py) --------------------------------------------------------
-
-
-class Result:
-    def __init__(self, proc: subprocess.CompletedProcess[str]) -> None:
-        self.code = proc.returncode
-        self.out = proc.stdout
-        self.err = proc.stderr
-
-    def json(self) -> Any:
-        return json.loads(self.out)
-
-    def __repr__(self) -> str:
-        return f"<exit {self.code}\nstdout: {self.out}\nstderr: {self.err}>"
-
-
-def environment(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MAINTGUARD_")}
-    env.update({"TZ": "UTC", "PYTHONPATH": str(ROOT), **extra})
-    return env
-
-
-Run = Callable[..., Result]
-
-
-@pytest.fixture
-def state(tmp_path: Path) -> Path:
-    return tmp_path / "state.json"
-
-
-@pytest.fixture
-def mg(state: Path) -> Run:
-    """``maintguard ARGS`` with the file store in MAINTGUARD_BACKEND (unless env= says)."""
-
-    def run(
-        *args: str,
-        env: dict[str, str] | None = None,
-        timeout: float = 30,
-        tz: str | None = None,
-        **popen: Any,
-    ) -> Result:
-        if env is None:
-            env = environment(MAINTGUARD_BACKEND=f"file:{state}")
-        if tz is not None:
-            env = {**env, "TZ": tz}
-        proc = subprocess.run(
-            [sys.executable, "-m", "maintguard", *args],
-            capture_output=True,
-            text=True,
-            env=env,
-            timeout=timeout,
-            cwd=ROOT,
-            **popen,
-        )
-        return Result(proc)
-
-    return run
-
-
-def one_line(result: Result) -> str:
-    """A failure's stderr: one line, no traceback, not an 'unexpected' internal error."""
-    lines = result.err.strip().splitlines()
-    assert len(lines) == 1, result
-    assert "Traceback" not in result.err
-    assert lines[0].startswith("maintguard: "), result
-    assert "unexpected" not in lines[0] and "please report" not in lines[0], result
-    return lines[0]
-
-
-def store_state(state: Path, scope: str | None = None) -> maintguard.MaintenanceState:
-    return sync.get_state(LocalFileBackend(state, refresh_interval=0), scope)
 
 
 def wait_for(ready: Callable[[], bool], proc: Any = None, limit: float = 20) -> None:
@@ -887,25 +814,12 @@ def test_signals_while_the_release_waits_for_the_store_lock_change_nothing(
     assert not store_state(state).active
 
 
-DRAIN_JOB = """
-import sys, time
-from pathlib import Path
-from maintguard import not_during_maintenance
-from maintguard.backends import LocalFileBackend
-backend = LocalFileBackend(sys.argv[1], refresh_interval=0.1)
-with not_during_maintenance(backend=backend):
-    Path(sys.argv[2]).write_text("running")
-    while Path(sys.argv[2]).exists():
-        time.sleep(0.02)
-"""
-
-
 def test_two_sigterms_while_the_drains_clean_up_waits_for_the_lock_leave_nothing(
     state: Path, tmp_path: Path
 ) -> None:
     job_flag, ran = tmp_path / "job", tmp_path / "ran"
     job = subprocess.Popen(
-        [sys.executable, "-c", DRAIN_JOB, str(state), str(job_flag)], env=environment()
+        [sys.executable, "-c", JOB_SCRIPT, str(state), str(job_flag)], env=environment()
     )
     proc: subprocess.Popen[str] | None = None
     try:

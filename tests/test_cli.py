@@ -17,9 +17,8 @@ import pytest
 
 import maintguard
 from maintguard import sync
-from maintguard.backends import LocalFileBackend
+from tests.cli import JOB_SCRIPT, ROOT, Run, environment, one_line, store_state
 
-ROOT = Path(__file__).parents[1]
 HOLD_SCRIPT = """
 import sys, time
 from pathlib import Path
@@ -31,62 +30,6 @@ with under_maintenance(backend=backend, reason="nightly reindex"):
     while Path(sys.argv[2]).exists():
         time.sleep(0.02)
 """
-
-
-class Result:
-    def __init__(self, proc: subprocess.CompletedProcess[str]) -> None:
-        self.code = proc.returncode
-        self.out = proc.stdout
-        self.err = proc.stderr
-
-    def json(self) -> Any:
-        return json.loads(self.out)
-
-    def __repr__(self) -> str:
-        return f"<exit {self.code}\nstdout: {self.out}\nstderr: {self.err}>"
-
-
-def environment(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MAINTGUARD_")}
-    env.update({"TZ": "UTC", "PYTHONPATH": str(ROOT), **extra})
-    return env
-
-
-Run = Callable[..., Result]
-
-
-@pytest.fixture
-def state(tmp_path: Path) -> Path:
-    return tmp_path / "state.json"
-
-
-@pytest.fixture
-def mg(state: Path) -> Run:
-    """``maintguard ARGS`` with the file store in MAINTGUARD_BACKEND (unless env= says)."""
-
-    def run(*args: str, env: dict[str, str] | None = None, timeout: float = 30) -> Result:
-        if env is None:
-            env = environment(MAINTGUARD_BACKEND=f"file:{state}")
-        proc = subprocess.run(
-            [sys.executable, "-m", "maintguard", *args],
-            capture_output=True,
-            text=True,
-            env=env,
-            timeout=timeout,
-            cwd=ROOT,
-        )
-        return Result(proc)
-
-    return run
-
-
-def one_line(result: Result) -> str:
-    """A failure's stderr: one line, no traceback."""
-    lines = result.err.strip().splitlines()
-    assert len(lines) == 1, result
-    assert "Traceback" not in result.err
-    assert lines[0].startswith("maintguard: "), result
-    return lines[0]
 
 
 @pytest.fixture
@@ -113,10 +56,6 @@ def holder(state: Path, tmp_path: Path) -> Iterator[Callable[..., subprocess.Pop
     for proc in procs:
         proc.flag.unlink(missing_ok=True)  # type: ignore[attr-defined]
         proc.wait(20)
-
-
-def store_state(state: Path) -> maintguard.MaintenanceState:
-    return sync.get_state(LocalFileBackend(state, refresh_interval=0))
 
 
 # -- basics ---------------------------------------------------------------------------
@@ -658,19 +597,6 @@ def test_sigterm_while_the_hold_drains_ends_it_and_the_command_never_runs(
     finally:
         job_flag.unlink(missing_ok=True)
         job.wait(20)
-
-
-JOB_SCRIPT = """
-import sys, time
-from pathlib import Path
-from maintguard import not_during_maintenance
-from maintguard.backends import LocalFileBackend
-backend = LocalFileBackend(sys.argv[1], refresh_interval=0.1)
-with not_during_maintenance(backend=backend):
-    Path(sys.argv[2]).write_text("running")
-    while Path(sys.argv[2]).exists():
-        time.sleep(0.02)
-"""
 
 
 def test_run_drains_in_flight_work_first(mg: Run, state: Path, tmp_path: Path) -> None:
