@@ -108,7 +108,7 @@ def _entries() -> Entries:
     return {ctrl: ctrl.entries() for store in all_stores() for ctrl in store.controllers()}
 
 
-def _release_leaked(before: Entries, stores: Iterable[Store]) -> list[str]:
+def _release_leaked(before: Entries, own: Store, stores: Iterable[Store]) -> list[str]:
     # The entries a test made and left, on the stores it used (the fixture's, a default
     # it configured): named, then ended. A background job's holds on a store of its own,
     # and entries older than the test, are not the test's.
@@ -123,7 +123,7 @@ def _release_leaked(before: Entries, stores: Iterable[Store]) -> list[str]:
                 details = [] if presents.reason is None else [f"reason {presents.reason!r}"]
                 if ctrl.scope is not None:
                     details.append(f"scope {ctrl.scope!r}")
-                if not isinstance(store.backend, MemoryBackend):
+                if store is not own:
                     details.append(f"on {store.backend.describe()}")
                 shown = f" ({', '.join(details)})" if details else ""
                 leaked += [f"the hold made at {presents.owner}{shown}"] * extra
@@ -145,15 +145,19 @@ def maintenance(request: pytest.FixtureRequest) -> Iterator[Maintenance]:
     try:
         marker = request.node.get_closest_marker("maintenance")
         if marker is not None:
+            bad = None
             try:
                 helper.on(*marker.args, **marker.kwargs)
             except (TypeError, ConfigurationError) as exc:
-                pytest.fail(f"@pytest.mark.maintenance: {exc}", pytrace=False)
+                bad = f"@pytest.mark.maintenance: {exc}"
+            if bad is not None:  # failed outside the handler: no chained traceback
+                pytest.fail(bad, pytrace=False)
         yield helper
     finally:
-        used = [b for b in (helper.backend, *defaults.chosen()) if b is not None]
+        used = [b for b in defaults.chosen() if b is not None]
         defaults.restore(saved)
-    leaked = _release_leaked(before, (store_of(b) for b in used))
+    own = store_of(helper.backend)
+    leaked = _release_leaked(before, own, [own, *(store_of(b) for b in used)])
     if leaked:
         pytest.fail(
             f"the test left {len(leaked)} maintenance hold{'s' if len(leaked) != 1 else ''} "

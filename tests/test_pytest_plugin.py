@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
@@ -168,6 +167,7 @@ def test_a_marker_with_bad_options_is_an_error_that_says_why(inner: pytest.Pytes
             "*@pytest.mark.maintenance: *unexpected keyword argument 'reasn'*",
         ]
     )
+    assert "During handling" not in result.stdout.str()  # one message, no chained traceback
 
 
 def test_a_hold_left_entered_fails_the_test_at_teardown_naming_it(
@@ -321,7 +321,6 @@ def test_importing_the_plugin_imports_neither_starlette_nor_redis(
     )
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-p", "no:anyio")
     result.assert_outcomes(passed=1)
-    assert sys.executable  # the subprocess ran this interpreter
 
 
 def test_a_module_level_marker_and_its_time_options(inner: pytest.Pytester) -> None:

@@ -388,19 +388,18 @@ def main(argv: Sequence[str] | None = None) -> int:
                 USAGE,
             )
         return _COMMANDS[args.command](args)
-    except Failure as exc:
-        _say(str(exc))
-        # run: 2 and 3 may be the command's own codes, so maintguard's failures are 125
-        return RUN_FAILED if is_run and exc.code in (USAGE, BACKEND) else exc.code
-    except (ConfigurationError, ReadOnlyBackendError) as exc:
-        _say(str(exc))
-        return RUN_FAILED if is_run else USAGE
-    except MaintGuardError as exc:
-        _say(str(exc))
-        return RUN_FAILED if is_run else BACKEND
     except KeyboardInterrupt:
         _say("interrupted")
         return 130
-    except Exception as exc:  # a bug: still one line, and what to report
-        _say(f"unexpected {type(exc).__name__}: {exc} (please report it)")
-        return RUN_FAILED if is_run else BACKEND
+    except Exception as exc:
+        if isinstance(exc, Failure):
+            message, code = str(exc), exc.code
+        elif isinstance(exc, ConfigurationError | ReadOnlyBackendError):
+            message, code = str(exc), USAGE
+        elif isinstance(exc, MaintGuardError):
+            message, code = str(exc), BACKEND
+        else:  # a bug: still one line, and what to report
+            message, code = f"unexpected {type(exc).__name__}: {exc} (please report it)", BACKEND
+        _say(message)
+        # run: 2 and 3 may be the command's own codes, so maintguard's failures are 125
+        return RUN_FAILED if is_run and code in (USAGE, BACKEND) else code

@@ -179,7 +179,8 @@ def run_held(
         if failed is not None:
             code = NOT_FOUND if isinstance(failed, FileNotFoundError) else NOT_EXECUTABLE
             say(f"cannot run {argv[0]}: {failed.strerror or failed}; {released()}")
-            _exit_if_signalled(relay)
+            if relay.pending:  # a signal came while it was being started
+                raise Signalled(relay.pending[0])
             return code
         code = 128 - returncode if returncode < 0 else returncode
         how = (
@@ -193,11 +194,6 @@ def run_held(
         relay.restore()
         if terminal is not None:
             os.close(terminal)
-
-
-def _exit_if_signalled(relay: _Relay) -> None:
-    if relay.pending:
-        raise Signalled(relay.pending[0])
 
 
 def _group_options(own_group: bool) -> dict[str, Any]:

@@ -18,25 +18,21 @@ _LONGEST = 365 * 86400.0  # a year: longer ones are typos (and overflow datetime
 
 def duration(text: str) -> float:
     """Seconds from ``90s``, ``30m``, ``2h``, ``1d``, ``1h30m`` or plain seconds (``90``)."""
-    value = _seconds_of(text.strip().lower())
-    if value is None:
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is not a duration: use a number with s, m, h or d, e.g. 90s, 30m, 2h, 1d"
-        )
+    value = _checked(text, "a duration: use a number with s, m, h or d, e.g. 90s, 30m, 2h, 1d")
     if value <= 0:
         raise argparse.ArgumentTypeError(f"{text!r} is not a duration longer than zero")
-    if value > _LONGEST:
-        raise argparse.ArgumentTypeError(f"{text!r} is longer than a year: check the unit")
     return value
 
 
 def seconds(text: str) -> float:
     """A wait in seconds (``600``) or a duration (``10m``); zero is allowed."""
+    return _checked(text, "a number of seconds: use e.g. 600, 90s, 10m or 2h")
+
+
+def _checked(text: str, what: str) -> float:
     value = _seconds_of(text.strip().lower())
     if value is None:
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is not a number of seconds: use e.g. 600, 90s, 10m or 2h"
-        )
+        raise argparse.ArgumentTypeError(f"{text!r} is not {what}")
     if value > _LONGEST:
         raise argparse.ArgumentTypeError(f"{text!r} is longer than a year: check the unit")
     return value
