@@ -559,16 +559,15 @@ class ScopeController:
         return self._recompute(self.store.clock())
 
     def read_failed(self, exc: Exception, *, may_raise: bool) -> None:
-        """A read failed: raise on a store's first read, then follow ``on_error``."""
+        """A read failed: follow ``on_error`` from now on, the very first read included
+        (raising that one too when ``may_raise``: a clear error where it can be seen)."""
         error = as_backend_error(exc, f"{self.where}: reading the maintenance state failed")
         store = self.store
         store.read_error = error
-        if may_raise and not store.used and self.backend.raise_on_first_read:
-            store.used = True
-            raise error from exc
+        raising = may_raise and not store.used and self.backend.raise_on_first_read
         store.used = True
         policy = self.backend.on_error
-        if store.note_error(f"{error} (following on_error={policy!r})"):
+        if not raising and store.note_error(f"{error} (following on_error={policy!r})"):
             dispatch.emit([self._event(EventKind.BACKEND_ERROR, error=error)])
         if policy == "open":
             stored = EMPTY
@@ -579,6 +578,8 @@ class ScopeController:
         with self._lock:
             change = self._store(stored)
         self._announce(change, None)
+        if raising:  # told to the caller; on_error is in force already, whoever catches it
+            raise error from exc
 
     # -- writing -------------------------------------------------------------------------
 

@@ -286,12 +286,9 @@ class MaintenanceModeMiddleware:
                     backend.describe(),
                     exc,
                 )
-            try:
-                await refresh_store(store, [ctrl, *scoped.values()], may_raise=True)
-            except MaintGuardError:
-                if at_startup:
-                    raise  # seen at start-up, where it can be fixed
-                logger.exception("maintguard: the maintenance state could not be read")
+            # A read that fails fails the start-up, where it can be fixed; without a
+            # lifespan it is logged and on_error decides from this very request on.
+            await refresh_store(store, [ctrl, *scoped.values()], may_raise=at_startup)
         if waiting.cancelled_caught:  # the watcher goes on reading; on_error meanwhile
             late = TimeoutError(f"no answer within {_FIRST_READ_LIMIT:g}s")
             for waited in (ctrl, *scoped.values()):
