@@ -435,17 +435,20 @@ class MaintenanceState:
 OFF = MaintenanceState()
 
 
-def derive(scope: str | None, levels: Iterable[StoredState], now: datetime) -> MaintenanceState:
+def derive(
+    scope: str | None, levels: Iterable[StoredState], now: datetime, *, leases: bool = True
+) -> MaintenanceState:
     """The effective state of ``scope`` from its own stored state and the global one.
 
     ``levels`` lists the scope's stored state first, then the global scope's. Details come
     from the newest live hold that sets them, else from an explicit state in force;
-    the mode is the strictest in force.
+    the mode is the strictest in force. ``leases=False``: the levels' holds were judged
+    live already (by the read that found them), and ``now`` does not judge them again.
     """
     holds: list[HoldRecord] = []
     explicits: list[ExplicitState] = []
     for level in levels:
-        holds.extend(h for h in level.holds if h.live(now))
+        holds.extend(h for h in level.holds if not leases or h.live(now))
         if level.explicit.in_force(now):
             explicits.append(level.explicit)
     if not holds and not explicits:

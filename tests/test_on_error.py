@@ -4,8 +4,10 @@ first successful read follows it, with and without a lifespan, whatever the stor
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -35,11 +37,11 @@ def corrupt_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, **options: obj
     return LocalFileBackend(path, **options)  # type: ignore[arg-type]
 
 
-def unreachable_redis(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, **options: object) -> Backend:
+def unreachable_redis(tmp_path: Path, _: pytest.MonkeyPatch, **options: object) -> Backend:
     return RedisBackend(f"redis://127.0.0.1:{free_port()}/0", **options)  # type: ignore[arg-type]
 
 
-def unknown_env_value(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, **options: object) -> Backend:
+def unknown_env_value(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, **options: Any) -> Backend:
     var = f"MAINTGUARD_ON_ERROR_{tmp_path.name.upper().replace('-', '_')}"
     monkeypatch.setenv(var, "perhaps")
     return EnvVarBackend(var, **options)  # type: ignore[arg-type]
@@ -129,10 +131,8 @@ async def test_a_guard_never_runs_its_job_on_a_closed_store_that_cannot_be_read(
         ran.append(1)
 
     for _ in range(2):
-        try:
+        with contextlib.suppress(UnderMaintenance, BackendError):
             await job()
-        except (UnderMaintenance, BackendError):
-            pass
     assert ran == []
 
 

@@ -87,6 +87,7 @@ class ScopeController:
         self._snap: MaintenanceState | None = None
         self._snap_parent = -1
         self._deadline = math.inf  # clock time when the snapshot goes stale by itself
+        self.lease_due = math.inf  # clock time when a lease in the copy runs out: read then
         self._written: tuple[object, ...] | None = None  # presented details last stored
         self._inflight = 0
         self._applied = 0  # the newest write whose result this controller holds
@@ -345,7 +346,7 @@ class ScopeController:
             if stored.explicit.in_force(at):
                 return _ON
             for h in stored.holds:
-                if h.drain is None and h.id != self.hold_id and h.live(at):
+                if h.drain is None and h.id != self.hold_id:
                     return _ON
         parent = self.parent
         if parent is not None and parent.active and parent.phase is not _DRAINING:
@@ -474,7 +475,7 @@ class ScopeController:
         levels = [self.level(now)]
         if parent is not None:
             levels.append(parent.level(now))
-        snap = derive(self.scope, levels, now)
+        snap = derive(self.scope, levels, now, leases=False)
         change = _NO_CHANGE
         with self._lock:
             # Cached only if nothing changed while deriving: a reader in another thread
@@ -495,7 +496,11 @@ class ScopeController:
     # -- reading -------------------------------------------------------------------------
 
     def stale(self) -> bool:
-        return time.monotonic() - self.read_at >= self.backend.refresh_interval
+        """Read again: the refresh interval has passed, or a lease in the copy ran out."""
+        return (
+            time.monotonic() - self.read_at >= self.backend.refresh_interval
+            or self.store.clock() >= self.lease_due
+        )
 
     def refresh_inline(self) -> bool:
         """For in-memory backends: refresh this scope and its parent at once, in this
@@ -515,44 +520,60 @@ class ScopeController:
         environment variable already on) rather than taking the state for off."""
         if not self.backend._inline or self.stored is not None:
             return
+        at = self.store.clock()
         try:
             stored = self.backend._read_blocking(self.scope)
         except Exception:  # the first real read reports it
             return
         with self._lock:
             if self.stored is None:  # what is known first is no transition: nothing to tell
-                self._store(stored)
+                self._store(stored, at)
         if self.parent is not None and self.own_active:
             self.store.named_changed()  # but requests must know a named scope is on
 
     def _read_inline(self) -> None:
         writes = self.writes
+        at = self.store.clock()
         try:
             stored = self.backend._read_blocking(self.scope)
         except Exception as exc:
             self.read_failed(exc, may_raise=True)
             return
-        if stored is self.stored and self.store.quiet():  # the env backend: unchanged
-            self.read_at = time.monotonic()
+        if stored is self.stored and self.store.quiet() and self.lease_due == math.inf:
+            self.read_at = time.monotonic()  # the env backend: unchanged
         else:
-            self.apply_read(stored, writes)
+            self.apply_read(stored, writes, at=at)
 
-    def apply_read(self, stored: StoredState, writes: int, *, clears: bool = True) -> None:
+    def apply_read(
+        self, stored: StoredState, writes: int, *, clears: bool = True, at: float | None = None
+    ) -> None:
         """Take a state read when ``writes`` writes had completed, unless one landed since.
-        ``clears``: the read was whole (a store error noted before is over)."""
+        ``clears``: the read was whole (a store error noted before is over). ``at``: the
+        clock when the read began (default: now), which judges the leases it found."""
         if clears:
             self.store.read_ok()
-        if stored is self.stored:  # nothing changed (the env backend returns one object)
-            self.read_at = time.monotonic()
+        if stored is self.stored and self.lease_due == math.inf:
+            self.read_at = time.monotonic()  # nothing changed (the env backend's one object)
             return
+        if at is None:
+            at = self.store.clock()
         with self._lock:
             if self.writes != writes:
                 return  # a newer write landed while this read ran
-            change = self._store(stored)
+            change = self._store(stored, at)
         self._announce(change, None)
 
-    def _store(self, stored: StoredState) -> tuple[Transition, bool]:
-        self.stored = _sane(stored)
+    def _store(self, stored: StoredState, at: float | None) -> tuple[Transition, bool]:
+        # Under the lock. ``at``: when the read (or write) that found ``stored`` began;
+        # None: not found in the store (on_error's stand-in), so no lease is judged.
+        stored = _sane(stored)
+        if at is None:
+            self.lease_due = math.inf
+        else:
+            worker = self.store.worker_id
+            stored = _judged(stored, self.hold_id, worker, to_datetime(at))
+            self.lease_due = _lease_due(stored, self.hold_id, worker)
+        self.stored = stored
         self.read_at = time.monotonic()
         self.version += 1
         self._snap = None
@@ -574,9 +595,9 @@ class ScopeController:
         elif policy == "closed":
             stored = StoredState(ExplicitState(active=True, reason="maintenance state unavailable"))
         else:  # as last read, with its holds' leases frozen: renewals cannot be seen now
-            stored = _frozen(self.stored or EMPTY, to_datetime(self.store.clock()))
+            stored = _frozen(self.stored or EMPTY)
         with self._lock:
-            change = self._store(stored)
+            change = self._store(stored, None)
         self._announce(change, None)
         if raising:  # told to the caller; on_error is in force already, whoever catches it
             raise error from exc
@@ -637,22 +658,23 @@ class ScopeController:
     def _numbered(self, make: Callable[[], Write]) -> tuple[list[Any], io.Build]:
         # Writes of a store run one at a time; number them as they run, so that results
         # applied out of order (their callers resume in any order) never undo a newer one.
-        turn: list[Any] = [0, None]  # [number, the write made]
+        turn: list[Any] = [0, None, 0.0]  # [number, the write made, when it began]
 
         def build() -> Write:
             turn[0] = next(self.store.sequence)
+            turn[2] = self.store.clock()
             turn[1] = write = make()
             return write
 
         return turn, build
 
-    def _apply_write(self, new: StoredState, seq: int) -> tuple[Transition, bool]:
+    def _apply_write(self, new: StoredState, turn: list[Any]) -> tuple[Transition, bool]:
         # Under the lock.
         self.writes += 1
-        if seq <= self._applied:
+        if turn[0] <= self._applied:
             return _NO_CHANGE  # a newer write's result is already here
-        self._applied = seq
-        return self._store(new)
+        self._applied = turn[0]
+        return self._store(new, turn[2])
 
     def _write_done(self, new: StoredState, turn: list[Any]) -> None:
         self.store.used = True
@@ -666,7 +688,7 @@ class ScopeController:
             )
         with self._lock:
             self._inflight -= 1
-            change = self._apply_write(new, turn[0])
+            change = self._apply_write(new, turn)
             renewal = None
             if self._renewal is None and self.holding():
                 renewal = self._renewal = object()
@@ -728,7 +750,7 @@ class ScopeController:
             raise as_backend_error(exc, f"{self.label}: {doing} failed") from exc
         self.store.used = True
         with self._lock:
-            change = self._apply_write(new, turn[0])
+            change = self._apply_write(new, turn)
         self._announce(change, None)
 
 
@@ -773,13 +795,14 @@ async def refresh_store(
 ) -> None:
     """Read every scope of ``ctrls`` from ``store`` in one whole-store read."""
     writes = [c.writes for c in ctrls]
+    at = store.clock()
     try:
         found = await io.read_scopes(store.backend, [c.scope for c in ctrls])
     except PartialReadError as exc:  # the scopes read are taken; the others follow on_error
         store.seen = exc.found
         for ctrl, count in zip(ctrls, writes, strict=True):
             if ctrl.scope in exc.found:
-                ctrl.apply_read(exc.found[ctrl.scope], count, clears=False)
+                ctrl.apply_read(exc.found[ctrl.scope], count, clears=False, at=at)
             else:
                 ctrl.read_failed(exc, may_raise=may_raise)
         return
@@ -791,7 +814,7 @@ async def refresh_store(
         return
     store.seen = found
     for ctrl, count in zip(ctrls, writes, strict=True):
-        ctrl.apply_read(found.get(ctrl.scope, EMPTY), count)
+        ctrl.apply_read(found.get(ctrl.scope, EMPTY), count, at=at)
 
 
 def _new_hold_id() -> str:
@@ -838,30 +861,51 @@ def _utc(value: Any) -> Any:
     return value
 
 
-def _frozen(stored: StoredState, now: datetime) -> StoredState:
-    """``stored`` while the store cannot be read: the holds live now count until the next
-    read (their holders' renewals cannot be seen; a job must not lose its maintenance to
-    an outage of the store), the others are gone."""
+def _frozen(stored: StoredState) -> StoredState:
+    """``stored`` while the store cannot be read: the holds the last read found live count
+    until the next read (their holders' renewals cannot be seen; a job must not lose its
+    maintenance to an outage of the store)."""
     if all(h.expires is None for h in stored.holds):
         return stored
-    holds = tuple(replace(h, expires=None) for h in stored.holds if h.live(now))
-    return replace(stored, holds=holds)
+    return replace(stored, holds=tuple(replace(h, expires=None) for h in stored.holds))
 
 
 def _stored_active(stored: StoredState, own_id: str, now: float) -> bool:
+    # Another process's hold in the copy counts: the read that brought it found it live.
     if not stored.explicit.active and not stored.holds:
         return False
-    at = to_datetime(now)
-    return stored.explicit.in_force(at) or any(h.live(at) for h in stored.holds if h.id != own_id)
+    return stored.explicit.in_force(to_datetime(now)) or any(h.id != own_id for h in stored.holds)
 
 
 def _deadline(levels: Sequence[StoredState], now: datetime) -> float:
-    # When the derived state changes by time alone: an `until` or a lease running out.
+    # When the derived state changes by time alone: an `until` (a lease ends by a read).
     times = [e.until for lv in levels if (e := lv.explicit).active and e.until and e.until > now]
-    times += [h.expires for lv in levels for h in lv.holds if h.expires and h.expires > now]
     if not times:
         return math.inf
     return min(times).timestamp()
+
+
+def _judged(stored: StoredState, own_hold: str, own_worker: str, at: datetime) -> StoredState:
+    """``stored`` as a read started at ``at`` found it: other processes' records whose
+    lease had run out by then are dropped; the others count until a later read drops them
+    (time alone never ends another process's lease: its renewal may not have been read)."""
+    holds = stored.holds
+    if any(h.id != own_hold and not h.live(at) for h in holds):
+        holds = tuple(h for h in holds if h.id == own_hold or h.live(at))
+    workers = stored.workers
+    if any(w.id != own_worker and not w.live(at) for w in workers):
+        workers = tuple(w for w in workers if w.id == own_worker or w.live(at))
+    if holds is stored.holds and workers is stored.workers:
+        return stored
+    return StoredState(stored.explicit, holds, workers)
+
+
+def _lease_due(stored: StoredState, own_hold: str, own_worker: str) -> float:
+    """When the first of other processes' leases in ``stored`` runs out: the copy must be
+    read again then, before that record is dropped."""
+    times = [h.expires for h in stored.holds if h.expires is not None and h.id != own_hold]
+    times += [w.expires for w in stored.workers if w.id != own_worker]
+    return min(times).timestamp() if times else math.inf
 
 
 def _local_record(details: Details, hold_id: str, now: float, drain: str | None) -> Any:

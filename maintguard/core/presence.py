@@ -52,11 +52,10 @@ def waiting_for(store: Store, token: str, mode: Mode) -> int:
     stored = store.root.stored
     if stored is None or not stored.workers:
         return 0
-    now = to_datetime(store.clock())
     own = store.worker_id
     n = 0
     for worker in stored.workers:
-        if worker.id == own or not worker.live(now):
+        if worker.id == own:  # (the others were judged live by the read that found them)
             continue
         count = worker.report(report_key(token, Mode.FULL))
         if count is None and mode is Mode.READ_ONLY:

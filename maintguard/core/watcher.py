@@ -82,7 +82,9 @@ async def _watch(store: Store) -> None:
                         with contextlib.suppress(Exception):  # (said when it failed)
                             await ctrl.write()
                 await presence.tick(store)
-                due = min((ctrl.deadline() for ctrl in ctrls), default=math.inf)
+                # Read again when a lease in a copy runs out (its holder may have renewed
+                # it unheard): until that read, the copy keeps counting it.
+                due = min((min(c.deadline(), c.lease_due) for c in ctrls), default=math.inf)
             except Exception:  # never let the watcher die
                 logger.exception("maintguard: the watcher of %s failed", store.backend.describe())
             del ctrls
