@@ -172,7 +172,8 @@ class NotDuringMaintenance:
     async def _keep_fresh(self, ctrl: ScopeController) -> None:
         # A store that is not in memory: record this process's presence (drains elsewhere
         # count its work) before the first look, keep the store watched while this guard
-        # lives (guard checks then read memory only), and read a scope never read before.
+        # lives (guard checks then read memory only), and read now what is older than the
+        # refresh bound (a guard made per call may find a copy that nothing kept fresh).
         store = ctrl.store
         if store not in self._watched:
             await presence.join(store)
@@ -181,8 +182,7 @@ class NotDuringMaintenance:
                 weakref.finalize(self, stop)
             else:
                 stop()  # another thread started it first
-        if ctrl.stored is None:
-            await _refresh(ctrl)
+        await _refresh(ctrl)
 
     def _refuse(self, ctrl: ScopeController, state: MaintenanceState, what: str) -> None:
         if self.policy == "raise":

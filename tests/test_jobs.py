@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import gc
 import logging
+import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -27,6 +31,8 @@ from maintguard import (
     under_maintenance,
 )
 from maintguard.backends import LocalFileBackend, MemoryBackend
+from maintguard.core import store_of
+from tests.stores import REDIS_URL, new_spec, open_store
 
 pytestmark = pytest.mark.anyio
 
@@ -280,3 +286,65 @@ def test_bad_options_name_the_option_and_the_accepted_values(
 def test_guarding_something_that_is_not_callable_is_refused() -> None:
     with pytest.raises(ConfigurationError, match="decorates functions"):
         not_during_maintenance(policy="skip")("not a function")  # type: ignore[type-var]
+
+
+@pytest.mark.parametrize("kind", ["file", "redis"])
+@pytest.mark.parametrize("face", ["sync", "async", "with", "async with"])
+def test_a_guard_made_per_call_decides_on_a_fresh_state(
+    tmp_path: Path, kind: str, face: str
+) -> None:
+    # Found: the README's Celery recipe makes a guard per call. Once the first guard was
+    # freed its watcher stopped, and a later guard read the store only if it had never been
+    # read: `maintguard on` between two calls, and the next call ran anyway.
+    spec = new_spec(kind, tmp_path)
+    backend = open_store(spec, refresh_interval=0.3)
+    ran: list[str] = []
+
+    async def guarded_async() -> None:
+        if face == "async":
+
+            @not_during_maintenance(policy="raise", backend=backend)
+            async def job() -> None:
+                ran.append(face)
+
+            await job()
+        else:
+            async with not_during_maintenance(policy="raise", backend=backend):
+                ran.append(face)
+
+    def call() -> None:
+        if face in ("async", "async with"):
+            anyio.run(guarded_async)
+        elif face == "sync":
+
+            @not_during_maintenance(policy="raise", backend=backend)
+            def job() -> None:
+                ran.append(face)
+
+            job()
+        else:
+            with not_during_maintenance(policy="raise", backend=backend):
+                ran.append(face)
+
+    call()
+    assert ran == [face]
+    store = store_of(backend)
+    gc.collect()  # the first guard is gone, and with it its watcher
+    deadline = time.monotonic() + 10
+    while store.watching:
+        assert time.monotonic() < deadline, "the watcher did not stop"
+        time.sleep(0.02)
+    url = f"file:{spec[5:]}" if kind == "file" else f"{REDIS_URL}?key_prefix={spec[6:]}"
+    switched = subprocess.run(
+        [sys.executable, "-m", "maintguard", "on", "--reason", "migration", "--backend", url],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])},
+        timeout=60,
+    )
+    assert switched.returncode == 0, switched.stderr
+    time.sleep(0.4)  # the last read is now older than refresh_interval
+    with pytest.raises(UnderMaintenance) as refused:
+        call()
+    assert refused.value.state.reason == "migration"
+    assert ran == [face]
