@@ -40,6 +40,7 @@ __all__ = ["RedisBackend"]
 logger = logging.getLogger("maintguard")
 
 INSTALL = "pip install 'maintguard[redis]'"
+_RESUBSCRIBE_MAX = 0.5  # seconds between attempts to subscribe again to a lost server
 SKEW = 0.5
 """Clock differences to the Redis server below this many seconds are taken as none: they
 are within what one round trip can measure, and writes then round-trip exactly."""
@@ -639,7 +640,9 @@ class RedisBackend(Backend):
                 with contextlib.suppress(Exception):
                     await pubsub.aclose()
             await asyncio.sleep(pause)
-            pause = min(pause * 2, max(self.refresh_interval, 1.0))
+            # Back within half a second of the server: the re-read that follows is what
+            # brings a restarted server's readers and holders together again.
+            pause = min(pause * 2, _RESUBSCRIBE_MAX)
 
 
 class _Connection:

@@ -297,6 +297,23 @@ class ScopeController:
         with self._lock:
             return self._release_failed()
 
+    def claim_lost(self) -> bool:
+        """This process holds here, but the copy just read lacks its record (a restarted or
+        flushed store, an operator's ``off --force``, a write that failed): True (one more
+        write counted) when the caller should write it again now, not at the next renewal."""
+        with self._lock:
+            stored = self.stored
+            lost = (
+                self._stores_holds
+                and bool(self.stack._frames)
+                and self._inflight == 0
+                and stored is not None
+                and all(h.id != self.hold_id for h in stored.holds)
+            )
+            if lost:
+                self._inflight += 1
+            return lost
+
     def _release_failed(self) -> bool:
         # Under the lock.
         return self._written is _UNKNOWN and not self.holding()
@@ -759,8 +776,15 @@ async def _renew(ref: weakref.ref[ScopeController], renewal: object, period: flo
 
     A tick that finds nothing held ends the renewal, so a hold entered soon after a release
     (a job in a loop) starts nothing new. Between ticks the controller is held only weakly:
-    an idle one is freed, and the next tick ends.
+    an idle one is freed, and the next tick ends. Meanwhile the store is watched, so a
+    record that vanished (a restarted or flushed store) is written again as soon as a read
+    sees it gone, not only at the next renewal.
     """
+    from .watcher import watch  # (the watcher builds on this module)
+
+    ctrl = ref()
+    stop = watch(ctrl.backend) if ctrl is not None else None
+    del ctrl
     try:
         while True:
             await asyncio.sleep(period)
@@ -783,6 +807,8 @@ async def _renew(ref: weakref.ref[ScopeController], renewal: object, period: flo
                 )
             del ctrl
     finally:  # cancelled (interpreter exit): a later hold starts a renewal of its own
+        if stop is not None:
+            stop()
         ctrl = ref()
         if ctrl is not None:
             with ctrl._lock:

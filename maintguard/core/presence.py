@@ -111,6 +111,7 @@ async def join(store: Store) -> None:
     """Record this process's presence now, if it is not recorded yet."""
     if not _shared(store) or store.reported is not None:
         return
+    store.present = True
     reports = _reports(store)
     build, now = _write(store, reports)
     await io.update(store.backend, None, build, store)
@@ -119,7 +120,7 @@ async def join(store: Store) -> None:
 
 async def tick(store: Store) -> None:
     """From the watcher: renew the record when due, rewrite it when a report changed."""
-    if not _shared(store) or io.exiting():  # (at exit the record is being removed)
+    if not _shared(store) or not store.present or io.exiting():  # (exiting: being removed)
         return
     reports = _reports(store)
     renew_at = store.presence_at + store.backend.lease_ttl / 3
@@ -148,6 +149,7 @@ async def tick(store: Store) -> None:
 
 async def leave(store: Store) -> None:
     """Remove this process's record: it no longer watches the store."""
+    store.present = False
     if not _shared(store) or store.reported is None or io.exiting():  # (at exit: blocking)
         return
     build, _ = _write(store, None)

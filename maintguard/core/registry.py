@@ -52,6 +52,7 @@ class Store:
         # Presence (see .presence): this process's record in a shared store.
         self.worker_id = _worker_id()
         self.reported: tuple[tuple[str, int], ...] | None = None  # as written; None: absent
+        self.present = False  # joined (a middleware, a guard): the watcher keeps the record
         self.presence_at = -math.inf
         self.presence_failing = False
         self.judged: dict[str, dict[int, bool]] = {}  # per drain token: entries judged

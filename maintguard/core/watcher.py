@@ -78,9 +78,12 @@ async def _watch(store: Store) -> None:
                     await refresh_store(store, ctrls)
                 for ctrl in ctrls:
                     ctrl.tick()
-                    if ctrl.claim_release():  # a release failed: others still see the record
+                    # A release failed (others still see the record), or a live hold's
+                    # record is gone from the store (others no longer see it): write now.
+                    lost = False
+                    if ctrl.claim_release() or (lost := ctrl.claim_lost()):
                         with contextlib.suppress(Exception):  # (said when it failed)
-                            await ctrl.write()
+                            await ctrl.write(renewal=lost)  # (a renewal says it was gone)
                 await presence.tick(store)
                 # Read again when a lease in a copy runs out (its holder may have renewed
                 # it unheard): until that read, the copy keeps counting it.
