@@ -326,6 +326,119 @@ def test_off_force_removes_a_dead_holders_record_at_once(
     assert mg("status").code == 0
 
 
+# -- a store no one watches --------------------------------------------------------------
+
+UNWATCHED = "no live process watches "
+
+
+def test_a_store_no_live_process_watches_is_said_on_stderr(
+    mg: Run, state: Path, tmp_path: Path, holder: Callable[..., subprocess.Popen[str]]
+) -> None:
+    result = mg("status")  # a wrong path: "off", and nothing else said before
+    assert (result.code, result.out) == (0, f"maintenance is off — LocalFileBackend({state})\n")
+    (line,) = result.err.splitlines()
+    assert line.startswith(f"maintguard: {UNWATCHED}file:{state} ")
+    assert "this is not its store; check the path" in line and "MAINTGUARD_BACKEND" in line
+    result = mg("status", "--json")  # stdout stays one JSON object
+    assert result.code == 0 and result.json()["active"] is False
+    assert UNWATCHED in result.err
+    for args in (["on"], ["off"]):  # switching a store no one watches switches nothing
+        result = mg(*args)
+        assert result.code == 0 and UNWATCHED in result.err, result
+
+    flag = tmp_path / "job-running"  # a guarded job watches the store: its presence record
+    job = subprocess.Popen(
+        [sys.executable, "-c", JOB_SCRIPT, str(state), str(flag)], env=environment()
+    )
+    try:
+        wait_for(flag.exists, job)
+        for args in (["status"], ["status", "--json"], ["on"], ["off"]):
+            result = mg(*args)
+            assert UNWATCHED not in result.err, (args, result)
+    finally:
+        flag.unlink(missing_ok=True)
+        assert job.wait(20) == 0
+    assert UNWATCHED in mg("status").err  # it left: its record went with it
+
+    holder()  # a live hold record: someone uses the store
+    result = mg("status")
+    assert result.code == 1 and UNWATCHED not in result.err, result
+
+
+def test_a_redis_store_no_live_process_watches_is_said_with_its_prefix(mg: Run) -> None:
+    from tests.stores import REDIS_URL, redis_prefix
+
+    url = f"{REDIS_URL}?key_prefix={redis_prefix()}"
+    result = mg("status", "--backend", url, env=environment())
+    assert result.code == 0, result
+    assert f"{UNWATCHED}{url} " in result.err and "key_prefix" in result.err
+
+
+def test_status_with_no_store_chosen_says_so(mg: Run) -> None:
+    result = mg("status", env=environment())
+    assert result.code == 0
+    line = one_line(result)  # (a warning, one line too)
+    assert "no store chosen" in line and "MAINTGUARD_MODE of this shell" in line
+    assert "--backend file:" in line and "MAINTGUARD_BACKEND" in line
+    result = mg("status", "--backend", "env:APP_MODE", env=environment(APP_MODE="on"))
+    assert (result.code, result.err) == (1, "")  # a variable named on purpose: as asked
+
+
+# -- the store as a URL -----------------------------------------------------------------
+
+
+def test_status_json_names_the_store_by_a_url_backend_takes_back(
+    mg: Run, state: Path, tmp_path: Path
+) -> None:
+    folder = tmp_path / "a folder"
+    folder.mkdir()
+    real = folder / "state.json"
+    link = tmp_path / "link.json"
+    link.symlink_to(real)
+    assert mg("on", "--reason", "moved", "--backend", f"file:{link}").code == 0
+    data = mg("status", "--json", "--backend", f"file:{link}").json()
+    assert data["backend"] == f"file:{real}"  # the file read, by its real path
+    again = mg("status", "--json", "--backend", data["backend"])
+    assert again.code == 1 and again.json() == data
+    relative = mg("status", "--json", "--backend", "file:state.json", cwd=folder).json()
+    assert relative == data
+    plain = environment(APP_MODE="on")
+    data = mg("status", "--json", "--backend", "env:APP_MODE", env=plain).json()
+    assert data["backend"] == "env:APP_MODE"
+    assert mg("status", "--json", "--backend", data["backend"], env=plain).json() == data
+
+
+def test_status_json_names_a_redis_store_by_its_url_and_prefix(mg: Run) -> None:
+    from tests.stores import REDIS_URL, redis_prefix
+
+    prefix = redis_prefix()
+    url = f"{REDIS_URL}?key_prefix={prefix}"
+    assert mg("on", "--reason", "cache move", "--backend", url, env=environment()).code == 0
+    data = mg("status", "--json", "--backend", url, env=environment()).json()
+    assert data["backend"] == url
+    again = mg("status", "--json", "--backend", data["backend"], env=environment())
+    assert again.code == 1 and again.json() == data
+    bare = mg("status", "--json", "--backend", REDIS_URL, env=environment()).json()
+    assert bare["backend"] == f"{REDIS_URL}?key_prefix=maintguard"  # the default, said
+    assert mg("off", "--backend", url, env=environment()).code == 0
+
+
+def test_a_redis_url_keeps_its_options_and_hides_its_password() -> None:
+    from maintguard.backends import RedisBackend, backend_from_url
+    from maintguard.cli import show
+
+    given = RedisBackend("redis://ops:s3cret@cache:6380/2?socket_timeout=3", key_prefix="a&b")
+    url = show.url(given)
+    assert url == "redis://ops:***@cache:6380/2?socket_timeout=3&key_prefix=a%26b"
+    back = backend_from_url(url)
+    assert back.store_key() == given.store_key() and isinstance(back, RedisBackend)
+    assert back.key_prefix == "a&b" and "s3cret" not in url
+    tls = RedisBackend("rediss://:pw@cache/0")
+    assert show.url(tls) == "rediss://:***@cache/0?key_prefix=maintguard"
+    sock = RedisBackend("unix:///run/redis.sock?db=3", key_prefix="shop")
+    assert show.url(sock) == "unix:///run/redis.sock?db=3&key_prefix=shop"
+
+
 # -- which stores each command takes -----------------------------------------------------
 
 

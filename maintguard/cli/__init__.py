@@ -19,9 +19,9 @@ from datetime import datetime, timezone
 from typing import Any, NoReturn, TextIO
 
 from .. import __version__, guards, ioloop
-from ..backends import Backend, EnvVarBackend, MemoryBackend, backend_from_url
+from ..backends import Backend, EnvVarBackend, LocalFileBackend, MemoryBackend, backend_from_url
 from ..backends.env import getenv
-from ..core import controller, store_of
+from ..core import controller, io, store_of
 from ..exceptions import ConfigurationError, MaintGuardError, ReadOnlyBackendError
 from ..state import ExplicitState, MaintenanceState, Mode, StoredState
 from . import run as running
@@ -247,10 +247,42 @@ def cmd_status(args: argparse.Namespace) -> int:
     backend = _backend(args, writes=False)
     state = _state(backend, args.scope)
     if args.json:
-        _write(sys.stdout, json.dumps(show.as_json(state, backend.describe()), indent=2))
+        _write(sys.stdout, json.dumps(show.as_json(state, show.url(backend)), indent=2))
     else:
         _print(show.summary(state, backend.describe(), _now()))
+    if args.backend is None and not getenv(_ENV):
+        _say(
+            "no store chosen, so this is the environment variable MAINTGUARD_MODE of this "
+            f"shell, not your app's store: {_CHOOSE}"
+        )
+    else:
+        _warn_if_unwatched(backend)
     return 1 if state.active else 0
+
+
+def _warn_if_unwatched(backend: Backend) -> None:
+    # A store no live process watches is most often not the app's (a typo in the path, the
+    # prefix or the database): an `on` there switches nothing and a `status` there says
+    # "off" whatever the app does. Every process that watches a shared store keeps a
+    # presence record there, and a live hold record means someone uses it too.
+    if not backend.stores_holds:
+        return  # (the environment variable: no records; memory: refused)
+    try:
+        scopes = ioloop.run_sync(io.read_scopes(backend, [None]))
+    except Exception:  # read a moment ago: a failure now has nothing to add
+        return
+    now = _now()
+    if any(w.live(now) for w in scopes.get(None, StoredState()).workers) or any(
+        h.live(now) for stored in scopes.values() for h in stored.holds
+    ):
+        return
+    names = "path" if isinstance(backend, LocalFileBackend) else "host, database and key_prefix"
+    _say(
+        f"no live process watches {show.url(backend)} (no app, guarded job or hold has "
+        "recorded itself there within its lease): if your app is running, this is not its "
+        f"store; check the {names}, and that --backend or {_ENV} here names the store the "
+        "app uses"
+    )
 
 
 def cmd_on(args: argparse.Namespace) -> int:
@@ -267,6 +299,7 @@ def cmd_on(args: argparse.Namespace) -> int:
             raise
         _switch_on(backend, args, ExplicitState())  # it ended between the read and the write
     _print(show.summary(_state(backend, scope), backend.describe(), _now()))
+    _warn_if_unwatched(backend)
     return 0
 
 
@@ -311,6 +344,7 @@ def cmd_off(args: argparse.Namespace) -> int:
             _print(show.holds_lines(mine, _now()))
             state = _state(backend, scope)
     _print(show.summary(state, backend.describe(), _now()))
+    _warn_if_unwatched(backend)
     if not state.active:
         return 0
     why = []
