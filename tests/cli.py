@@ -61,6 +61,7 @@ def runner(state: Path) -> Run:
         env: dict[str, str] | None = None,
         timeout: float = 30,
         tz: str | None = None,
+        cwd: Path = ROOT,
         **popen: Any,
     ) -> Result:
         if env is None:
@@ -73,7 +74,7 @@ def runner(state: Path) -> Run:
             text=True,
             env=env,
             timeout=timeout,
-            cwd=ROOT,
+            cwd=cwd,
             **popen,
         )
         return Result(proc)

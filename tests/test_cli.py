@@ -131,6 +131,71 @@ def test_on_again_updates_the_details_and_keeps_since(mg: Run) -> None:
     assert second["until"] is None
 
 
+DETAILS = ("reason", "retry_after", "until", "mode", "since")
+
+
+@pytest.mark.parametrize("scope", [None, "billing"])
+def test_on_again_changes_only_the_details_it_names(mg: Run, scope: str | None) -> None:
+    where = [] if scope is None else ["--scope", scope]
+
+    def on(*args: str) -> dict[str, Any]:
+        result = mg("on", *args, *where)
+        assert result.code == 0, result
+        data = mg("status", "--json", *where).json()
+        return {name: data[name] for name in DETAILS}
+
+    now = on("--reason", "DB upgrade", "--for", "30m")
+    assert now["reason"] == "DB upgrade" and now["until"] is not None
+    steps: list[tuple[list[str], dict[str, Any]]] = [
+        (["--retry-after", "5m"], {"retry_after": 300}),  # the reported loss of details
+        (["--mode", "read-only"], {"mode": "read_only"}),
+        (["--reason", "DB upgrade, part 2"], {"reason": "DB upgrade, part 2"}),
+        (["--until", "2099-01-02T03:04:05Z"], {"until": "2099-01-02T03:04:05+00:00"}),
+        (["--no-until"], {"until": None}),
+        (["--for", "2h"], {}),  # an end again (checked below)
+        (["--mode", "full"], {"mode": "full"}),
+        (["--no-retry-after"], {"retry_after": None}),
+        (["--reason", ""], {"reason": None}),
+        ([], {}),  # plain `on` again: nothing changes
+    ]
+    for args, changed in steps:
+        before = now
+        now = on(*args)
+        if args == ["--for", "2h"]:
+            changed = {"until": now["until"]}
+            end = datetime.fromisoformat(now["until"]) - datetime.now(timezone.utc)
+            assert timedelta(hours=2) - timedelta(seconds=30) < end <= timedelta(hours=2)
+        assert now == {**before, **changed}, args
+    if scope is not None:  # the global scope's own state was never touched
+        assert mg("status", "--json").json()["explicit"] is False
+
+
+def test_on_after_off_or_after_its_end_starts_afresh(mg: Run) -> None:
+    assert (
+        mg("on", "--reason", "DB upgrade", "--retry-after", "5m", "--mode", "read-only").code == 0
+    )
+    first = mg("status", "--json").json()
+    assert mg("off").code == 0
+    assert mg("on", "--for", "1s").code == 0
+    again = mg("status", "--json").json()
+    assert (again["reason"], again["retry_after"], again["mode"]) == (None, None, "full")
+    assert again["since"] != first["since"]
+    time.sleep(1.2)  # its end passes: what it said is over
+    assert mg("on", "--reason", "next").code == 0
+    last = mg("status", "--json").json()
+    assert (last["reason"], last["until"]) == ("next", None)
+    assert last["since"] != again["since"]
+
+
+def test_run_with_a_blank_reason_holds_without_one(mg: Run) -> None:
+    assert mg("on", "--reason", "DB upgrade").code == 0
+    inner = f"{sys.executable} -m maintguard status --json"
+    result = mg("run", "--reason", " ", "--", "sh", "-c", inner)
+    assert result.code == 1, result
+    data = json.loads(result.out)
+    assert data["holds"][0]["reason"] is None and data["reason"] == "DB upgrade"
+
+
 @pytest.mark.parametrize(
     ("given", "tz", "expected"),
     [
@@ -205,9 +270,12 @@ def test_status_exit_3_when_the_state_cannot_be_read(mg: Run, state: Path) -> No
 def test_a_store_that_cannot_be_written_is_exit_3(mg: Run, tmp_path: Path) -> None:
     blocker = tmp_path / "a-file"
     blocker.write_text("")  # a file where the store's folder should be: no one can write
-    result = mg("on", "--backend", f"file:{blocker / 'state.json'}")
+    result = mg("off", "--backend", f"file:{blocker / 'state.json'}")
     assert result.code == 3, result
     assert "cannot write the maintenance state" in one_line(result)
+    result = mg("on", "--backend", f"file:{blocker / 'state.json'}")  # reads what to keep first
+    assert result.code == 3, result
+    assert f"maintenance state from {blocker / 'state.json'}" in one_line(result)
 
 
 def test_a_store_in_a_missing_folder_is_exit_3_with_the_path(mg: Run, tmp_path: Path) -> None:
@@ -258,6 +326,138 @@ def test_off_force_removes_a_dead_holders_record_at_once(
     assert mg("status").code == 0
 
 
+# -- a store no one watches --------------------------------------------------------------
+
+UNWATCHED = "no live process watches "
+
+
+def test_a_store_no_live_process_watches_is_said_on_stderr(
+    mg: Run, state: Path, tmp_path: Path, holder: Callable[..., subprocess.Popen[str]]
+) -> None:
+    result = mg("status")  # a wrong path: "off", and nothing else said before
+    assert (result.code, result.out) == (0, f"maintenance is off — LocalFileBackend({state})\n")
+    (line,) = result.err.splitlines()
+    assert line.startswith(f"maintguard: {UNWATCHED}file:{state} ")
+    assert "this is not its store; check the path" in line and "MAINTGUARD_BACKEND" in line
+    result = mg("status", "--json")  # stdout stays one JSON object
+    assert result.code == 0 and result.json()["active"] is False
+    assert UNWATCHED in result.err
+    for args in (["on"], ["off"]):  # switching a store no one watches switches nothing
+        result = mg(*args)
+        assert result.code == 0 and UNWATCHED in result.err, result
+
+    flag = tmp_path / "job-running"  # a guarded job watches the store: its presence record
+    job = subprocess.Popen(
+        [sys.executable, "-c", JOB_SCRIPT, str(state), str(flag)], env=environment()
+    )
+    try:
+        wait_for(flag.exists, job)
+        for args in (["status"], ["status", "--json"], ["on"], ["off"]):
+            result = mg(*args)
+            assert UNWATCHED not in result.err, (args, result)
+    finally:
+        flag.unlink(missing_ok=True)
+        assert job.wait(20) == 0
+    assert UNWATCHED in mg("status").err  # it left: its record went with it
+
+    holder()  # a live hold record: someone uses the store
+    result = mg("status")
+    assert result.code == 1 and UNWATCHED not in result.err, result
+
+
+def test_a_redis_store_no_live_process_watches_is_said_with_its_prefix(mg: Run) -> None:
+    from tests.stores import REDIS_URL, redis_prefix
+
+    url = f"{REDIS_URL}?key_prefix={redis_prefix()}"
+    result = mg("status", "--backend", url, env=environment())
+    assert result.code == 0, result
+    assert f"{UNWATCHED}{url} " in result.err and "key_prefix" in result.err
+
+
+def test_status_with_no_store_chosen_says_so(mg: Run) -> None:
+    result = mg("status", env=environment())
+    assert result.code == 0
+    line = one_line(result)  # (a warning, one line too)
+    assert "no store chosen" in line and "MAINTGUARD_MODE of this shell" in line
+    assert "--backend file:" in line and "MAINTGUARD_BACKEND" in line
+    result = mg("status", "--backend", "env:APP_MODE", env=environment(APP_MODE="on"))
+    assert (result.code, result.err) == (1, "")  # a variable named on purpose: as asked
+
+
+# -- the store as a URL -----------------------------------------------------------------
+
+
+def test_status_json_names_the_store_by_a_url_backend_takes_back(
+    mg: Run, state: Path, tmp_path: Path
+) -> None:
+    folder = tmp_path / "a folder"
+    folder.mkdir()
+    real = folder / "state.json"
+    link = tmp_path / "link.json"
+    link.symlink_to(real)
+    assert mg("on", "--reason", "moved", "--backend", f"file:{link}").code == 0
+    data = mg("status", "--json", "--backend", f"file:{link}").json()
+    assert data["backend"] == f"file:{real}"  # the file read, by its real path
+    again = mg("status", "--json", "--backend", data["backend"])
+    assert again.code == 1 and again.json() == data
+    relative = mg("status", "--json", "--backend", "file:state.json", cwd=folder).json()
+    assert relative == data
+    plain = environment(APP_MODE="on")
+    data = mg("status", "--json", "--backend", "env:APP_MODE", env=plain).json()
+    assert data["backend"] == "env:APP_MODE"
+    assert mg("status", "--json", "--backend", data["backend"], env=plain).json() == data
+
+
+def test_status_json_names_a_redis_store_by_its_url_and_prefix(mg: Run) -> None:
+    from tests.stores import REDIS_URL, redis_prefix
+
+    prefix = redis_prefix()
+    url = f"{REDIS_URL}?key_prefix={prefix}"
+    assert mg("on", "--reason", "cache move", "--backend", url, env=environment()).code == 0
+    data = mg("status", "--json", "--backend", url, env=environment()).json()
+    assert data["backend"] == url
+    again = mg("status", "--json", "--backend", data["backend"], env=environment())
+    assert again.code == 1 and again.json() == data
+    bare = mg("status", "--json", "--backend", REDIS_URL, env=environment()).json()
+    assert bare["backend"] == f"{REDIS_URL}?key_prefix=maintguard"  # the default, said
+    assert mg("off", "--backend", url, env=environment()).code == 0
+
+
+def test_a_redis_url_keeps_its_options_and_hides_its_password() -> None:
+    from maintguard.backends import RedisBackend, backend_from_url
+    from maintguard.cli import show
+
+    given = RedisBackend("redis://ops:s3cret@cache:6380/2?socket_timeout=3", key_prefix="a&b")
+    url = show.url(given)
+    assert url == "redis://ops:***@cache:6380/2?socket_timeout=3&key_prefix=a%26b"
+    back = backend_from_url(url)
+    assert back.store_key() == given.store_key() and isinstance(back, RedisBackend)
+    assert back.key_prefix == "a&b" and "s3cret" not in url
+    tls = RedisBackend("rediss://:pw@cache/0")
+    assert show.url(tls) == "rediss://:***@cache/0?key_prefix=maintguard"
+    sock = RedisBackend("unix:///run/redis.sock?db=3", key_prefix="shop")
+    assert show.url(sock) == "unix:///run/redis.sock?db=3&key_prefix=shop"
+
+
+# -- which stores each command takes -----------------------------------------------------
+
+
+def test_each_commands_help_says_which_stores_it_takes(mg: Run) -> None:
+    for command in ("on", "off", "run"):
+        text = " ".join(mg(command, "--help").out.split())
+        assert "the store to write: file:PATH or redis://HOST[:PORT]/DB" in text, command
+        assert "env:VAR and memory: cannot be written from here" in text, command
+    text = " ".join(mg("status", "--help").out.split())
+    assert (
+        "the store to read: file:PATH, redis://HOST[:PORT]/DB[?key_prefix=NAME] or env:VAR" in text
+    )
+    # and each does as its help says
+    assert mg("status", "--backend", "env:APP_MODE", env=environment()).code == 0
+    for args in (["on"], ["off"], ["run", "--", "true"]):
+        result = mg(*args, "--backend", "env:APP_MODE", env=environment())
+        assert result.code in (2, 125) and "cannot be written" in one_line(result), result
+
+
 # -- choosing the backend ---------------------------------------------------------------
 
 
@@ -302,6 +502,8 @@ def test_without_a_backend_writes_say_how_to_choose_one(mg: Run) -> None:
         (["on", "--until", "tomorrow"], "'tomorrow' is not an ISO 8601 time"),
         (["on", "--until", "2001-01-01T00:00Z"], "is not in the future"),
         (["on", "--for", "1h", "--until", "2099-01-01T00:00Z"], "not allowed with argument"),
+        (["on", "--for", "1h", "--no-until"], "not allowed with argument"),
+        (["on", "--retry-after", "1m", "--no-retry-after"], "not allowed with argument"),
         (["on", "--mode", "sideways"], "'sideways' is not a mode: use full or read-only"),
         (["on", "--retry-after", "-5"], "is not a number of seconds"),
         (["on", "--scope", " "], "a scope is a non-empty name"),

@@ -405,3 +405,51 @@ def test_a_test_entering_an_already_entered_hold_again_is_reported_for_that_entr
     result = inner.runpytest("-p", "no:cacheprovider")
     result.assert_outcomes(passed=2, errors=1)
     result.stdout.fnmatch_lines(["*the test left 1 maintenance hold entered*(reason 'window')*"])
+
+
+def test_a_leak_on_a_default_the_test_configured_is_reported_whoever_resets_it(
+    inner: pytest.Pytester, tmp_path: Path
+) -> None:
+    # A project fixture built on `maintenance` resets the default in its own teardown,
+    # which runs before the plugin's: the hold on its file store was never judged, and the
+    # next test started with maintenance on. Likewise a default the test replaced.
+    state, other = tmp_path / "app.json", tmp_path / "other.json"
+    inner.makepyfile(
+        f"""
+        import pytest
+        import maintguard
+        from maintguard import sync, under_maintenance
+        from maintguard.backends import LocalFileBackend
+
+        APP, OTHER = {str(state)!r}, {str(other)!r}
+
+        @pytest.fixture
+        def app_store(maintenance):
+            maintguard.configure(backend="file:" + APP)
+            yield
+            maintguard.configure(backend=None)
+
+        def test_leaks_on_the_fixtures_default(app_store):
+            under_maintenance(reason="forgotten").__enter__()
+
+        def test_leaks_on_a_default_it_replaced(maintenance):
+            maintguard.configure(backend="file:" + OTHER)
+            under_maintenance(reason="replaced").__enter__()
+            maintguard.configure(backend=None)
+
+        def test_the_next_test_starts_off(maintenance):
+            assert not sync.get_maintenance_mode(LocalFileBackend(APP))
+            assert not sync.get_maintenance_mode(LocalFileBackend(OTHER))
+        """
+    )
+    result = inner.runpytest("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=3, errors=2)
+    result.stdout.fnmatch_lines(
+        [
+            "*ERROR at teardown of test_leaks_on_the_fixtures_default *",
+            f"*the test left 1 maintenance hold entered: the hold made at *.py:15 "
+            f"(reason 'forgotten', on LocalFileBackend({state}))*",
+            "*ERROR at teardown of test_leaks_on_a_default_it_replaced *",
+            f"*the hold made at *.py:19 (reason 'replaced', on LocalFileBackend({other}))*",
+        ]
+    )

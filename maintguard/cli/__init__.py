@@ -19,11 +19,11 @@ from datetime import datetime, timezone
 from typing import Any, NoReturn, TextIO
 
 from .. import __version__, guards, ioloop
-from ..backends import Backend, EnvVarBackend, MemoryBackend, backend_from_url
+from ..backends import Backend, EnvVarBackend, LocalFileBackend, MemoryBackend, backend_from_url
 from ..backends.env import getenv
-from ..core import controller, store_of
+from ..core import controller, io, store_of
 from ..exceptions import ConfigurationError, MaintGuardError, ReadOnlyBackendError
-from ..state import MaintenanceState
+from ..state import ExplicitState, MaintenanceState, Mode, StoredState
 from . import run as running
 from . import show, values
 
@@ -57,13 +57,6 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _parser() -> _Parser:
-    common = _Parser(add_help=False)
-    common.add_argument(
-        "--backend",
-        metavar="URL",
-        default=argparse.SUPPRESS,
-        help=f"the store: file:PATH, redis://HOST[:PORT]/DB, env:VAR (default: ${_ENV})",
-    )
     parser = _Parser(
         prog="maintguard",
         description="Switch maintenance mode, show it, or hold it while a command runs.",
@@ -74,9 +67,14 @@ def _parser() -> _Parser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
     on = commands.add_parser(
-        "on", parents=[common], help="turn maintenance on (again: update the details)"
+        "on",
+        help="turn maintenance on (again: update the details named, keep the others)",
+        description="Turn maintenance on. Run again while it is on, it changes only the "
+        "details it names and keeps the others (and since); --reason '', --no-retry-after "
+        "and --no-until remove one. After off, or once its end has passed, it starts afresh.",
     )
-    _details(on)
+    _store(on, writes=True)
+    _details(on, again=True)
     ends = on.add_mutually_exclusive_group()
     ends.add_argument(
         "--for",
@@ -91,8 +89,12 @@ def _parser() -> _Parser:
         type=values.when,
         help="switch off by itself at this ISO 8601 time (local time unless it has a zone)",
     )
+    ends.add_argument(
+        "--no-until", action="store_true", help="remove the end: stay on until switched off"
+    )
 
-    off = commands.add_parser("off", parents=[common], help="turn the operator's switch off")
+    off = commands.add_parser("off", help="turn the operator's switch off")
+    _store(off, writes=True)
     _scope(off)
     off.add_argument(
         "--force",
@@ -101,22 +103,19 @@ def _parser() -> _Parser:
         "them again while they live)",
     )
 
-    status = commands.add_parser(
-        "status",
-        parents=[common],
-        help="show the state (exit 0 off, 1 on, 3 unreadable)",
-    )
+    status = commands.add_parser("status", help="show the state (exit 0 off, 1 on, 3 unreadable)")
+    _store(status, writes=False)
     _scope(status)
     status.add_argument("--json", action="store_true", help="print one JSON object")
 
     run = commands.add_parser(
         "run",
-        parents=[common],
         help="hold maintenance exactly while a command runs",
         usage="maintguard run [options] -- COMMAND [ARG ...]",
         usage_code=RUN_FAILED,
     )
-    _details(run)
+    _store(run, writes=True)
+    _details(run, again=False)
     run.add_argument(
         "--drain",
         metavar="SECONDS",
@@ -139,19 +138,46 @@ def _scope(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _details(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--reason", help="shown to users on the maintenance page")
+def _store(parser: argparse.ArgumentParser, *, writes: bool) -> None:
+    # Each command says what it accepts: the environment variable can be read here but
+    # written only where the app runs, and memory: is no other process's store.
+    if writes:
+        accepted = (
+            f"the store to write: file:PATH or redis://HOST[:PORT]/DB[?key_prefix=NAME] "
+            f"(default: ${_ENV}); env:VAR and memory: cannot be written from here"
+        )
+    else:
+        accepted = (
+            f"the store to read: file:PATH, redis://HOST[:PORT]/DB[?key_prefix=NAME] or "
+            f"env:VAR (default: ${_ENV}, else this shell's MAINTGUARD_MODE)"
+        )
+    parser.add_argument("--backend", metavar="URL", default=argparse.SUPPRESS, help=accepted)
+
+
+def _details(parser: argparse.ArgumentParser, *, again: bool) -> None:
+    # `on` run again keeps what it is not told (None: not given), and can remove a detail.
     parser.add_argument(
+        "--reason",
+        type=values.reason,
+        help="shown to users on the maintenance page" + (" ('' removes it)" if again else ""),
+    )
+    retry = parser.add_mutually_exclusive_group() if again else parser
+    retry.add_argument(
         "--retry-after",
         metavar="SECONDS",
         type=values.seconds,
         help="what Retry-After tells clients: 600, 10m, 2h",
     )
+    if again:
+        retry.add_argument(
+            "--no-retry-after", action="store_true", help="remove the Retry-After given before"
+        )
     parser.add_argument(
         "--mode",
         type=values.mode,
-        default="full",
-        help="full (default) or read-only (safe methods still pass)",
+        default=None if again else Mode.FULL,
+        help="full or read-only (safe methods still pass); default: "
+        + ("full, or as it is when on already" if again else "full"),
     )
     _scope(parser)
 
@@ -221,27 +247,83 @@ def cmd_status(args: argparse.Namespace) -> int:
     backend = _backend(args, writes=False)
     state = _state(backend, args.scope)
     if args.json:
-        _write(sys.stdout, json.dumps(show.as_json(state, backend.describe()), indent=2))
+        _write(sys.stdout, json.dumps(show.as_json(state, show.url(backend)), indent=2))
     else:
         _print(show.summary(state, backend.describe(), _now()))
+    if args.backend is None and not getenv(_ENV):
+        _say(
+            "no store chosen, so this is the environment variable MAINTGUARD_MODE of this "
+            f"shell, not your app's store: {_CHOOSE}"
+        )
+    else:
+        _warn_if_unwatched(backend)
     return 1 if state.active else 0
+
+
+def _warn_if_unwatched(backend: Backend) -> None:
+    # A store no live process watches is most often not the app's (a typo in the path, the
+    # prefix or the database): an `on` there switches nothing and a `status` there says
+    # "off" whatever the app does. Every process that watches a shared store keeps a
+    # presence record there, and a live hold record means someone uses it too.
+    if not backend.stores_holds:
+        return  # (the environment variable: no records; memory: refused)
+    try:
+        scopes = ioloop.run_sync(io.read_scopes(backend, [None]))
+    except Exception:  # read a moment ago: a failure now has nothing to add
+        return
+    now = _now()
+    if any(w.live(now) for w in scopes.get(None, StoredState()).workers) or any(
+        h.live(now) for stored in scopes.values() for h in stored.holds
+    ):
+        return
+    names = "path" if isinstance(backend, LocalFileBackend) else "host, database and key_prefix"
+    _say(
+        f"no live process watches {show.url(backend)} (no app, guarded job or hold has "
+        "recorded itself there within its lease): if your app is running, this is not its "
+        f"store; check the {names}, and that --backend or {_ENV} here names the store the "
+        "app uses"
+    )
 
 
 def cmd_on(args: argparse.Namespace) -> int:
     backend = _backend(args, writes=True)
+    scope = args.scope
+    _state(backend, scope)  # a fresh read: what is on now, to keep what is not named
+    kept = store_of(backend).seen.get(scope, StoredState()).explicit
+    if not kept.in_force(_now()):
+        kept = ExplicitState()  # off, or past its end: a new start keeps nothing
+    try:
+        _switch_on(backend, args, kept)
+    except ConfigurationError:
+        if kept.until is None or kept.until > _now():
+            raise
+        _switch_on(backend, args, ExplicitState())  # it ended between the read and the write
+    _print(show.summary(_state(backend, scope), backend.describe(), _now()))
+    _warn_if_unwatched(backend)
+    return 0
+
+
+def _switch_on(backend: Backend, args: argparse.Namespace, kept: ExplicitState) -> None:
+    """Switch on with the details ``args`` names, and ``kept``'s for the others."""
+    reason = kept.reason if args.reason is None else args.reason or None  # '': none
+    if args.no_retry_after:
+        retry_after = None
+    else:
+        retry_after = kept.retry_after if args.retry_after is None else args.retry_after
+    until = values.until_of(args.for_, args.until)
+    if until is None and not args.no_until:
+        until = kept.until
     ioloop.run_sync(
         guards.set_maintenance_mode(
             True,
             backend,
             scope=args.scope,
-            reason=args.reason,
-            retry_after=args.retry_after,
-            until=values.until_of(args.for_, args.until),
-            mode=args.mode,
+            reason=reason,
+            retry_after=retry_after,
+            until=until,
+            mode=kept.mode if args.mode is None else args.mode,
         )
     )
-    _print(show.summary(_state(backend, args.scope), backend.describe(), _now()))
-    return 0
 
 
 def cmd_off(args: argparse.Namespace) -> int:
@@ -262,6 +344,7 @@ def cmd_off(args: argparse.Namespace) -> int:
             _print(show.holds_lines(mine, _now()))
             state = _state(backend, scope)
     _print(show.summary(state, backend.describe(), _now()))
+    _warn_if_unwatched(backend)
     if not state.active:
         return 0
     why = []
@@ -298,7 +381,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     hold = guards.MaintenanceHold(
         backend=backend,
         scope=args.scope,
-        reason=args.reason,
+        reason=args.reason or None,
         retry_after=args.retry_after,
         mode=args.mode,
         drain=args.drain,

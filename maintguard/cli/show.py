@@ -11,11 +11,14 @@ import os
 from collections.abc import Iterable
 from datetime import datetime, timezone
 from typing import Any
+from urllib.parse import urlencode
 
+from ..backends import Backend, EnvVarBackend, LocalFileBackend, MemoryBackend, RedisBackend
+from ..backends.redis import redact
 from ..core.controller import HOST
 from ..state import HoldRecord, MaintenanceState, Phase, RetryAfter
 
-__all__ = ["as_json", "holds_lines", "local", "summary", "text"]
+__all__ = ["as_json", "holds_lines", "local", "summary", "text", "url"]
 
 
 def summary(state: MaintenanceState, where: str, now: datetime) -> list[str]:
@@ -93,6 +96,23 @@ def as_json(state: MaintenanceState, where: str) -> dict[str, Any]:
             for h in state.holders
         ],
     }
+
+
+def url(backend: Backend) -> str:
+    """The URL of ``backend``'s store, as ``--backend`` takes it back (a Redis password
+    written as ``***``: it is never printed)."""
+    if isinstance(backend, LocalFileBackend):
+        path = os.path.realpath(backend.path)  # the file read, as the store is known by
+        return f"file://{path}" if path.startswith("//") else f"file:{path}"  # (kept whole)
+    if isinstance(backend, RedisBackend):
+        where = redact(backend.url)  # (as given, other options kept; the prefix was taken out)
+        joiner = "&" if "?" in where else "?"
+        return f"{where}{joiner}{urlencode({'key_prefix': backend.key_prefix})}"
+    if isinstance(backend, EnvVarBackend):
+        return f"env:{backend.var_name}"
+    if isinstance(backend, MemoryBackend):
+        return "memory:"
+    return backend.describe()  # a backend of the app's own: no URL names it
 
 
 # -- pieces --------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ from datetime import datetime, timedelta, timezone
 
 from ..state import Mode
 
-__all__ = ["duration", "mode", "scope", "seconds", "until_of", "when"]
+__all__ = ["duration", "mode", "reason", "scope", "seconds", "until_of", "when"]
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 _PART = re.compile(r"(\d+(?:\.\d+)?)([smhd])")
@@ -84,6 +84,11 @@ def mode(text: str) -> Mode:
         return Mode(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a mode: use full or read-only") from None
+
+
+def reason(text: str) -> str:
+    """The text as given; a blank one is ``""``: no reason (a page would show nothing)."""
+    return text if text.strip() else ""
 
 
 def scope(text: str) -> str:
