@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -12,20 +13,25 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.stores import free_port, new_spec
+from maintguard import under_maintenance
+from maintguard.core import io
+from maintguard.state import WorkerRecord
+from tests.stores import free_port, new_spec, open_store
 
 ROOT = Path(__file__).parents[1]
 
 
-def start_uvicorn(env: dict[str, str], count: int) -> list[tuple[str, subprocess.Popen[bytes]]]:
-    """``count`` uvicorn processes serving tests/server_app.py on 127.0.0.1, each on its
-    own port, once their health check answers: (url, process) each."""
+def start_uvicorn(
+    env: dict[str, str], count: int, app: str = "app", *options: str
+) -> list[tuple[str, subprocess.Popen[bytes]]]:
+    """``count`` uvicorn processes serving ``app`` of tests/server_app.py on 127.0.0.1,
+    each on its own port, once their health check answers: (url, process) each."""
     started = []
     for _ in range(count):
         port = free_port()
         proc = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "tests.server_app:app", "--host", "127.0.0.1",
-             "--port", str(port), "--log-level", "warning"],
+            [sys.executable, "-m", "uvicorn", f"tests.server_app:{app}", "--host", "127.0.0.1",
+             "--port", str(port), "--log-level", "warning", *options],
             env={**os.environ, "PYTHONPATH": str(ROOT), **env},
             cwd=ROOT,
         )  # fmt: skip
@@ -111,3 +117,38 @@ def test_two_workers_follow_a_third_process(workers: list[str], store: str) -> N
         assert httpx.get(url + "/health").status_code == 200
     switch(store, False)
     time_until(workers, 200, limit=1.0)
+
+
+def presence_of(store: str, pid: int) -> list[WorkerRecord]:
+    """The presence records process ``pid`` has in ``store``, read afresh."""
+    found = io.read_scopes_blocking(open_store(store), (None,))[None]
+    return [worker for worker in found.workers if worker.pid == pid]
+
+
+@pytest.mark.parametrize("app", ["app", "app_with_lifespan", "plain"])
+def test_a_stopped_server_leaves_no_presence_for_the_next_drain(
+    tmp_path: Path, store: str, app: str
+) -> None:
+    # Found: after a routine restart (SIGTERM: uvicorn shuts down, then re-raises the
+    # signal, so atexit never runs) the server's presence record stayed in the store, and
+    # the next drained hold waited for its lease (~26 s) instead of ~1 s.
+    env = {
+        "MAINTGUARD_TEST_FILE": str(tmp_path / "maintenance.json"),
+        "MAINTGUARD_TEST_STORE": store,
+        "MAINTGUARD_TEST_REFRESH": "0.5",
+    }
+    ((_, proc),) = start_uvicorn(env, 1, app)  # fmt: skip
+    try:
+        assert presence_of(store, proc.pid)  # recorded while it serves
+        proc.terminate()
+        assert proc.wait(20) == -signal.SIGTERM  # a normal stop, as uvicorn ends it
+    finally:
+        stop_all([proc])
+    if app == "app_with_lifespan":  # the app's own shutdown ran too
+        assert (tmp_path / f"shutdown-{proc.pid}").exists()
+    assert presence_of(store, proc.pid) == []
+    backend = open_store(store, refresh_interval=0.2)
+    start = time.monotonic()
+    with under_maintenance(backend=backend, drain=40, on_drain_timeout="raise"):
+        took = time.monotonic() - start
+    assert took < 5  # a lease left behind would make it wait ~30 s (or raise DrainTimeout)

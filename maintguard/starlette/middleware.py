@@ -19,7 +19,16 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..backends import Backend, EnvVarBackend
 from ..core import ScopeController as Controller
-from ..core import coerce, controller, presence, register_default, resolve_backend, store_of, watch
+from ..core import (
+    Store,
+    coerce,
+    controller,
+    presence,
+    register_default,
+    resolve_backend,
+    store_of,
+    watch,
+)
 from ..core.changes import wait_until
 from ..core.controller import refresh_store
 from ..core.inflight import Work, new_key, work_frame
@@ -42,6 +51,7 @@ __all__ = ["MaintenanceModeMiddleware"]
 
 logger = logging.getLogger("maintguard")
 _FIRST_READ_LIMIT = 1.0  # seconds a first request waits for the first read (no lifespan)
+_LEAVE_LIMIT = 3.0  # seconds a shutdown waits to remove the presence record (a dead store)
 
 _SAFE = frozenset({"GET", "HEAD", "OPTIONS"})
 _READS = frozenset({"GET", "HEAD"})
@@ -218,7 +228,7 @@ class MaintenanceModeMiddleware:
                     await _fail_startup(send, exc)
                     raise
             elif kind.startswith("lifespan.shutdown."):
-                self._stop()
+                await self._shut_down()
             await send(message)
 
         asked = False
@@ -251,7 +261,7 @@ class MaintenanceModeMiddleware:
                     return
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
-                self._stop()
+                await self._shut_down()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
@@ -338,11 +348,22 @@ class MaintenanceModeMiddleware:
             found = self._scoped[name] = controller(ctrl.backend, name)
         return found
 
-    def _stop(self) -> None:
+    def _stop(self) -> Store | None:
+        """Stop watching; the store this middleware watched until now, if any."""
         with self._start_lock:
-            stop, self._stop_watch, self._ctrl = self._stop_watch, None, None
-        if stop is not None:
-            stop()
+            stop, self._stop_watch, ctrl, self._ctrl = self._stop_watch, None, self._ctrl, None
+        if stop is None:
+            return None
+        stop()
+        return ctrl.store if ctrl is not None else None
+
+    async def _shut_down(self) -> None:
+        # Done before the server hears that shutdown is complete: uvicorn then re-raises
+        # the SIGTERM it caught, so neither the watcher nor atexit would remove this
+        # process's presence record, and the next drain would wait for its lease.
+        store = self._stop()
+        if store is not None:
+            await presence.leave_unwatched(store, _LEAVE_LIMIT)
 
     # -- the decision ----------------------------------------------------------------------
 
