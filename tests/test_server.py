@@ -9,6 +9,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -22,7 +23,7 @@ ROOT = Path(__file__).parents[1]
 
 
 def start_uvicorn(
-    env: dict[str, str], count: int, app: str = "app", *options: str
+    env: dict[str, str], count: int, app: str = "app", *options: str, stderr: Any = None
 ) -> list[tuple[str, subprocess.Popen[bytes]]]:
     """``count`` uvicorn processes serving ``app`` of tests/server_app.py on 127.0.0.1,
     each on its own port, once their health check answers: (url, process) each."""
@@ -34,6 +35,7 @@ def start_uvicorn(
              "--port", str(port), "--log-level", "warning", *options],
             env={**os.environ, "PYTHONPATH": str(ROOT), **env},
             cwd=ROOT,
+            stderr=stderr,
         )  # fmt: skip
         started.append((f"http://127.0.0.1:{port}", proc))
     deadline = time.monotonic() + 30
@@ -152,3 +154,27 @@ def test_a_stopped_server_leaves_no_presence_for_the_next_drain(
     with under_maintenance(backend=backend, drain=40, on_drain_timeout="raise"):
         took = time.monotonic() - start
     assert took < 5  # a lease left behind would make it wait ~30 s (or raise DrainTimeout)
+
+
+def test_a_state_file_in_a_missing_directory_is_said_once_at_startup(tmp_path: Path) -> None:
+    # Found: the app started and served, logging only "could not record this process ...":
+    # nothing said that the store cannot be written, nor what that means.
+    missing = tmp_path / "no-such-dir" / "maintenance.json"
+    env = {"MAINTGUARD_TEST_FILE": str(missing), "MAINTGUARD_TEST_REFRESH": "0.1"}
+    log = tmp_path / "stderr.txt"
+    with log.open("wb") as out:
+        ((url, proc),) = start_uvicorn(env, 1, stderr=out)  # fmt: skip
+        try:
+            assert httpx.get(url + "/").status_code == 200  # served: missing means "off"
+            time.sleep(1)  # the watcher's turns retry the record, quietly
+        finally:
+            stop_all([proc])
+    text = log.read_text()
+    warnings = [line for line in text.splitlines() if "maintguard" in line]
+    assert len(warnings) == 1, text
+    (warning,) = warnings
+    assert "cannot write its maintenance store" in warning
+    assert f"the directory {missing.parent} does not exist" in warning  # the cause and fix
+    assert "`maintguard on` on this store fail" in warning
+    assert "never reaches this app" in warning and "wrong path" in warning
+    assert "Traceback" not in text

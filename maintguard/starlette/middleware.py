@@ -290,9 +290,16 @@ class MaintenanceModeMiddleware:
                 await presence.join(store)
             except Exception as exc:
                 store.presence_failing = True  # said here: the watcher's retries stay quiet
+                # Reading may still work (a missing file is "off"), so the app starts and
+                # serves: say what an unwritable store means, and its usual cause.
                 logger.warning(
-                    "maintguard: could not record this process in %s (%s): drained holds in "
-                    "other processes will not wait for its requests",
+                    "maintguard: this app cannot write its maintenance store, %s (%s). It "
+                    "serves and follows what is stored there ('off' while nothing is), but "
+                    "holds and `maintguard on` on this store fail the same way here, drained "
+                    "holds in other processes do not wait for this process's requests, and "
+                    "maintenance switched on at any other path never reaches this app. The "
+                    "usual cause is a wrong path or a directory not created yet: check that "
+                    "the app and your operators name the same store.",
                     backend.describe(),
                     exc,
                 )
