@@ -178,3 +178,34 @@ def test_a_state_file_in_a_missing_directory_is_said_once_at_startup(tmp_path: P
     assert "`maintguard on` on this store fail" in warning
     assert "never reaches this app" in warning and "wrong path" in warning
     assert "Traceback" not in text
+
+
+@pytest.mark.parametrize("proxy_headers", [True, False])
+def test_allow_ips_under_uvicorns_proxy_headers_is_warned_about_once(
+    tmp_path: Path, proxy_headers: bool
+) -> None:
+    # Found: uvicorn (--proxy-headers, on by default, trusting 127.0.0.1) rewrites the
+    # client address from X-Forwarded-For, so any local client passed allow_ips with one
+    # header line, and nothing said so.
+    state = tmp_path / "maintenance.json"
+    env = {"MAINTGUARD_TEST_FILE": str(state), "MAINTGUARD_TEST_REFRESH": "0.1"}
+    log = tmp_path / "stderr.txt"
+    options = () if proxy_headers else ("--no-proxy-headers",)
+    with log.open("wb") as out:
+        ((url, proc),) = start_uvicorn(env, 1, "allowing", *options, stderr=out)  # fmt: skip
+        try:
+            switch(f"file:{state}", True)
+            time_until([url], 503, limit=5)
+            office = {"x-forwarded-for": "10.0.0.5"}
+            for _ in range(2):  # said once, not per request
+                spoofed = httpx.get(url + "/", headers=office).status_code
+                assert spoofed == (200 if proxy_headers else 503)
+        finally:
+            stop_all([proc])
+    warned = [line for line in log.read_text().splitlines() if "allow_ips" in line]
+    if not proxy_headers:
+        assert warned == []
+        return
+    assert len(warned) == 1, warned
+    assert "uvicorn takes it from X-Forwarded-For sent by 127.0.0.1" in warned[0]
+    assert "--no-proxy-headers" in warned[0] and "--forwarded-allow-ips" in warned[0]
