@@ -1,13 +1,27 @@
-"""Fork and interpreter exit, in real processes: a child holds nothing of its parent and
-follows changes by itself; at exit, holds still entered end with the process."""
+"""Fork, interpreter exit and server shutdown: a child holds nothing of its parent and
+follows changes by itself; at exit, holds still entered end with the process; a lifespan
+shutdown removes the process's presence record unless something else still watches."""
 
 from __future__ import annotations
 
+import gc
 import json
+import os
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
+
+import pytest
+from starlette.applications import Starlette
+from starlette.responses import PlainTextResponse
+from starlette.routing import Route
+from starlette.testclient import TestClient
+
+from maintguard import MaintenanceModeMiddleware, not_during_maintenance
+from maintguard.backends import LocalFileBackend
+from maintguard.core import presence, store_of
 
 
 def run(code: str, *args: str) -> subprocess.CompletedProcess[str]:
@@ -151,3 +165,58 @@ def test_a_release_write_still_running_at_exit_lands(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr
     assert holds(path) == []
+
+
+def workers_of(path: Path) -> list[dict[str, object]]:
+    """The presence records in the file that are this process's."""
+    found = json.loads(path.read_text()).get("workers", []) if path.exists() else []
+    return [w for w in found if w["pid"] == os.getpid()]
+
+
+def test_a_lifespan_shutdown_removes_the_presence_record_before_it_completes(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "m.json"
+    app = Starlette(routes=[Route("/", lambda request: PlainTextResponse("ok"))])
+    app.add_middleware(MaintenanceModeMiddleware, backend=LocalFileBackend(path))
+    with TestClient(app) as client:
+        assert client.get("/").status_code == 200
+        assert workers_of(path)
+    assert workers_of(path) == []  # at once: not left to the watcher's next turn
+
+
+def test_a_shutdown_keeps_the_record_while_a_guard_still_watches_the_store(
+    tmp_path: Path,
+) -> None:
+    # Drains elsewhere must go on waiting for the guard's work in this process.
+    path = tmp_path / "m.json"
+    backend = LocalFileBackend(path)
+    guarded = not_during_maintenance(backend=backend)(lambda: None)
+    guarded()  # the guard records this process and watches the store while it lives
+    app = Starlette(routes=[Route("/", lambda request: PlainTextResponse("ok"))])
+    app.add_middleware(MaintenanceModeMiddleware, backend=backend)
+    with TestClient(app):
+        pass
+    assert workers_of(path)  # kept, not removed (for the watcher to write it back later)
+    del guarded
+    gc.collect()
+    deadline = time.monotonic() + 10
+    while workers_of(path):  # the last watcher gone, the watcher removes it
+        assert time.monotonic() < deadline, "the record outlived the last watcher"
+        time.sleep(0.05)
+
+
+@pytest.mark.anyio
+async def test_a_renewal_that_loses_the_race_with_a_shutdown_removes_the_record(
+    tmp_path: Path,
+) -> None:
+    # The watcher's turn was under way when the shutdown stopped the last watch and
+    # removed the record: its renewal, landing after, must not write the record back.
+    path = tmp_path / "m.json"
+    store = store_of(LocalFileBackend(path))
+    await presence.join(store)
+    assert workers_of(path)
+    await presence.leave_unwatched(store, 5.0)  # nothing watches the store
+    assert workers_of(path) == []
+    await presence.tick(store)  # the renewal that was already on its way
+    assert workers_of(path) == []

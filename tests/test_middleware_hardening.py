@@ -140,6 +140,41 @@ async def test_forwarding_headers_cannot_be_spoofed_through_a_proxy() -> None:
     assert ran == ["home", "home"]
 
 
+@pytest.mark.anyio
+async def test_a_client_address_taken_from_a_forwarding_header_is_warned_about_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A server (or a middleware before this one) that rewrote the client from the
+    # header leaves the very address the header names, as uvicorn's --proxy-headers does.
+    from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
+
+    backend = MemoryBackend()
+    await set_maintenance_mode(True, backend)
+    ran: list[str] = []
+    inner, _ = recording_app(backend, [Route("/", endpoint(ran, "home"))], allow_ips=["10.0.0.0/8"])
+    await call(inner, "/", client=("10.0.0.7", 40000))  # starts it outside uvicorn's middleware
+    rewriting = ProxyHeadersMiddleware(inner, trusted_hosts="127.0.0.1")  # type: ignore[arg-type]
+    office = [(b"x-forwarded-for", b"10.0.0.5")]
+    with caplog.at_level(logging.WARNING, "maintguard"):
+        assert (await call(inner, "/", client=("10.0.0.6", 40000), headers=office))[0] == 200
+        assert (await call(rewriting, "/", headers=office))[0] == 200  # from 127.0.0.1
+        assert (await call(rewriting, "/", headers=office))[0] == 200
+    warned = [r.getMessage() for r in caplog.records if "allow_ips" in r.getMessage()]
+    assert len(warned) == 1, warned  # not for the real peer, once for the rewritten ones
+    assert "the server took it from the request's forwarding header" in warned[0]
+    # Judged by the middleware itself (trusted_proxies): nothing to warn about.
+    caplog.clear()
+    judged, _ = recording_app(
+        backend,
+        [Route("/", endpoint(ran, "home"))],
+        allow_ips=["10.0.0.0/8"],
+        trusted_proxies=["127.0.0.1"],
+    )
+    with caplog.at_level(logging.WARNING, "maintguard"):
+        assert (await call(judged, "/", headers=office))[0] == 200
+    assert not [r for r in caplog.records if "allow_ips" in r.getMessage()]
+
+
 # -- never a 500 ----------------------------------------------------------------------------------
 
 

@@ -285,6 +285,54 @@ def test_reasons_that_are_odd() -> None:
     assert strict_json(not_text.json[1])["detail"] == responses._MESSAGE
 
 
+BACK = datetime(2030, 1, 1, 12, 30, tzinfo=UTC)
+SHORTLY = "We are doing some maintenance right now and will be back shortly."
+
+
+@pytest.mark.parametrize(
+    ("reason", "until", "text"),
+    [
+        (None, None, f"Down for maintenance. {SHORTLY}"),
+        (None, BACK, f"Down for maintenance. {SHORTLY} Expected back: 2030-01-01 12:30 UTC."),
+        ("DB upgrade", None, "Down for maintenance: DB upgrade."),
+        (
+            "DB upgrade",
+            BACK,
+            "Down for maintenance: DB upgrade. Expected back: 2030-01-01 12:30 UTC.",
+        ),
+        (
+            "DB upgrade. ",
+            BACK,
+            "Down for maintenance: DB upgrade. Expected back: 2030-01-01 12:30 UTC.",
+        ),
+        (
+            "Back soon!",
+            BACK,
+            "Down for maintenance: Back soon! Expected back: 2030-01-01 12:30 UTC.",
+        ),
+        ("Why?\n", None, "Down for maintenance: Why?"),
+        (" \t\n", None, f"Down for maintenance. {SHORTLY}"),
+    ],
+)
+def test_each_detail_is_its_own_sentence_or_element(
+    reason: str | None, until: datetime | None, text: str
+) -> None:
+    # Found: the plain-text body ran the reason and "Expected back" together:
+    # "Down for maintenance: DB upgrade Expected back: 2030-01-01 12:30 UTC."
+    prepared = prepare(state(reason=reason, until=until), 503, None)
+    assert prepared.text[1].decode() == text + "\n"
+    shown = reason.strip() if reason else None
+    problem = strict_json(prepared.json[1])
+    assert problem["detail"] == (shown or SHORTLY)
+    assert problem.get("until") == (until.isoformat() if until else None)
+    page = prepared.html[1].decode()
+    paragraphs = re.findall(r"<p[^>]*>(.*?)</p>", page, re.S)
+    assert ("<strong>" + shown + "</strong>" in paragraphs) if shown else "<strong>" not in page
+    backs = [p for p in paragraphs if p.startswith("Expected back: <time")]
+    assert len(backs) == (1 if until else 0)
+    assert all(p.endswith("2030-01-01 12:30 UTC</time>") for p in backs)
+
+
 def test_anything_else_gives_a_minimal_response(caplog: pytest.LogCaptureFixture) -> None:
     class Broken(tzinfo):
         def utcoffset(self, dt: datetime | None) -> timedelta:

@@ -3,31 +3,39 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
-from tests.stores import free_port, new_spec
+from maintguard import under_maintenance
+from maintguard.core import io
+from maintguard.state import WorkerRecord
+from tests.stores import free_port, new_spec, open_store
 
 ROOT = Path(__file__).parents[1]
 
 
-def start_uvicorn(env: dict[str, str], count: int) -> list[tuple[str, subprocess.Popen[bytes]]]:
-    """``count`` uvicorn processes serving tests/server_app.py on 127.0.0.1, each on its
-    own port, once their health check answers: (url, process) each."""
+def start_uvicorn(
+    env: dict[str, str], count: int, app: str = "app", *options: str, stderr: Any = None
+) -> list[tuple[str, subprocess.Popen[bytes]]]:
+    """``count`` uvicorn processes serving ``app`` of tests/server_app.py on 127.0.0.1,
+    each on its own port, once their health check answers: (url, process) each."""
     started = []
     for _ in range(count):
         port = free_port()
         proc = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "tests.server_app:app", "--host", "127.0.0.1",
-             "--port", str(port), "--log-level", "warning"],
+            [sys.executable, "-m", "uvicorn", f"tests.server_app:{app}", "--host", "127.0.0.1",
+             "--port", str(port), "--log-level", "warning", *options],
             env={**os.environ, "PYTHONPATH": str(ROOT), **env},
             cwd=ROOT,
+            stderr=stderr,
         )  # fmt: skip
         started.append((f"http://127.0.0.1:{port}", proc))
     deadline = time.monotonic() + 30
@@ -111,3 +119,93 @@ def test_two_workers_follow_a_third_process(workers: list[str], store: str) -> N
         assert httpx.get(url + "/health").status_code == 200
     switch(store, False)
     time_until(workers, 200, limit=1.0)
+
+
+def presence_of(store: str, pid: int) -> list[WorkerRecord]:
+    """The presence records process ``pid`` has in ``store``, read afresh."""
+    found = io.read_scopes_blocking(open_store(store), (None,))[None]
+    return [worker for worker in found.workers if worker.pid == pid]
+
+
+@pytest.mark.parametrize("app", ["app", "app_with_lifespan", "plain"])
+def test_a_stopped_server_leaves_no_presence_for_the_next_drain(
+    tmp_path: Path, store: str, app: str
+) -> None:
+    # Found: after a routine restart (SIGTERM: uvicorn shuts down, then re-raises the
+    # signal, so atexit never runs) the server's presence record stayed in the store, and
+    # the next drained hold waited for its lease (~26 s) instead of ~1 s.
+    env = {
+        "MAINTGUARD_TEST_FILE": str(tmp_path / "maintenance.json"),
+        "MAINTGUARD_TEST_STORE": store,
+        "MAINTGUARD_TEST_REFRESH": "0.5",
+    }
+    ((_, proc),) = start_uvicorn(env, 1, app)  # fmt: skip
+    try:
+        assert presence_of(store, proc.pid)  # recorded while it serves
+        proc.terminate()
+        assert proc.wait(20) == -signal.SIGTERM  # a normal stop, as uvicorn ends it
+    finally:
+        stop_all([proc])
+    if app == "app_with_lifespan":  # the app's own shutdown ran too
+        assert (tmp_path / f"shutdown-{proc.pid}").exists()
+    assert presence_of(store, proc.pid) == []
+    backend = open_store(store, refresh_interval=0.2)
+    start = time.monotonic()
+    with under_maintenance(backend=backend, drain=40, on_drain_timeout="raise"):
+        took = time.monotonic() - start
+    assert took < 5  # a lease left behind would make it wait ~30 s (or raise DrainTimeout)
+
+
+def test_a_state_file_in_a_missing_directory_is_said_once_at_startup(tmp_path: Path) -> None:
+    # Found: the app started and served, logging only "could not record this process ...":
+    # nothing said that the store cannot be written, nor what that means.
+    missing = tmp_path / "no-such-dir" / "maintenance.json"
+    env = {"MAINTGUARD_TEST_FILE": str(missing), "MAINTGUARD_TEST_REFRESH": "0.1"}
+    log = tmp_path / "stderr.txt"
+    with log.open("wb") as out:
+        ((url, proc),) = start_uvicorn(env, 1, stderr=out)  # fmt: skip
+        try:
+            assert httpx.get(url + "/").status_code == 200  # served: missing means "off"
+            time.sleep(1)  # the watcher's turns retry the record, quietly
+        finally:
+            stop_all([proc])
+    text = log.read_text()
+    warnings = [line for line in text.splitlines() if "maintguard" in line]
+    assert len(warnings) == 1, text
+    (warning,) = warnings
+    assert "cannot write its maintenance store" in warning
+    assert f"the directory {missing.parent} does not exist" in warning  # the cause and fix
+    assert "`maintguard on` on this store fail" in warning
+    assert "never reaches this app" in warning and "wrong path" in warning
+    assert "Traceback" not in text
+
+
+@pytest.mark.parametrize("proxy_headers", [True, False])
+def test_allow_ips_under_uvicorns_proxy_headers_is_warned_about_once(
+    tmp_path: Path, proxy_headers: bool
+) -> None:
+    # Found: uvicorn (--proxy-headers, on by default, trusting 127.0.0.1) rewrites the
+    # client address from X-Forwarded-For, so any local client passed allow_ips with one
+    # header line, and nothing said so.
+    state = tmp_path / "maintenance.json"
+    env = {"MAINTGUARD_TEST_FILE": str(state), "MAINTGUARD_TEST_REFRESH": "0.1"}
+    log = tmp_path / "stderr.txt"
+    options = () if proxy_headers else ("--no-proxy-headers",)
+    with log.open("wb") as out:
+        ((url, proc),) = start_uvicorn(env, 1, "allowing", *options, stderr=out)  # fmt: skip
+        try:
+            switch(f"file:{state}", True)
+            time_until([url], 503, limit=5)
+            office = {"x-forwarded-for": "10.0.0.5"}
+            for _ in range(2):  # said once, not per request
+                spoofed = httpx.get(url + "/", headers=office).status_code
+                assert spoofed == (200 if proxy_headers else 503)
+        finally:
+            stop_all([proc])
+    warned = [line for line in log.read_text().splitlines() if "allow_ips" in line]
+    if not proxy_headers:
+        assert warned == []
+        return
+    assert len(warned) == 1, warned
+    assert "uvicorn takes it from X-Forwarded-For sent by 127.0.0.1" in warned[0]
+    assert "--no-proxy-headers" in warned[0] and "--forwarded-allow-ips" in warned[0]

@@ -19,6 +19,8 @@ import os
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
+import anyio
+
 from ..backends.writes import PutWorker
 from ..state import Mode, WorkerRecord
 from . import io
@@ -28,7 +30,15 @@ from .stack import to_datetime
 if TYPE_CHECKING:
     from .registry import Store
 
-__all__ = ["join", "leave", "leave_blocking", "report_key", "tick", "waiting_for"]
+__all__ = [
+    "join",
+    "leave",
+    "leave_blocking",
+    "leave_unwatched",
+    "report_key",
+    "tick",
+    "waiting_for",
+]
 
 logger = logging.getLogger("maintguard")
 Reports = tuple[tuple[str, int], ...]
@@ -84,27 +94,35 @@ def _reports(store: Store) -> Reports:
     return tuple(sorted(found))
 
 
-def _write(store: Store, reports: Reports | None) -> tuple[io.Build, float]:
-    # This process's record in the global scope as given (None: removed); records whose
-    # lease ran out are dropped.
-    now = store.clock()
-    ttl = store.backend.lease_ttl
-    expires = to_datetime(now) + timedelta(seconds=ttl)
-    own = store.worker_id
+class _Write:
+    """This process's record in the global scope as given (None: removed); records whose
+    lease ran out are dropped. A renewal (``watched``) that finds nothing watching the
+    store when its turn comes removes the record instead: it lost the race with a
+    shutdown's removal, which must stay the last word."""
 
-    def build() -> PutWorker:
-        record = None if reports is None else WorkerRecord(own, HOST, os.getpid(), expires, reports)
-        return PutWorker(own, record, to_datetime(store.clock()), ttl)
+    def __init__(self, store: Store, reports: Reports | None, *, watched: bool = False) -> None:
+        self.store = store
+        self.reports = reports
+        self.watched = watched
+        self.now = store.clock()
 
-    return build, now
+    def __call__(self) -> PutWorker:
+        store = self.store
+        if self.watched and store.watchers <= 0:
+            self.reports = None
+        ttl = store.backend.lease_ttl
+        record = None
+        if self.reports is not None:
+            expires = to_datetime(self.now) + timedelta(seconds=ttl)
+            record = WorkerRecord(store.worker_id, HOST, os.getpid(), expires, self.reports)
+        return PutWorker(store.worker_id, record, to_datetime(store.clock()), ttl)
 
-
-def _written(store: Store, now: float, reports: Reports | None) -> None:
-    # The records written are not applied to what this process knows of the store: a
-    # write that read the file before another process changed it could land after a
-    # newer read. The watcher's next read brings them.
-    store.presence_at = now
-    store.reported = reports
+    def written(self) -> None:
+        # The records written are not applied to what this process knows of the store: a
+        # write that read the file before another process changed it could land after a
+        # newer read. The watcher's next read brings them.
+        self.store.presence_at = self.now
+        self.store.reported = self.reports
 
 
 async def join(store: Store) -> None:
@@ -112,10 +130,9 @@ async def join(store: Store) -> None:
     if not _shared(store) or store.reported is not None:
         return
     store.present = True
-    reports = _reports(store)
-    build, now = _write(store, reports)
-    await io.update(store.backend, None, build, store)
-    _written(store, now, reports)
+    write = _Write(store, _reports(store))
+    await io.update(store.backend, None, write, store)
+    write.written()
 
 
 async def tick(store: Store) -> None:
@@ -126,9 +143,9 @@ async def tick(store: Store) -> None:
     renew_at = store.presence_at + store.backend.lease_ttl / 3
     if reports == store.reported and store.clock() < renew_at:
         return
-    build, now = _write(store, reports)
+    write = _Write(store, reports, watched=True)
     try:
-        await io.update(store.backend, None, build, store)
+        await io.update(store.backend, None, write, store)
     except RuntimeError:  # the interpreter is exiting: its workers are gone
         return
     except Exception as exc:
@@ -144,7 +161,7 @@ async def tick(store: Store) -> None:
     if store.presence_failing:
         store.presence_failing = False
         logger.info("%s: this process's presence is recorded again", store.backend.describe())
-    _written(store, now, reports)
+    write.written()
 
 
 async def leave(store: Store) -> None:
@@ -152,23 +169,37 @@ async def leave(store: Store) -> None:
     store.present = False
     if not _shared(store) or store.reported is None or io.exiting():  # (at exit: blocking)
         return
-    build, _ = _write(store, None)
     try:
-        await io.update(store.backend, None, build, store)
+        await io.update(store.backend, None, _Write(store, None), store)
     except Exception as exc:
         _not_removed(store, exc)
     store.reported = None
+
+
+async def leave_unwatched(store: Store, limit: float) -> None:
+    """Remove this process's record now, within ``limit`` seconds, unless something in
+    this process still watches the store (a guard, another middleware: their watcher
+    removes it when they stop). For a server's shutdown, after which the process may end
+    without the watcher's last turn or atexit (uvicorn re-raises SIGTERM). Never raises."""
+    if store.watchers > 0:
+        return
+    try:
+        with anyio.move_on_after(limit) as waiting:
+            await leave(store)
+        if waiting.cancelled_caught:  # the write goes on: it may still land
+            _not_removed(store, TimeoutError(f"no answer within {limit:g}s"))
+    except Exception as exc:
+        _not_removed(store, exc)
 
 
 def leave_blocking(store: Store) -> None:
     """The same at interpreter exit."""
     if not _shared(store) or store.reported is None:
         return
-    build, _ = _write(store, None)
     try:
         found = io.read_scopes_blocking(store.backend, (None,)).get(None)
         if found is not None and any(w.id == store.worker_id for w in found.workers):
-            io.update_blocking(store.backend, None, build, store)
+            io.update_blocking(store.backend, None, _Write(store, None), store)
     except Exception as exc:
         _not_removed(store, exc)
     store.reported = None

@@ -5,9 +5,12 @@ from __future__ import annotations
 import hashlib
 import hmac
 import ipaddress
+import logging
 import math
 import re
+import sys
 from collections.abc import Iterable, Iterator
+from types import FrameType
 from typing import TypeAlias
 from urllib.parse import quote
 
@@ -16,6 +19,8 @@ from starlette.types import Scope, Send
 from ..exceptions import ConfigurationError
 
 __all__ = ["Address", "Bypass", "ClientRule"]
+
+logger = logging.getLogger("maintguard")
 
 Address: TypeAlias = ipaddress.IPv4Address | ipaddress.IPv6Address
 Network: TypeAlias = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -64,6 +69,16 @@ class ClientRule:
         self._header = forwarded_header.lower().encode()
         #: True when ``allow_ips`` names any address.
         self.enabled = bool(self._allow)
+        self._warned = False
+
+    def check_server(self) -> None:
+        """Warn (once) when the server in whose call this runs takes client addresses
+        from a header anyone local can send: uvicorn's ``--proxy-headers`` (on by default)
+        trusting 127.0.0.1 or every peer. Called at start-up: no request pays for it."""
+        if self.enabled and not self._warned:
+            trusted = _uvicorn_trusts()
+            if trusted is not None:
+                self._warn(f"uvicorn takes it from X-Forwarded-For sent by {trusted}")
 
     def client_ip(self, scope: Scope) -> Address | None:
         """The client's address, or None when it cannot be known."""
@@ -82,7 +97,22 @@ class ClientRule:
         if not self.enabled:
             return False
         ip = self.client_ip(scope)
+        if not self._warned and ip is not None and ip == _peer(scope) and _rewritten(scope, ip):
+            self._warn("the server took it from the request's forwarding header")
         return ip is not None and _within(ip, self._allow)
+
+    def _warn(self, how: str) -> None:
+        self._warned = True
+        logger.warning(
+            "maintguard: allow_ips judges the client address the server hands over, and %s "
+            "before this middleware sees the request: a client the server trusts (any "
+            "process on this host, by default) can pass allow_ips by sending that header, "
+            "and trusted_proxies has no say. Run uvicorn with --no-proxy-headers (and give "
+            "this middleware trusted_proxies= your proxy's addresses if one fronts the "
+            "app), or set --forwarded-allow-ips to exactly your proxy's addresses, none "
+            "that untrusted local processes use.",
+            how,
+        )
 
     def _hops(self, scope: Scope) -> list[str | None]:
         lines = [value.decode("latin-1") for value in _lines(scope, self._header)]
@@ -203,6 +233,49 @@ class Bypass:
             raise RuntimeError("no bypass secret is set")
         digest = hmac.new(self._secret, b"maintguard-bypass:" + expires, hashlib.sha256)
         return digest.hexdigest().encode()
+
+
+def _rewritten(scope: Scope, peer: Address) -> bool:
+    # The peer is an address the request's own forwarding header names: a server (or a
+    # middleware before this one) rewrote the client from it. A real TCP peer sending
+    # its own address there is rare, and is told the same.
+    for name in (b"x-forwarded-for", b"forwarded"):
+        for line in _lines(scope, name):
+            text = line.decode("latin-1")
+            hops = (
+                _forwarded_hops(text)
+                if name == b"forwarded"
+                else [h.strip(" \t") for h in text.split(",")]
+            )
+            if any(hop is not None and _hop(hop) == peer for hop in hops):
+                return True
+    return False
+
+
+def _uvicorn_trusts() -> str | None:
+    """Whose X-Forwarded-For uvicorn's ProxyHeadersMiddleware, found on the calling
+    stack, turns into the client address, when that includes local processes: "127.0.0.1"
+    or "any peer"; else None (not under it, or trusting only other hosts)."""
+    try:  # (never imported here: only a server that uses it has it loaded)
+        module = sys.modules["uvicorn.middleware.proxy_headers"]
+        code = module.ProxyHeadersMiddleware.__call__.__code__
+    except (KeyError, AttributeError):
+        return None
+    try:
+        frame: FrameType | None = sys._getframe(1)
+        while frame is not None and frame.f_code is not code:
+            frame = frame.f_back
+        if frame is None:
+            return None
+        hosts = frame.f_locals["self"].trusted_hosts
+        if getattr(hosts, "always_trust", False):
+            return "any peer"
+        for local in ("127.0.0.1", "::1"):
+            if local in hosts:
+                return local
+    except Exception:  # another uvicorn than the one read: say nothing rather than fail
+        logger.debug("maintguard: could not read uvicorn's proxy settings", exc_info=True)
+    return None
 
 
 def _networks(values: Iterable[str], option: str) -> list[Network]:

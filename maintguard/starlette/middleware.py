@@ -19,7 +19,16 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..backends import Backend, EnvVarBackend
 from ..core import ScopeController as Controller
-from ..core import coerce, controller, presence, register_default, resolve_backend, store_of, watch
+from ..core import (
+    Store,
+    coerce,
+    controller,
+    presence,
+    register_default,
+    resolve_backend,
+    store_of,
+    watch,
+)
 from ..core.changes import wait_until
 from ..core.controller import refresh_store
 from ..core.inflight import Work, new_key, work_frame
@@ -42,6 +51,7 @@ __all__ = ["MaintenanceModeMiddleware"]
 
 logger = logging.getLogger("maintguard")
 _FIRST_READ_LIMIT = 1.0  # seconds a first request waits for the first read (no lifespan)
+_LEAVE_LIMIT = 3.0  # seconds a shutdown waits to remove the presence record (a dead store)
 
 _SAFE = frozenset({"GET", "HEAD", "OPTIONS"})
 _READS = frozenset({"GET", "HEAD"})
@@ -218,7 +228,7 @@ class MaintenanceModeMiddleware:
                     await _fail_startup(send, exc)
                     raise
             elif kind.startswith("lifespan.shutdown."):
-                self._stop()
+                await self._shut_down()
             await send(message)
 
         asked = False
@@ -251,7 +261,7 @@ class MaintenanceModeMiddleware:
                     return
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
-                self._stop()
+                await self._shut_down()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
@@ -267,6 +277,7 @@ class MaintenanceModeMiddleware:
             backend = EnvVarBackend()
         if self._given is not None:
             self._warn_if_not_default(self._given)
+        self._clients.check_server()
         ctrl = controller(backend, None)
         routes = self._learn(scope, ctrl)
         # Named scopes must be read (and then watched) before any request asks for them;
@@ -280,9 +291,16 @@ class MaintenanceModeMiddleware:
                 await presence.join(store)
             except Exception as exc:
                 store.presence_failing = True  # said here: the watcher's retries stay quiet
+                # Reading may still work (a missing file is "off"), so the app starts and
+                # serves: say what an unwritable store means, and its usual cause.
                 logger.warning(
-                    "maintguard: could not record this process in %s (%s): drained holds in "
-                    "other processes will not wait for its requests",
+                    "maintguard: this app cannot write its maintenance store, %s (%s). It "
+                    "serves and follows what is stored there ('off' while nothing is), but "
+                    "holds and `maintguard on` on this store fail the same way here, drained "
+                    "holds in other processes do not wait for this process's requests, and "
+                    "maintenance switched on at any other path never reaches this app. The "
+                    "usual cause is a wrong path or a directory not created yet: check that "
+                    "the app and your operators name the same store.",
                     backend.describe(),
                     exc,
                 )
@@ -338,11 +356,22 @@ class MaintenanceModeMiddleware:
             found = self._scoped[name] = controller(ctrl.backend, name)
         return found
 
-    def _stop(self) -> None:
+    def _stop(self) -> Store | None:
+        """Stop watching; the store this middleware watched until now, if any."""
         with self._start_lock:
-            stop, self._stop_watch, self._ctrl = self._stop_watch, None, None
-        if stop is not None:
-            stop()
+            stop, self._stop_watch, ctrl, self._ctrl = self._stop_watch, None, self._ctrl, None
+        if stop is None:
+            return None
+        stop()
+        return ctrl.store if ctrl is not None else None
+
+    async def _shut_down(self) -> None:
+        # Done before the server hears that shutdown is complete: uvicorn then re-raises
+        # the SIGTERM it caught, so neither the watcher nor atexit would remove this
+        # process's presence record, and the next drain would wait for its lease.
+        store = self._stop()
+        if store is not None:
+            await presence.leave_unwatched(store, _LEAVE_LIMIT)
 
     # -- the decision ----------------------------------------------------------------------
 

@@ -275,7 +275,9 @@ def _prepare(state: MaintenanceState, status: int, template: Template | None) ->
         problem["retry_after"] = seconds
     if until is not None:
         problem["until"] = until.isoformat()
-    text = f"{_TITLE}: {reason}" if reason else f"{_TITLE}. {_MESSAGE}"
+    # One sentence per detail: a reason gets the full stop it lacks, so the next
+    # sentence never runs on from it.
+    text = f"{_TITLE}: {_sentence(reason)}" if reason else f"{_TITLE}. {_MESSAGE}"
     if until_text:
         text += f" Expected back: {until_text}."
     return Prepared(
@@ -300,12 +302,17 @@ _MINIMAL = (
 
 
 def _clean(reason: object) -> str | None:
-    # What a user-written backend stores may be anything: show text only, cut and encodable.
-    if not isinstance(reason, str) or not reason:
+    # What a user-written backend stores may be anything: show text only, trimmed (blank
+    # is none), cut and encodable.
+    if not isinstance(reason, str) or not (reason := reason.strip()):
         return None
     if len(reason) > _MAX_REASON:
         reason = reason[:_MAX_REASON] + "…"
     return reason.encode("utf-8", "replace").decode()
+
+
+def _sentence(text: str) -> str:
+    return text if text.endswith((".", "!", "?", "…")) else text + "."
 
 
 def _utc(value: object) -> datetime | None:
