@@ -8,9 +8,7 @@ import ipaddress
 import logging
 import math
 import re
-import sys
 from collections.abc import Iterable, Iterator
-from types import FrameType
 from typing import TypeAlias
 from urllib.parse import quote
 
@@ -70,15 +68,6 @@ class ClientRule:
         #: True when ``allow_ips`` names any address.
         self.enabled = bool(self._allow)
         self._warned = False
-
-    def check_server(self) -> None:
-        """Warn (once) when the server in whose call this runs takes client addresses
-        from a header anyone local can send: uvicorn's ``--proxy-headers`` (on by default)
-        trusting 127.0.0.1 or every peer. Called at start-up: no request pays for it."""
-        if self.enabled and not self._warned:
-            trusted = _uvicorn_trusts()
-            if trusted is not None:
-                self._warn(f"uvicorn takes it from X-Forwarded-For sent by {trusted}")
 
     def client_ip(self, scope: Scope) -> Address | None:
         """The client's address, or None when it cannot be known."""
@@ -250,32 +239,6 @@ def _rewritten(scope: Scope, peer: Address) -> bool:
             if any(hop is not None and _hop(hop) == peer for hop in hops):
                 return True
     return False
-
-
-def _uvicorn_trusts() -> str | None:
-    """Whose X-Forwarded-For uvicorn's ProxyHeadersMiddleware, found on the calling
-    stack, turns into the client address, when that includes local processes: "127.0.0.1"
-    or "any peer"; else None (not under it, or trusting only other hosts)."""
-    try:  # (never imported here: only a server that uses it has it loaded)
-        module = sys.modules["uvicorn.middleware.proxy_headers"]
-        code = module.ProxyHeadersMiddleware.__call__.__code__
-    except (KeyError, AttributeError):
-        return None
-    try:
-        frame: FrameType | None = sys._getframe(1)
-        while frame is not None and frame.f_code is not code:
-            frame = frame.f_back
-        if frame is None:
-            return None
-        hosts = frame.f_locals["self"].trusted_hosts
-        if getattr(hosts, "always_trust", False):
-            return "any peer"
-        for local in ("127.0.0.1", "::1"):
-            if local in hosts:
-                return local
-    except Exception:  # another uvicorn than the one read: say nothing rather than fail
-        logger.debug("maintguard: could not read uvicorn's proxy settings", exc_info=True)
-    return None
 
 
 def _networks(values: Iterable[str], option: str) -> list[Network]:

@@ -277,7 +277,6 @@ class MaintenanceModeMiddleware:
             backend = EnvVarBackend()
         if self._given is not None:
             self._warn_if_not_default(self._given)
-        self._clients.check_server()
         ctrl = controller(backend, None)
         routes = self._learn(scope, ctrl)
         # Named scopes must be read (and then watched) before any request asks for them;
