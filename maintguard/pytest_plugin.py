@@ -14,14 +14,13 @@ Importing this module imports neither Starlette nor Redis.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterable, Iterator
 from typing import Any
 
 import pytest
 
 from . import guards, ioloop
-from .backends import Backend, MemoryBackend
+from .backends import MemoryBackend
 from .core import ScopeController, Store, defaults, store_of
 from .core.registry import all_stores
 from .core.stack import Presents
@@ -132,45 +131,6 @@ def _release_leaked(before: Entries, own: Store, stores: Iterable[Store]) -> lis
     return leaked
 
 
-class _Noted:
-    """Wraps the lock of :mod:`maintguard.core.defaults`, under which every default is
-    chosen (``configure()``, a middleware's, ``defaults.restore()``): at each release the
-    defaults standing are noted for every test that records, so a default a test set that
-    a fixture's teardown (or a later ``configure()``) replaced is judged all the same."""
-
-    def __init__(self, lock: threading.Lock) -> None:
-        self.lock = lock
-        self.recording: tuple[set[Backend], ...] = ()
-
-    def __enter__(self) -> bool:
-        return self.lock.__enter__()
-
-    def __exit__(self, *exc: Any) -> None:
-        for noted in self.recording:  # (read directly: chosen() would take this lock again)
-            for backend in (defaults._configured, defaults._middleware_default):
-                if backend is not None:
-                    noted.add(backend)
-        self.lock.__exit__(*exc)
-
-    def start(self) -> set[Backend]:
-        noted: set[Backend] = set()
-        with self.lock:
-            self.recording = (*self.recording, noted)
-        return noted
-
-    def stop(self, noted: set[Backend]) -> None:
-        with self.lock:
-            self.recording = tuple(n for n in self.recording if n is not noted)
-
-
-def _noted() -> _Noted:
-    lock: threading.Lock | _Noted = defaults._lock
-    if not isinstance(lock, _Noted):
-        lock = _Noted(lock)
-        defaults._lock = lock  # type: ignore[assignment]
-    return lock
-
-
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", _MARKER)
 
@@ -181,8 +141,7 @@ def maintenance(request: pytest.FixtureRequest) -> Iterator[Maintenance]:
     saved = defaults.chosen()
     before = _entries()
     helper = Maintenance(MemoryBackend())
-    noted = _noted()
-    used = noted.start()  # every default chosen from now to teardown, whatever the order
+    used = defaults.record()  # every default chosen from now to teardown, in any order
     defaults.restore((helper.backend, None))
     try:
         marker = request.node.get_closest_marker("maintenance")
@@ -196,7 +155,7 @@ def maintenance(request: pytest.FixtureRequest) -> Iterator[Maintenance]:
                 pytest.fail(bad, pytrace=False)
         yield helper
     finally:
-        noted.stop(used)
+        defaults.stop_recording(used)
         defaults.restore(saved)
     own = store_of(helper.backend)
     leaked = _release_leaked(before, own, [own, *(store_of(b) for b in used)])

@@ -10,12 +10,22 @@ from ..backends.env import getenv
 from ..exceptions import ConfigurationError
 from .registry import all_stores, store_of
 
-__all__ = ["chosen", "coerce", "configure", "register_default", "resolve_backend", "restore"]
+__all__ = [
+    "chosen",
+    "coerce",
+    "configure",
+    "record",
+    "register_default",
+    "resolve_backend",
+    "restore",
+    "stop_recording",
+]
 
 _configured: Backend | None = None
 _middleware_default: Backend | None = None
 _from_env: dict[str, Backend] = {}
 _lock = threading.Lock()
+_recorders: list[set[Backend]] = []
 logger = logging.getLogger("maintguard")
 
 
@@ -47,6 +57,7 @@ def configure(backend: Backend | str | None) -> None:
             _from_env.clear()
         else:
             _configured = coerce(backend)
+        _note()
     if _configured is not None:
         _warn_if_watched_elsewhere(_configured)
 
@@ -65,6 +76,28 @@ def restore(saved: Chosen) -> None:
     global _configured, _middleware_default
     with _lock:
         _configured, _middleware_default = saved
+        _note()
+
+
+def record() -> set[Backend]:
+    """Note every default chosen from now on into the set returned, until it is passed to
+    :func:`stop_recording` (the pytest plugin judges leaks on each, whoever replaced it)."""
+    noted: set[Backend] = set()
+    with _lock:
+        _recorders.append(noted)
+        _note()
+    return noted
+
+
+def stop_recording(noted: set[Backend]) -> None:
+    with _lock:
+        _recorders[:] = [r for r in _recorders if r is not noted]
+
+
+def _note() -> None:
+    # Under the lock, after a default was chosen.
+    for noted in _recorders:
+        noted.update(b for b in (_configured, _middleware_default) if b is not None)
 
 
 def _warn_if_watched_elsewhere(backend: Backend) -> None:
@@ -86,6 +119,7 @@ def register_default(backend: Backend) -> None:
     global _middleware_default
     with _lock:
         previous, _middleware_default = _middleware_default, backend
+        _note()
     if previous is not None and previous is not backend and _configured is None:
         before, now = store_of(previous), store_of(backend)
         if before is not now and before.watchers > 0:
