@@ -338,7 +338,7 @@ def cmd_off(args: argparse.Namespace) -> int:
             ioloop.run_sync(controller(backend, scope).remove_holds([h.id for h in mine]))
             _say(
                 f"removed {len(mine)} hold{'s' if len(mine) != 1 else ''}; a holder that "
-                "still runs writes its hold again at its next lease renewal (stop it to end "
+                "still runs writes its hold again as soon as it sees it gone (stop it to end "
                 "its hold for good):"
             )
             _print(show.holds_lines(mine, _now()))

@@ -742,7 +742,7 @@ class ScopeController:
     async def remove_holds(self, hold_ids: Collection[str]) -> None:
         """Remove other processes' hold records from this scope (an operator's forced off).
 
-        A holder that still runs writes its record again at its next lease renewal (a live
+        A holder that still runs writes its record again as soon as it sees it gone (a live
         holder never loses its hold to a lost record); this is for holders that died or
         hang. This process's own record is left to its frames.
         """
