@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import errno
 import json
 import os
@@ -18,7 +19,7 @@ import anyio
 
 from ..exceptions import BackendError, ConfigurationError
 from ..state import StoredState
-from .base import Backend, OnError
+from .base import Backend, OnError, overrides
 from .env import parse_flag
 
 try:
@@ -148,6 +149,8 @@ class LocalFileBackend(Backend):
         return scopes[scope]
 
     async def read_scopes(self, scopes: Collection[str | None]) -> Mapping[str | None, StoredState]:
+        if overrides(type(self), LocalFileBackend, "read_state"):
+            return await super().read_scopes(scopes)  # the subclass's reads, one per scope
         return await anyio.to_thread.run_sync(self._read_scopes_blocking, tuple(scopes))
 
     async def write_state(self, scope: str | None, state: StoredState) -> None:
@@ -156,7 +159,28 @@ class LocalFileBackend(Backend):
     async def update_state(
         self, scope: str | None, mutate: Callable[[StoredState], StoredState]
     ) -> StoredState:
-        return await anyio.to_thread.run_sync(self._update_blocking, scope, mutate)
+        if not overrides(type(self), LocalFileBackend, "read_state", "write_state"):
+            return await anyio.to_thread.run_sync(self._update_blocking, scope, mutate)
+        # A subclass reads or writes its own way: read, mutate and write through its
+        # methods, still under the file's lock, so that no other process writes in between.
+        lock = self._locked(self._target() + ".lock")
+        held = False
+
+        def acquire() -> None:
+            nonlocal held
+            lock.__enter__()
+            held = True
+
+        try:
+            await anyio.to_thread.run_sync(acquire)  # (not abandoned when cancelled)
+            token = _holding.set(self)  # the subclass's write_state must not lock again
+            try:
+                return await super().update_state(scope, mutate)
+            finally:
+                _holding.reset(token)
+        finally:
+            if held:  # unlocking never blocks: done here, whatever cancelled us
+                lock.__exit__(None, None, None)
 
     # -- the blocking protocol: any thread, any number of threads and processes at once -----
 
@@ -265,6 +289,9 @@ class LocalFileBackend(Backend):
 
     @contextlib.contextmanager
     def _locked(self, name: str) -> Iterator[None]:
+        if _holding.get() is self:  # inside update_state's read-modify-write, which holds it
+            yield
+            return
         with self._mutex:
             fd = self._lock_fd
             if fd is None or name != self._lock_name or self._lock_pid != os.getpid():
@@ -494,6 +521,11 @@ def _umask() -> int:
 
 
 _instances: weakref.WeakSet[LocalFileBackend] = weakref.WeakSet()
+_holding: contextvars.ContextVar[LocalFileBackend | None] = contextvars.ContextVar(
+    "maintguard_file_lock_held", default=None
+)
+"""The backend whose lock this task holds for a subclass's read-modify-write (worker
+threads run in a copy of the task's context, so its write sees it)."""
 
 
 def _reset_after_fork() -> None:

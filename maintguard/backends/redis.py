@@ -32,7 +32,7 @@ from ..state import (
     worker_from_dict,
     worker_to_dict,
 )
-from .base import Backend, OnError
+from .base import Backend, OnError, overrides
 from .writes import PutHold, PutWorker, SetExplicit
 
 __all__ = ["RedisBackend"]
@@ -359,9 +359,15 @@ class RedisBackend(Backend):
     # -- the backend face: every call runs on maintguard's I/O loop -------------------------
 
     async def read_state(self, scope: str | None) -> StoredState:
-        return (await self.read_scopes((scope,)))[scope]
+        return (await self._read_scopes(scope))[scope]
 
     async def read_scopes(self, scopes: Collection[str | None]) -> Mapping[str | None, StoredState]:
+        if overrides(type(self), RedisBackend, "read_state"):
+            return await super().read_scopes(scopes)  # the subclass's reads, one per scope
+        return await self._read_scopes(*scopes)
+
+    async def _read_scopes(self, *scopes: str | None) -> dict[str | None, StoredState]:
+        # The whole store in one script (what read_state and read_scopes both are).
         try:
             found = await ioloop.run(self._read_all())
         except PartialReadError as exc:
@@ -381,8 +387,11 @@ class RedisBackend(Backend):
         self, scope: str | None, mutate: Callable[[StoredState], StoredState]
     ) -> StoredState:
         """maintguard's own writes run as one script each; any other ``mutate`` reads,
-        applies and writes the scope (not atomic against other processes)."""
-        if isinstance(mutate, PutHold | PutWorker | SetExplicit):
+        applies and writes the scope (not atomic against other processes), as do all writes
+        of a subclass that overrides ``read_state`` or ``write_state``."""
+        if isinstance(mutate, PutHold | PutWorker | SetExplicit) and not overrides(
+            type(self), RedisBackend, "read_state", "write_state"
+        ):
             return await ioloop.run(self._apply(scope, mutate))
         return await super().update_state(scope, mutate)
 
