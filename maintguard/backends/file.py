@@ -259,12 +259,19 @@ class LocalFileBackend(Backend):
         except ValueError as exc:
             raise self._corrupt(str(exc)) from exc
         try:
-            scopes: _Scopes = {None: StoredState.from_dict(data)}
+            # An invalid detail is dropped with a warning (what the file says about on or
+            # off stands); a write stores the state as read, without it.
+            where = self.describe()
+            if version > VERSION:  # perhaps not invalid, only newer
+                where += f" (format version {version}: upgrade maintguard to read all of it)"
+            scopes: _Scopes = {None: StoredState.from_dict(data, where=where)}
             named = data.get("scopes", {})
             if not isinstance(named, dict):
                 raise ValueError("'scopes' must be an object")
             for name, value in named.items():
-                scopes[name] = StoredState.from_dict(value)
+                if not isinstance(value, dict):
+                    raise ValueError(f"scope {name!r} must be an object")
+                scopes[name] = StoredState.from_dict(value, where=f"{where} scope {name!r}")
         except ValueError as exc:
             if version > VERSION:
                 raise BackendError(

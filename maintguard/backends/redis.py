@@ -29,6 +29,7 @@ from ..state import (
     explicit_to_dict,
     hold_from_dict,
     hold_to_dict,
+    warn_invalid,
     worker_from_dict,
     worker_to_dict,
 )
@@ -151,7 +152,11 @@ if ARGV[3] == '' then
 else
   local old = redis.call('HMGET', KEYS[1], 'since', 'until')
   local since = ARGV[4]
-  if old[1] and (not old[2] or tonumber(old[2]) > now) then since = old[1] end
+  -- Values something else wrote are read as readers take them: an until that is not a
+  -- number is no end; a since that is no time (nan, text) is replaced.
+  local old_since, old_until = tonumber(old[1]), tonumber(old[2])
+  local sane = old_since and old_since >= 0 and old_since < 1e11  -- (false for nan)
+  if sane and (not old_until or old_until > now) then since = old[1] end
   redis.call('DEL', KEYS[1])
   redis.call('HSET', KEYS[1], 'state', ARGV[3], 'since', since)
   if ARGV[5] ~= '' then redis.call('HSET', KEYS[1], 'until', ARGV[5]) end
@@ -486,7 +491,7 @@ class RedisBackend(Backend):
             try:
                 explicit, holds = _unless_failed(rest[i + 1])
                 found[scope] = self._scope(
-                    explicit, holds, workers if scope is None else (), offset
+                    scope, explicit, holds, workers if scope is None else (), offset
                 )
             except _UNREADABLE as exc:
                 failed[scope] = repr(exc)
@@ -571,40 +576,56 @@ class RedisBackend(Backend):
         try:
             offset = self._offset or 0.0
             workers = self._workers(reply[5], offset) if scope is None else ()
-            return self._scope(reply[3], reply[4], workers, offset)
+            return self._scope(scope, reply[3], reply[4], workers, offset)
         except _UNREADABLE as exc:
             raise self._bad_data(repr(exc)) from exc
 
     def _scope(
-        self, explicit: Any, holds: Any, workers: tuple[WorkerRecord, ...], offset: float
+        self,
+        scope: str | None,
+        explicit: Any,
+        holds: Any,
+        workers: tuple[WorkerRecord, ...],
+        offset: float,
     ) -> StoredState:
+        # The explicit hash is there only while the operator's state is on, and a hold
+        # counts while its lease runs: those must be readable (or the scope follows
+        # on_error). An invalid detail is dropped with a warning, and stays in Redis until
+        # that part is written again.
+        problems: list[str] = []
         fields = {_text(explicit[i]): _text(explicit[i + 1]) for i in range(0, len(explicit), 2)}
         state = ExplicitState()
         if fields:
             back = timedelta(seconds=-offset)
-            loaded = explicit_from_dict(json.loads(fields["state"]))
+            loaded = explicit_from_dict(json.loads(fields["state"]), problems)
             state = replace(
                 loaded,
                 active=True,
-                since=_time(fields.get("since"), offset),
-                until=_time(fields.get("until"), offset),
+                since=_time_detail(fields, "since", offset, problems),
+                until=_time_detail(fields, "until", offset, problems),
                 retry_after=_later(loaded.retry_after, back),
             )
         records = []
         for i in range(0, len(holds), 3):
-            hold = hold_from_dict(json.loads(_text(holds[i + 1])) | {"id": _text(holds[i])})
+            data = json.loads(_text(holds[i + 1]))
+            if not isinstance(data, dict):
+                raise ValueError(f"a hold must be an object, found {data!r}")
+            hold = hold_from_dict(data | {"id": _text(holds[i])}, problems)
             expires = float(_text(holds[i + 2]))
             if not math.isinf(expires):
                 hold = replace(hold, expires=datetime.fromtimestamp(expires, timezone.utc))
             records.append(_shift_hold(hold, -offset))
+        warn_invalid(self.describe() + ("" if scope is None else f" scope {scope!r}"), problems)
         return StoredState(state, tuple(records), workers)
 
     def _workers(self, flat: Any, offset: float) -> tuple[WorkerRecord, ...]:
         found = []
+        problems: list[str] = []
         for i in range(0, len(flat), 3):
             data = json.loads(_text(flat[i + 1])) | {"id": _text(flat[i])}
             data["expires"] = _time(flat[i + 2], offset).isoformat()  # type: ignore[union-attr]
-            found.append(worker_from_dict(data))
+            found.append(worker_from_dict(data, problems))
+        warn_invalid(f"{self.describe()} presence records", problems)
         return tuple(found)
 
     def _bad_data(self, why: str) -> BackendError:
@@ -750,6 +771,16 @@ def _time(value: Any, offset: float) -> datetime | None:
     if value is None:
         return None
     return datetime.fromtimestamp(float(_text(value)) - offset, timezone.utc)
+
+
+def _time_detail(
+    fields: Mapping[str, str], key: str, offset: float, problems: list[str]
+) -> datetime | None:
+    try:
+        return _time(fields.get(key), offset)
+    except (ValueError, OverflowError, OSError):  # nan, 1e300, text
+        problems.append(f"{key!r} is ignored: expected a time in seconds, found {fields[key]!r}")
+        return None
 
 
 def _score(expires: datetime | None) -> str:
