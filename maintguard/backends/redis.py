@@ -236,10 +236,24 @@ return out
 
 _CLIENT_OPTIONS: dict[str, Any] = {
     "decode_responses": True,
-    "socket_timeout": 5.0,
-    "socket_connect_timeout": 5.0,
     "client_name": "maintguard",
 }
+TIMEOUT_FLOOR = 1.0
+TIMEOUT_CAP = 5.0
+
+
+def timeout_for(refresh_interval: float) -> float:
+    """The connect and read timeout of a client maintguard makes: ``refresh_interval``
+    within [1 s, 5 s].
+
+    A server that stops answering without closing the connection (SIGSTOP, a network
+    partition) is only noticed by a timeout: readers then follow ``on_error`` about
+    ``refresh_interval`` plus this after it stopped. The floor keeps a slow but alive
+    server usable (``refresh_interval=0`` reads every time; it must not make every
+    command time out); the cap keeps redis-py's usual 5 s for rare polling."""
+    return min(TIMEOUT_CAP, max(TIMEOUT_FLOOR, refresh_interval))
+
+
 _QUERY_PASSWORD = re.compile(r"(?i)([?&]password=)[^&#]*")
 
 
@@ -409,6 +423,7 @@ class RedisBackend(Backend):
         conn = self._conn
         pid = os.getpid()
         if conn.pid != pid or conn.client is None:  # first use, or a forked child
+            import redis
             import redis.asyncio as aioredis
             from redis.asyncio.retry import Retry
             from redis.backoff import NoBackoff
@@ -426,10 +441,19 @@ class RedisBackend(Backend):
                     True,
                 )
             else:
-                # One quick retry (a pooled connection a restarted server closed), then
-                # the error: a hold entered while Redis is down fails at once.
-                retry = Retry(NoBackoff(), 1)
-                client = aioredis.Redis.from_url(self.url, retry=retry, **_CLIENT_OPTIONS)
+                # One quick retry of a connection error (a pooled connection a restarted
+                # server closed), then the error: a hold entered while Redis is down fails
+                # at once. A timeout is not retried: it would double the time to notice a
+                # server that stopped answering. Options in the URL win over these.
+                retry = Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,))
+                timeout = timeout_for(self.refresh_interval)
+                client = aioredis.Redis.from_url(
+                    self.url,
+                    retry=retry,
+                    socket_timeout=timeout,
+                    socket_connect_timeout=timeout,
+                    **_CLIENT_OPTIONS,
+                )
                 own = True
             conn.client, conn.own, conn.pid = client, own, pid
             _open.add(conn)
