@@ -6,6 +6,7 @@ import contextlib
 import contextvars
 import errno
 import json
+import logging
 import os
 import random
 import threading
@@ -17,6 +18,7 @@ from typing import Any, ClassVar
 
 import anyio
 
+from .. import ioloop
 from ..exceptions import BackendError, ConfigurationError
 from ..state import StoredState
 from .base import Backend, OnError, overrides
@@ -140,6 +142,7 @@ class LocalFileBackend(Backend):
         def ours(change: object, path: str) -> bool:
             return os.path.basename(path) in names
 
+        _quiet_watchfiles()
         return watchfiles.awatch(*folders, watch_filter=ours, debounce=50, step=5, recursive=False)
 
     # -- the async face: one worker-thread hop each ------------------------------------------
@@ -500,6 +503,28 @@ def _plain(scopes: _Scopes) -> str | None:
     if not e.active:
         return "0\n"
     return "read_only\n" if e.mode.value == "read_only" else "1\n"
+
+
+# -- watchfiles' log lines --------------------------------------------------------------------
+
+
+class _WatcherChatter(logging.Filter):
+    """Drops watchfiles' "1 change detected" (INFO) for the notifications maintguard's own
+    watcher asks for: every switch would log it beside maintguard's own line. Only while
+    nobody set a level on the ``watchfiles`` loggers (who does wants them), and only on
+    maintguard's I/O thread (the app's own use of watchfiles is left alone)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.WARNING or not ioloop.on_io_thread():
+            return True
+        return any(logging.getLogger(name).level for name in ("watchfiles", record.name))
+
+
+_chatter = _WatcherChatter()
+
+
+def _quiet_watchfiles() -> None:
+    logging.getLogger("watchfiles.main").addFilter(_chatter)  # (added once)
 
 
 # -- process-wide state ----------------------------------------------------------------------
