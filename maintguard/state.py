@@ -179,10 +179,11 @@ class StoredState:
         """Parse :meth:`to_dict` output (a hand-edited one too).
 
         What says whether maintenance is on — ``active``, the hold records' ids and leases —
-        must be readable, or this raises ``ValueError`` saying what is wrong (the backend
-        then follows ``on_error``). An invalid detail (a negative ``retry_after``, a reason
-        that is not text, an unknown mode, a time that is no time...) is dropped with a
-        warning naming the field and ``where`` (the store), logged once while it lasts.
+        and the presence records drains wait on must be readable, or this raises
+        ``ValueError`` saying what is wrong (the backend then follows ``on_error``). An
+        invalid detail (a negative ``retry_after``, a reason that is not text, an unknown
+        mode, a time that is no time...) is dropped with a warning naming the field and
+        ``where`` (the store), logged once while it lasts.
         """
         problems: list[str] = []
         state = stored_from_dict(data, problems)
@@ -212,12 +213,11 @@ def stored_from_dict(data: Any, problems: list[str]) -> StoredState:
         raise ValueError("'holds' must be a list")
     workers = data.get("workers", [])
     if not isinstance(workers, list):
-        problems.append(f"'workers' must be a list, found {workers!r}")
-        workers = []
+        raise ValueError("'workers' must be a list")
     return StoredState(
         explicit,
         tuple(hold_from_dict(h, problems) for h in holds),
-        tuple(w for w in (_worker_or_none(w, problems) for w in workers) if w is not None),
+        tuple(worker_from_dict(w) for w in workers),
     )
 
 
@@ -353,30 +353,27 @@ def hold_from_dict(data: Any, problems: list[str] | None = None) -> HoldRecord:
     )
 
 
-def worker_from_dict(data: Any, problems: list[str] | None = None) -> WorkerRecord:
-    """A presence record: ``id`` and ``expires`` must be readable; the rest are details."""
+def worker_from_dict(data: Any) -> WorkerRecord:
+    # Presence records are maintguard's alone (never hand-edited) and tell drains whom to
+    # wait for: one that cannot be read makes the state unreadable, as a hold's lease does.
     if not isinstance(data, Mapping):
         raise ValueError(f"a worker must be an object, found {data!r}")
     expires = _load_time(data.get("expires"))
-    if expires is None or not isinstance(data.get("id"), str):
+    if expires is None or data.get("id") is None:
         raise ValueError("a worker lacks 'id' or 'expires'")
-    detail = _Details(data, problems, f"worker {data['id']!r}: ")
+    reports = data.get("reports", {})
+    if not isinstance(reports, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) and v >= 0
+        for k, v in reports.items()
+    ):
+        raise ValueError(f"a worker's 'reports' must map drain tokens to counts, found {reports!r}")
     return WorkerRecord(
-        id=data["id"],
-        host=detail("host", _text, ""),
-        pid=detail("pid", _pid, 0),
+        id=_get(data, "id", str),
+        host=_get(data, "host", str, ""),
+        pid=_get(data, "pid", int, 0),
         expires=expires,
-        reports=detail("reports", _reports, ()),
+        reports=tuple(sorted(reports.items())),
     )
-
-
-def _worker_or_none(data: Any, problems: list[str]) -> WorkerRecord | None:
-    # A presence record that cannot be read is dropped: it only tells drains whom to wait for.
-    try:
-        return worker_from_dict(data, problems)
-    except (ValueError, OverflowError) as exc:
-        problems.append(f"a worker record is ignored: {exc}")
-        return None
 
 
 def _text(value: Any) -> str:
@@ -389,15 +386,6 @@ def _pid(value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise ValueError(f"must be an integer, found {value!r}")
     return value
-
-
-def _reports(value: Any) -> tuple[tuple[str, int], ...]:
-    if not isinstance(value, Mapping) or not all(
-        isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) and v >= 0
-        for k, v in value.items()
-    ):
-        raise ValueError(f"must map drain tokens to counts, found {value!r}")
-    return tuple(sorted(value.items()))
 
 
 def _load_mode(value: Any) -> Mode:

@@ -87,7 +87,10 @@ class LocalFileBackend(Backend):
     Other processes see changes within ``refresh_interval`` seconds.
 
     Content that is not a maintenance state raises ``BackendError`` on first use and is
-    never overwritten: fix or delete the file.
+    never overwritten: fix or delete the file. A state whose ``active`` can be read keeps
+    its meaning: an invalid detail (a negative ``retry_after``, an unknown mode, a time
+    that is no time, a hold record's reason...) is ignored with one warning naming the
+    field, and the next write stores the state as read, without it.
     """
 
     _blocking: ClassVar[bool] = True

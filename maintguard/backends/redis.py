@@ -280,7 +280,10 @@ class RedisBackend(Backend):
 
     Creating the backend does no I/O. When Redis cannot be reached, readers keep the last
     state read (or follow ``on_error``), a warning is logged once and an info line on
-    recovery, and entering a hold raises ``BackendError`` (the body does not run).
+    recovery, and entering a hold raises ``BackendError`` (the body does not run). The
+    client's connect and read timeouts are ``refresh_interval`` within [1 s, 5 s] (a
+    ``socket_timeout`` in the URL wins), so a server that stops answering without closing
+    the connection is noticed within about twice the refresh interval.
 
     ``client`` is a ``redis.asyncio.Redis`` to use instead of one made from ``url`` (for
     settings a URL cannot carry); maintguard uses it on its own I/O loop only, so do not
@@ -644,12 +647,10 @@ class RedisBackend(Backend):
 
     def _workers(self, flat: Any, offset: float) -> tuple[WorkerRecord, ...]:
         found = []
-        problems: list[str] = []
         for i in range(0, len(flat), 3):
             data = json.loads(_text(flat[i + 1])) | {"id": _text(flat[i])}
             data["expires"] = _time(flat[i + 2], offset).isoformat()  # type: ignore[union-attr]
-            found.append(worker_from_dict(data, problems))
-        warn_invalid(f"{self.describe()} presence records", problems)
+            found.append(worker_from_dict(data))
         return tuple(found)
 
     def _bad_data(self, why: str) -> BackendError:
