@@ -21,7 +21,7 @@ import anyio
 import pytest
 
 import maintguard.sync
-from maintguard import get_state, set_maintenance_mode, under_maintenance
+from maintguard import ConfigurationError, get_state, set_maintenance_mode, under_maintenance
 from maintguard.backends import (
     Backend,
     EnvVarBackend,
@@ -223,3 +223,23 @@ def _within(seconds: float, check: Callable[[], bool]) -> bool:
             return False
         time.sleep(0.05)
     return True
+
+
+def test_a_subclass_is_not_silently_served_by_a_plain_object_of_its_store(
+    tmp_path: Path,
+) -> None:
+    # Objects naming one store share the first one's I/O: a second object whose class
+    # reads or writes its own way is refused, naming both, rather than bypassed.
+    class Audited(LocalFileBackend):
+        async def write_state(self, scope: str | None, state: StoredState) -> None:
+            await super().write_state(scope, state)
+
+    class Renamed(LocalFileBackend):  # overrides no I/O: the same store, the same I/O
+        def describe(self) -> str:
+            return "renamed"
+
+    path = tmp_path / "m.json"
+    assert maintguard.sync.get_state(LocalFileBackend(path)).active is False
+    assert maintguard.sync.get_state(Renamed(path)).active is False
+    with pytest.raises(ConfigurationError, match=r"io=.*Audited.* here but io=.*LocalFileBackend"):
+        maintguard.sync.get_state(Audited(path))

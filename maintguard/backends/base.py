@@ -166,10 +166,14 @@ class Backend(abc.ABC):
 
     def options(self) -> dict[str, object]:
         """The options two objects naming one store must agree on (checked at first use)."""
+        # "io": the store's reads and writes go through the first object's methods, so an
+        # object whose class overrides them must not be silently served by another's.
+        io = _io_class(type(self))
         return {
             "lease_ttl": self.lease_ttl,
             "refresh_interval": self.refresh_interval,
             "on_error": self.on_error,
+            "io": f"{io.__module__}.{io.__qualname__}",
         }
 
     def store_key(self) -> Hashable:
@@ -198,3 +202,11 @@ def overrides(cls: type, owner: type, *names: str) -> bool:
     read of the whole file for ``read_scopes``, a Redis script for ``update_state``): the
     shortcut is right for the built-in's methods, not for a subclass's."""
     return any(getattr(cls, name) is not getattr(owner, name) for name in names)
+
+
+def _io_class(cls: type) -> type:
+    """The class whose public I/O methods ``cls`` uses: the nearest one defining any."""
+    for klass in cls.__mro__:
+        if any(name in vars(klass) for name in PUBLIC_IO):
+            return klass
+    return cls  # pragma: no cover - Backend itself defines them
