@@ -1,14 +1,16 @@
 """Immutable values: the stored state, hold records, the effective state and events.
 
-Nothing here does I/O. :func:`derive` is the one rule that turns what is stored (the
-operator's explicit state plus the live holds) into what readers see.
+Nothing here does I/O (but for warning of a stored detail that cannot be read).
+:func:`derive` is the one rule that turns what is stored (the operator's explicit state
+plus the live holds) into what readers see.
 """
 
 from __future__ import annotations
 
 import enum
+import logging
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -28,6 +30,8 @@ __all__ = [
     "WorkerRecord",
     "derive",
 ]
+
+logger = logging.getLogger("maintguard")
 
 RetryAfter = float | datetime
 """Seconds to wait, or the aware datetime at which to come back."""
@@ -171,20 +175,20 @@ class StoredState:
         return data
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> StoredState:
-        """Parse :meth:`to_dict` output; raises ``ValueError`` saying what is wrong."""
-        explicit = explicit_from_dict(data)
-        holds = data.get("holds", [])
-        if not isinstance(holds, list):
-            raise ValueError("'holds' must be a list")
-        workers = data.get("workers", [])
-        if not isinstance(workers, list):
-            raise ValueError("'workers' must be a list")
-        return cls(
-            explicit,
-            tuple(hold_from_dict(h) for h in holds),
-            tuple(worker_from_dict(w) for w in workers),
-        )
+    def from_dict(cls, data: Mapping[str, Any], *, where: str | None = None) -> StoredState:
+        """Parse :meth:`to_dict` output (a hand-edited one too).
+
+        What says whether maintenance is on — ``active``, the hold records' ids and leases —
+        and the presence records drains wait on must be readable, or this raises
+        ``ValueError`` saying what is wrong (the backend then follows ``on_error``). An
+        invalid detail (a negative ``retry_after``, a reason that is not text, an unknown
+        mode, a time that is no time...) is dropped with a warning naming the field and
+        ``where`` (the store), logged once while it lasts.
+        """
+        problems: list[str] = []
+        state = stored_from_dict(data, problems)
+        warn_invalid(where or "a stored maintenance state", problems)
+        return state
 
 
 # -- the JSON forms of the parts (what `StoredState.to_dict` is made of) ------------------
@@ -201,17 +205,85 @@ def explicit_to_dict(e: ExplicitState) -> dict[str, Any]:
     }
 
 
-def explicit_from_dict(data: Any) -> ExplicitState:
+def stored_from_dict(data: Any, problems: list[str]) -> StoredState:
+    """:meth:`StoredState.from_dict`, noting the details it drops in ``problems``."""
+    explicit = explicit_from_dict(data, problems)
+    holds = data.get("holds", [])
+    if not isinstance(holds, list):
+        raise ValueError("'holds' must be a list")
+    workers = data.get("workers", [])
+    if not isinstance(workers, list):
+        raise ValueError("'workers' must be a list")
+    return StoredState(
+        explicit,
+        tuple(hold_from_dict(h, problems) for h in holds),
+        tuple(worker_from_dict(w) for w in workers),
+    )
+
+
+def explicit_from_dict(data: Any, problems: list[str] | None = None) -> ExplicitState:
+    """The explicit state in ``data``: ``active`` must be readable; an invalid detail is
+    dropped and noted in ``problems`` (without ``problems``, it raises ``ValueError``)."""
     if not isinstance(data, Mapping):
         raise ValueError(f"expected an object, found {type(data).__name__}")
+    detail = _Details(data, problems, "")
     return ExplicitState(
         active=_get(data, "active", bool, False),
-        reason=_get(data, "reason", str),
-        retry_after=_load_retry_after(data.get("retry_after")),
-        until=_load_time(data.get("until")),
-        mode=_load_mode(data.get("mode", "full")),
-        since=_load_time(data.get("since")),
+        reason=detail("reason", _text),
+        retry_after=detail("retry_after", _load_retry_after),
+        until=detail("until", _load_time),
+        mode=detail("mode", _load_mode, Mode.FULL),
+        since=detail("since", _load_time),
     )
+
+
+class _Details:
+    """Reads the optional fields of one record: a value that cannot be read is dropped
+    (the default stands) and noted, or raises when nobody collects the notes."""
+
+    __slots__ = ("data", "label", "problems")
+
+    def __init__(self, data: Mapping[str, Any], problems: list[str] | None, label: str) -> None:
+        self.data, self.problems, self.label = data, problems, label
+
+    def __call__(self, key: str, load: Callable[[Any], Any], default: Any = None) -> Any:
+        value = self.data.get(key)
+        if value is None:
+            return default
+        try:
+            return load(value)
+        except (ValueError, TypeError, OverflowError) as exc:
+            if self.problems is None:
+                raise ValueError(f"{key!r}: {exc}") from None
+            self.problems.append(f"{self.label}{key!r} is ignored: {exc}")
+            return default
+
+
+def warn_invalid(where: str, problems: list[str]) -> None:
+    """Log each dropped detail of ``where`` once while it lasts: a watcher reads the same
+    file every second, and one warning per problem is what an operator needs. A problem
+    that goes away (the field was fixed) and comes back is logged again."""
+    before = _warned.get(where)
+    if not problems:
+        if before:
+            del _warned[where]
+        return
+    now = frozenset(problems)
+    if now == before:
+        return
+    if len(_warned) > 1024:  # per-tenant scopes: stay bounded
+        _warned.clear()
+    _warned[where] = now
+    for problem in problems:
+        if before is None or problem not in before:
+            logger.warning(
+                "%s: %s. Fix or remove the field; the rest of the state is read as usual.",
+                where,
+                problem,
+            )
+
+
+_warned: dict[str, frozenset[str]] = {}
 
 
 def hold_to_dict(h: HoldRecord) -> dict[str, Any]:
@@ -247,28 +319,43 @@ def _get(data: Mapping[str, Any], key: str, kind: type, default: Any = None) -> 
     return value
 
 
-def hold_from_dict(data: Any) -> HoldRecord:
+def hold_from_dict(data: Any, problems: list[str] | None = None) -> HoldRecord:
+    """A hold record: its ``id`` and lease (``expires``) must be readable — they say
+    whether it holds maintenance —; other fields are details (see :func:`explicit_from_dict`).
+    A ``started`` or ``acquired`` that cannot be read is taken from the other (one of them
+    must be readable)."""
     if not isinstance(data, Mapping):
         raise ValueError(f"a hold must be an object, found {data!r}")
-    for key in ("id", "acquired", "started"):
-        if data.get(key) is None:
-            raise ValueError(f"a hold lacks {key!r}")
+    hold_id = data.get("id")
+    if not isinstance(hold_id, str):
+        raise ValueError(f"a hold's 'id' must be text, found {hold_id!r}")
+    try:
+        expires = _load_time(data.get("expires"))
+    except (ValueError, OverflowError) as exc:
+        raise ValueError(f"hold {hold_id!r}: its lease 'expires' cannot be read: {exc}") from None
+    detail = _Details(data, problems, f"hold {hold_id!r}: ")
+    acquired = detail("acquired", _load_time)
+    started = detail("started", _load_time)
+    if acquired is None and started is None:  # no record maintguard wrote
+        raise ValueError(f"hold {hold_id!r} lacks 'acquired' and 'started'")
     return HoldRecord(
-        id=_get(data, "id", str),
-        owner=_get(data, "owner", str, ""),
-        host=_get(data, "host", str, ""),
-        pid=_get(data, "pid", int, 0),
-        acquired=_load_time(data["acquired"]),  # type: ignore[arg-type]
-        started=_load_time(data["started"]),  # type: ignore[arg-type]
-        expires=_load_time(data.get("expires")),
-        reason=_get(data, "reason", str),
-        retry_after=_load_retry_after(data.get("retry_after")),
-        mode=_load_mode(data.get("mode", "full")),
-        drain=_get(data, "drain", str),
+        id=hold_id,
+        owner=detail("owner", _text, ""),
+        host=detail("host", _text, ""),
+        pid=detail("pid", _pid, 0),
+        acquired=acquired or started,
+        started=started or acquired,
+        expires=expires,
+        reason=detail("reason", _text),
+        retry_after=detail("retry_after", _load_retry_after),
+        mode=detail("mode", _load_mode, Mode.FULL),
+        drain=detail("drain", _text),
     )
 
 
 def worker_from_dict(data: Any) -> WorkerRecord:
+    # Presence records are maintguard's alone (never hand-edited) and tell drains whom to
+    # wait for: one that cannot be read makes the state unreadable, as a hold's lease does.
     if not isinstance(data, Mapping):
         raise ValueError(f"a worker must be an object, found {data!r}")
     expires = _load_time(data.get("expires"))
@@ -289,11 +376,23 @@ def worker_from_dict(data: Any) -> WorkerRecord:
     )
 
 
+def _text(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"must be text, found {value!r}")
+    return value
+
+
+def _pid(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"must be an integer, found {value!r}")
+    return value
+
+
 def _load_mode(value: Any) -> Mode:
     try:
         return Mode(value)
     except ValueError:
-        raise ValueError(f"unknown mode {value!r}") from None
+        raise ValueError(f"unknown mode {value!r} (use 'full' or 'read_only')") from None
 
 
 def _dump_time(value: datetime | None) -> str | None:
@@ -305,7 +404,10 @@ def _load_time(value: Any) -> datetime | None:
         return None
     if not isinstance(value, str):
         raise ValueError(f"expected an ISO 8601 time, found {value!r}")
-    parsed = datetime.fromisoformat(value)
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise ValueError(f"expected an ISO 8601 time, found {value!r}") from None
     if parsed.tzinfo is None:
         raise ValueError(f"time {value!r} has no time zone")
     try:
@@ -320,10 +422,10 @@ def _dump_retry_after(value: RetryAfter | None) -> float | str | None:
 
 def _load_retry_after(value: Any) -> RetryAfter | None:
     if isinstance(value, bool):
-        raise ValueError(f"'retry_after' must be seconds or a time, found {value!r}")
+        raise ValueError(f"must be seconds or a time, found {value!r}")
     if isinstance(value, int | float):
         if not math.isfinite(value) or value < 0:
-            raise ValueError(f"'retry_after' must be zero or more seconds, found {value!r}")
+            raise ValueError(f"must be zero or more seconds, found {value!r}")
         return float(value)
     return _load_time(value)
 

@@ -298,8 +298,9 @@ def test_a_hold_next_to_a_corrupt_record_raises_and_leaves_nothing(raw: redis.Re
     ],
 )
 def test_hostile_values_fail_loudly_then_recover(raw: redis.Redis, damage: str) -> None:
-    # Never a crash or a wrong state: a BackendError (or, for expired leases, nothing),
-    # and once the keys are mended the store reads again.
+    # Never a crash or a wrong state: a BackendError when what says "on" cannot be read;
+    # on, without the detail, when only a detail is invalid; nothing for an expired lease.
+    # Once the keys are mended the store reads again.
     prefix = redis_prefix()
     t = tag(prefix)
     binary = redis.Redis.from_url(REDIS_URL)
@@ -340,6 +341,13 @@ def test_hostile_values_fail_loudly_then_recover(raw: redis.Redis, damage: str) 
         backend = backend_at(prefix)
         if damage == "hold lease -inf":  # long expired: simply not there
             assert state_of(backend).active is False
+        elif damage in ("explicit since nan", "explicit until huge", "retry_after nan"):
+            state = state_of(backend)  # the hash is there: on, the detail dropped
+            field = damage.split()[-2] if damage.startswith("explicit") else "retry_after"
+            assert (state.active, getattr(state, field)) == (True, None)
+        elif damage == "hold pid float":
+            state = state_of(backend)
+            assert (state.active, state.holders[0].pid) == (True, 0)
         else:
             with pytest.raises(BackendError):
                 state_of(backend)

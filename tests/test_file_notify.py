@@ -3,6 +3,7 @@ as the fallback: a change another process makes is seen long before the refresh 
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import sys
 import time
@@ -77,3 +78,34 @@ def test_without_watchfiles_polling_still_sees_changes(
     switch_elsewhere(tmp_path / "quick.json")
     assert seen_within(quick, 2.0)  # the refresh interval's poll
     assert not seen_within(slow, 1.0)  # no notification: it waits for its poll
+
+
+def test_a_switch_logs_maintguards_line_and_no_watchfiles_chatter(
+    tmp_path: Path, watched: list[object], caplog: pytest.LogCaptureFixture
+) -> None:
+    # At INFO an operator sees "maintenance on", not watchfiles' "1 change detected".
+    backend = LocalFileBackend(tmp_path / "m.json", refresh_interval=60)
+    with caplog.at_level(logging.INFO):
+        watched.append(watch(backend))
+        time.sleep(0.3)
+        switch_elsewhere(tmp_path / "m.json")
+        assert seen_within(backend, 2.0)  # through a notification: watchfiles saw it
+        time.sleep(0.2)  # (its line, if any, is logged as the notification comes)
+    lines = [(r.name, r.getMessage()) for r in caplog.records]
+    assert not [line for line in lines if line[0].startswith("watchfiles")], lines
+    assert any(name == "maintguard" and "maintenance on" in text for name, text in lines)
+
+
+def test_watchfiles_lines_stay_for_whoever_asks_for_them(
+    tmp_path: Path, watched: list[object], caplog: pytest.LogCaptureFixture
+) -> None:
+    backend = LocalFileBackend(tmp_path / "m.json", refresh_interval=60)
+    with caplog.at_level(logging.INFO, logger="watchfiles"):
+        watched.append(watch(backend))
+        time.sleep(0.3)
+        switch_elsewhere(tmp_path / "m.json")
+        assert seen_within(backend, 2.0)
+        deadline = time.monotonic() + 2
+        while not any(r.name.startswith("watchfiles") for r in caplog.records):
+            assert time.monotonic() < deadline, "the watchfiles line was silenced"
+            time.sleep(0.01)

@@ -120,6 +120,34 @@ def test_without_redis_py_the_error_says_how_to_install_it(
         RedisBackend()
 
 
+@pytest.mark.parametrize(
+    ("refresh_interval", "query", "expected"),
+    [
+        (0, "", (1.0, 1.0)),  # "read every time" keeps a sane floor
+        (1, "", (1.0, 1.0)),
+        (2.5, "", (2.5, 2.5)),
+        (60, "", (5.0, 5.0)),  # rare polling keeps redis-py's usual 5 s
+        (1, "?socket_timeout=7", (7.0, 1.0)),  # what the URL says wins
+    ],
+)
+def test_timeouts_follow_the_refresh_interval(
+    refresh_interval: float, query: str, expected: tuple[float, float]
+) -> None:
+    backend = RedisBackend(
+        REDIS_URL + query, key_prefix=redis_prefix(), refresh_interval=refresh_interval
+    )
+    kwargs = backend._connection().connection_pool.connection_kwargs
+    assert (kwargs["socket_timeout"], kwargs["socket_connect_timeout"]) == expected
+
+
+def test_a_given_client_keeps_its_own_timeouts() -> None:
+    import redis.asyncio
+
+    client = redis.asyncio.Redis.from_url(REDIS_URL, socket_timeout=9)
+    backend = RedisBackend(key_prefix=redis_prefix(), refresh_interval=1, client=client)
+    assert backend._connection().connection_pool.connection_kwargs["socket_timeout"] == 9
+
+
 # -- what is stored, and how ---------------------------------------------------------------------
 
 

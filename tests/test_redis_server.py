@@ -5,19 +5,22 @@ back the job's record is written again and every reader sees it."""
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import threading
 import time
 from collections.abc import Callable
 
 import anyio
 import pytest
+import redis
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 from starlette.testclient import TestClient
 
-from maintguard import BackendError, MaintenanceModeMiddleware, under_maintenance
+from maintguard import BackendError, MaintenanceModeMiddleware, sync, under_maintenance
 from maintguard.backends import RedisBackend
 from maintguard.core.registry import store_of
 from tests.stores import RedisServer, redis_prefix
@@ -120,3 +123,47 @@ def until_true(check: Callable[[], bool], limit: float = 10) -> None:
 async def _enter(backend: RedisBackend) -> None:
     async with under_maintenance(backend=backend):
         raise AssertionError("the body ran although Redis was down")
+
+
+# -- a Redis that stops answering without closing the connection -----------------------------
+
+
+def test_a_stopped_redis_is_unreadable_within_the_refresh_bound(redis_server: RedisServer) -> None:
+    # SIGSTOP (or a network partition) closes nothing: only a timeout tells. It is derived
+    # from refresh_interval, so on_error="closed" answers 503 about one interval (plus the
+    # timeout, here as long) after the server stopped — not after redis-py's 5 s, twice.
+    assert redis_server.proc is not None
+    backend = RedisBackend(
+        f"redis://127.0.0.1:{redis_server.port}/0",
+        key_prefix=redis_prefix(),
+        refresh_interval=1,
+        on_error="closed",
+    )
+    with TestClient(app_for(backend)) as client:
+        assert client.get("/").status_code == 200
+        os.kill(redis_server.proc.pid, signal.SIGSTOP)
+        try:
+            stopped = time.monotonic()
+            until(client, 503, limit=20)
+            took = time.monotonic() - stopped
+        finally:
+            os.kill(redis_server.proc.pid, signal.SIGCONT)
+        until(client, 200, limit=10)  # and readable again once it answers
+    assert took < 2 * 1 + 1.5, f"seen unreadable after {took:.1f}s"
+
+
+def test_a_slow_but_alive_redis_still_takes_holds(redis_server: RedisServer) -> None:
+    # refresh_interval=0 ("read every time") does not make the timeout 0: a server that
+    # answers late, but within the floor, still takes holds, renews and releases them.
+    url = f"redis://127.0.0.1:{redis_server.port}/0"
+    backend = RedisBackend(url, key_prefix=redis_prefix(), refresh_interval=0, lease_ttl=1.5)
+    slow = redis.Redis(port=redis_server.port)
+    try:
+        slow.execute_command("CLIENT", "PAUSE", 400, "ALL")
+        with under_maintenance(backend=backend, reason="slow"):
+            slow.execute_command("CLIENT", "PAUSE", 400, "ALL")  # a renewal waits too
+            time.sleep(1.0)
+            assert sync.get_state(backend).reason == "slow"
+        assert sync.get_state(backend).active is False
+    finally:
+        slow.close()

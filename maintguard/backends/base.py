@@ -11,13 +11,15 @@ from typing import ClassVar, Literal
 from ..exceptions import ConfigurationError
 from ..state import StoredState
 
-__all__ = ["Backend", "OnError"]
+__all__ = ["PUBLIC_IO", "Backend", "OnError", "overrides"]
 
 OnError = Literal["last_known", "open", "closed"]
 """What readers see when the state cannot be read at run time:
 ``"last_known"`` the last state read, ``"open"`` maintenance off, ``"closed"`` on."""
 
 _ON_ERROR = ("last_known", "open", "closed")
+PUBLIC_IO = ("read_state", "write_state", "update_state", "read_scopes")
+"""The methods through which the core reads and writes a store, and a subclass may change."""
 _tokens = itertools.count()
 _MAX_LEASE = 365 * 86400.0  # longer ones overflow datetimes
 
@@ -43,6 +45,14 @@ class Backend(abc.ABC):
     of its own can apply natively. Override ``update_state`` when several processes share
     the store and it offers a lock or a transaction; the default reads, applies ``mutate``
     and writes when something changed.
+
+    A subclass of a built-in backend (to add logging, latency, encryption...) is called
+    through every public method it overrides: the built-ins' shortcuts (the file read from
+    the caller's thread, one Redis script per write, one read for every scope) are taken
+    only while none of ``read_state``, ``write_state``, ``update_state`` and
+    ``read_scopes`` is overridden. Overriding ``read_state`` or ``write_state`` of the file
+    backend keeps its read-modify-write under the file's lock; of the Redis backend, it
+    makes writes a read then a write (override ``update_state`` too to keep them atomic).
     """
 
     stores_holds: ClassVar[bool] = True
@@ -60,10 +70,24 @@ class Backend(abc.ABC):
     # `_read_scopes_blocking(scopes)` and `_update_blocking(scope, mutate)` from the thread it
     # chooses (the caller's for sync faces, one worker thread for async ones) instead of
     # hopping through the I/O loop.
+    # Both are shortcuts past the public methods, valid only for the class that declares
+    # them: a subclass that overrides a public method loses them (see __init_subclass__).
+    _fast_path_of: ClassVar[type[Backend] | None] = None
 
     on_error: OnError = "last_known"
     lease_ttl: float = 30.0
     refresh_interval: float = 1.0
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        # The public methods are the contract (the docstring invites overriding them): a
+        # shortcut past them is an optimisation taken only while nothing overrides them, as
+        # an HTTP client takes its transport's fast path only for the transport it knows.
+        if "_inline" in vars(cls) or "_blocking" in vars(cls):
+            cls._fast_path_of = cls
+        elif cls._fast_path_of is not None and overrides(cls, cls._fast_path_of, *PUBLIC_IO):
+            cls._inline = cls._blocking = False
+            cls._fast_path_of = None
 
     def __init__(
         self,
@@ -142,10 +166,14 @@ class Backend(abc.ABC):
 
     def options(self) -> dict[str, object]:
         """The options two objects naming one store must agree on (checked at first use)."""
+        # "io": the store's reads and writes go through the first object's methods, so an
+        # object whose class overrides them must not be silently served by another's.
+        io = _io_class(type(self))
         return {
             "lease_ttl": self.lease_ttl,
             "refresh_interval": self.refresh_interval,
             "on_error": self.on_error,
+            "io": f"{io.__module__}.{io.__qualname__}",
         }
 
     def store_key(self) -> Hashable:
@@ -165,3 +193,20 @@ class Backend(abc.ABC):
 
     def __repr__(self) -> str:
         return f"<{self.describe()}>"
+
+
+def overrides(cls: type, owner: type, *names: str) -> bool:
+    """Whether ``cls`` (a subclass of ``owner``) replaces any of ``owner``'s methods ``names``.
+
+    A built-in backend asks it before taking a shortcut of its own past these methods (one
+    read of the whole file for ``read_scopes``, a Redis script for ``update_state``): the
+    shortcut is right for the built-in's methods, not for a subclass's."""
+    return any(getattr(cls, name) is not getattr(owner, name) for name in names)
+
+
+def _io_class(cls: type) -> type:
+    """The class whose public I/O methods ``cls`` uses: the nearest one defining any."""
+    for klass in cls.__mro__:
+        if any(name in vars(klass) for name in PUBLIC_IO):
+            return klass
+    return cls  # pragma: no cover - Backend itself defines them

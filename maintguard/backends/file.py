@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import errno
 import json
+import logging
 import os
 import random
 import threading
@@ -16,9 +18,10 @@ from typing import Any, ClassVar
 
 import anyio
 
+from .. import ioloop
 from ..exceptions import BackendError, ConfigurationError
 from ..state import StoredState
-from .base import Backend, OnError
+from .base import Backend, OnError, overrides
 from .env import parse_flag
 
 try:
@@ -84,7 +87,10 @@ class LocalFileBackend(Backend):
     Other processes see changes within ``refresh_interval`` seconds.
 
     Content that is not a maintenance state raises ``BackendError`` on first use and is
-    never overwritten: fix or delete the file.
+    never overwritten: fix or delete the file. A state whose ``active`` can be read keeps
+    its meaning: an invalid detail (a negative ``retry_after``, an unknown mode, a time
+    that is no time, a hold record's reason...) is ignored with one warning naming the
+    field, and the next write stores the state as read, without it.
     """
 
     _blocking: ClassVar[bool] = True
@@ -139,6 +145,7 @@ class LocalFileBackend(Backend):
         def ours(change: object, path: str) -> bool:
             return os.path.basename(path) in names
 
+        _quiet_watchfiles()
         return watchfiles.awatch(*folders, watch_filter=ours, debounce=50, step=5, recursive=False)
 
     # -- the async face: one worker-thread hop each ------------------------------------------
@@ -148,6 +155,8 @@ class LocalFileBackend(Backend):
         return scopes[scope]
 
     async def read_scopes(self, scopes: Collection[str | None]) -> Mapping[str | None, StoredState]:
+        if overrides(type(self), LocalFileBackend, "read_state"):
+            return await super().read_scopes(scopes)  # the subclass's reads, one per scope
         return await anyio.to_thread.run_sync(self._read_scopes_blocking, tuple(scopes))
 
     async def write_state(self, scope: str | None, state: StoredState) -> None:
@@ -156,7 +165,28 @@ class LocalFileBackend(Backend):
     async def update_state(
         self, scope: str | None, mutate: Callable[[StoredState], StoredState]
     ) -> StoredState:
-        return await anyio.to_thread.run_sync(self._update_blocking, scope, mutate)
+        if not overrides(type(self), LocalFileBackend, "read_state", "write_state"):
+            return await anyio.to_thread.run_sync(self._update_blocking, scope, mutate)
+        # A subclass reads or writes its own way: read, mutate and write through its
+        # methods, still under the file's lock, so that no other process writes in between.
+        lock = self._locked(self._target() + ".lock")
+        held = False
+
+        def acquire() -> None:
+            nonlocal held
+            lock.__enter__()
+            held = True
+
+        try:
+            await anyio.to_thread.run_sync(acquire)  # (not abandoned when cancelled)
+            token = _holding.set(self)  # the subclass's write_state must not lock again
+            try:
+                return await super().update_state(scope, mutate)
+            finally:
+                _holding.reset(token)
+        finally:
+            if held:  # unlocking never blocks: done here, whatever cancelled us
+                lock.__exit__(None, None, None)
 
     # -- the blocking protocol: any thread, any number of threads and processes at once -----
 
@@ -235,12 +265,19 @@ class LocalFileBackend(Backend):
         except ValueError as exc:
             raise self._corrupt(str(exc)) from exc
         try:
-            scopes: _Scopes = {None: StoredState.from_dict(data)}
+            # An invalid detail is dropped with a warning (what the file says about on or
+            # off stands); a write stores the state as read, without it.
+            where = self.describe()
+            if version > VERSION:  # perhaps not invalid, only newer
+                where += f" (format version {version}: upgrade maintguard to read all of it)"
+            scopes: _Scopes = {None: StoredState.from_dict(data, where=where)}
             named = data.get("scopes", {})
             if not isinstance(named, dict):
                 raise ValueError("'scopes' must be an object")
             for name, value in named.items():
-                scopes[name] = StoredState.from_dict(value)
+                if not isinstance(value, dict):
+                    raise ValueError(f"scope {name!r} must be an object")
+                scopes[name] = StoredState.from_dict(value, where=f"{where} scope {name!r}")
         except ValueError as exc:
             if version > VERSION:
                 raise BackendError(
@@ -265,6 +302,9 @@ class LocalFileBackend(Backend):
 
     @contextlib.contextmanager
     def _locked(self, name: str) -> Iterator[None]:
+        if _holding.get() is self:  # inside update_state's read-modify-write, which holds it
+            yield
+            return
         with self._mutex:
             fd = self._lock_fd
             if fd is None or name != self._lock_name or self._lock_pid != os.getpid():
@@ -468,6 +508,28 @@ def _plain(scopes: _Scopes) -> str | None:
     return "read_only\n" if e.mode.value == "read_only" else "1\n"
 
 
+# -- watchfiles' log lines --------------------------------------------------------------------
+
+
+class _WatcherChatter(logging.Filter):
+    """Drops watchfiles' "1 change detected" (INFO) for the notifications maintguard's own
+    watcher asks for: every switch would log it beside maintguard's own line. Only while
+    nobody set a level on the ``watchfiles`` loggers (who does wants them), and only on
+    maintguard's I/O thread (the app's own use of watchfiles is left alone)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.WARNING or not ioloop.on_io_thread():
+            return True
+        return any(logging.getLogger(name).level for name in ("watchfiles", record.name))
+
+
+_chatter = _WatcherChatter()
+
+
+def _quiet_watchfiles() -> None:
+    logging.getLogger("watchfiles.main").addFilter(_chatter)  # (added once)
+
+
 # -- process-wide state ----------------------------------------------------------------------
 
 _names = random.Random()  # temporary file names; never the shared module's state
@@ -494,6 +556,11 @@ def _umask() -> int:
 
 
 _instances: weakref.WeakSet[LocalFileBackend] = weakref.WeakSet()
+_holding: contextvars.ContextVar[LocalFileBackend | None] = contextvars.ContextVar(
+    "maintguard_file_lock_held", default=None
+)
+"""The backend whose lock this task holds for a subclass's read-modify-write (worker
+threads run in a copy of the task's context, so its write sees it)."""
 
 
 def _reset_after_fork() -> None:

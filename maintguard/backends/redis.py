@@ -29,10 +29,11 @@ from ..state import (
     explicit_to_dict,
     hold_from_dict,
     hold_to_dict,
+    warn_invalid,
     worker_from_dict,
     worker_to_dict,
 )
-from .base import Backend, OnError
+from .base import Backend, OnError, overrides
 from .writes import PutHold, PutWorker, SetExplicit
 
 __all__ = ["RedisBackend"]
@@ -152,7 +153,11 @@ if ARGV[3] == '' then
 else
   local old = redis.call('HMGET', KEYS[1], 'since', 'until')
   local since = ARGV[4]
-  if old[1] and (not old[2] or tonumber(old[2]) > now) then since = old[1] end
+  -- Values something else wrote are read as readers take them: an until that is not a
+  -- number is no end; a since that is no time (nan, text) is replaced.
+  local old_since, old_until = tonumber(old[1]), tonumber(old[2])
+  local sane = old_since and old_since >= 0 and old_since < 1e11  -- (false for nan)
+  if sane and (not old_until or old_until > now) then since = old[1] end
   redis.call('DEL', KEYS[1])
   redis.call('HSET', KEYS[1], 'state', ARGV[3], 'since', since)
   if ARGV[5] ~= '' then redis.call('HSET', KEYS[1], 'until', ARGV[5]) end
@@ -232,10 +237,24 @@ return out
 
 _CLIENT_OPTIONS: dict[str, Any] = {
     "decode_responses": True,
-    "socket_timeout": 5.0,
-    "socket_connect_timeout": 5.0,
     "client_name": "maintguard",
 }
+TIMEOUT_FLOOR = 1.0
+TIMEOUT_CAP = 5.0
+
+
+def timeout_for(refresh_interval: float) -> float:
+    """The connect and read timeout of a client maintguard makes: ``refresh_interval``
+    within [1 s, 5 s].
+
+    A server that stops answering without closing the connection (SIGSTOP, a network
+    partition) is only noticed by a timeout: readers then follow ``on_error`` about
+    ``refresh_interval`` plus this after it stopped. The floor keeps a slow but alive
+    server usable (``refresh_interval=0`` reads every time; it must not make every
+    command time out); the cap keeps redis-py's usual 5 s for rare polling."""
+    return min(TIMEOUT_CAP, max(TIMEOUT_FLOOR, refresh_interval))
+
+
 _QUERY_PASSWORD = re.compile(r"(?i)([?&]password=)[^&#]*")
 
 
@@ -262,7 +281,10 @@ class RedisBackend(Backend):
 
     Creating the backend does no I/O. When Redis cannot be reached, readers keep the last
     state read (or follow ``on_error``), a warning is logged once and an info line on
-    recovery, and entering a hold raises ``BackendError`` (the body does not run).
+    recovery, and entering a hold raises ``BackendError`` (the body does not run). The
+    client's connect and read timeouts are ``refresh_interval`` within [1 s, 5 s] (a
+    ``socket_timeout`` in the URL wins), so a server that stops answering without closing
+    the connection is noticed within about twice the refresh interval.
 
     ``client`` is a ``redis.asyncio.Redis`` to use instead of one made from ``url`` (for
     settings a URL cannot carry); maintguard uses it on its own I/O loop only, so do not
@@ -360,9 +382,15 @@ class RedisBackend(Backend):
     # -- the backend face: every call runs on maintguard's I/O loop -------------------------
 
     async def read_state(self, scope: str | None) -> StoredState:
-        return (await self.read_scopes((scope,)))[scope]
+        return (await self._read_scopes(scope))[scope]
 
     async def read_scopes(self, scopes: Collection[str | None]) -> Mapping[str | None, StoredState]:
+        if overrides(type(self), RedisBackend, "read_state"):
+            return await super().read_scopes(scopes)  # the subclass's reads, one per scope
+        return await self._read_scopes(*scopes)
+
+    async def _read_scopes(self, *scopes: str | None) -> dict[str | None, StoredState]:
+        # The whole store in one script (what read_state and read_scopes both are).
         try:
             found = await ioloop.run(self._read_all())
         except PartialReadError as exc:
@@ -382,8 +410,11 @@ class RedisBackend(Backend):
         self, scope: str | None, mutate: Callable[[StoredState], StoredState]
     ) -> StoredState:
         """maintguard's own writes run as one script each; any other ``mutate`` reads,
-        applies and writes the scope (not atomic against other processes)."""
-        if isinstance(mutate, PutHold | PutWorker | SetExplicit):
+        applies and writes the scope (not atomic against other processes), as do all writes
+        of a subclass that overrides ``read_state`` or ``write_state``."""
+        if isinstance(mutate, PutHold | PutWorker | SetExplicit) and not overrides(
+            type(self), RedisBackend, "read_state", "write_state"
+        ):
             return await ioloop.run(self._apply(scope, mutate))
         return await super().update_state(scope, mutate)
 
@@ -396,6 +427,7 @@ class RedisBackend(Backend):
         conn = self._conn
         pid = os.getpid()
         if conn.pid != pid or conn.client is None:  # first use, or a forked child
+            import redis
             import redis.asyncio as aioredis
             from redis.asyncio.retry import Retry
             from redis.backoff import NoBackoff
@@ -413,10 +445,19 @@ class RedisBackend(Backend):
                     True,
                 )
             else:
-                # One quick retry (a pooled connection a restarted server closed), then
-                # the error: a hold entered while Redis is down fails at once.
-                retry = Retry(NoBackoff(), 1)
-                client = aioredis.Redis.from_url(self.url, retry=retry, **_CLIENT_OPTIONS)
+                # One quick retry of a connection error (a pooled connection a restarted
+                # server closed), then the error: a hold entered while Redis is down fails
+                # at once. A timeout is not retried: it would double the time to notice a
+                # server that stopped answering. Options in the URL win over these.
+                retry = Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,))
+                timeout = timeout_for(self.refresh_interval)
+                client = aioredis.Redis.from_url(
+                    self.url,
+                    retry=retry,
+                    socket_timeout=timeout,
+                    socket_connect_timeout=timeout,
+                    **_CLIENT_OPTIONS,
+                )
                 own = True
             conn.client, conn.own, conn.pid = client, own, pid
             _open.add(conn)
@@ -478,7 +519,7 @@ class RedisBackend(Backend):
             try:
                 explicit, holds = _unless_failed(rest[i + 1])
                 found[scope] = self._scope(
-                    explicit, holds, workers if scope is None else (), offset
+                    scope, explicit, holds, workers if scope is None else (), offset
                 )
             except _UNREADABLE as exc:
                 failed[scope] = repr(exc)
@@ -563,32 +604,46 @@ class RedisBackend(Backend):
         try:
             offset = self._offset or 0.0
             workers = self._workers(reply[5], offset) if scope is None else ()
-            return self._scope(reply[3], reply[4], workers, offset)
+            return self._scope(scope, reply[3], reply[4], workers, offset)
         except _UNREADABLE as exc:
             raise self._bad_data(repr(exc)) from exc
 
     def _scope(
-        self, explicit: Any, holds: Any, workers: tuple[WorkerRecord, ...], offset: float
+        self,
+        scope: str | None,
+        explicit: Any,
+        holds: Any,
+        workers: tuple[WorkerRecord, ...],
+        offset: float,
     ) -> StoredState:
+        # The explicit hash is there only while the operator's state is on, and a hold
+        # counts while its lease runs: those must be readable (or the scope follows
+        # on_error). An invalid detail is dropped with a warning, and stays in Redis until
+        # that part is written again.
+        problems: list[str] = []
         fields = {_text(explicit[i]): _text(explicit[i + 1]) for i in range(0, len(explicit), 2)}
         state = ExplicitState()
         if fields:
             back = timedelta(seconds=-offset)
-            loaded = explicit_from_dict(json.loads(fields["state"]))
+            loaded = explicit_from_dict(json.loads(fields["state"]), problems)
             state = replace(
                 loaded,
                 active=True,
-                since=_time(fields.get("since"), offset),
-                until=_time(fields.get("until"), offset),
+                since=_time_detail(fields, "since", offset, problems),
+                until=_time_detail(fields, "until", offset, problems),
                 retry_after=_later(loaded.retry_after, back),
             )
         records = []
         for i in range(0, len(holds), 3):
-            hold = hold_from_dict(json.loads(_text(holds[i + 1])) | {"id": _text(holds[i])})
+            data = json.loads(_text(holds[i + 1]))
+            if not isinstance(data, dict):
+                raise ValueError(f"a hold must be an object, found {data!r}")
+            hold = hold_from_dict(data | {"id": _text(holds[i])}, problems)
             expires = float(_text(holds[i + 2]))
             if not math.isinf(expires):
                 hold = replace(hold, expires=datetime.fromtimestamp(expires, timezone.utc))
             records.append(_shift_hold(hold, -offset))
+        warn_invalid(self.describe() + ("" if scope is None else f" scope {scope!r}"), problems)
         return StoredState(state, tuple(records), workers)
 
     def _workers(self, flat: Any, offset: float) -> tuple[WorkerRecord, ...]:
@@ -744,6 +799,16 @@ def _time(value: Any, offset: float) -> datetime | None:
     if value is None:
         return None
     return datetime.fromtimestamp(float(_text(value)) - offset, timezone.utc)
+
+
+def _time_detail(
+    fields: Mapping[str, str], key: str, offset: float, problems: list[str]
+) -> datetime | None:
+    try:
+        return _time(fields.get(key), offset)
+    except (ValueError, OverflowError, OSError):  # nan, 1e300, text
+        problems.append(f"{key!r} is ignored: expected a time in seconds, found {fields[key]!r}")
+        return None
 
 
 def _score(expires: datetime | None) -> str:

@@ -1,0 +1,245 @@
+"""A subclass of a built-in backend is called through the public methods it overrides.
+
+The built-ins take shortcuts past ``read_state``/``write_state``/``update_state``/
+``read_scopes`` (the file's blocking calls from the caller's thread, the in-process
+backends' inline reads, one Redis script per write, one read for every scope): those are
+optimisations of the built-in's own methods, taken only while a subclass overrides none of
+them. Every face that reads or writes must go through the subclass's override.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+import maintguard.sync
+from maintguard import ConfigurationError, get_state, set_maintenance_mode, under_maintenance
+from maintguard.backends import (
+    Backend,
+    EnvVarBackend,
+    LocalFileBackend,
+    MemoryBackend,
+    RedisBackend,
+    StoredState,
+)
+from maintguard.core.watcher import watch
+from maintguard.state import ExplicitState
+from tests.stores import REDIS_URL, redis_prefix
+
+PUBLIC_IO = ("read_state", "read_scopes", "write_state", "update_state")
+READS = {"read_state", "read_scopes"}
+WRITES = {"read_state", "write_state", "update_state"}  # a read-modify-write reads too
+KINDS = ("memory", "env", "file", "redis")
+WRITABLE = ("memory", "file", "redis")
+SHARED = ("file", "redis")  # the backends whose holds are written to the store
+_vars = itertools.count()
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"  # overrides run on maintguard's I/O loop whatever the caller's library
+
+
+class Recorder:
+    """A subclass of a built-in backend overriding one public method, and its calls."""
+
+    def __init__(self, kind: str, method: str, tmp_path: Path) -> None:
+        self.kind, self.method, self.tmp_path = kind, method, tmp_path
+        self.calls: list[str] = []
+        self.lock = threading.Lock()
+        base: type[Backend] = {
+            "memory": MemoryBackend,
+            "env": EnvVarBackend,
+            "file": LocalFileBackend,
+            "redis": RedisBackend,
+        }[kind]
+        recorder = self
+
+        async def override(self: Backend, *args: Any) -> Any:
+            with recorder.lock:
+                recorder.calls.append(method)
+            return await getattr(super(cls, self), method)(*args)
+
+        cls = type(f"Recording{base.__name__}", (base,), {method: override})
+        self.cls = cls
+
+    def new(self, **options: Any) -> Backend:
+        """A backend object of the subclass naming a store of its own."""
+        if self.kind == "memory":
+            return self.cls()  # type: ignore[no-any-return]
+        if self.kind == "env":
+            var = f"MAINTGUARD_SUB_{os.getpid()}_{next(_vars)}"
+            os.environ.pop(var, None)
+            return self.cls(var, **options)  # type: ignore[no-any-return]
+        if self.kind == "redis":
+            options.setdefault("refresh_interval", 0)
+            return self.cls(REDIS_URL, key_prefix=redis_prefix(), **options)  # type: ignore[no-any-return]
+        options.setdefault("refresh_interval", 0)
+        path = self.tmp_path / f"m{next(_vars)}.json"
+        return self.cls(path, **options)  # type: ignore[no-any-return]
+
+    def seen(self) -> bool:
+        with self.lock:
+            found = self.method in self.calls
+            self.calls.clear()
+        return found
+
+
+@pytest.fixture(params=[(k, m) for k in KINDS for m in PUBLIC_IO], ids="-".join)
+def recorder(request: pytest.FixtureRequest, tmp_path: Path) -> Recorder:
+    kind, method = request.param
+    return Recorder(kind, method, tmp_path)
+
+
+def test_a_subclass_that_overrides_a_public_method_loses_the_shortcuts(recorder: Recorder) -> None:
+    assert not recorder.cls._inline and not recorder.cls._blocking
+    # ...while one that overrides nothing public keeps them.
+    base = recorder.cls.__mro__[1]
+    plain = type("Renamed", (base,), {"describe": lambda self: "renamed"})
+    assert (plain._inline, plain._blocking) == (base._inline, base._blocking)
+
+
+@pytest.mark.anyio
+async def test_async_faces_go_through_the_override(recorder: Recorder) -> None:
+    backend = recorder.new()
+    state = await get_state(backend)
+    assert state.active is False
+    assert recorder.seen() is (recorder.method in READS), "get_state"
+
+    if recorder.kind in WRITABLE:
+        backend = recorder.new()
+        await set_maintenance_mode(True, backend, reason="ops")
+        assert recorder.seen() is (recorder.method in WRITES), "set_maintenance_mode"
+        assert (await get_state(backend)).reason == "ops"
+
+    backend = recorder.new()
+    recorder.seen()
+    async with under_maintenance(backend=backend, reason="job"):
+        expected = recorder.kind in SHARED and recorder.method in WRITES
+        assert recorder.seen() is expected, "entering a hold"
+        state = await get_state(backend)
+        assert (state.active, state.reason) == (True, "job")
+        recorder.seen()
+    assert recorder.seen() is expected, "leaving a hold"
+    assert (await get_state(backend)).active is False
+
+
+def test_sync_faces_go_through_the_override(recorder: Recorder) -> None:
+    backend = recorder.new()
+    assert maintguard.sync.get_state(backend).active is False
+    assert recorder.seen() is (recorder.method in READS), "sync.get_state"
+
+    if recorder.kind in WRITABLE:
+        backend = recorder.new()
+        maintguard.sync.set_maintenance_mode(True, backend, reason="ops")
+        assert recorder.seen() is (recorder.method in WRITES), "sync.set_maintenance_mode"
+        assert maintguard.sync.get_state(backend).reason == "ops"
+
+    backend = recorder.new()
+    recorder.seen()
+    with under_maintenance(backend=backend, reason="job"):
+        expected = recorder.kind in SHARED and recorder.method in WRITES
+        assert recorder.seen() is expected, "entering a hold"
+        assert maintguard.sync.get_state(backend).active is True
+        recorder.seen()
+    assert recorder.seen() is expected, "leaving a hold"
+
+
+@pytest.mark.parametrize("method", sorted(READS))
+@pytest.mark.parametrize("kind", ["env", "file", "redis"])  # memory is never re-read
+def test_the_watcher_reads_through_the_override(kind: str, method: str, tmp_path: Path) -> None:
+    recorder = Recorder(kind, method, tmp_path)
+    backend = recorder.new(refresh_interval=0.1) if kind != "env" else recorder.new()
+    stop = watch(backend)
+    try:
+        assert _within(5.0, recorder.seen), "no watcher read went through the override"
+    finally:
+        stop()
+
+
+def test_a_subclass_changes_what_readers_see(tmp_path: Path) -> None:
+    # Not only called: what the override returns is what every face shows.
+    class Forced(LocalFileBackend):
+        async def read_state(self, scope: str | None) -> StoredState:
+            stored = await super().read_state(scope)
+            return StoredState(ExplicitState(True, "forced"), stored.holds, stored.workers)
+
+    backend = Forced(tmp_path / "m.json", refresh_interval=0)
+    state = maintguard.sync.get_state(backend)
+    assert (state.active, state.reason) == (True, "forced")
+    assert anyio.run(get_state, backend).reason == "forced"
+
+
+def test_a_subclass_read_modify_write_keeps_the_file_lock(tmp_path: Path) -> None:
+    # Its read and write run under the file's lock: writers in other threads (and
+    # processes) wait, so no write is lost between the subclass's read and its write.
+    path = tmp_path / "m.json"
+
+    class Slow(LocalFileBackend):
+        async def read_state(self, scope: str | None) -> StoredState:
+            stored = await super().read_state(scope)
+            await anyio.sleep(0.05)  # another writer would land here without the lock
+            return stored
+
+    slow = Slow(path, refresh_interval=0)
+    plain = LocalFileBackend(path)
+
+    def count(name: str) -> Callable[[StoredState], StoredState]:
+        def mutate(s: StoredState) -> StoredState:
+            reason = s.explicit.reason or ""
+            return StoredState(ExplicitState(True, reason + name))
+
+        return mutate
+
+    async def slow_writes() -> None:
+        for _ in range(5):
+            await slow.update_state(None, count("s"))
+
+    def plain_writes() -> None:
+        for _ in range(5):
+            plain._update_blocking(None, count("p"))
+            time.sleep(0.01)
+
+    thread = threading.Thread(target=plain_writes)
+    thread.start()
+    anyio.run(slow_writes)
+    thread.join()
+    reason = plain._read_blocking(None).explicit.reason or ""
+    assert sorted(reason) == sorted("s" * 5 + "p" * 5)
+
+
+def _within(seconds: float, check: Callable[[], bool]) -> bool:
+    deadline = time.monotonic() + seconds
+    while not check():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def test_a_subclass_is_not_silently_served_by_a_plain_object_of_its_store(
+    tmp_path: Path,
+) -> None:
+    # Objects naming one store share the first one's I/O: a second object whose class
+    # reads or writes its own way is refused, naming both, rather than bypassed.
+    class Audited(LocalFileBackend):
+        async def write_state(self, scope: str | None, state: StoredState) -> None:
+            await super().write_state(scope, state)
+
+    class Renamed(LocalFileBackend):  # overrides no I/O: the same store, the same I/O
+        def describe(self) -> str:
+            return "renamed"
+
+    path = tmp_path / "m.json"
+    assert maintguard.sync.get_state(LocalFileBackend(path)).active is False
+    assert maintguard.sync.get_state(Renamed(path)).active is False
+    with pytest.raises(ConfigurationError, match=r"io=.*Audited.* here but io=.*LocalFileBackend"):
+        maintguard.sync.get_state(Audited(path))
