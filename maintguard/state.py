@@ -32,6 +32,8 @@ __all__ = [
 ]
 
 logger = logging.getLogger("maintguard")
+STORED_LOGGER = "maintguard.stored"
+_stored_logger = logging.getLogger(STORED_LOGGER)  # stored details ignored (see warn_invalid)
 
 RetryAfter = float | datetime
 """Seconds to wait, or the aware datetime at which to come back."""
@@ -276,7 +278,7 @@ def warn_invalid(where: str, problems: list[str]) -> None:
     _warned[where] = now
     for problem in problems:
         if before is None or problem not in before:
-            logger.warning(
+            _stored_logger.warning(
                 "%s: %s. Fix or remove the field; the rest of the state is read as usual.",
                 where,
                 problem,

@@ -331,8 +331,6 @@ def test_maintguard_backend_naming_itself_as_an_env_store(mg: Run) -> None:
     ("content", "why"),
     [
         (b'{"a": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", "RecursionError"),
-        (b'{"version": 1, "active": true, "retry_after": NaN}', "nan"),
-        (b'{"version": 1, "active": true, "retry_after": ' + b"9" * 400 + b"}", "float"),
         (b'{"version": 1, "active": 1}', "bool"),
         (b'\xef\xbb\xbf{"version": 1, "active": true}', "BOM"),
         (b"\xff\xfe\x00garbage", "UTF-8"),
@@ -355,6 +353,23 @@ def test_hostile_state_files_are_exit_3_one_line_and_never_overwritten(
     assert result.code == 125, result
     assert not ran.exists()
     assert state.read_bytes() == content
+
+
+@pytest.mark.parametrize(
+    "retry_after", [b"NaN", b"9" * 400, b"-30", b'"soon"'], ids=["nan", "huge", "negative", "text"]
+)
+def test_a_state_on_with_a_bad_detail_stays_on_and_is_not_rewritten_by_reading(
+    mg: Run, state: Path, retry_after: bytes
+) -> None:
+    # A hand-edited detail no longer turns a state that says on into one read as off.
+    content = b'{"version": 1, "active": true, "reason": "upgrade", "retry_after": %s}'
+    state.write_bytes(content % retry_after)
+    result = mg("status", "--json")
+    assert result.code == 1, result
+    assert result.json()["active"] is True and result.json()["retry_after"] is None
+    assert result.json()["reason"] == "upgrade"
+    assert "retry_after" in result.err
+    assert state.read_bytes() == content % retry_after
 
 
 def test_a_state_path_that_is_a_directory_is_exit_3(mg: Run, tmp_path: Path) -> None:

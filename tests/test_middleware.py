@@ -117,11 +117,14 @@ def test_no_backend_read_per_request(tmp_path: Path) -> None:
         before = len(reads)
         for _ in range(300):
             assert client.get("/").status_code == 200
-        assert len(reads) == before  # no read on the request path
-        on(backend)
+        # No read on the request path (the watcher may read once, told of its own
+        # presence record's write by the OS).
+        assert len(reads) - before <= 1
+        on(backend)  # (its read-modify-write reads through the override too)
+        before = len(reads)
         for _ in range(300):
             assert client.get("/").status_code == 503
-        assert len(reads) == before
+        assert len(reads) - before <= 1
 
 
 def test_content_negotiation_and_head(client_for: Any, memory: MemoryBackend) -> None:

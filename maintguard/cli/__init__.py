@@ -23,7 +23,7 @@ from ..backends import Backend, EnvVarBackend, LocalFileBackend, MemoryBackend, 
 from ..backends.env import getenv
 from ..core import controller, io, store_of
 from ..exceptions import ConfigurationError, MaintGuardError, ReadOnlyBackendError
-from ..state import ExplicitState, MaintenanceState, Mode, StoredState
+from ..state import STORED_LOGGER, ExplicitState, MaintenanceState, Mode, StoredState
 from . import run as running
 from . import show, values
 
@@ -452,6 +452,9 @@ def _log_to_stderr(level: int) -> None:
         handler.setFormatter(logging.Formatter("maintguard: %(message)s"))
         logger.addHandler(handler)
         logger.setLevel(level)
+        # A stored detail that is ignored (a hand-edited retry_after...) is the operator's
+        # to fix, whatever the command.
+        logging.getLogger(STORED_LOGGER).setLevel(logging.WARNING)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

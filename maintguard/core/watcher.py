@@ -55,7 +55,8 @@ async def _watch(store: Store) -> None:
     tick = interval if 0 < interval < math.inf else 1.0
     if store.backend.stores_holds:  # the presence record's lease is renewed in time too
         tick = min(tick, store.backend.lease_ttl / 3)
-    read_at = -math.inf
+    # As fresh as the oldest copy (a middleware's start-up has just read: not again now).
+    read_at = min((c.read_at for c in store.controllers()), default=-math.inf)
     due = math.inf  # the next lease expiry or `until` of any scope (store clock)
     wake = asyncio.Event()
     notifier = _notifier(store, wake)
