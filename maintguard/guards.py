@@ -287,17 +287,19 @@ class MaintenanceHold:
         frame = keys[-1]
         try:
             assert self._drain is not None
-            finished = await wait_drained(ctrl, token, self._presents.mode, exclude, self._drain)
+            pending = await wait_drained(ctrl, token, self._presents.mode, exclude, self._drain)
         except BaseException:  # cancelled while draining: nothing of the hold remains
             if ctrl.end_drain(frame):
                 await _write_release(ctrl)
             await _leave((ctrl, keys))
             raise
+        runs = self._drained(ctrl, pending)
+        if not runs:  # left while still draining: DRAINING -> OFF, never ON
+            await _leave((ctrl, keys))
         if ctrl.end_drain(frame):
             await _write_release(ctrl)
-        if not self._drained(ctrl, finished):
-            await _leave((ctrl, keys))
-            raise self._timed_out(ctrl)
+        if not runs:
+            raise self._timed_out(ctrl, pending)
 
     def _enter_drained_blocking(self, ctrl: ScopeController, keys: list[int]) -> None:
         exclude = own_keys()
@@ -315,22 +317,24 @@ class MaintenanceHold:
         frame = keys[-1]
         try:
             assert self._drain is not None
-            finished = wait_drained_blocking(ctrl, token, self._presents.mode, exclude, self._drain)
+            pending = wait_drained_blocking(ctrl, token, self._presents.mode, exclude, self._drain)
         except BaseException:
             if ctrl.end_drain(frame):
                 _write_release_blocking(ctrl)
             _leave_blocking((ctrl, keys))
             raise
+        runs = self._drained(ctrl, pending)
+        if not runs:
+            _leave_blocking((ctrl, keys))
         if ctrl.end_drain(frame):
             _write_release_blocking(ctrl)
-        if not self._drained(ctrl, finished):
-            _leave_blocking((ctrl, keys))
-            raise self._timed_out(ctrl)
+        if not runs:
+            raise self._timed_out(ctrl, pending)
 
-    def _drained(self, ctrl: ScopeController, finished: bool) -> bool:
+    def _drained(self, ctrl: ScopeController, pending: int) -> bool:
         """Tell of the drain's end; False when the body must not run."""
         owner = self._presents.owner
-        if finished:
+        if not pending:
             ctrl.drain_event(EventKind.DRAIN_FINISHED, owner)
             return True
         ctrl.drain_event(EventKind.DRAIN_TIMED_OUT, owner)
@@ -345,12 +349,13 @@ class MaintenanceHold:
         )
         return True
 
-    def _timed_out(self, ctrl: ScopeController) -> DrainTimeout:
+    def _timed_out(self, ctrl: ScopeController, pending: int) -> DrainTimeout:
         return DrainTimeout(
             f"{self._presents.owner}: in-flight work on {ctrl.label} did not end within "
-            f"drain={_seconds(self._drain)}s; the hold was released and its body did not run "
-            "(on_drain_timeout='raise'). Give the drain more time, or use "
-            "on_drain_timeout='proceed' to run anyway."
+            f"drain={_seconds(self._drain)}s ({pending} still running); the hold was "
+            "released and its body did not run (on_drain_timeout='raise'). Give the drain "
+            "more time, or use on_drain_timeout='proceed' to run anyway.",
+            pending,
         )
 
     # -- decorator ------------------------------------------------------------------

@@ -204,6 +204,57 @@ async def test_timeout_raise_releases_the_hold_and_never_runs_the_body() -> None
     assert ran == []
 
 
+@pytest.mark.parametrize("kind", ["memory", "file"])
+@pytest.mark.parametrize("face", ["async", "sync"])
+async def test_a_raising_timeout_goes_draining_to_off_and_counts_what_was_pending(
+    kind: str, face: str, tmp_path: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Found: the phase went DRAINING -> ON -> OFF, with an ON transition and the log line
+    # "maintenance on (...)" although the body never ran; DrainTimeout.pending was always 0.
+    backend = MemoryBackend() if kind == "memory" else LocalFileBackend(tmp_path / "m.json")
+    release = threading.Event()
+    started = threading.Semaphore(0)
+    phases: list[Phase] = []
+
+    @not_during_maintenance(backend=backend)
+    def stuck() -> None:
+        started.release()
+        release.wait(10)
+
+    def hold() -> None:
+        with under_maintenance(backend=backend, drain=0.3, on_drain_timeout="raise"):
+            raise AssertionError("the body must not run")
+
+    async def hold_async() -> None:
+        async with under_maintenance(backend=backend, drain=0.3, on_drain_timeout="raise"):
+            raise AssertionError("the body must not run")
+
+    workers = [threading.Thread(target=stuck) for _ in range(2)]
+    caplog.set_level(logging.INFO, "maintguard")
+    with Heard() as heard:
+        for worker in workers:
+            worker.start()
+        for _ in workers:
+            assert started.acquire(timeout=5)
+        try:
+            with pytest.raises(DrainTimeout) as timed_out:
+                if face == "sync":
+                    await anyio.to_thread.run_sync(hold)
+                else:
+                    await hold_async()
+        finally:
+            release.set()
+            for worker in workers:
+                worker.join(10)
+        phases = [e.phase for e in heard.events if e.kind is EventKind.TRANSITION]
+    assert timed_out.value.pending == 2
+    assert "(2 still running)" in str(timed_out.value)
+    assert phases == [Phase.DRAINING, Phase.OFF]
+    logged = [r.getMessage() for r in caplog.records if r.name == "maintguard"]
+    assert not any(m.startswith("maintenance on") for m in logged), logged
+    assert not (await get_state(backend)).active
+
+
 async def test_a_decorated_job_drains_too() -> None:
     backend = MemoryBackend()
     release = anyio.Event()

@@ -207,6 +207,7 @@ class ScopeController:
             stays = frame[2] > 0  # counted down: the frame stays
             if not stays:
                 keys.pop()
+                self._draining.discard(key)  # (left while draining: a timed-out drain)
                 self.version += 1
                 self._snap = None
                 write = self._claim_write()

@@ -50,9 +50,10 @@ def _poll(ctrl: ScopeController) -> float:
 
 async def wait_drained(
     ctrl: ScopeController, token: str, mode: Mode, exclude: frozenset[int], seconds: float
-) -> bool:
-    """Wait (asyncio or trio) until the work a drain waits for has ended: True, or False
-    when ``seconds`` ran out first."""
+) -> int:
+    """Wait (asyncio or trio) until the work a drain waits for has ended: 0, or how much
+    was still pending (this process's work, and other processes not reporting zero) when
+    ``seconds`` ran out first."""
     left = _left(ctrl, token, mode, exclude)
     work = ctrl.store.work
     drains = work.drains
@@ -74,8 +75,8 @@ async def wait_drained(
                         await event.wait()
                 finally:
                     drains.discard(waker)
-            return True
-        return not left()  # the last look decides
+            return 0
+        return left()  # the last look decides
     finally:
         work.resume(own)
         if stop is not None:
@@ -84,7 +85,7 @@ async def wait_drained(
 
 def wait_drained_blocking(
     ctrl: ScopeController, token: str, mode: Mode, exclude: frozenset[int], seconds: float
-) -> bool:
+) -> int:
     """The same, blocking this thread."""
     left = _left(ctrl, token, mode, exclude)
     work = ctrl.store.work
@@ -96,10 +97,10 @@ def wait_drained_blocking(
     try:
         if poll < math.inf:
             io.run_sync(refresh_store(ctrl.store, ctrl.store.controllers()))
-        while left():
+        while pending := left():
             remaining = end - time.monotonic()
             if remaining <= 0:
-                return False
+                return pending
             event = threading.Event()
             drains.add(event.set)
             try:
@@ -108,7 +109,7 @@ def wait_drained_blocking(
                 event.wait(min(remaining, poll))
             finally:
                 drains.discard(event.set)
-        return True
+        return 0
     finally:
         work.resume(own)
         if stop is not None:
