@@ -17,12 +17,13 @@ import anyio
 import wrapt
 
 from .backends import Backend
-from .core import ScopeController, controller, resolve_backend
+from .core import ScopeController, coerce, controller, resolve_backend
 from .core.controller import refresh_store
 from .core.drain import wait_drained, wait_drained_blocking
 from .core.inflight import mark_held, own_keys, work_frame
 from .core.stack import Presents
 from .exceptions import ConfigurationError, DrainTimeout
+from .options import named_options
 from .state import (
     EventKind,
     ExplicitState,
@@ -113,7 +114,9 @@ class MaintenanceHold:
             )
         self._drain = None if drain is None else float(drain)
         self._raise_on_drain_timeout = on_drain_timeout == "raise"
-        self._backend = backend
+        # A URL names its store once, here: a backend made anew at every entry would be a
+        # store of its own (memory:) and a controller more each time.
+        self._backend = None if backend is None else coerce(backend)
         self._scope = check_scope(scope)
         self._presents = Presents(
             owner or _caller(),
@@ -574,6 +577,7 @@ def under_maintenance(
     drain: float | None = None,
     on_drain_timeout: str = "proceed",
 ) -> MaintenanceHold: ...
+@named_options
 def under_maintenance(
     func: Any = None,
     /,
@@ -609,6 +613,7 @@ def under_maintenance(
     return hold if func is None else hold(func)
 
 
+@named_options
 def maintenance_mode_on(
     backend: BackendArg = None,
     *,
@@ -652,6 +657,7 @@ async def _refresh(ctrl: ScopeController) -> None:
         await refresh_store(ctrl.store, stale, may_raise=True)
 
 
+@named_options
 async def get_state(backend: BackendArg = None, scope: str | None = None) -> MaintenanceState:
     """The full effective state of ``scope`` (or the global scope).
 
@@ -665,6 +671,7 @@ async def get_state(backend: BackendArg = None, scope: str | None = None) -> Mai
     return ctrl.snapshot
 
 
+@named_options
 async def get_maintenance_mode(backend: BackendArg = None, scope: str | None = None) -> bool:
     """True while maintenance is on for ``scope`` (a named scope also follows the global one).
 
@@ -677,6 +684,7 @@ async def get_maintenance_mode(backend: BackendArg = None, scope: str | None = N
     return ctrl.snapshot.active
 
 
+@named_options
 async def set_maintenance_mode(
     value: bool,
     backend: BackendArg = None,

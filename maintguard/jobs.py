@@ -16,12 +16,22 @@ import anyio
 import wrapt
 
 from .backends import Backend
-from .core import ScopeController, controller, dispatch, io, presence, resolve_backend, watch
+from .core import (
+    ScopeController,
+    coerce,
+    controller,
+    dispatch,
+    io,
+    presence,
+    resolve_backend,
+    watch,
+)
 from .core.changes import wait_until, wait_until_blocking
 from .core.inflight import current, inside_hold, new_key, work_frame
 from .core.registry import Store
 from .exceptions import ConfigurationError, UnderMaintenance
 from .guards import SKIP, _refresh, _token, relay
+from .options import named_options
 from .state import EventKind, MaintenanceEvent, MaintenanceState, Mode, check_scope
 
 __all__ = ["NotDuringMaintenance", "not_during_maintenance"]
@@ -76,7 +86,7 @@ class NotDuringMaintenance:
             )
         self.policy = policy
         self.timeout = timeout
-        self._backend = backend
+        self._backend = None if backend is None else coerce(backend)  # a URL: once
         self._scope = check_scope(scope)
         self._allow_read_only = allow_read_only
         self._fixed: ScopeController | None = None
@@ -371,6 +381,7 @@ def not_during_maintenance(
     scope: str | None = None,
     allow_read_only: bool = False,
 ) -> NotDuringMaintenance: ...
+@named_options
 def not_during_maintenance(
     func: Any = None,
     /,

@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 from . import guards, ioloop
 from .exceptions import ConfigurationError
 from .guards import BackendArg, Seconds
+from .options import named_options
 from .state import MaintenanceState, Mode
 
 __all__ = ["get_maintenance_mode", "get_state", "set_maintenance_mode"]
@@ -29,16 +30,19 @@ __all__ = ["get_maintenance_mode", "get_state", "set_maintenance_mode"]
 T = TypeVar("T")
 
 
+@named_options
 def get_maintenance_mode(backend: BackendArg = None, scope: str | None = None) -> bool:
     """True while maintenance is on for ``scope`` (blocking)."""
     return _blocking("get_maintenance_mode", guards.get_maintenance_mode(backend, scope))
 
 
+@named_options
 def get_state(backend: BackendArg = None, scope: str | None = None) -> MaintenanceState:
     """The full effective state of ``scope`` (blocking)."""
     return _blocking("get_state", guards.get_state(backend, scope))
 
 
+@named_options
 def set_maintenance_mode(
     value: bool,
     backend: BackendArg = None,

@@ -15,13 +15,17 @@ import trio
 from maintguard import (
     ConfigurationError,
     Mode,
+    UnderMaintenance,
+    configure,
     get_maintenance_mode,
     get_state,
     maintenance_mode_on,
+    not_during_maintenance,
     set_maintenance_mode,
+    sync,
     under_maintenance,
 )
-from maintguard.backends import Backend, LocalFileBackend, MemoryBackend
+from maintguard.backends import Backend, LocalFileBackend, MemoryBackend, backend_from_url
 
 from .conftest import BackendFactory
 
@@ -565,3 +569,71 @@ async def test_maintenance_mode_on_takes_backend_by_keyword_or_position(tmp_path
         async with maintenance_mode_on(custom_backend, reason="positional"):
             assert (await get_state(custom_backend)).reason == "positional"
     assert await get_maintenance_mode(custom_backend) is False
+
+
+def test_a_url_names_one_store_however_often_a_hold_is_entered() -> None:
+    # Found: the URL was turned into a new backend at every entry, so `memory:` gave each
+    # entry a store of its own (no reader saw the hold) and the hold object one controller
+    # more per entry.
+    hold = under_maintenance(backend="memory:", reason="from a URL")
+    for _ in range(300):
+        with hold:
+            assert sync.get_maintenance_mode("memory:")
+            assert sync.get_state(backend_from_url("memory:")).reason == "from a URL"
+    assert not sync.get_maintenance_mode("memory:")
+    assert len(hold._live) == 1  # one controller, whatever the number of entries
+    assert backend_from_url("memory:") is backend_from_url("memory:")
+    assert backend_from_url("memory:") is not MemoryBackend()  # an object of one's own
+
+
+def test_a_guard_and_the_state_functions_given_a_url_share_its_store() -> None:
+    ran: list[int] = []
+
+    @not_during_maintenance(policy="raise", backend="memory:")
+    def job() -> None:
+        ran.append(1)
+
+    job()
+    sync.set_maintenance_mode(True, "memory:", reason="by URL")
+    try:
+        assert sync.get_state("memory:").reason == "by URL"
+        with pytest.raises(UnderMaintenance):
+            job()
+    finally:
+        sync.set_maintenance_mode(False, "memory:")
+    job()
+    assert ran == [1, 1]
+
+
+def test_memory_url_takes_no_options() -> None:
+    with pytest.raises(ConfigurationError, match="takes no options"):
+        backend_from_url("memory:", lease_ttl=3)
+
+
+@pytest.mark.parametrize(
+    ("call", "wrong", "meant"),
+    [
+        (lambda: under_maintenance(reasn="x"), "reasn", "reason"),  # type: ignore[call-overload]
+        (lambda: maintenance_mode_on(retry_afer=5), "retry_afer", "retry_after"),  # type: ignore[call-arg]
+        (lambda: not_during_maintenance(polcy="skip"), "polcy", "policy"),  # type: ignore[call-overload]
+        (lambda: sync.set_maintenance_mode(True, reson="x"), "reson", "reason"),  # type: ignore[call-arg]
+        (lambda: sync.get_state(scop="billing"), "scop", "scope"),  # type: ignore[call-arg]
+        (lambda: configure(bakend="memory:"), "bakend", "backend"),  # type: ignore[call-arg]
+    ],
+)
+def test_a_misspelled_option_names_the_options_that_exist(
+    call: Any, wrong: str, meant: str
+) -> None:
+    with pytest.raises(ConfigurationError) as info:
+        call()
+    assert isinstance(info.value, TypeError)  # what Python itself would have raised
+    message = str(info.value)
+    assert f"no option {wrong!r} (did you mean {meant!r}?)" in message
+    assert "its options are: " in message
+
+
+async def test_a_misspelled_option_of_the_async_state_functions() -> None:
+    with pytest.raises(ConfigurationError, match="did you mean 'until'"):
+        await set_maintenance_mode(True, untl=5)  # type: ignore[call-arg]
+    with pytest.raises(ConfigurationError, match="did you mean 'scope'"):
+        await get_maintenance_mode(scpe="x")  # type: ignore[call-arg]

@@ -684,3 +684,12 @@ def test_template_string_and_callable(client_for: Any, memory: MemoryBackend) ->
     assert page.get("/", headers=html).text == "<p>&lt;b&gt;upgrade&lt;/b&gt; in 90 s</p>"
     custom = client_for([Route("/", fresh())], template=lambda state: f"<h1>{state.holds}</h1>")
     assert custom.get("/", headers=html).text == "<h1>0</h1>"
+
+
+def test_a_misspelled_middleware_option_says_which_exist(memory: MemoryBackend) -> None:
+    app = Starlette(routes=[Route("/", ok)])
+    app.add_middleware(MaintenanceModeMiddleware, backend=memory, exmpt_paths=["/health"])
+    with pytest.raises(ConfigurationError) as info, TestClient(app):
+        pass
+    assert "no option 'exmpt_paths' (did you mean 'exempt_paths'?)" in str(info.value)
+    assert "bypass_secret" in str(info.value)  # every option is named

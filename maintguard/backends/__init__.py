@@ -49,7 +49,9 @@ def backend_from_url(url: str, **options: Any) -> Backend:
     scheme = scheme.lower()
     try:
         if scheme == "memory" and not rest:
-            return MemoryBackend(**options)
+            if options:
+                raise TypeError(f"MemoryBackend takes no options ({', '.join(options)})")
+            return _MEMORY
         if scheme == "env":
             return EnvVarBackend(rest or "MAINTGUARD_MODE", **options)
         if scheme == "file" and rest:
@@ -91,3 +93,8 @@ def _key_prefix_of(url: str) -> tuple[str, str | None]:
         )
     rest = urlencode([(key, value) for key, value in query if key != "key_prefix"])
     return urlunsplit(split._replace(query=rest)), prefixes[0]
+
+
+_MEMORY = MemoryBackend()
+"""The one memory store ``memory:`` names in this process: every URL naming it reaches the
+same state (a store made anew at each use would be one nobody else reads)."""

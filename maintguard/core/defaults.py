@@ -8,6 +8,7 @@ import threading
 from ..backends import Backend, EnvVarBackend, backend_from_url
 from ..backends.env import getenv
 from ..exceptions import ConfigurationError
+from ..options import named_options
 from .registry import all_stores, store_of
 
 __all__ = [
@@ -40,6 +41,7 @@ def coerce(backend: Backend | str) -> Backend:
     )
 
 
+@named_options
 def configure(backend: Backend | str | None) -> None:
     """Set the process's default backend (a :class:`Backend` or a URL string).
 

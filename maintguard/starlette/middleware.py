@@ -33,6 +33,7 @@ from ..core.changes import wait_until
 from ..core.controller import refresh_store
 from ..core.inflight import Work, new_key, work_frame
 from ..exceptions import ConfigurationError, MaintGuardError
+from ..options import named_options
 from ..state import MaintenanceState, Mode, Phase, check_scope
 from . import routes as marks
 from .access import Bypass, ClientRule
@@ -75,6 +76,7 @@ class MaintenanceModeMiddleware:
     Every option is checked here; at request time nothing it does answers 500.
     """
 
+    @named_options
     def __init__(
         self,
         app: ASGIApp,

@@ -1,0 +1,61 @@
+"""Keyword options checked by name: a misspelled option says which ones exist."""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import inspect
+from collections.abc import Callable, Iterable
+from typing import Any, ParamSpec, TypeVar, cast
+
+from .exceptions import ConfigurationError
+
+__all__ = ["UnknownOption", "named_options"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+class UnknownOption(ConfigurationError, TypeError):
+    """An option that does not exist (a ``TypeError`` too, as Python's own would be)."""
+
+
+def named_options(func: Callable[P, R]) -> Callable[P, R]:
+    """Refuse an unknown keyword option of ``func`` with a :class:`ConfigurationError`
+    naming the closest option and every one that exists, instead of Python's bare
+    ``TypeError``. The check is a set comparison: nothing else changes."""
+    parameters = inspect.signature(func).parameters.values()
+    names = frozenset(
+        p.name for p in parameters if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)
+    )
+    name = func.__qualname__.removesuffix(".__init__")
+
+    if inspect.iscoroutinefunction(func):  # stays one (frameworks look)
+
+        @functools.wraps(func)
+        async def checked_async(*args: Any, **kwargs: Any) -> Any:
+            if kwargs and not names.issuperset(kwargs):
+                raise unknown_option(name, kwargs, names)
+            return await func(*args, **kwargs)
+
+        return cast(Callable[P, R], checked_async)
+
+    @functools.wraps(func)
+    def checked(*args: P.args, **kwargs: P.kwargs) -> R:
+        if kwargs and not names.issuperset(kwargs):
+            raise unknown_option(name, kwargs, names)
+        return func(*args, **kwargs)
+
+    return checked
+
+
+def unknown_option(where: str, given: Iterable[str], names: Iterable[str]) -> UnknownOption:
+    known = sorted(n for n in names if n not in ("self", "app", "func", "value"))
+    wrong = sorted(set(given) - set(names))
+    hints = []
+    for option in wrong:
+        close = difflib.get_close_matches(option, known, n=1)
+        hints.append(f"{option!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+    return UnknownOption(
+        f"{where}() has no option {', '.join(hints)}; its options are: {', '.join(known)}"
+    )
