@@ -1,14 +1,16 @@
 """Two uvicorn workers on one Redis store: a switch or a job anywhere reaches both at once.
 
     pip install -e '.[examples,redis]'
-    python examples/many_servers.py [--redis redis://127.0.0.1:6379/0]
+    python examples/many_servers.py [--backend 'redis://127.0.0.1:6379/0?key_prefix=example']
 
 This starts two uvicorn processes serving the app below (as two servers behind a load
 balancer would), then, from this third process, turns maintenance on, holds it for a job,
 and turns it off, showing what each worker answers after each step. Each worker could be on
-another machine: they share nothing but Redis.
+another machine: they share nothing but Redis. Every server, job and operator names the
+store by one URL, its key prefix included; the app reads it from MAINTGUARD_BACKEND:
 
-    MAINTGUARD_BACKEND=redis://cache:6379/0 uvicorn examples.many_servers:app
+    MAINTGUARD_BACKEND='redis://cache:6379/0?key_prefix=shop' uvicorn examples.many_servers:app
+    MAINTGUARD_BACKEND='redis://cache:6379/0?key_prefix=shop' maintguard on --reason upgrade
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from maintguard import (
     set_maintenance_mode,
     under_maintenance,
 )
-from maintguard.backends import RedisBackend
+from maintguard.backends import Backend, backend_from_url
 
 ROOT = Path(__file__).parents[1]
 
@@ -48,12 +50,12 @@ async def health(request: Request) -> Response:
     return JSONResponse({"status": "ok", "worker": os.getpid()})
 
 
-def store() -> RedisBackend:
-    # The URL and prefix every server of the deployment uses.
-    return RedisBackend(
-        os.environ.get("MAINTGUARD_REDIS", "redis://127.0.0.1:6379/0"),
-        key_prefix=os.environ.get("MAINTGUARD_PREFIX", "example"),
-    )
+DEFAULT = "redis://127.0.0.1:6379/0?key_prefix=example"
+
+
+def store() -> Backend:
+    # The URL (and key prefix) every server of the deployment, its jobs and its operators use.
+    return backend_from_url(os.environ.get("MAINTGUARD_BACKEND", DEFAULT))
 
 
 app = Starlette(routes=[Route("/", home), Route("/health", health)])
@@ -114,11 +116,14 @@ async def operate(urls: list[str]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description="Two uvicorn workers on one Redis store.")
-    parser.add_argument("--redis", default="redis://127.0.0.1:6379/0", help="the Redis URL")
+    parser.add_argument(
+        "--backend",
+        default=os.environ.get("MAINTGUARD_BACKEND", DEFAULT),
+        help="the store's URL, key prefix included (default: $MAINTGUARD_BACKEND or %(default)s)",
+    )
     args = parser.parse_args()
-    os.environ["MAINTGUARD_REDIS"] = args.redis
-    env = {**os.environ, "MAINTGUARD_PREFIX": os.environ.get("MAINTGUARD_PREFIX", "example")}
-    workers = start_workers(env)
+    os.environ["MAINTGUARD_BACKEND"] = args.backend  # for this process and both workers
+    workers = start_workers(dict(os.environ))
     try:
         anyio.run(operate, [url for url, _ in workers])
     finally:

@@ -1,7 +1,7 @@
 """An outside reviewer's attacks on the core.
 
-Tests marked ``# Review:`` failed on the code as reviewed: each showed a rule of DESIGN.md
-sections 3-4 broken for real (real threads, loops, files; no mocks). The others are attacks
+Tests marked ``# Review:`` failed on the code as reviewed: each showed a rule of the README
+("Holding maintenance", "The rules") broken for real (real threads, loops, files; no mocks). The others are attacks
 that held up and are not covered elsewhere.
 """
 

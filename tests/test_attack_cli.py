@@ -3,7 +3,7 @@ the pytest plugin: real processes on a file store in a temp folder (a pty where 
 matters), and ``pytester`` runs for the plugin.
 
 Tests marked ``xfail(strict=True)`` demonstrate a bug: each asserts the behaviour README.md
-("Operators: the `maintguard` command", "Testing your app") or DESIGN.md 6/6b promise, and
+("Operators: the `maintguard` command", "Testing your app") promises, and
 fails on the code as it stands. Tests under a ``# Review:`` comment failed on the code as
 first reviewed (e262f6c) and pass since the fixes in 40dfdf4. The others are attacks the
 code withstood.

@@ -2,8 +2,8 @@
 keys, a Redis that stalls, pauses or refuses at the worst moment, cancellation of every
 kind, forks, and the rule that objects naming one store share it.
 
-Written by a reviewer who did not write the backend. Each test asserts what the design
-(docs/DESIGN: sections 3, 4, 5 and 5b) promises. Where the code does not keep the promise
+Written by a reviewer who did not write the backend. Each test asserts what the README
+("Backends", "Many servers", "The rules") promises. Where the code does not keep the promise
 the test is marked ``xfail(strict=True)`` with a one-line reason: the suite stays green and
 the bug stays recorded (a fix turns the xfail into an XPASS, which fails, so the marker
 must then be removed). Tests without the marker guard behaviour that held up.

@@ -147,13 +147,14 @@ def test_many_servers_example_reaches_both_workers() -> None:
 
     from tests.stores import REDIS_URL, redis_prefix
 
+    url = f"{REDIS_URL}?key_prefix={redis_prefix()}"
     done = subprocess.run(
-        [sys.executable, "examples/many_servers.py", "--redis", REDIS_URL],
+        [sys.executable, "examples/many_servers.py", "--backend", url],
         cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=120,
-        env={**os.environ, "MAINTGUARD_PREFIX": redis_prefix()},
+        env={k: v for k, v in os.environ.items() if not k.startswith("MAINTGUARD_")},
     )
     assert done.returncode == 0 and done.stderr == "", done.stderr
     answers = [line.split("workers answer ")[1] for line in done.stdout.splitlines()]
