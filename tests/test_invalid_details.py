@@ -224,3 +224,83 @@ def test_redis_values_with_an_invalid_detail_stay_on_and_warn_once(
     assert maintguard.sync.get_state(backend).reason == "fixed"
     if key == "explicit":
         assert raw.hget(f"{base}:explicit", field) != value
+
+
+# -- presence records and hold times: not what says whether maintenance is on ----------------
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a presence record with a bad pid makes the whole file unreadable: active=true lost",
+)
+def test_a_bad_presence_record_does_not_turn_an_active_state_off(tmp_path: Path) -> None:
+    # A hold record's `pid` of "12" is an ignored detail (DETAILS above); the same field
+    # of a presence record ("workers", which only drains read) made the whole file
+    # "corrupt": with on_error="open" the operator's `"active": true` read as off.
+    path = tmp_path / "m.json"
+    worker = {"id": "w", "host": "h", "pid": "12", "expires": SOON}
+    path.write_text(json.dumps({"version": 1, "active": True, "workers": [worker]}))
+    backend = LocalFileBackend(path, refresh_interval=0, on_error="open")
+    states = []
+    for _ in range(2):
+        try:
+            states.append(maintguard.sync.get_state(backend).active)
+        except BackendError:
+            states.append(None)
+    assert states == [True, True]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a hold whose id and lease are readable but whose acquired/started are not is "
+    "'corrupt': the hold's maintenance is lost under on_error='open'",
+)
+def test_a_hold_with_unreadable_times_but_a_live_lease_still_counts(tmp_path: Path) -> None:
+    # `started` alone may be invalid (DETAILS above); with `acquired` invalid too the file
+    # was refused, though the hold's id and lease — what says it is on — read fine.
+    path = tmp_path / "m.json"
+    hold = {**HOLD, "acquired": "yesterday", "started": "yesterday"}
+    path.write_text(json.dumps({"version": 1, "active": False, "holds": [hold]}))
+    backend = LocalFileBackend(path, refresh_interval=0, on_error="open")
+    states = []
+    for _ in range(2):
+        try:
+            states.append(maintguard.sync.get_state(backend).holds)
+        except BackendError:
+            states.append(None)
+    assert states == [1, 1]
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "header"),
+    [
+        ("retry_after", 1e308, "31536000"),  # a year at most
+        ("retry_after", 10**30, "31536000"),
+        ("until", "9999-12-31T23:59:59+14:00", None),  # an HTTP date, clamped
+        ("since", "0001-01-01T00:00:00+00:00", None),
+    ],
+)
+def test_extreme_but_valid_details_answer_503_never_500(
+    tmp_path: Path, field: str, value: Any, header: str | None
+) -> None:
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import PlainTextResponse, Response
+    from starlette.routing import Route
+    from starlette.testclient import TestClient
+
+    from maintguard import MaintenanceModeMiddleware
+
+    async def home(request: Request) -> Response:
+        return PlainTextResponse("the app")
+
+    path = tmp_path / "m.json"
+    path.write_text(json.dumps({"version": 1, "active": True, field: value}))
+    app = Starlette(routes=[Route("/", home)])
+    app.add_middleware(MaintenanceModeMiddleware, backend=LocalFileBackend(path))
+    with TestClient(app) as client:
+        for accept in ("text/html", "application/json", "text/plain"):
+            response = client.get("/", headers={"accept": accept})
+            assert response.status_code == 503 and "the app" not in response.text
+            if header is not None:
+                assert response.headers["retry-after"] == header
