@@ -243,3 +243,89 @@ def test_a_subclass_is_not_silently_served_by_a_plain_object_of_its_store(
     assert maintguard.sync.get_state(Renamed(path)).active is False
     with pytest.raises(ConfigurationError, match=r"io=.*Audited.* here but io=.*LocalFileBackend"):
         maintguard.sync.get_state(Audited(path))
+
+
+# -- a subclass whose read hands back something else: a failed read, never a 500 or "off" ----
+
+
+def _served_without_lifespan(backend: Backend) -> list[int]:
+    """Status codes of three requests to an app behind the middleware, no lifespan."""
+    import httpx
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import PlainTextResponse, Response
+    from starlette.routing import Route
+
+    from maintguard import MaintenanceModeMiddleware
+
+    async def home(request: Request) -> Response:
+        return PlainTextResponse("the app")
+
+    app = Starlette(routes=[Route("/", home)])
+    app.add_middleware(MaintenanceModeMiddleware, backend=backend)
+
+    async def main() -> list[int]:
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            return [(await client.get("/")).status_code for _ in range(3)]
+
+    return anyio.run(main)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="read_state returning a dict (from_dict forgotten) gives the end user a 500",
+)
+def test_a_read_state_that_returns_a_dict_is_a_failed_read_not_a_500(tmp_path: Path) -> None:
+    class Forgetful(LocalFileBackend):
+        async def read_state(self, scope: str | None) -> StoredState:
+            return {"active": True}  # type: ignore[return-value]  # from_dict forgotten
+
+    backend = Forgetful(tmp_path / "m.json", on_error="closed")
+    assert _served_without_lifespan(backend) == [503, 503, 503]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="read_state returning None is taken as 'never read': on_error='closed' serves the app",
+)
+def test_a_read_state_that_returns_none_follows_on_error(tmp_path: Path) -> None:
+    class Empty(LocalFileBackend):
+        async def read_state(self, scope: str | None) -> StoredState:
+            return None  # type: ignore[return-value]  # a row not found, not turned into StoredState()
+
+    backend = Empty(tmp_path / "m.json", on_error="closed")
+    assert _served_without_lifespan(backend) == [503, 503, 503]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="read_scopes leaving out the scope asked for reads as 'off': on_error='closed' serves",
+)
+def test_read_scopes_that_leaves_out_a_scope_follows_on_error(tmp_path: Path) -> None:
+    # "The result has an entry for each scope asked for": one that lacks it read as an
+    # empty store (off), so a closed store served the app.
+    class Partial(LocalFileBackend):
+        async def read_scopes(self, scopes: Any) -> dict[str | None, StoredState]:
+            return {}
+
+    path = tmp_path / "m.json"
+    path.write_text('{"version": 1, "active": true}')
+    backend = Partial(path, on_error="closed")
+    assert _served_without_lifespan(backend) == [503, 503, 503]
+
+
+@pytest.mark.xfail(
+    strict=True, reason="get_state raises AttributeError, not BackendError, on a bad read_state"
+)
+def test_get_state_wraps_a_read_state_that_returns_garbage(tmp_path: Path) -> None:
+    class Forgetful(LocalFileBackend):
+        async def read_state(self, scope: str | None) -> StoredState:
+            return {"active": True}  # type: ignore[return-value]
+
+    backend = Forgetful(tmp_path / "m.json", on_error="closed", refresh_interval=0)
+    from maintguard import BackendError
+
+    with pytest.raises(BackendError):
+        maintguard.sync.get_state(backend)
+    assert maintguard.sync.get_state(backend).active  # then on_error="closed"
