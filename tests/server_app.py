@@ -21,7 +21,7 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from maintguard import MaintenanceModeMiddleware, exempt
+from maintguard import MaintenanceModeMiddleware, exempt, not_during_maintenance
 from maintguard.backends import Backend
 from tests.stores import open_store
 
@@ -82,3 +82,19 @@ plain = MaintenanceModeMiddleware(_plain, backend=backend())
 
 allowing = Starlette(routes=routes)  # the office network may pass during maintenance
 allowing.add_middleware(MaintenanceModeMiddleware, backend=backend(), allow_ips=["10.0.0.0/8"])
+
+
+_store = backend()
+
+
+@not_during_maintenance(policy="raise", backend=_store)  # a guard kept for the process's life
+def _send_invoice() -> str:
+    return "invoice sent"
+
+
+async def invoice(request: Request) -> Response:
+    return PlainTextResponse(_send_invoice())
+
+
+guarded = Starlette(routes=[*routes, Route("/invoice", invoice)])  # the app calls a guarded job
+guarded.add_middleware(MaintenanceModeMiddleware, backend=_store)
