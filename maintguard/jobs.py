@@ -122,7 +122,9 @@ class NotDuringMaintenance:
         or None: skip it. Raises UnderMaintenance to refuse it."""
         ctrl = self._controller()
         store = ctrl.store
-        if not ctrl.refresh_inline() and (ctrl.stored is None or store not in self._watched):
+        if not ctrl.refresh_inline() and (
+            ctrl.stored is None or store not in self._watched or not store.present
+        ):
             await self._keep_fresh(ctrl)
         work = store.work
         key = new_key()
@@ -153,7 +155,9 @@ class NotDuringMaintenance:
     def _admit_blocking(self, what: str) -> Admission | None:
         ctrl = self._controller()
         store = ctrl.store
-        if not ctrl.refresh_inline() and (ctrl.stored is None or store not in self._watched):
+        if not ctrl.refresh_inline() and (
+            ctrl.stored is None or store not in self._watched or not store.present
+        ):
             io.run_sync(self._keep_fresh(ctrl))
         work = store.work
         key = new_key()
@@ -185,8 +189,9 @@ class NotDuringMaintenance:
         # lives (guard checks then read memory only), and read now what is older than the
         # refresh bound (a guard made per call may find a copy that nothing kept fresh).
         store = ctrl.store
-        if store not in self._watched:
+        if not store.present:  # (a server's shutdown removed the record: again)
             await presence.join(store)
+        if store not in self._watched:
             stop = watch(ctrl.backend)
             if self._watched.setdefault(store, stop) is stop:
                 weakref.finalize(self, stop)

@@ -33,6 +33,8 @@ __all__ = [
 
 logger = logging.getLogger("maintguard")
 STORED_LOGGER = "maintguard.stored"
+EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+"""A time that stands for "unknown" where one is needed (the oldest there is)."""
 _stored_logger = logging.getLogger(STORED_LOGGER)  # stored details ignored (see warn_invalid)
 
 RetryAfter = float | datetime
@@ -215,11 +217,14 @@ def stored_from_dict(data: Any, problems: list[str]) -> StoredState:
         raise ValueError("'holds' must be a list")
     workers = data.get("workers", [])
     if not isinstance(workers, list):
-        raise ValueError("'workers' must be a list")
+        if problems is None:
+            raise ValueError("'workers' must be a list")
+        problems.append(f"'workers' is ignored: a list of presence records, not {workers!r}")
+        workers = []
     return StoredState(
         explicit,
         tuple(hold_from_dict(h, problems) for h in holds),
-        tuple(worker_from_dict(w) for w in workers),
+        tuple(w for w in (worker_from_dict(w, problems) for w in workers) if w is not None),
     )
 
 
@@ -338,8 +343,11 @@ def hold_from_dict(data: Any, problems: list[str] | None = None) -> HoldRecord:
     detail = _Details(data, problems, f"hold {hold_id!r}: ")
     acquired = detail("acquired", _load_time)
     started = detail("started", _load_time)
-    if acquired is None and started is None:  # no record maintguard wrote
-        raise ValueError(f"hold {hold_id!r} lacks 'acquired' and 'started'")
+    if acquired is None and started is None:  # still a live hold: its id and lease say so
+        if problems is None:
+            raise ValueError(f"hold {hold_id!r} lacks 'acquired' and 'started'")
+        problems.append(f"hold {hold_id!r}: 'acquired' and 'started' are unknown")
+        acquired = EPOCH  # the oldest: the details shown come from other holds first
     return HoldRecord(
         id=hold_id,
         owner=detail("owner", _text, ""),
@@ -355,24 +363,41 @@ def hold_from_dict(data: Any, problems: list[str] | None = None) -> HoldRecord:
     )
 
 
-def worker_from_dict(data: Any) -> WorkerRecord:
-    # Presence records are maintguard's alone (never hand-edited) and tell drains whom to
-    # wait for: one that cannot be read makes the state unreadable, as a hold's lease does.
+def worker_from_dict(data: Any, problems: list[str] | None = None) -> WorkerRecord | None:
+    """A presence record (a process drains wait for). Whether maintenance is on never
+    depends on it: one whose id or lease cannot be read is dropped, noted in ``problems``
+    (a lease that cannot be judged would hold drains forever); reports that cannot be read
+    count as none yet (drains wait for it until its lease ends). Without ``problems``,
+    anything unreadable raises ``ValueError``."""
+
+    def bad(problem: str) -> None:
+        if problems is None:
+            raise ValueError(problem)
+        problems.append(problem)
+
     if not isinstance(data, Mapping):
-        raise ValueError(f"a worker must be an object, found {data!r}")
-    expires = _load_time(data.get("expires"))
-    if expires is None or data.get("id") is None:
-        raise ValueError("a worker lacks 'id' or 'expires'")
+        bad(f"a presence record that is not an object is ignored: {data!r}")
+        return None
+    worker_id = data.get("id")
+    try:
+        expires = _load_time(data.get("expires"))
+    except (ValueError, TypeError, OverflowError):
+        expires = None
+    if not isinstance(worker_id, str) or expires is None:
+        bad(f"presence record {worker_id!r} is ignored: its 'id' or lease 'expires' cannot be read")
+        return None
     reports = data.get("reports", {})
     if not isinstance(reports, Mapping) or not all(
         isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) and v >= 0
         for k, v in reports.items()
     ):
-        raise ValueError(f"a worker's 'reports' must map drain tokens to counts, found {reports!r}")
+        bad(f"presence record {worker_id!r}: 'reports' is ignored: {reports!r}")
+        reports = {}
+    detail = _Details(data, problems, f"presence record {worker_id!r}: ")
     return WorkerRecord(
-        id=_get(data, "id", str),
-        host=_get(data, "host", str, ""),
-        pid=_get(data, "pid", int, 0),
+        id=worker_id,
+        host=detail("host", _text, ""),
+        pid=detail("pid", _pid, 0),
         expires=expires,
         reports=tuple(sorted(reports.items())),
     )

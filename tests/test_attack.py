@@ -1,8 +1,8 @@
 """An outside reviewer's attacks on the core.
 
 Tests marked ``# Review:`` failed on the code as reviewed: each showed a rule of the README
-("Holding maintenance", "The rules") broken for real (real threads, loops, files; no mocks). The others are attacks
-that held up and are not covered elsewhere.
+("Holding maintenance", "The rules") broken for real (real threads, loops, files; no
+mocks). The others are attacks that held up and are not covered elsewhere.
 """
 
 from __future__ import annotations

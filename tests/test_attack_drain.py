@@ -35,7 +35,6 @@ from starlette.websockets import WebSocket
 from maintguard import (
     DrainTimeout,
     MaintenanceModeMiddleware,
-    MaintGuardError,
     UnderMaintenance,
     exempt,
     get_maintenance_mode,
@@ -1256,37 +1255,44 @@ _BAD_WORKERS = {
 
 
 @pytest.mark.parametrize("name", sorted(_BAD_WORKERS))
-async def test_corrupt_workers_are_a_clean_backend_error_and_the_file_is_kept(
-    tmp_path: Path, name: str
+async def test_corrupt_workers_are_ignored_and_the_state_still_reads(
+    tmp_path: Path, name: str, caplog: pytest.LogCaptureFixture
 ) -> None:
+    # Whether maintenance is on never depends on a presence record: a bad one is dropped
+    # with a warning (it once made the whole state unreadable, so on_error="open" read an
+    # operator's "on" as off). Reading never rewrites the file.
     path = tmp_path / "state.json"
     value = _BAD_WORKERS[name]
     workers: Any = {"x": 1} if value is None else [value]
     path.write_text(json.dumps({"version": 1, "active": True, "reason": "op", "workers": workers}))
     before = path.read_text()
-    b = LocalFileBackend(path, refresh_interval=0.1)
-    with pytest.raises(MaintGuardError, match="does not hold a maintenance state"):
-        await get_state(b)
-    with pytest.raises(MaintGuardError):
-        async with under_maintenance(backend=b, drain=0.1):
-            raise AssertionError("the body must not run")
+    b = LocalFileBackend(path, refresh_interval=0.1, on_error="open")
+    state = await get_state(b)
+    assert (state.active, state.reason) == (True, "op")
+    assert path.read_text() == before  # reading wrote nothing
+    assert any("presence record" in r.getMessage() or "'workers'" in r.getMessage()
+               for r in caplog.records)  # fmt: skip
 
     @not_during_maintenance(backend=b, policy="raise")
     async def job() -> None:
         raise AssertionError("the job must not run")
 
-    with pytest.raises(MaintGuardError):
-        await job()
-    assert path.read_text() == before
+    with pytest.raises(UnderMaintenance):
+        await job()  # (the guard records its presence: the bad record is gone then)
+    assert json.loads(path.read_text())["active"] is True
 
 
-async def test_out_of_range_worker_expiry_is_reported_as_a_corrupt_file(tmp_path: Path) -> None:
+async def test_out_of_range_worker_expiry_is_ignored(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     path = tmp_path / "state.json"
     worker = {"id": "x", "expires": "9999-12-31T23:59:59-05:00"}
-    path.write_text(json.dumps({"version": 1, "workers": [worker]}))
+    path.write_text(json.dumps({"version": 1, "active": True, "workers": [worker]}))
     b = LocalFileBackend(path, refresh_interval=0.1)
-    with pytest.raises(MaintGuardError, match="does not hold a maintenance state"):
-        await get_state(b)
+    state = await get_state(b)
+    assert state.active and store_of(b).root.stored is not None
+    assert store_of(b).root.stored.workers == ()
+    assert any("presence record 'x' is ignored" in r.getMessage() for r in caplog.records)
 
 
 async def test_middleware_keeps_answering_when_workers_turn_corrupt(tmp_path: Path) -> None:
@@ -1304,13 +1310,13 @@ async def test_middleware_keeps_answering_when_workers_turn_corrupt(tmp_path: Pa
 
     app = middleware_app(b, [Route("/", home)])
     assert (await call(app, "/"))[0] == 503
-    replace({"version": 1, "active": False, "workers": [{"id": 1}]})
-    await anyio.sleep(0.3)  # the watcher reads it and follows on_error="last_known"
+    replace({"version": 1, "active": True, "reason": "still", "workers": [{"id": 1}]})
+    await anyio.sleep(0.3)  # the bad presence record is dropped; the state reads as usual
     for _ in range(3):
         assert (await call(app, "/"))[0] == 503
-    replace({"version": 1, "active": False})
+    replace({"version": 1, "active": False, "workers": [{"id": 1}]})
     await anyio.sleep(0.3)
-    assert (await call(app, "/"))[0] == 200
+    assert (await call(app, "/"))[0] == 200  # what the state says: off, never a 500
 
 
 async def test_dead_and_self_claiming_worker_records_do_not_hold_a_drain(tmp_path: Path) -> None:

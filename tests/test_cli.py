@@ -427,11 +427,6 @@ def test_status_json_names_a_redis_store_by_its_url_and_prefix(mg: Run) -> None:
     assert mg("off", "--backend", url, env=environment()).code == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="unix:///sock?key_prefix=NAME is mangled to unix:/sock and refused: a socket store "
-    "with a prefix of its own cannot be named by --backend or MAINTGUARD_BACKEND",
-)
 def test_a_redis_store_on_a_unix_socket_is_named_with_its_prefix(
     mg: Run, redis_server: Any
 ) -> None:

@@ -229,10 +229,6 @@ def test_redis_values_with_an_invalid_detail_stay_on_and_warn_once(
 # -- presence records and hold times: not what says whether maintenance is on ----------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a presence record with a bad pid makes the whole file unreadable: active=true lost",
-)
 def test_a_bad_presence_record_does_not_turn_an_active_state_off(tmp_path: Path) -> None:
     # A hold record's `pid` of "12" is an ignored detail (DETAILS above); the same field
     # of a presence record ("workers", which only drains read) made the whole file
@@ -250,11 +246,6 @@ def test_a_bad_presence_record_does_not_turn_an_active_state_off(tmp_path: Path)
     assert states == [True, True]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a hold whose id and lease are readable but whose acquired/started are not is "
-    "'corrupt': the hold's maintenance is lost under on_error='open'",
-)
 def test_a_hold_with_unreadable_times_but_a_live_lease_still_counts(tmp_path: Path) -> None:
     # `started` alone may be invalid (DETAILS above); with `acquired` invalid too the file
     # was refused, though the hold's id and lease — what says it is on — read fine.

@@ -1,16 +1,15 @@
 """Fork, interpreter exit and server shutdown: a child holds nothing of its parent and
 follows changes by itself; at exit, holds still entered end with the process; a lifespan
-shutdown removes the process's presence record unless something else still watches."""
+shutdown removes the process's presence record unless guarded work is still in flight."""
 
 from __future__ import annotations
 
-import gc
 import json
 import os
 import subprocess
 import sys
 import textwrap
-import time
+import threading
 from pathlib import Path
 
 import pytest
@@ -185,10 +184,11 @@ def test_a_lifespan_shutdown_removes_the_presence_record_before_it_completes(
     assert workers_of(path) == []  # at once: not left to the watcher's next turn
 
 
-def test_a_shutdown_keeps_the_record_while_a_guard_still_watches_the_store(
+def test_a_shutdown_removes_the_record_though_an_idle_guard_watches_and_the_guard_rejoins(
     tmp_path: Path,
 ) -> None:
-    # Drains elsewhere must go on waiting for the guard's work in this process.
+    # A module-level guard lives as long as the process: leaving the record to it meant a
+    # server stopped by SIGTERM (no atexit) kept it, and the next drain waited for its lease.
     path = tmp_path / "m.json"
     backend = LocalFileBackend(path)
     guarded = not_during_maintenance(backend=backend)(lambda: None)
@@ -197,13 +197,34 @@ def test_a_shutdown_keeps_the_record_while_a_guard_still_watches_the_store(
     app.add_middleware(MaintenanceModeMiddleware, backend=backend)
     with TestClient(app):
         pass
-    assert workers_of(path)  # kept, not removed (for the watcher to write it back later)
-    del guarded
-    gc.collect()
-    deadline = time.monotonic() + 10
-    while workers_of(path):  # the last watcher gone, the watcher removes it
-        assert time.monotonic() < deadline, "the record outlived the last watcher"
-        time.sleep(0.05)
+    assert workers_of(path) == []  # nothing in flight: removed at once
+    guarded()  # used again: drains elsewhere must count its work again
+    assert workers_of(path)
+
+
+def test_a_shutdown_keeps_the_record_while_guarded_work_is_in_flight(tmp_path: Path) -> None:
+    # Drains elsewhere must go on waiting for the guard's work in this process.
+    path = tmp_path / "m.json"
+    backend = LocalFileBackend(path)
+    started, release = threading.Event(), threading.Event()
+
+    @not_during_maintenance(backend=backend)
+    def job() -> None:
+        started.set()
+        release.wait(10)
+
+    worker = threading.Thread(target=job)
+    worker.start()
+    try:
+        assert started.wait(10)
+        app = Starlette(routes=[Route("/", lambda request: PlainTextResponse("ok"))])
+        app.add_middleware(MaintenanceModeMiddleware, backend=backend)
+        with TestClient(app):
+            pass
+        assert workers_of(path)  # kept: the job is still running
+    finally:
+        release.set()
+        worker.join(10)
 
 
 @pytest.mark.anyio
@@ -216,7 +237,7 @@ async def test_a_renewal_that_loses_the_race_with_a_shutdown_removes_the_record(
     store = store_of(LocalFileBackend(path))
     await presence.join(store)
     assert workers_of(path)
-    await presence.leave_unwatched(store, 5.0)  # nothing watches the store
+    await presence.leave_at_shutdown(store, 5.0)  # nothing in flight
     assert workers_of(path) == []
     await presence.tick(store)  # the renewal that was already on its way
     assert workers_of(path) == []

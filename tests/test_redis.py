@@ -27,7 +27,7 @@ from maintguard import (
     under_maintenance,
 )
 from maintguard.backends import RedisBackend, backend_from_url
-from maintguard.core import watcher
+from maintguard.core import presence, watcher
 from maintguard.core.controller import ScopeController
 from maintguard.core.registry import controller, store_of
 from maintguard.state import HoldRecord, StoredState
@@ -297,7 +297,8 @@ def test_the_readmes_acl_user_can_do_everything_maintguard_needs(raw: redis.Redi
             key_prefix=prefix,
             refresh_interval=0.2,
         )
-        stop = watcher.watch(backend)  # subscribes, reads, records its presence
+        stop = watcher.watch(backend)  # subscribes, reads ...
+        anyio.run(presence.join, store_of(backend))  # ... and records its presence
         try:
             sync.set_maintenance_mode(True, backend, scope="billing", reason="x")
             with under_maintenance(backend=backend, reason="job", drain=1):

@@ -156,11 +156,6 @@ def test_a_stopped_server_leaves_no_presence_for_the_next_drain(
     assert took < 5  # a lease left behind would make it wait ~30 s (or raise DrainTimeout)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a server whose endpoint ran a guarded job keeps its presence record after SIGTERM: "
-    "the next drain waits for its lease",
-)
 def test_a_stopped_server_that_ran_a_guarded_job_leaves_no_presence(
     tmp_path: Path, store: str
 ) -> None:

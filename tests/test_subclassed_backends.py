@@ -124,11 +124,13 @@ async def test_async_faces_go_through_the_override(recorder: Recorder) -> None:
     recorder.seen()
     async with under_maintenance(backend=backend, reason="job"):
         expected = recorder.kind in SHARED and recorder.method in WRITES
-        assert recorder.seen() is expected, "entering a hold"
+        if recorder.method in WRITES:  # (a read: the holder's watcher may read at once)
+            assert recorder.seen() is expected, "entering a hold"
         state = await get_state(backend)
         assert (state.active, state.reason) == (True, "job")
         recorder.seen()
-    assert recorder.seen() is expected, "leaving a hold"
+    if recorder.method in WRITES:  # (a read: the holder's own watcher may read meanwhile)
+        assert recorder.seen() is expected, "leaving a hold"
     assert (await get_state(backend)).active is False
 
 
@@ -147,10 +149,12 @@ def test_sync_faces_go_through_the_override(recorder: Recorder) -> None:
     recorder.seen()
     with under_maintenance(backend=backend, reason="job"):
         expected = recorder.kind in SHARED and recorder.method in WRITES
-        assert recorder.seen() is expected, "entering a hold"
+        if recorder.method in WRITES:  # (a read: the holder's watcher may read at once)
+            assert recorder.seen() is expected, "entering a hold"
         assert maintguard.sync.get_state(backend).active is True
         recorder.seen()
-    assert recorder.seen() is expected, "leaving a hold"
+    if recorder.method in WRITES:  # (a read: the holder's own watcher may read meanwhile)
+        assert recorder.seen() is expected, "leaving a hold"
 
 
 @pytest.mark.parametrize("method", sorted(READS))
@@ -272,10 +276,6 @@ def _served_without_lifespan(backend: Backend) -> list[int]:
     return anyio.run(main)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="read_state returning a dict (from_dict forgotten) gives the end user a 500",
-)
 def test_a_read_state_that_returns_a_dict_is_a_failed_read_not_a_500(tmp_path: Path) -> None:
     class Forgetful(LocalFileBackend):
         async def read_state(self, scope: str | None) -> StoredState:
@@ -285,10 +285,6 @@ def test_a_read_state_that_returns_a_dict_is_a_failed_read_not_a_500(tmp_path: P
     assert _served_without_lifespan(backend) == [503, 503, 503]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="read_state returning None is taken as 'never read': on_error='closed' serves the app",
-)
 def test_a_read_state_that_returns_none_follows_on_error(tmp_path: Path) -> None:
     class Empty(LocalFileBackend):
         async def read_state(self, scope: str | None) -> StoredState:
@@ -298,10 +294,6 @@ def test_a_read_state_that_returns_none_follows_on_error(tmp_path: Path) -> None
     assert _served_without_lifespan(backend) == [503, 503, 503]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="read_scopes leaving out the scope asked for reads as 'off': on_error='closed' serves",
-)
 def test_read_scopes_that_leaves_out_a_scope_follows_on_error(tmp_path: Path) -> None:
     # "The result has an entry for each scope asked for": one that lacks it read as an
     # empty store (off), so a closed store served the app.
@@ -315,9 +307,6 @@ def test_read_scopes_that_leaves_out_a_scope_follows_on_error(tmp_path: Path) ->
     assert _served_without_lifespan(backend) == [503, 503, 503]
 
 
-@pytest.mark.xfail(
-    strict=True, reason="get_state raises AttributeError, not BackendError, on a bad read_state"
-)
 def test_get_state_wraps_a_read_state_that_returns_garbage(tmp_path: Path) -> None:
     class Forgetful(LocalFileBackend):
         async def read_state(self, scope: str | None) -> StoredState:

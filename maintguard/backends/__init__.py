@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from ..exceptions import ConfigurationError
 from ..state import ExplicitState, HoldRecord, StoredState, WorkerRecord
@@ -92,7 +92,10 @@ def _key_prefix_of(url: str) -> tuple[str, str | None]:
             "(e.g. redis://cache:6379/0?key_prefix=shop)"
         )
     rest = urlencode([(key, value) for key, value in query if key != "key_prefix"])
-    return urlunsplit(split._replace(query=rest)), prefixes[0]
+    # Rebuilt as text: urlunsplit would write unix:///run/redis.sock as unix:/run/...
+    base, _, after = url.partition("?")
+    _, hashed, fragment = after.partition("#")
+    return base + (f"?{rest}" if rest else "") + (f"#{fragment}" if hashed else ""), prefixes[0]
 
 
 _MEMORY = MemoryBackend()

@@ -647,11 +647,25 @@ class RedisBackend(Backend):
         return StoredState(state, tuple(records), workers)
 
     def _workers(self, flat: Any, offset: float) -> tuple[WorkerRecord, ...]:
+        # A presence record that cannot be read is dropped with a warning: whether
+        # maintenance is on never depends on one (see worker_from_dict).
         found = []
+        problems: list[str] = []
         for i in range(0, len(flat), 3):
-            data = json.loads(_text(flat[i + 1])) | {"id": _text(flat[i])}
+            worker_id = _text(flat[i])
+            try:
+                data = json.loads(_text(flat[i + 1]))
+            except ValueError:
+                data = None
+            if not isinstance(data, dict):
+                problems.append(f"presence record {worker_id!r} is ignored: not a JSON object")
+                continue
+            data = data | {"id": worker_id}
             data["expires"] = _time(flat[i + 2], offset).isoformat()  # type: ignore[union-attr]
-            found.append(worker_from_dict(data))
+            worker = worker_from_dict(data, problems)
+            if worker is not None:
+                found.append(worker)
+        warn_invalid(f"{self.describe()} (presence records)", problems)
         return tuple(found)
 
     def _bad_data(self, why: str) -> BackendError:

@@ -22,7 +22,7 @@ import threading
 import time
 import uuid
 import weakref
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 from ..backends.writes import PutHold, SetExplicit, Write
 from ..exceptions import BackendError, MaintGuardError, PartialReadError, ReadOnlyBackendError
 from ..state import (
+    EPOCH,
     EventKind,
     ExplicitState,
     MaintenanceEvent,
@@ -92,6 +93,7 @@ class ScopeController:
         self._inflight = 0
         self._applied = 0  # the newest write whose result this controller holds
         self._renewal: object | None = None  # the running renewal's token
+        self._unwatch: Callable[[], None] | None = None  # the store is watched while held
         self.wakers: set[Callable[[], None]] = set()  # see .changes; called on transitions
         self.drain_token: str | None = None  # while drains wait here: what others report for
         self._drains = 0  # drains waiting for in-flight work before their bodies run
@@ -111,6 +113,9 @@ class ScopeController:
         self._written = None
         self._inflight = 0
         self._renewal = None
+        unwatch, self._unwatch = self._unwatch, None
+        if unwatch is not None:  # the parent's holds kept the store watched, not ours
+            unwatch()
         self.wakers = set()
         self.drain_token = None
         self._drains = 0
@@ -708,11 +713,34 @@ class ScopeController:
             self._inflight -= 1
             change = self._apply_write(new, turn)
             renewal = None
-            if self._renewal is None and self.holding():
+            holding = self.holding()
+            if self._renewal is None and holding:
                 renewal = self._renewal = object()
+            # While this process holds here the store is watched, so a record that vanished
+            # (a restarted or flushed store, `off --force`) is written again as soon as a
+            # read sees it gone, not only at the next renewal.
+            watched = self._unwatch is not None
+            unwatch = None
+            if watched and not holding and self._inflight == 0:
+                unwatch, self._unwatch = self._unwatch, None
         if renewal is not None:
             io.background(_renew(weakref.ref(self), renewal, self.backend.lease_ttl / 3))
+        if holding and not watched:
+            self._watch()
+        if unwatch is not None:
+            unwatch()
         self._announce(change, None)
+
+    def _watch(self) -> None:
+        from .watcher import watch  # (the watcher builds on this module)
+
+        stop = watch(self.backend)
+        with self._lock:
+            if self._unwatch is None and self.holding():
+                self._unwatch = stop
+                weakref.finalize(self, stop)  # (stop is idempotent)
+                return
+        stop()  # another write started it first, or the hold ended meanwhile
 
     def release_failed(self, exc: BaseException, entering: bool = False) -> None:
         if entering:
@@ -777,15 +805,8 @@ async def _renew(ref: weakref.ref[ScopeController], renewal: object, period: flo
 
     A tick that finds nothing held ends the renewal, so a hold entered soon after a release
     (a job in a loop) starts nothing new. Between ticks the controller is held only weakly:
-    an idle one is freed, and the next tick ends. Meanwhile the store is watched, so a
-    record that vanished (a restarted or flushed store) is written again as soon as a read
-    sees it gone, not only at the next renewal.
+    an idle one is freed, and the next tick ends.
     """
-    from .watcher import watch  # (the watcher builds on this module)
-
-    ctrl = ref()
-    stop = watch(ctrl.backend) if ctrl is not None else None
-    del ctrl
     try:
         while True:
             await asyncio.sleep(period)
@@ -808,8 +829,6 @@ async def _renew(ref: weakref.ref[ScopeController], renewal: object, period: flo
                 )
             del ctrl
     finally:  # cancelled (interpreter exit): a later hold starts a renewal of its own
-        if stop is not None:
-            stop()
         ctrl = ref()
         if ctrl is not None:
             with ctrl._lock:
@@ -824,7 +843,11 @@ async def refresh_store(
     writes = [c.writes for c in ctrls]
     at = store.clock()
     try:
-        found = await io.read_scopes(store.backend, [c.scope for c in ctrls])
+        found = _checked(
+            store.backend,
+            await io.read_scopes(store.backend, [c.scope for c in ctrls]),
+            [c.scope for c in ctrls],
+        )
     except PartialReadError as exc:  # the scopes read are taken; the others follow on_error
         store.seen = exc.found
         for ctrl, count in zip(ctrls, writes, strict=True):
@@ -844,6 +867,35 @@ async def refresh_store(
         ctrl.apply_read(found.get(ctrl.scope, EMPTY), count, at=at)
 
 
+def _checked(
+    backend: Any, found: Any, scopes: Sequence[str | None]
+) -> Mapping[str | None, StoredState]:
+    """What a read returned, as far as it is a state for each scope asked: a user-written
+    read that left a scope out, or handed back something else (a dict, None), is a failed
+    read of that scope (``on_error``), never an empty state read as off, never a 500."""
+    if not isinstance(found, Mapping):
+        raise BackendError(
+            f"{backend.describe()}: read_scopes returned {type(found).__name__}, not a mapping "
+            "of scopes to StoredState"
+        )
+    good: dict[str | None, StoredState] = {}
+    wrong = []
+    for scope in scopes:
+        state = found.get(scope)
+        if isinstance(state, StoredState):
+            good[scope] = state
+        else:
+            what = "left it out" if scope not in found else f"gave {type(state).__name__}"
+            wrong.append(f"scope {scope!r}: {what}")
+    if wrong:
+        raise PartialReadError(
+            f"{backend.describe()}: the read {'; '.join(wrong)} (read_state and read_scopes "
+            "must return a StoredState for every scope asked)",
+            good,
+        )
+    return found
+
+
 def _new_hold_id() -> str:
     return f"{HOST}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
 
@@ -860,8 +912,8 @@ def _sane(stored: StoredState) -> StoredState:
         holds = tuple(
             replace(
                 h,
-                acquired=_utc(h.acquired) or _EPOCH,
-                started=_utc(h.started) or _EPOCH,
+                acquired=_utc(h.acquired) or EPOCH,
+                started=_utc(h.started) or EPOCH,
                 expires=_utc(h.expires),
             )
             for h in holds
@@ -869,9 +921,6 @@ def _sane(stored: StoredState) -> StoredState:
     if explicit is stored.explicit and holds is stored.holds:
         return stored
     return StoredState(explicit, holds, stored.workers)
-
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
 def _odd(value: object) -> bool:

@@ -34,7 +34,7 @@ __all__ = [
     "join",
     "leave",
     "leave_blocking",
-    "leave_unwatched",
+    "leave_at_shutdown",
     "report_key",
     "tick",
     "waiting_for",
@@ -127,9 +127,9 @@ class _Write:
 
 async def join(store: Store) -> None:
     """Record this process's presence now, if it is not recorded yet."""
+    store.present = True
     if not _shared(store) or store.reported is not None:
         return
-    store.present = True
     write = _Write(store, _reports(store))
     await io.update(store.backend, None, write, store)
     write.written()
@@ -176,12 +176,13 @@ async def leave(store: Store) -> None:
     store.reported = None
 
 
-async def leave_unwatched(store: Store, limit: float) -> None:
-    """Remove this process's record now, within ``limit`` seconds, unless something in
-    this process still watches the store (a guard, another middleware: their watcher
-    removes it when they stop). For a server's shutdown, after which the process may end
-    without the watcher's last turn or atexit (uvicorn re-raises SIGTERM). Never raises."""
-    if store.watchers > 0:
+async def leave_at_shutdown(store: Store, limit: float) -> None:
+    """A server's shutdown: remove this process's record now, within ``limit`` seconds,
+    unless guarded work of this process is in flight on the store (drains elsewhere must
+    go on waiting for it). The process may end right after without the watcher's last turn
+    or atexit (uvicorn re-raises SIGTERM); a guard used later records it again. Never
+    raises."""
+    if any(store.work.live.values()):
         return
     try:
         with anyio.move_on_after(limit) as waiting:

@@ -372,7 +372,7 @@ class MaintenanceModeMiddleware:
         # process's presence record, and the next drain would wait for its lease.
         store = self._stop()
         if store is not None:
-            await presence.leave_unwatched(store, _LEAVE_LIMIT)
+            await presence.leave_at_shutdown(store, _LEAVE_LIMIT)
 
     # -- the decision ----------------------------------------------------------------------
 
