@@ -329,8 +329,8 @@ def _get(data: Mapping[str, Any], key: str, kind: type, default: Any = None) -> 
 def hold_from_dict(data: Any, problems: list[str] | None = None) -> HoldRecord:
     """A hold record: its ``id`` and lease (``expires``) must be readable — they say
     whether it holds maintenance —; other fields are details (see :func:`explicit_from_dict`).
-    A ``started`` or ``acquired`` that cannot be read is taken from the other (one of them
-    must be readable)."""
+    A ``started`` or ``acquired`` that cannot be read is taken from the other; a hold with
+    a lease counts even when neither can be read (its start is then unknown)."""
     if not isinstance(data, Mapping):
         raise ValueError(f"a hold must be an object, found {data!r}")
     hold_id = data.get("id")
@@ -343,8 +343,10 @@ def hold_from_dict(data: Any, problems: list[str] | None = None) -> HoldRecord:
     detail = _Details(data, problems, f"hold {hold_id!r}: ")
     acquired = detail("acquired", _load_time)
     started = detail("started", _load_time)
-    if acquired is None and started is None:  # still a live hold: its id and lease say so
-        if problems is None:
+    if acquired is None and started is None:
+        # With a lease, still a hold (its id and lease say so); with neither times nor a
+        # lease, no record maintguard wrote: one that would hold maintenance for ever.
+        if problems is None or expires is None:
             raise ValueError(f"hold {hold_id!r} lacks 'acquired' and 'started'")
         problems.append(f"hold {hold_id!r}: 'acquired' and 'started' are unknown")
         acquired = EPOCH  # the oldest: the details shown come from other holds first

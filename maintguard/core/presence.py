@@ -96,9 +96,9 @@ def _reports(store: Store) -> Reports:
 
 class _Write:
     """This process's record in the global scope as given (None: removed); records whose
-    lease ran out are dropped. A renewal (``watched``) that finds nothing watching the
-    store when its turn comes removes the record instead: it lost the race with a
-    shutdown's removal, which must stay the last word."""
+    lease ran out are dropped. A renewal (``watched``) that finds the presence withdrawn
+    when its turn comes removes the record instead: it lost the race with a shutdown's
+    removal, which must stay the last word."""
 
     def __init__(self, store: Store, reports: Reports | None, *, watched: bool = False) -> None:
         self.store = store
@@ -108,7 +108,7 @@ class _Write:
 
     def __call__(self) -> PutWorker:
         store = self.store
-        if self.watched and store.watchers <= 0:
+        if self.watched and not store.present:
             self.reports = None
         ttl = store.backend.lease_ttl
         record = None
