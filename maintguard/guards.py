@@ -657,7 +657,6 @@ async def _refresh(ctrl: ScopeController) -> None:
         await refresh_store(ctrl.store, stale, may_raise=True)
 
 
-@named_options
 async def get_state(backend: BackendArg = None, scope: str | None = None) -> MaintenanceState:
     """The full effective state of ``scope`` (or the global scope).
 
@@ -671,7 +670,6 @@ async def get_state(backend: BackendArg = None, scope: str | None = None) -> Mai
     return ctrl.snapshot
 
 
-@named_options
 async def get_maintenance_mode(backend: BackendArg = None, scope: str | None = None) -> bool:
     """True while maintenance is on for ``scope`` (a named scope also follows the global one).
 

@@ -632,8 +632,6 @@ def test_a_misspelled_option_names_the_options_that_exist(
     assert "its options are: " in message
 
 
-async def test_a_misspelled_option_of_the_async_state_functions() -> None:
+async def test_a_misspelled_option_of_the_async_switch() -> None:
     with pytest.raises(ConfigurationError, match="did you mean 'until'"):
         await set_maintenance_mode(True, untl=5)  # type: ignore[call-arg]
-    with pytest.raises(ConfigurationError, match="did you mean 'scope'"):
-        await get_maintenance_mode(scpe="x")  # type: ignore[call-arg]

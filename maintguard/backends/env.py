@@ -10,7 +10,7 @@ from ..exceptions import BackendError, ReadOnlyBackendError
 from ..state import ExplicitState, Mode, StoredState
 from .base import Backend, OnError
 
-__all__ = ["ACCEPTED", "EnvVarBackend", "getenv", "parse_flag"]
+__all__ = ["ACCEPTED", "EnvVarBackend", "environ_token", "getenv", "parse_flag"]
 
 _ON = {"1", "on", "true", "yes"}
 _OFF = {"0", "off", "false", "no", ""}
@@ -41,6 +41,20 @@ def getenv(name: str) -> str:
             text = _texts[raw] = os.fsdecode(raw)
         return text
     return os.environ.get(name, "")
+
+
+def environ_token(name: str) -> object:
+    """What ``name`` holds, undecoded (bytes on POSIX; None when unset): a cache key that
+    changes exactly when the value does, at less than :func:`getenv`'s cost."""
+    data = getattr(os.environ, "_data", None)
+    if type(data) is dict:
+        key = _keys.get(name)
+        if key is None:
+            if len(_keys) > 1024:
+                _keys.clear()
+            key = _keys[name] = os.fsencode(name)
+        return data.get(key)
+    return os.environ.get(name)
 
 
 _keys: dict[str, bytes] = {}
@@ -79,7 +93,7 @@ class EnvVarBackend(Backend):
     ) -> None:
         super().__init__(on_error=on_error, refresh_interval=0.0)
         self.var_name = var_name
-        self._parsed: dict[str, StoredState] = {}  # raw value -> state: one object per value
+        self._parsed: dict[object, StoredState] = {}  # raw value -> state: one per value
 
     def variable(self, scope: str | None) -> str:
         if scope is None:
@@ -91,9 +105,10 @@ class EnvVarBackend(Backend):
 
     def _read_blocking(self, scope: str | None) -> StoredState:
         name = self.var_name if scope is None else self.variable(scope)
-        raw = getenv(name)
-        state = self._parsed.get(raw)
+        token = environ_token(name)
+        state = self._parsed.get(token)
         if state is None:
+            raw = getenv(name)
             explicit = parse_flag(raw)
             if explicit is None:
                 raise BackendError(
@@ -102,7 +117,7 @@ class EnvVarBackend(Backend):
                 )
             if len(self._parsed) > 64:
                 self._parsed.clear()
-            state = self._parsed[raw] = StoredState(explicit)
+            state = self._parsed[token] = StoredState(explicit)
         return state
 
     def _read_scopes_blocking(

@@ -136,13 +136,16 @@ class ScopeController:
         :meth:`abort` on any failure; until then nobody sees the frame.
         """
         change = _NO_CHANGE
-        with self._lock:
+        store = self.store
+        lock = self._lock
+        lock.acquire()  # (acquire/finally: half the cost of `with` on this path)
+        try:
             # The object entered again while its own frame is the top: count on that frame.
             again = keys and self.stack.again(keys[-1])
             if again and drain:
                 self._draining.add(keys[-1])
             if not again:
-                started = self.store.clock()
+                started = store.clock()
                 key = new_key()
                 if drain:
                     self._draining.add(key)
@@ -156,7 +159,7 @@ class ScopeController:
                 self.version += 1
                 self._snap = None
                 if self.stack.push(key, presents, started):  # the first frame: on by itself
-                    self.store.held.add(self)  # lives while it holds, if nothing else holds it
+                    store.held.add(self)  # lives while it holds, if nothing else holds it
                     own_changed = not self.own_active
                     self.own_active = True
                     if not self.active:
@@ -166,9 +169,11 @@ class ScopeController:
                         self.phase = phase
                     elif own_changed:
                         change = (None, True)
+        finally:
+            lock.release()
         if dispatch._listeners or (
             change is not _NO_CHANGE
-            and (self.parent is not None or self.store.has_children or self.wakers or _may_log())
+            and (self.parent is not None or store.has_children or self.wakers or _may_log())
         ):
             self._announce_entry(change, presents.owner, keys)
         return None
@@ -201,26 +206,31 @@ class ScopeController:
         ``None`` when ``keys`` is empty (exited more often than entered). A frame that is
         not here (entered before this process forked) changes nothing.
         """
-        with self._lock:
+        store = self.store
+        lock = self._lock
+        lock.acquire()
+        try:
             if not keys:
                 return None
             key = keys[-1]
-            frame = self.stack.remove(key)
+            stack = self.stack
+            frame = stack.remove(key)
             if frame is None:
                 keys.pop()
                 return False
             stays = frame[2] > 0  # counted down: the frame stays
             if not stays:
                 keys.pop()
-                self._draining.discard(key)  # (left while draining: a timed-out drain)
+                if self._draining:  # (left while draining: a timed-out drain)
+                    self._draining.discard(key)
                 self.version += 1
                 self._snap = None
-                write = self._claim_write()
+                write = self._stores_holds and self._claim_write()
                 stored = self.stored
-                if self.stack._frames:
+                if stack._frames:
                     change = _NO_CHANGE
                 else:
-                    self.store.held.discard(self)
+                    store.held.discard(self)
                     if self.parent is None and (
                         stored is None or not (stored.holds or stored.explicit.active)
                     ):  # nothing else holds it: off
@@ -229,14 +239,16 @@ class ScopeController:
                         self.active = False
                         self.phase = _OFF
                     else:
-                        change = self._recompute(self.store.clock())
+                        change = self._recompute(store.clock())
+        finally:
+            lock.release()
         if stays:
             if dispatch._listeners:
                 self._announce(_NO_CHANGE, EventKind.HOLD_RELEASED, frame[0].owner)
             return False
         if dispatch._listeners or (
             change is not _NO_CHANGE
-            and (self.parent is not None or self.store.has_children or self.wakers or _may_log())
+            and (self.parent is not None or store.has_children or self.wakers or _may_log())
         ):
             try:
                 self._announce(change, EventKind.HOLD_RELEASED, frame[0].owner)
@@ -532,10 +544,11 @@ class ScopeController:
         if not backend._inline:
             return False
         parent = self.parent
-        if parent is not None and parent.stale():
-            parent._read_inline()
-        if time.monotonic() - self.read_at >= backend.refresh_interval:
-            self._read_inline()
+        now = time.monotonic()
+        if parent is not None and now - parent.read_at >= backend.refresh_interval:
+            parent._read_inline(now)
+        if now - self.read_at >= backend.refresh_interval:
+            self._read_inline(now)
         return True
 
     def start(self) -> None:
@@ -554,18 +567,19 @@ class ScopeController:
         if self.parent is not None and self.own_active:
             self.store.named_changed()  # but requests must know a named scope is on
 
-    def _read_inline(self) -> None:
+    def _read_inline(self, now: float) -> None:
+        # (An in-memory store keeps no other process's leases: nothing for `at` to judge.)
         writes = self.writes
-        at = self.store.clock()
         try:
             stored = self.backend._read_blocking(self.scope)
         except Exception as exc:
             self.read_failed(exc, may_raise=True)
             return
-        if stored is self.stored and self.store.quiet() and self.lease_due == math.inf:
-            self.read_at = time.monotonic()  # the env backend: unchanged
+        store = self.store
+        if stored is self.stored and store.used and store.noted_error is None:
+            self.read_at = now  # the env backend: unchanged (and no error to clear)
         else:
-            self.apply_read(stored, writes, at=at)
+            self.apply_read(stored, writes)
 
     def apply_read(
         self, stored: StoredState, writes: int, *, clears: bool = True, at: float | None = None

@@ -6,7 +6,7 @@ import logging
 import threading
 
 from ..backends import Backend, EnvVarBackend, backend_from_url
-from ..backends.env import getenv
+from ..backends.env import environ_token, getenv
 from ..exceptions import ConfigurationError
 from ..options import named_options
 from .registry import all_stores, store_of
@@ -24,7 +24,7 @@ __all__ = [
 
 _configured: Backend | None = None
 _middleware_default: Backend | None = None
-_from_env: dict[str, Backend] = {}
+_from_env: dict[object, Backend] = {}  # by the raw MAINTGUARD_BACKEND value
 _lock = threading.Lock()
 _recorders: list[set[Backend]] = []
 logger = logging.getLogger("maintguard")
@@ -141,11 +141,12 @@ def resolve_backend(backend: Backend | str | None = None) -> Backend:
     chosen = _configured or _middleware_default
     if chosen is not None:
         return chosen
-    url = getenv("MAINTGUARD_BACKEND")
-    found = _from_env.get(url)
+    token = environ_token("MAINTGUARD_BACKEND")
+    found = _from_env.get(token)
     if found is None:
+        url = getenv("MAINTGUARD_BACKEND")
         with _lock:
-            found = _from_env.get(url)
+            found = _from_env.get(token)
             if found is None:
                 if url:
                     try:
@@ -154,5 +155,5 @@ def resolve_backend(backend: Backend | str | None = None) -> Backend:
                         raise ConfigurationError(f"MAINTGUARD_BACKEND: {exc}") from None
                 else:
                     found = EnvVarBackend()
-                _from_env[url] = found
+                _from_env[token] = found
     return found

@@ -56,7 +56,7 @@ class Store:
         self.presence_at = -math.inf
         self.presence_failing = False
         self.judged: dict[str, dict[int, bool]] = {}  # per drain token: entries judged
-        self._error: str | None = None
+        self.noted_error: str | None = None
         self.read_error: Exception | None = None  # why the last read failed; None: it worked
         self._scopes: weakref.WeakValueDictionary[str, ScopeController] = (
             weakref.WeakValueDictionary()
@@ -90,22 +90,18 @@ class Store:
     def named_changed(self) -> None:
         self.named_active = any(c.own_active for c in self.children())
 
-    def quiet(self) -> bool:
-        """Used, and no error to clear: a read that changes nothing has nothing to do."""
-        return self.used and self._error is None
-
     def read_ok(self) -> None:
         self.used = True
         self.read_error = None
-        if self._error is not None:
-            self._error = None
+        if self.noted_error is not None:
+            self.noted_error = None
             logger.info("%s: maintenance state readable again", self.backend.describe())
 
     def note_error(self, message: str) -> bool:
         """Log a read error once while it lasts; True when it is new."""
-        if message == self._error:
+        if message == self.noted_error:
             return False
-        self._error = message
+        self.noted_error = message
         logger.warning("%s", message)
         return True
 
