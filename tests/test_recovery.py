@@ -111,8 +111,7 @@ def test_a_record_removed_by_force_comes_back_within_the_refresh_interval(
     state = sync.get_state(reader)
     assert state.holds == 1
     anyio.run(controller(reader, None).remove_holds, [state.holders[0].id])
-    assert not sync.get_maintenance_mode(reader)
-    removed = time.monotonic()
+    removed = time.monotonic()  # (on Redis the removal's own notification may bring it back)
     while not sync.get_maintenance_mode(reader):
         assert time.monotonic() - removed < 5, "the holder did not write its record again"
         time.sleep(0.05)
