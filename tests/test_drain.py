@@ -901,3 +901,55 @@ async def test_a_drain_beside_a_running_hold_keeps_the_phase_on() -> None:
         ]
     assert phases == [Phase.ON, Phase.ON, Phase.ON]
     assert transitions == [(Phase.OFF, Phase.ON), (Phase.ON, Phase.OFF)]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a drain beside a running hold stores its drain token in the process's only "
+    "record: other processes see ON -> DRAINING -> ON while the first hold's body runs",
+)
+@pytest.mark.parametrize("kind", ["file", "redis"])
+async def test_other_processes_keep_seeing_on_when_a_drain_begins_beside_a_running_hold(
+    tmp_path: Any, kind: str
+) -> None:
+    # The memory test above, on a shared store, looked at from another process. Found:
+    # the process's hold record (one per process) carries the drain token whenever a drain
+    # waits, even while another frame's body runs: every other process derives DRAINING.
+    import sys
+
+    from tests.stores import new_spec, open_store
+
+    spec = new_spec(kind, tmp_path)
+    backend = open_store(spec, refresh_interval=0.1)
+    release = anyio.Event()
+
+    async def phase_elsewhere() -> str:
+        code = (
+            "import sys; from maintguard import sync; from tests.stores import open_store; "
+            "print(sync.get_state(open_store(sys.argv[1])).phase.value)"
+        )
+        done = await anyio.run_process([sys.executable, "-c", code, spec])
+        return done.stdout.decode().strip()
+
+    @not_during_maintenance(backend=backend)
+    async def job() -> None:
+        await release.wait()
+
+    seen: list[str] = []
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(job)
+        await anyio.sleep(0.1)
+        async with under_maintenance(backend=backend, reason="running"):
+            seen.append(await phase_elsewhere())
+
+            async def drained() -> None:
+                async with under_maintenance(backend=backend, reason="drained", drain=30):
+                    pass
+
+            tg.start_soon(drained)
+            if kind == "file":  # its record asks others to report: the drain waits
+                await eventually(lambda: '"drain"' in read(tmp_path))
+            await anyio.sleep(0.3)
+            seen.append(await phase_elsewhere())
+            release.set()
+    assert seen == ["on", "on"]
