@@ -25,7 +25,7 @@ from maintguard import (
     get_state,
     not_during_maintenance,
 )
-from maintguard.backends import Backend, EnvVarBackend, LocalFileBackend, RedisBackend
+from maintguard.backends import Backend, EnvVarBackend, LocalFileBackend, RedisBackend, StoredState
 from tests.stores import free_port
 
 pytestmark = pytest.mark.anyio
@@ -148,3 +148,51 @@ def test_the_sync_guard_too(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
         with pytest.raises(MaintGuardError):
             job()
     assert ran == []
+
+
+class JunkScopes(Backend):
+    """A user-written store whose whole-store read hands back junk for some scopes."""
+
+    def __init__(self, junk: object, **options: Any) -> None:
+        super().__init__(**options)
+        self.junk = junk
+
+    async def read_state(self, scope: str | None) -> Any:
+        return StoredState()
+
+    async def write_state(self, scope: str | None, state: StoredState) -> None:
+        pass
+
+    async def read_scopes(self, scopes: Any) -> Any:
+        if self.junk == "no mapping":
+            return [StoredState() for _ in scopes]
+        return {s: (StoredState() if s is None else self.junk) for s in scopes}
+
+
+@pytest.mark.parametrize("junk", [None, {"active": False}, "no mapping"])
+async def test_junk_from_a_user_read_is_closed_for_a_named_scope_from_the_first_request(
+    junk: object,
+) -> None:
+    # Without a lifespan: the first request's read gives a scope no StoredState. Closed
+    # means that scope's routes answer 503 (never the app, never a 500); the global scope's
+    # routes follow the same rule only when the whole read was junk.
+    from maintguard import maintenance_scope
+
+    backend = JunkScopes(junk, on_error="closed", refresh_interval=30)
+
+    async def home(request: Request) -> Response:
+        return PlainTextResponse("the app")
+
+    @maintenance_scope("billing")
+    async def pay(request: Request) -> Response:
+        return PlainTextResponse("paid")
+
+    app = Starlette(routes=[Route("/", home), Route("/pay", pay)])
+    app.add_middleware(MaintenanceModeMiddleware, backend=backend)
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        for _ in range(2):
+            paid = await client.get("/pay")
+            assert paid.status_code == 503, paid.text
+            home_status = (await client.get("/")).status_code
+            assert home_status == (503 if junk == "no mapping" else 200)
