@@ -127,9 +127,17 @@ class HoldRecord:
     drain: str | None = None
     """While the holder waits for in-flight work before its body runs: the drain's token,
     for which every other process reports its in-flight count (``WorkerRecord.reports``)."""
+    running: bool = False
+    """With ``drain``: another hold of the same process runs its body meanwhile, so the
+    record keeps maintenance ON (not DRAINING) while it asks others to report."""
 
     def live(self, now: datetime) -> bool:
         return self.expires is None or self.expires > now
+
+    @property
+    def draining(self) -> bool:
+        """Maintenance held by this record waits for in-flight work: no body runs yet."""
+        return self.drain is not None and not self.running
 
 
 @dataclass(frozen=True, slots=True)
@@ -306,6 +314,7 @@ def hold_to_dict(h: HoldRecord) -> dict[str, Any]:
         "retry_after": _dump_retry_after(h.retry_after),
         "mode": h.mode.value,
         **({"drain": h.drain} if h.drain is not None else {}),
+        **({"running": True} if h.running else {}),
     }
 
 
@@ -362,6 +371,7 @@ def hold_from_dict(data: Any, problems: list[str] | None = None) -> HoldRecord:
         retry_after=detail("retry_after", _load_retry_after),
         mode=detail("mode", _load_mode, Mode.FULL),
         drain=detail("drain", _text),
+        running=detail("running", _flag, False),
     )
 
 
@@ -403,6 +413,12 @@ def worker_from_dict(data: Any, problems: list[str] | None = None) -> WorkerReco
         expires=expires,
         reports=tuple(sorted(reports.items())),
     )
+
+
+def _flag(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"must be true or false, found {value!r}")
+    return value
 
 
 def _text(value: Any) -> str:
@@ -610,7 +626,7 @@ def draining(holds: Iterable[HoldRecord], explicits: Iterable[ExplicitState]) ->
     """The phase rule: DRAINING while maintenance is on only through holds that all still
     wait for in-flight work (no operator state, no hold whose body runs)."""
     holds = list(holds)
-    return bool(holds) and not any(True for _ in explicits) and all(h.drain for h in holds)
+    return bool(holds) and not any(True for _ in explicits) and all(h.draining for h in holds)
 
 
 # -- events ----------------------------------------------------------------------------

@@ -91,7 +91,7 @@ def as_json(state: MaintenanceState, where: str) -> dict[str, Any]:
                 "reason": h.reason,
                 "mode": h.mode.value,
                 "retry_after": _json_retry_after(h.retry_after),
-                "draining": h.drain is not None,
+                "draining": h.draining,
             }
             for h in state.holders
         ],

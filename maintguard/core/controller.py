@@ -263,7 +263,15 @@ class ScopeController:
 
     def _presented(self) -> tuple[object, ...] | None:
         details = details_of(self.stack, self.entering)
-        return None if details is None else (*details.presented(), self.drain_token)
+        if details is None:
+            return None
+        token = self.drain_token
+        return (*details.presented(), token, token is not None and self._body_runs())
+
+    def _body_runs(self) -> bool:
+        # Under the lock: a frame of ours runs its body (it is not one waiting in a drain).
+        frames = self.stack._frames
+        return len(frames) > sum(1 for key in self._draining if key in frames)
 
     # -- drains ----------------------------------------------------------------------------
 
@@ -373,15 +381,14 @@ class ScopeController:
     def _phase(self, stored: StoredState | None, now: float) -> Phase:
         # Under the lock, while active: the phase rule of `derive` (DRAINING while every
         # source of maintenance is a hold still draining), from what is known here.
-        frames = self.stack._frames
-        if len(frames) > len(self._draining):
+        if self._body_runs():
             return _ON  # a frame of ours whose body runs
         if stored is not None and (stored.explicit.active or stored.holds):
             at = to_datetime(now)
             if stored.explicit.in_force(at):
                 return _ON
             for h in stored.holds:
-                if h.drain is None and h.id != self.hold_id:
+                if not h.draining and h.id != self.hold_id:
                     return _ON
         parent = self.parent
         if parent is not None and parent.active and parent.phase is not _DRAINING:
@@ -497,8 +504,7 @@ class ScopeController:
         if details is not None:
             # Draining as this process sees it: while every frame of ours still drains
             # (the stored record asks others to report while any does).
-            draining = len(self.stack._frames) <= len(self._draining)  # (and it has frames)
-            drain = self.drain_token if draining else None
+            drain = None if self._body_runs() else self.drain_token
             holds += (_local_record(details, self.hold_id, now.timestamp(), drain),)
         return StoredState(stored.explicit, holds, stored.workers)
 
@@ -648,7 +654,8 @@ class ScopeController:
         with self._lock:
             details = details_of(self.stack, self.entering)
             drain = self.drain_token
-            self._written = None if details is None else (*details.presented(), drain)
+            running = drain is not None and self._body_runs()
+            self._written = None if details is None else (*details.presented(), drain, running)
         ttl = self.backend.lease_ttl
         held = None
         if details is not None:
@@ -660,6 +667,7 @@ class ScopeController:
                 now=now,
                 lease_ttl=ttl,
                 drain=drain,
+                running=running,
             )
         return PutHold(self.hold_id, held, to_datetime(now), ttl, renewal and held is not None)
 

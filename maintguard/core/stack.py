@@ -182,6 +182,7 @@ def record(
     now: float,
     lease_ttl: float | None,
     drain: str | None = None,
+    running: bool = False,
 ) -> HoldRecord:
     """The hold record of a process whose frames present ``details`` at time ``now``."""
     return HoldRecord(
@@ -196,4 +197,5 @@ def record(
         retry_after=details.retry_after,
         mode=details.mode,
         drain=drain,
+        running=drain is not None and running,
     )
