@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import importlib
 import inspect
 import logging
 import math
+import pickle
 import sys
 import threading
 from collections.abc import AsyncGenerator, Awaitable, Callable, Generator
@@ -443,6 +445,38 @@ def _caller() -> str:
 # -- decorating ---------------------------------------------------------------------------
 
 
+_FunctionWrapper: Any = wrapt.FunctionWrapper  # (typed by some wrapt versions, not others)
+
+
+class Decorated(_FunctionWrapper):  # type: ignore[misc]
+    """A function under a maintguard decorator. Pickled and copied as a plain function is,
+    by its module and qualified name, so process pools and task queues can run it."""
+
+    def __reduce_ex__(self, protocol: object) -> tuple[Any, tuple[str, str]]:
+        wrapped = self.__wrapped__
+        module = getattr(wrapped, "__module__", None)
+        qualname = getattr(wrapped, "__qualname__", None)
+        if not isinstance(module, str) or not isinstance(qualname, str) or "<locals>" in qualname:
+            raise pickle.PicklingError(f"cannot pickle {wrapped!r}: not found by name")
+        return _by_name, (module, qualname)
+
+    def __reduce__(self) -> tuple[Any, tuple[str, str]]:
+        return self.__reduce_ex__(2)
+
+    def __copy__(self) -> Decorated:
+        return self
+
+    def __deepcopy__(self, memo: object) -> Decorated:
+        return self
+
+
+def _by_name(module: str, qualname: str) -> Any:
+    found: Any = importlib.import_module(module)
+    for part in qualname.split("."):
+        found = getattr(found, part)
+    return found
+
+
 def _decorate(hold: MaintenanceHold, func: Any) -> Any:
     target = func.__func__ if isinstance(func, classmethod | staticmethod) else func
     if isinstance(target, type) or not callable(target):
@@ -461,7 +495,7 @@ def _decorate(hold: MaintenanceHold, func: Any) -> Any:
         wrapper = _async_wrapper(hold)
     else:
         wrapper = _sync_wrapper(hold)
-    return wrapt.FunctionWrapper(func, wrapper)
+    return Decorated(func, wrapper)
 
 
 Args = tuple[Any, ...]

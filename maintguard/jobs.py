@@ -13,7 +13,6 @@ from types import TracebackType
 from typing import Any, Literal, TypeVar, cast, overload
 
 import anyio
-import wrapt
 
 from .backends import Backend
 from .core import (
@@ -30,7 +29,7 @@ from .core.changes import wait_until, wait_until_blocking
 from .core.inflight import current, inside_hold, new_key, work_frame
 from .core.registry import Store
 from .exceptions import ConfigurationError, UnderMaintenance
-from .guards import SKIP, _refresh, _token, relay
+from .guards import SKIP, Decorated, _refresh, _token, relay
 from .options import named_options
 from .state import EventKind, MaintenanceEvent, MaintenanceState, Mode, check_scope
 
@@ -283,7 +282,7 @@ class NotDuringMaintenance:
             wrapper = self._async_wrapper(what)
         else:
             wrapper = self._sync_wrapper(what)
-        return cast(F, wrapt.FunctionWrapper(func, wrapper))
+        return cast(F, Decorated(func, wrapper))
 
     # The wrappers keep their work's key in the local ``key``: a hold entered inside the
     # call finds it on the stack (core.inflight.work_frame), so nothing is marked per call.

@@ -655,11 +655,6 @@ def held_cube(x: int) -> int:
     return x * x * x
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the wrapt proxies refuse __reduce__: a decorated module-level function "
-    "cannot be pickled, so ProcessPoolExecutor/multiprocessing cannot run it",
-)
 def test_decorated_module_functions_pickle_by_name_and_run_in_a_process_pool() -> None:
     # Found: pickle.dumps(guarded_square) raises NotImplementedError("object proxy must
     # define __reduce__()"), as does copy.deepcopy. A functools.wraps decorator pickles by
