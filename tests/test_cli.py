@@ -729,6 +729,30 @@ def test_a_signal_to_maintguard_run_reaches_the_command_once_and_the_hold_ends(
     assert not store_state(state).active
 
 
+def test_a_signal_the_kernel_hands_to_another_thread_of_maintguard_still_reaches_the_command(
+    start_run: Callable[..., subprocess.Popen[str]], tmp_path: Path, state: Path
+) -> None:
+    # Found: with a hold on a file store, maintguard has threads besides the main one (the
+    # I/O loop, workers). A process-directed signal may be handed to any of them; the main
+    # thread, blocked in one waitpid, then never ran the Python handler: nothing was
+    # forwarded and `maintguard run` hung. Sent to one such thread here, on purpose.
+    import ctypes
+    import signal
+
+    tgkill = {"x86_64": 234, "aarch64": 131}[os.uname().machine]  # syscall numbers
+    log = tmp_path / "signals"
+    proc = start_run(log, popen={"start_new_session": True})
+    assert store_state(state).active
+    threads = [int(t) for t in os.listdir(f"/proc/{proc.pid}/task") if int(t) != proc.pid]
+    assert threads, "maintguard run has no thread besides the main one"
+    libc = ctypes.CDLL(None, use_errno=True)
+    assert libc.syscall(tgkill, proc.pid, threads[0], signal.SIGTERM) == 0
+    _, err = proc.communicate(timeout=20)
+    assert proc.returncode == 100 + signal.SIGTERM, err
+    assert signals_seen(log) == ["SIGTERM"]
+    assert not store_state(state).active
+
+
 def test_hup_and_usr_signals_are_forwarded_and_the_command_goes_on(
     start_run: Callable[..., subprocess.Popen[str]], tmp_path: Path, state: Path
 ) -> None:

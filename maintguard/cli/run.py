@@ -175,7 +175,7 @@ def run_held(
                 failed = exc
             else:
                 relay.started(child)
-                returncode = child.wait()
+                returncode = _wait(child)
         if failed is not None:
             code = NOT_FOUND if isinstance(failed, FileNotFoundError) else NOT_EXECUTABLE
             say(f"cannot run {argv[0]}: {failed.strerror or failed}; {released()}")
@@ -194,6 +194,18 @@ def run_held(
         relay.restore()
         if terminal is not None:
             os.close(terminal)
+
+
+def _wait(child: subprocess.Popen[bytes]) -> int:
+    # Not one blocking waitpid: a signal the kernel hands to another thread of this process
+    # (the I/O loop's, a worker's) would leave the main thread blocked, its Python handler
+    # unrun, the signal never forwarded and the command never ending. Waiting in short
+    # steps returns to the interpreter, which runs the handler at once.
+    while True:
+        try:
+            return child.wait(timeout=0.05)
+        except subprocess.TimeoutExpired:
+            continue
 
 
 def _group_options(own_group: bool) -> dict[str, Any]:
