@@ -23,7 +23,13 @@ from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 import anyio
+
+# anyio loads these on first use; loaded here, in the importing thread, because a fork
+# while a background thread (the I/O loop's) loads one leaves the child stuck for ever on
+# that module's import lock: the asyncio backend, and what the loop's code asks of anyio.
+import anyio._backends._asyncio
 import anyio.to_thread
+from anyio import CancelScope, Event, create_task_group, move_on_after  # noqa: F401
 
 __all__ = [
     "background",

@@ -136,6 +136,9 @@ class LocalFileBackend(Backend):
             import watchfiles
         except ImportError:
             return None
+        # What its first turn on the I/O loop would load lazily, loaded in this thread (see
+        # maintguard.ioloop: a fork during a background import leaves the child stuck).
+        _ = (anyio.Event, anyio.get_cancelled_exc_class, anyio.create_task_group)
         paths = {self._path, self._target()}
         folders = sorted({os.path.dirname(p) for p in paths if os.path.isdir(os.path.dirname(p))})
         if not folders:

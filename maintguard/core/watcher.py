@@ -15,7 +15,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 
 from .. import ioloop
 from ..backends import Backend
@@ -37,7 +37,7 @@ def watch(backend: Backend) -> Callable[[], None]:
         start = not store.watching
         store.watching = True
     if start:
-        io.background(_watch(store))
+        io.background(_watch(store, _changes(store)))
     stopped = False
 
     def stop() -> None:
@@ -50,7 +50,7 @@ def watch(backend: Backend) -> Callable[[], None]:
     return stop
 
 
-async def _watch(store: Store) -> None:
+async def _watch(store: Store, changes: AsyncIterator[object] | None) -> None:
     interval = store.backend.refresh_interval
     tick = interval if 0 < interval < math.inf else 1.0
     if store.backend.stores_holds:  # the presence record's lease is renewed in time too
@@ -59,7 +59,7 @@ async def _watch(store: Store) -> None:
     read_at = min((c.read_at for c in store.controllers()), default=-math.inf)
     due = math.inf  # the next lease expiry or `until` of any scope (store clock)
     wake = asyncio.Event()
-    notifier = _notifier(store, wake)
+    notifier = _notifier(store, changes, wake)
     try:
         while True:
             with store.lock:
@@ -108,13 +108,20 @@ async def _watch(store: Store) -> None:
         await presence.leave(store)  # watched no more: drains need not wait for us
 
 
-def _notifier(store: Store, wake: asyncio.Event) -> asyncio.Task[None] | None:
-    """Wake the watcher when the backend says the store may have changed."""
+def _changes(store: Store) -> AsyncIterator[object] | None:
+    # Made in the caller's thread, not on the I/O loop: it may import a module (watchfiles),
+    # and a fork while another thread imports leaves the child stuck on the import lock.
     try:
-        changes = store.backend._changes()
+        return store.backend._changes()
     except Exception:
         logger.exception("maintguard: %s offers no change notification", store.backend.describe())
         return None
+
+
+def _notifier(
+    store: Store, changes: AsyncIterator[object] | None, wake: asyncio.Event
+) -> asyncio.Task[None] | None:
+    """Wake the watcher when the backend says the store may have changed."""
     if changes is None:
         return None
 
@@ -145,7 +152,7 @@ def _after_fork_in_child() -> None:
             restart = store.watchers > 0
             store.watching = restart
         if restart:
-            io.background(_watch(store))
+            io.background(_watch(store, _changes(store)))
 
 
 if hasattr(os, "register_at_fork"):
