@@ -159,7 +159,8 @@ class ScopeController:
                 self.version += 1
                 self._snap = None
                 if self.stack.push(key, presents, started):  # the first frame: on by itself
-                    store.held.add(self)  # lives while it holds, if nothing else holds it
+                    if self.parent is not None:  # (a store keeps its root controller)
+                        store.held.add(self)  # lives while it holds, if nothing else does
                     own_changed = not self.own_active
                     self.own_active = True
                     if not self.active:
@@ -229,17 +230,16 @@ class ScopeController:
                 stored = self.stored
                 if stack._frames:
                     change = _NO_CHANGE
-                else:
+                elif self.parent is not None:
                     store.held.discard(self)
-                    if self.parent is None and (
-                        stored is None or not (stored.holds or stored.explicit.active)
-                    ):  # nothing else holds it: off
-                        self.own_active = False
-                        change = ((self.phase, _OFF), True) if self.active else (None, True)
-                        self.active = False
-                        self.phase = _OFF
-                    else:
-                        change = self._recompute(store.clock())
+                    change = self._recompute(store.clock())
+                elif stored is None or not (stored.holds or stored.explicit.active):
+                    self.own_active = False  # the root, and nothing else holds it: off
+                    change = ((self.phase, _OFF), True) if self.active else (None, True)
+                    self.active = False
+                    self.phase = _OFF
+                else:
+                    change = self._recompute(store.clock())
         finally:
             lock.release()
         if stays:
