@@ -188,7 +188,7 @@ class NotDuringMaintenance:
         # lives (guard checks then read memory only), and read now what is older than the
         # refresh bound (a guard made per call may find a copy that nothing kept fresh).
         store = ctrl.store
-        if not store.present:  # (a server's shutdown removed the record: again)
+        if not store.present:  # not recorded yet, or a server's shutdown removed the record
             await presence.join(store)
         if store not in self._watched:
             stop = watch(ctrl.backend)
