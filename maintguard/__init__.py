@@ -12,8 +12,18 @@ from importlib.util import find_spec
 from typing import TYPE_CHECKING, Any
 
 from . import sync  # (maintguard.sync works after a plain `import maintguard`)
+from ._core import add_listener, configure, flush_listeners, remove_listener
+from ._guards import NotDuringMaintenance, not_during_maintenance
+from ._holds import (
+    MaintenanceHold,
+    get_maintenance_mode,
+    get_state,
+    maintenance_mode_on,
+    set_maintenance_mode,
+    under_maintenance,
+)
+from ._state import EventKind, HoldRecord, MaintenanceEvent, MaintenanceState, Mode, Phase
 from .backends import Backend
-from .core import add_listener, configure, flush_listeners, remove_listener
 from .exceptions import (
     BackendError,
     ConfigurationError,
@@ -22,16 +32,6 @@ from .exceptions import (
     ReadOnlyBackendError,
     UnderMaintenance,
 )
-from .guards import (
-    MaintenanceHold,
-    get_maintenance_mode,
-    get_state,
-    maintenance_mode_on,
-    set_maintenance_mode,
-    under_maintenance,
-)
-from .jobs import NotDuringMaintenance, not_during_maintenance
-from .state import EventKind, HoldRecord, MaintenanceEvent, MaintenanceState, Mode, Phase
 
 if TYPE_CHECKING:
     from .starlette import (

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .state import MaintenanceState
+    from ._state import MaintenanceState
 
 __all__ = [
     "BackendError",

@@ -19,14 +19,15 @@ from typing import Any
 
 import pytest
 
-from . import guards, ioloop
+from . import _holds as guards
+from . import _ioloop as ioloop
+from ._core import ScopeController, Store, defaults, store_of
+from ._core.registry import all_stores
+from ._core.stack import Presents
+from ._holds import MaintenanceHold, Seconds
+from ._state import MaintenanceState, Mode
 from .backends import MemoryBackend
-from .core import ScopeController, Store, defaults, store_of
-from .core.registry import all_stores
-from .core.stack import Presents
 from .exceptions import ConfigurationError
-from .guards import MaintenanceHold, Seconds
-from .state import MaintenanceState, Mode
 
 __all__ = ["Maintenance", "maintenance"]
 

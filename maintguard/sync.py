@@ -19,11 +19,12 @@ import sys
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
-from . import guards, ioloop
+from . import _holds as guards
+from . import _ioloop as ioloop
+from ._holds import BackendArg, Seconds
+from ._options import named_options
+from ._state import MaintenanceState, Mode
 from .exceptions import ConfigurationError
-from .guards import BackendArg, Seconds
-from .options import named_options
-from .state import MaintenanceState, Mode
 
 __all__ = ["get_maintenance_mode", "get_state", "set_maintenance_mode"]
 

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from starlette.types import Message
 
 from maintguard.exceptions import ConfigurationError
-from maintguard.starlette.access import Address, Bypass, ClientRule
+from maintguard.starlette._access import Address, Bypass, ClientRule
 
 SECRET = "s3cret-bypass-token-0123456789"
 NOW = 1_700_000_000.0

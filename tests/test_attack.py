@@ -33,9 +33,9 @@ from maintguard import (
     set_maintenance_mode,
     under_maintenance,
 )
+from maintguard._core import store_of
+from maintguard._state import StoredState
 from maintguard.backends import Backend, EnvVarBackend, LocalFileBackend, MemoryBackend
-from maintguard.core import store_of
-from maintguard.state import StoredState
 
 DEADLINE = 10.0
 

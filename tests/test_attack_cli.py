@@ -1485,7 +1485,7 @@ def test_configure_in_a_test_does_not_leak_into_the_next(inner: pytest.Pytester)
         import maintguard
         from maintguard import sync
         from maintguard.backends import MemoryBackend
-        from maintguard.core import resolve_backend
+        from maintguard._core import resolve_backend
 
         outer = MemoryBackend()
         inner_store = MemoryBackend()
@@ -1612,7 +1612,7 @@ def test_a_middlewares_default_does_not_outlive_the_test(inner: pytest.Pytester)
         from starlette.testclient import TestClient
         from maintguard import MaintenanceModeMiddleware, sync
         from maintguard.backends import MemoryBackend
-        from maintguard.core import resolve_backend
+        from maintguard._core import resolve_backend
 
         async def home(request):
             return PlainTextResponse("home")

@@ -43,9 +43,9 @@ from maintguard import (
     set_maintenance_mode,
     under_maintenance,
 )
+from maintguard._core.registry import store_of
+from maintguard._state import WorkerRecord
 from maintguard.backends import Backend, HoldRecord, LocalFileBackend, MemoryBackend, StoredState
-from maintguard.core.registry import store_of
-from maintguard.state import WorkerRecord
 from tests.asgi import http_scope
 
 pytestmark = pytest.mark.anyio

@@ -36,8 +36,8 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Host, Mount, Route, Router, WebSocketRoute, compile_path
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-import maintguard.starlette.matching as matching
-import maintguard.starlette.responses as responses
+import maintguard.starlette._matching as matching
+import maintguard.starlette._responses as responses
 from maintguard import (
     MaintenanceModeMiddleware,
     configure,

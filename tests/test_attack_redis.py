@@ -39,9 +39,9 @@ from maintguard import (
     sync,
     under_maintenance,
 )
+from maintguard._core import watcher
+from maintguard._core.registry import controller, store_of
 from maintguard.backends import RedisBackend, backend_from_url
-from maintguard.core import watcher
-from maintguard.core.registry import controller, store_of
 from tests.asgi import http_scope
 from tests.stores import REDIS_URL, RedisServer, redis_prefix
 from tests.test_redis_server import app_for

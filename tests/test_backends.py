@@ -25,6 +25,8 @@ from maintguard import (
     set_maintenance_mode,
     under_maintenance,
 )
+from maintguard._core.registry import store_of
+from maintguard._state import ExplicitState, HoldRecord, Mode, StoredState
 from maintguard.backends import (
     Backend,
     EnvVarBackend,
@@ -33,8 +35,6 @@ from maintguard.backends import (
     RedisBackend,
     backend_from_url,
 )
-from maintguard.core.registry import store_of
-from maintguard.state import ExplicitState, HoldRecord, Mode, StoredState
 
 pytestmark = pytest.mark.anyio
 

@@ -441,8 +441,8 @@ def test_a_redis_store_on_a_unix_socket_is_named_with_its_prefix(
 
 
 def test_a_redis_url_keeps_its_options_and_hides_its_password() -> None:
+    from maintguard._cli import show
     from maintguard.backends import RedisBackend, backend_from_url
-    from maintguard.cli import show
 
     given = RedisBackend("redis://ops:s3cret@cache:6380/2?socket_timeout=3", key_prefix="a&b")
     url = show.url(given)

@@ -139,7 +139,7 @@ def test_public_names() -> None:
     import maintguard.backends as backends
 
     for name in ("StoredState", "ExplicitState", "HoldRecord"):
-        assert getattr(backends, name) is getattr(maintguard.state, name)
+        assert getattr(backends, name) is getattr(maintguard._state, name)
         assert name in backends.__all__
     assert maintguard.__version__ == "0.1.0"
 

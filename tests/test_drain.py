@@ -106,7 +106,7 @@ async def test_body_starts_only_after_the_guarded_job_ends() -> None:
 
 
 def backend_state(backend: Any) -> Any:
-    from maintguard.core import controller
+    from maintguard._core import controller
 
     return controller(backend, None).snapshot
 

@@ -28,9 +28,9 @@ from maintguard import (
     remove_listener,
     under_maintenance,
 )
+from maintguard._core import store_of
+from maintguard._state import StoredState
 from maintguard.backends import Backend, LocalFileBackend, MemoryBackend
-from maintguard.core import store_of
-from maintguard.state import StoredState
 
 
 def file_backend(tmp_path: Path) -> LocalFileBackend:

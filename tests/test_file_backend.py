@@ -22,9 +22,9 @@ import anyio.to_thread
 import pytest
 
 import maintguard
+from maintguard._state import ExplicitState, HoldRecord, Mode, StoredState
 from maintguard.backends import LocalFileBackend
 from maintguard.exceptions import BackendError
-from maintguard.state import ExplicitState, HoldRecord, Mode, StoredState
 
 NOW = datetime.now(timezone.utc)
 # Subprocesses import the same maintguard as this test run.
@@ -299,7 +299,7 @@ def test_plain_file_released_by_another_process(tmp_path: Path) -> None:
     _run(
         "import sys\n"
         "from maintguard.backends import LocalFileBackend\n"
-        "from maintguard.state import StoredState\n"
+        "from maintguard._state import StoredState\n"
         "LocalFileBackend(sys.argv[1])._update_blocking(\n"
         "    None, lambda s: StoredState(s.explicit, tuple(h for h in s.holds if h.id != 'h'))\n"
         ")\n",
@@ -537,7 +537,7 @@ def test_new_file_is_readable_by_everyone_whatever_the_umask(tmp_path: Path) -> 
         "import os, sys\n"
         "os.umask(0o077)\n"
         "from maintguard.backends import LocalFileBackend\n"
-        "from maintguard.state import ExplicitState, StoredState\n"
+        "from maintguard._state import ExplicitState, StoredState\n"
         "LocalFileBackend(sys.argv[1])._update_blocking(\n"
         "    None, lambda s: StoredState(ExplicitState(active=True))\n"
         ")\n",
@@ -552,7 +552,7 @@ _WORKER = """
 import os, sys, time
 from datetime import datetime, timedelta, timezone
 from maintguard.backends import LocalFileBackend
-from maintguard.state import HoldRecord, StoredState
+from maintguard._state import HoldRecord, StoredState
 
 path, worker, count, go = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
 backend = LocalFileBackend(path)

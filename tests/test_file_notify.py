@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from maintguard._core import controller, watch
 from maintguard.backends import LocalFileBackend
-from maintguard.core import controller, watch
 
 ROOT = Path(__file__).parents[1]
 

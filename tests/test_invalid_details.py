@@ -20,8 +20,8 @@ import redis
 
 import maintguard.sync
 from maintguard import BackendError, under_maintenance
+from maintguard._state import Mode
 from maintguard.backends import Backend, LocalFileBackend, RedisBackend, StoredState
-from maintguard.state import Mode
 from tests.stores import REDIS_URL, redis_prefix
 
 SOON = "2999-01-01T00:00:00+00:00"

@@ -30,8 +30,8 @@ from maintguard import (
     sync,
     under_maintenance,
 )
+from maintguard._core import store_of
 from maintguard.backends import LocalFileBackend, MemoryBackend
-from maintguard.core import store_of
 from tests.stores import REDIS_URL, new_spec, open_store
 
 pytestmark = pytest.mark.anyio

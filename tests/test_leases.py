@@ -24,9 +24,9 @@ from starlette.routing import Route
 from starlette.testclient import TestClient
 
 from maintguard import MaintenanceModeMiddleware, UnderMaintenance, not_during_maintenance, sync
+from maintguard._core import controller, store_of, watch
+from maintguard._state import ExplicitState
 from maintguard.backends import Backend, HoldRecord, LocalFileBackend, StoredState
-from maintguard.core import controller, store_of, watch
-from maintguard.state import ExplicitState
 from tests.stores import new_spec, open_store
 
 SCRIPT = Path(__file__).with_name("holder_process.py")

@@ -19,8 +19,8 @@ from starlette.routing import Route
 from starlette.testclient import TestClient
 
 from maintguard import MaintenanceModeMiddleware, not_during_maintenance
+from maintguard._core import presence, store_of
 from maintguard.backends import LocalFileBackend
-from maintguard.core import presence, store_of
 
 
 def run(code: str, *args: str) -> subprocess.CompletedProcess[str]:
@@ -42,7 +42,7 @@ def test_forked_worker_leaves_the_parents_block_and_follows_changes(tmp_path: Pa
         import os, sys, time
         from maintguard import under_maintenance
         from maintguard.backends import LocalFileBackend
-        from maintguard.core import store_of, watch
+        from maintguard._core import store_of, watch
 
         backend = LocalFileBackend(sys.argv[1], refresh_interval=0.05)
         stop = watch(backend)  # as a middleware does before gunicorn forks its workers

@@ -33,8 +33,8 @@ from maintguard import (
     sync,
     under_maintenance,
 )
+from maintguard._state import StoredState
 from maintguard.backends import LocalFileBackend, MemoryBackend
-from maintguard.state import StoredState
 from tests.asgi import http_scope
 
 SECRET = "s3cret-bypass-token-0123456789"
@@ -161,7 +161,7 @@ def test_html_escapes_reason(client_for: Any, memory: MemoryBackend) -> None:
 def test_bytes_prepared_once_per_state(
     client_for: Any, memory: MemoryBackend, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from maintguard.starlette import middleware
+    from maintguard.starlette import _middleware as middleware
 
     calls = []
     real = middleware.prepare
@@ -529,7 +529,7 @@ def test_open_websockets_closed_with_1012_when_maintenance_begins(
 def test_lifespan_passes_through_and_watcher_starts_and_stops(tmp_path: Path) -> None:
     from contextlib import asynccontextmanager
 
-    from maintguard.core import store_of as _store
+    from maintguard._core import store_of as _store
 
     events = []
 
@@ -610,7 +610,7 @@ def test_middleware_backend_is_the_default_for_holds(tmp_path: Path) -> None:
     assert seen == [True]
     assert anyio.run(get_maintenance_mode, backend) is False
     configure(backend=None)  # forgets the middleware's default too
-    from maintguard.core import resolve_backend
+    from maintguard._core import resolve_backend
 
     assert resolve_backend() is not backend
 

@@ -32,9 +32,9 @@ from maintguard import (
     sync,
     under_maintenance,
 )
+from maintguard._core import controller
+from maintguard._state import ExplicitState, Mode, StoredState
 from maintguard.backends import Backend, LocalFileBackend, MemoryBackend
-from maintguard.core import controller
-from maintguard.state import ExplicitState, Mode, StoredState
 from tests.asgi import http_scope
 
 ROOT = Path(__file__).parents[1]

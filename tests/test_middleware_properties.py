@@ -40,8 +40,8 @@ from maintguard import (
     maintenance_scope,
     set_maintenance_mode,
 )
+from maintguard._state import ExplicitState, HoldRecord, Mode, StoredState
 from maintguard.backends import Backend, MemoryBackend
-from maintguard.state import ExplicitState, HoldRecord, Mode, StoredState
 
 EXAMPLES = int(os.environ.get("MAINTGUARD_PROPERTY_EXAMPLES", "60"))
 SECRET = "s3cret-bypass-token-0123456789"

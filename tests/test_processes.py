@@ -15,7 +15,7 @@ import anyio
 import pytest
 
 from maintguard import sync
-from maintguard.state import MaintenanceState, StoredState
+from maintguard._state import MaintenanceState, StoredState
 from tests.stores import new_spec, open_store
 
 SCRIPT = Path(__file__).with_name("holder_process.py")

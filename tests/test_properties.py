@@ -18,6 +18,9 @@ from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, consumes, invariant, rule
 
 from maintguard import get_state, set_maintenance_mode, under_maintenance
+from maintguard._core import store_of
+from maintguard._core.stack import HoldStack, Presents, details_of, new_key, record, to_datetime
+from maintguard._state import HoldRecord, Mode, derive, utcnow
 from maintguard.backends import (
     Backend,
     EnvVarBackend,
@@ -25,9 +28,6 @@ from maintguard.backends import (
     MemoryBackend,
     RedisBackend,
 )
-from maintguard.core import store_of
-from maintguard.core.stack import HoldStack, Presents, details_of, new_key, record, to_datetime
-from maintguard.state import HoldRecord, Mode, derive, utcnow
 from tests.stores import REDIS_URL, redis_prefix
 
 HOLDERS = 6

@@ -70,10 +70,10 @@ from maintguard import (
     remove_listener,
     set_maintenance_mode,
 )
+from maintguard._core import controller, store_of
+from maintguard._core.changes import async_waker
+from maintguard._state import derive, utcnow
 from maintguard.backends import Backend, LocalFileBackend, MemoryBackend
-from maintguard.core import controller, store_of
-from maintguard.core.changes import async_waker
-from maintguard.state import derive, utcnow
 
 WAIT_TIMEOUT = 15.0  # a "wait" job that waits longer than this is a failure, not a hang
 SETTLE = 30.0  # seconds the end of an example may take at most

@@ -104,7 +104,7 @@ def test_no_state_leaks_between_tests_and_the_previous_default_returns(
             assert not sync.get_maintenance_mode(mine)
 
         def test_5_the_configured_default_is_back():
-            from maintguard.core import resolve_backend
+            from maintguard._core import resolve_backend
             assert resolve_backend() is mine
         """
     )

@@ -16,8 +16,8 @@ import anyio
 import pytest
 
 from maintguard import sync
+from maintguard._core import controller, watch
 from maintguard.backends import RedisBackend
-from maintguard.core import controller, watch
 from tests.stores import RedisServer, new_spec, open_store, redis_prefix
 
 SCRIPT = Path(__file__).with_name("holder_process.py")

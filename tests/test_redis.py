@@ -26,11 +26,11 @@ from maintguard import (
     sync,
     under_maintenance,
 )
+from maintguard._core import presence, watcher
+from maintguard._core.controller import ScopeController
+from maintguard._core.registry import controller, store_of
+from maintguard._state import HoldRecord, StoredState
 from maintguard.backends import RedisBackend, backend_from_url
-from maintguard.core import presence, watcher
-from maintguard.core.controller import ScopeController
-from maintguard.core.registry import controller, store_of
-from maintguard.state import HoldRecord, StoredState
 from tests.conftest import redis_backend
 from tests.stores import REDIS_URL, redis_prefix
 

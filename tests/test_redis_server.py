@@ -21,8 +21,8 @@ from starlette.routing import Route
 from starlette.testclient import TestClient
 
 from maintguard import BackendError, MaintenanceModeMiddleware, sync, under_maintenance
+from maintguard._core.registry import store_of
 from maintguard.backends import RedisBackend
-from maintguard.core.registry import store_of
 from tests.stores import RedisServer, redis_prefix
 
 

@@ -18,15 +18,16 @@ from hypothesis import strategies as st
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 
+from maintguard._state import MaintenanceState, Phase
 from maintguard.exceptions import ConfigurationError
-from maintguard.starlette import responses
-from maintguard.starlette.handlers import (
+from maintguard.starlette import _responses as responses
+from maintguard.starlette._handlers import (
     check_exempt_handler,
     check_response_handler,
     exempt_by,
     respond_with,
 )
-from maintguard.starlette.responses import (
+from maintguard.starlette._responses import (
     DEFAULT_TEMPLATE,
     MAX_RETRY_AFTER,
     Prepared,
@@ -34,7 +35,6 @@ from maintguard.starlette.responses import (
     choose,
     prepare,
 )
-from maintguard.state import MaintenanceState, Phase
 
 UTC = timezone.utc
 SOON = datetime.now(UTC) + timedelta(hours=1)

@@ -15,8 +15,8 @@ import httpx
 import pytest
 
 from maintguard import under_maintenance
-from maintguard.core import io
-from maintguard.state import WorkerRecord
+from maintguard._core import io
+from maintguard._state import WorkerRecord
 from tests.stores import free_port, new_spec, open_store
 
 ROOT = Path(__file__).parents[1]

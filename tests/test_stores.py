@@ -21,9 +21,9 @@ from maintguard import (
     sync,
     under_maintenance,
 )
+from maintguard._core import store_of, watch
+from maintguard._core.controller import refresh_store
 from maintguard.backends import Backend, EnvVarBackend, LocalFileBackend, MemoryBackend, StoredState
-from maintguard.core import store_of, watch
-from maintguard.core.controller import refresh_store
 
 pytestmark = pytest.mark.anyio
 
@@ -228,7 +228,7 @@ def test_a_reader_slower_than_a_hold_never_caches_a_stale_snapshot(
 ) -> None:
     import sys
 
-    controller_module = sys.modules["maintguard.core.controller"]
+    controller_module = sys.modules["maintguard._core.controller"]
 
     backend = MemoryBackend()
     ctrl = store_of(backend).root

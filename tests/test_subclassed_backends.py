@@ -22,6 +22,8 @@ import pytest
 
 import maintguard.sync
 from maintguard import ConfigurationError, get_state, set_maintenance_mode, under_maintenance
+from maintguard._core.watcher import watch
+from maintguard._state import ExplicitState
 from maintguard.backends import (
     Backend,
     EnvVarBackend,
@@ -30,8 +32,6 @@ from maintguard.backends import (
     RedisBackend,
     StoredState,
 )
-from maintguard.core.watcher import watch
-from maintguard.state import ExplicitState
 from tests.stores import REDIS_URL, redis_prefix
 
 PUBLIC_IO = ("read_state", "read_scopes", "write_state", "update_state")

@@ -18,9 +18,9 @@ from maintguard import (
     set_maintenance_mode,
     under_maintenance,
 )
+from maintguard._state import StoredState
 from maintguard.backends import Backend, LocalFileBackend, MemoryBackend, backend_from_url
 from maintguard.exceptions import MaintGuardError
-from maintguard.state import StoredState
 
 
 @under_maintenance

@@ -5,13 +5,14 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
+from .._state import ExplicitState, HoldRecord, StoredState, WorkerRecord
 from ..exceptions import ConfigurationError
-from ..state import ExplicitState, HoldRecord, StoredState, WorkerRecord
-from .base import Backend, OnError
-from .env import EnvVarBackend
-from .file import LocalFileBackend
-from .memory import MemoryBackend
-from .redis import RedisBackend, redact
+from ._base import Backend, OnError
+from ._env import EnvVarBackend
+from ._file import LocalFileBackend
+from ._memory import MemoryBackend
+from ._redis import RedisBackend, redact
+from ._writes import PutHold, PutWorker, SetExplicit, Write
 
 __all__ = [
     "Backend",
@@ -21,9 +22,13 @@ __all__ = [
     "LocalFileBackend",
     "MemoryBackend",
     "OnError",
+    "PutHold",
+    "PutWorker",
     "RedisBackend",
+    "SetExplicit",
     "StoredState",
     "WorkerRecord",
+    "Write",
     "backend_from_url",
 ]
 

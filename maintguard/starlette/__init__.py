@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
-from .middleware import MaintenanceModeMiddleware
-from .routes import exempt, force_maintenance_mode_off, force_maintenance_mode_on, maintenance_scope
+from ._middleware import MaintenanceModeMiddleware
+from ._routes import (
+    exempt,
+    force_maintenance_mode_off,
+    force_maintenance_mode_on,
+    maintenance_scope,
+)
 
 __all__ = [
     "MaintenanceModeMiddleware",

@@ -17,7 +17,7 @@ import os
 import time
 from collections.abc import AsyncIterator, Callable
 
-from .. import ioloop
+from .. import _ioloop as ioloop
 from ..backends import Backend
 from . import io, presence
 from .controller import refresh_store

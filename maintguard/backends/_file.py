@@ -18,11 +18,11 @@ from typing import Any, ClassVar
 
 import anyio
 
-from .. import ioloop
+from .. import _ioloop as ioloop
+from .._state import StoredState
 from ..exceptions import BackendError, ConfigurationError
-from ..state import StoredState
-from .base import Backend, OnError, overrides
-from .env import parse_flag
+from ._base import Backend, OnError, overrides
+from ._env import parse_flag
 
 try:
     import fcntl
@@ -137,7 +137,7 @@ class LocalFileBackend(Backend):
         except ImportError:
             return None
         # What its first turn on the I/O loop would load lazily, loaded in this thread (see
-        # maintguard.ioloop: a fork during a background import leaves the child stuck).
+        # maintguard._ioloop: a fork during a background import leaves the child stuck).
         _ = (anyio.Event, anyio.get_cancelled_exc_class, anyio.create_task_group)
         paths = {self._path, self._target()}
         folders = sorted({os.path.dirname(p) for p in paths if os.path.isdir(os.path.dirname(p))})

@@ -27,9 +27,7 @@ from dataclasses import replace
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
-from ..backends.writes import PutHold, SetExplicit, Write
-from ..exceptions import BackendError, MaintGuardError, PartialReadError, ReadOnlyBackendError
-from ..state import (
+from .._state import (
     EPOCH,
     EventKind,
     ExplicitState,
@@ -39,6 +37,8 @@ from ..state import (
     StoredState,
     derive,
 )
+from ..backends._writes import PutHold, SetExplicit, Write
+from ..exceptions import BackendError, MaintGuardError, PartialReadError, ReadOnlyBackendError
 from . import dispatch, io
 from .stack import Details, HoldStack, Presents, details_of, new_key, record, to_datetime
 

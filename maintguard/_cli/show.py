@@ -13,10 +13,10 @@ from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import urlencode
 
+from .._core.controller import HOST
+from .._state import HoldRecord, MaintenanceState, Phase, RetryAfter
 from ..backends import Backend, EnvVarBackend, LocalFileBackend, MemoryBackend, RedisBackend
-from ..backends.redis import redact
-from ..core.controller import HOST
-from ..state import HoldRecord, MaintenanceState, Phase, RetryAfter
+from ..backends._redis import redact
 
 __all__ = ["as_json", "holds_lines", "local", "summary", "text", "url"]
 

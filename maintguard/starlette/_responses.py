@@ -15,8 +15,8 @@ from datetime import datetime, timedelta, timezone
 from email.utils import format_datetime
 from http import HTTPStatus
 
+from .._state import MaintenanceState, Phase, utcnow
 from ..exceptions import ConfigurationError
-from ..state import MaintenanceState, Phase, utcnow
 
 __all__ = [
     "DEFAULT_TEMPLATE",

@@ -1,7 +1,7 @@
 """Presence: which processes watch a shared store, and what they report to drains.
 
 Every process that watches a store whose holds are stored (file, Redis) keeps a
-:class:`~maintguard.state.WorkerRecord` in the store's global scope, with a lease renewed
+:class:`~maintguard._state.WorkerRecord` in the store's global scope, with a lease renewed
 every ``lease_ttl / 3`` seconds. While another process's hold drains (its record carries a
 drain token), the record also reports, for that token, how much of this process's in-flight
 work the drain waits for; it is rewritten when the count changes. A drain waits until every
@@ -21,8 +21,8 @@ from typing import TYPE_CHECKING
 
 import anyio
 
-from ..backends.writes import PutWorker
-from ..state import Mode, WorkerRecord
+from .._state import Mode, WorkerRecord
+from ..backends._writes import PutWorker
 from . import io
 from .controller import HOST
 from .stack import to_datetime

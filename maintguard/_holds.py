@@ -18,15 +18,13 @@ from typing import Any, TypeVar, cast, overload
 import anyio
 import wrapt
 
-from .backends import Backend
-from .core import ScopeController, coerce, controller, resolve_backend
-from .core.controller import refresh_store
-from .core.drain import wait_drained, wait_drained_blocking
-from .core.inflight import mark_held, own_keys, work_frame
-from .core.stack import Presents
-from .exceptions import ConfigurationError, DrainTimeout
-from .options import named_options
-from .state import (
+from ._core import ScopeController, coerce, controller, resolve_backend
+from ._core.controller import refresh_store
+from ._core.drain import wait_drained, wait_drained_blocking
+from ._core.inflight import mark_held, own_keys, work_frame
+from ._core.stack import Presents
+from ._options import named_options
+from ._state import (
     EventKind,
     ExplicitState,
     MaintenanceState,
@@ -37,6 +35,8 @@ from .state import (
     check_until,
     utcnow,
 )
+from .backends import Backend
+from .exceptions import ConfigurationError, DrainTimeout
 
 __all__ = [
     "MaintenanceHold",

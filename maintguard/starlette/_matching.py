@@ -24,7 +24,7 @@ from typing import Any
 
 from starlette.routing import PARAM_REGEX, Host, Match, Mount, Route, WebSocketRoute, compile_path
 
-from . import routes as marks
+from . import _routes as marks
 
 __all__ = ["FULL", "NONE", "PARTIAL", "AppRoutes", "route_path"]
 

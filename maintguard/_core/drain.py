@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 import anyio
 
-from ..state import Mode
+from .._state import Mode
 from . import io, presence
 from .changes import async_waker
 from .controller import ScopeController, refresh_store

@@ -2,7 +2,7 @@
 
 Every read-modify-write maintguard makes is one of three: put (or remove) this process's
 hold record in a scope, put (or remove) its presence record, set the explicit state. Each is
-callable on a :class:`~maintguard.state.StoredState`, so a backend that knows only
+callable on a :class:`~maintguard.backends.StoredState`, so a backend that knows only
 ``update_state(scope, mutate)`` applies it as any mutation; a backend whose store runs code
 of its own (Redis scripts) looks at the fields and makes the change there, atomically and
 without reading the whole scope first.
@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Protocol, TypeVar
 
-from ..state import ExplicitState, HoldRecord, StoredState, WorkerRecord
+from .._state import ExplicitState, HoldRecord, StoredState, WorkerRecord
 
 __all__ = ["PutHold", "PutWorker", "SetExplicit", "Write"]
 

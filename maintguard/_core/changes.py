@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 import anyio
 
-from ..state import MaintenanceState
+from .._state import MaintenanceState
 from .controller import ScopeController
 
 __all__ = ["async_waker", "wait_until", "wait_until_blocking"]

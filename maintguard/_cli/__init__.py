@@ -18,12 +18,14 @@ from collections.abc import Sequence
 from datetime import datetime, timezone
 from typing import Any, NoReturn, TextIO
 
-from .. import __version__, guards, ioloop
+from .. import __version__
+from .. import _holds as guards
+from .. import _ioloop as ioloop
+from .._core import controller, io, store_of
+from .._state import STORED_LOGGER, ExplicitState, MaintenanceState, Mode, StoredState
 from ..backends import Backend, EnvVarBackend, LocalFileBackend, MemoryBackend, backend_from_url
-from ..backends.env import getenv
-from ..core import controller, io, store_of
+from ..backends._env import getenv
 from ..exceptions import ConfigurationError, MaintGuardError, ReadOnlyBackendError
-from ..state import STORED_LOGGER, ExplicitState, MaintenanceState, Mode, StoredState
 from . import run as running
 from . import show, values
 

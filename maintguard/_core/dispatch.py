@@ -19,8 +19,8 @@ import threading
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
+from .._state import EventKind, MaintenanceEvent
 from ..exceptions import ConfigurationError
-from ..state import EventKind, MaintenanceEvent
 
 __all__ = [
     "Listener",

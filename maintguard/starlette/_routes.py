@@ -6,8 +6,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar, overload
 
+from .._state import check_scope
 from ..exceptions import ConfigurationError
-from ..state import check_scope
 
 __all__ = [
     "RoutePolicy",

@@ -14,8 +14,7 @@ from typing import Any, Literal, TypeVar, cast, overload
 
 import anyio
 
-from .backends import Backend
-from .core import (
+from ._core import (
     ScopeController,
     coerce,
     controller,
@@ -25,13 +24,14 @@ from .core import (
     resolve_backend,
     watch,
 )
-from .core.changes import wait_until, wait_until_blocking
-from .core.inflight import current, inside_hold, new_key, work_frame
-from .core.registry import Store
+from ._core.changes import wait_until, wait_until_blocking
+from ._core.inflight import current, inside_hold, new_key, work_frame
+from ._core.registry import Store
+from ._holds import SKIP, Decorated, _refresh, _token, relay
+from ._options import named_options
+from ._state import EventKind, MaintenanceEvent, MaintenanceState, Mode, check_scope
+from .backends import Backend
 from .exceptions import ConfigurationError, UnderMaintenance
-from .guards import SKIP, Decorated, _refresh, _token, relay
-from .options import named_options
-from .state import EventKind, MaintenanceEvent, MaintenanceState, Mode, check_scope
 
 __all__ = ["NotDuringMaintenance", "not_during_maintenance"]
 

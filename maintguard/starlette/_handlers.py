@@ -11,8 +11,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp
 
+from .._state import MaintenanceState
 from ..exceptions import ConfigurationError
-from ..state import MaintenanceState
 
 __all__ = [
     "AsyncExemptHandler",

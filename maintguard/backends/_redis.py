@@ -18,9 +18,8 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 from urllib.parse import urlsplit
 
-from .. import ioloop
-from ..exceptions import BackendError, ConfigurationError, PartialReadError
-from ..state import (
+from .. import _ioloop as ioloop
+from .._state import (
     ExplicitState,
     HoldRecord,
     StoredState,
@@ -33,8 +32,9 @@ from ..state import (
     worker_from_dict,
     worker_to_dict,
 )
-from .base import Backend, OnError, overrides
-from .writes import PutHold, PutWorker, SetExplicit
+from ..exceptions import BackendError, ConfigurationError, PartialReadError
+from ._base import Backend, OnError, overrides
+from ._writes import PutHold, PutWorker, SetExplicit
 
 __all__ = ["RedisBackend"]
 

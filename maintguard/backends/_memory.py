@@ -5,8 +5,8 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Collection
 
-from ..state import StoredState
-from .base import Backend
+from .._state import StoredState
+from ._base import Backend
 
 __all__ = ["MemoryBackend"]
 

@@ -8,8 +8,8 @@ import math
 from collections.abc import AsyncIterator, Callable, Collection, Hashable, Mapping
 from typing import ClassVar, Literal
 
+from .._state import StoredState
 from ..exceptions import ConfigurationError
-from ..state import StoredState
 
 __all__ = ["PUBLIC_IO", "Backend", "OnError", "overrides"]
 
@@ -27,7 +27,7 @@ _MAX_LEASE = 365 * 86400.0  # longer ones overflow datetimes
 class Backend(abc.ABC):
     """Where the maintenance state lives. Subclass it and implement two async methods.
 
-    ``read_state(scope)`` returns the :class:`~maintguard.state.StoredState` of a scope
+    ``read_state(scope)`` returns the :class:`~maintguard.backends.StoredState` of a scope
     (``None`` is the global scope) and ``write_state(scope, state)`` stores it. Everything
     else — holds, leases, caching, change notification — works on top of these two.
     ``StoredState.to_dict()`` / ``StoredState.from_dict()`` turn the state into JSON-ready
@@ -40,7 +40,7 @@ class Backend(abc.ABC):
 
     maintguard calls ``update_state`` for every read-modify-write, under a lock that
     serialises writers in this process. ``mutate`` is one of the writes in
-    :mod:`maintguard.backends.writes` (put a hold record, put a presence record, set the
+    :mod:`maintguard.backends` (put a hold record, put a presence record, set the
     explicit state): callable on the scope's state, and plain data a store that runs code
     of its own can apply natively. Override ``update_state`` when several processes share
     the store and it offers a lock or a transaction; the default reads, applies ``mutate``

@@ -5,10 +5,10 @@ from __future__ import annotations
 import logging
 import threading
 
+from .._options import named_options
 from ..backends import Backend, EnvVarBackend, backend_from_url
-from ..backends.env import environ_token, getenv
+from ..backends._env import environ_token, getenv
 from ..exceptions import ConfigurationError
-from ..options import named_options
 from .registry import all_stores, store_of
 
 __all__ = [

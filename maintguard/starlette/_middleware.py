@@ -17,9 +17,8 @@ import anyio
 from starlette.requests import HTTPConnection, Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ..backends import Backend, EnvVarBackend
-from ..core import ScopeController as Controller
-from ..core import (
+from .._core import ScopeController as Controller
+from .._core import (
     Store,
     coerce,
     controller,
@@ -29,15 +28,16 @@ from ..core import (
     store_of,
     watch,
 )
-from ..core.changes import wait_until
-from ..core.controller import refresh_store
-from ..core.inflight import Work, new_key, work_frame
+from .._core.changes import wait_until
+from .._core.controller import refresh_store
+from .._core.inflight import Work, new_key, work_frame
+from .._options import named_options
+from .._state import MaintenanceState, Mode, Phase, check_scope
+from ..backends import Backend, EnvVarBackend
 from ..exceptions import ConfigurationError, MaintGuardError
-from ..options import named_options
-from ..state import MaintenanceState, Mode, Phase, check_scope
-from . import routes as marks
-from .access import Bypass, ClientRule
-from .handlers import (
+from . import _routes as marks
+from ._access import Bypass, ClientRule
+from ._handlers import (
     ExemptHandler,
     ResponseHandler,
     check_exempt_handler,
@@ -45,8 +45,8 @@ from .handlers import (
     exempt_by,
     respond_with,
 )
-from .matching import FULL, PARTIAL, AppRoutes, route_path
-from .responses import Prepared, Template, check_template, choose, counting_second, prepare
+from ._matching import FULL, PARTIAL, AppRoutes, route_path
+from ._responses import Prepared, Template, check_template, choose, counting_second, prepare
 
 __all__ = ["MaintenanceModeMiddleware"]
 

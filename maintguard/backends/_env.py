@@ -6,9 +6,9 @@ import os
 import re
 from collections.abc import Callable, Collection
 
+from .._state import ExplicitState, Mode, StoredState
 from ..exceptions import BackendError, ReadOnlyBackendError
-from ..state import ExplicitState, Mode, StoredState
-from .base import Backend, OnError
+from ._base import Backend, OnError
 
 __all__ = ["ACCEPTED", "EnvVarBackend", "environ_token", "getenv", "parse_flag"]
 

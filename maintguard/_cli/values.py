@@ -7,7 +7,7 @@ import math
 import re
 from datetime import datetime, timedelta, timezone
 
-from ..state import Mode
+from .._state import Mode
 
 __all__ = ["duration", "mode", "reason", "scope", "seconds", "until_of", "when"]
 

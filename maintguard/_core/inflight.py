@@ -26,7 +26,7 @@ from contextvars import ContextVar
 from types import CodeType, FrameType
 from typing import Any, Protocol
 
-from ..state import Mode
+from .._state import Mode
 
 __all__ = [
     "Judge",

@@ -20,9 +20,9 @@ import uuid
 import weakref
 from collections.abc import Callable, Hashable, Mapping
 
+from .._state import StoredState
 from ..backends import Backend
 from ..exceptions import ConfigurationError
-from ..state import StoredState
 from . import presence
 from .controller import HOST, ScopeController
 from .inflight import Work

@@ -15,7 +15,7 @@ from collections import OrderedDict
 from datetime import datetime, timedelta, timezone
 from typing import Any, NamedTuple
 
-from ..state import HoldRecord, Mode, RetryAfter
+from .._state import HoldRecord, Mode, RetryAfter
 
 __all__ = [
     "Details",

@@ -5,7 +5,7 @@
   maintguard's worker threads for async faces: the fewest thread hops, and a write handed
   over is under way at once, so it finishes even when its caller is cancelled.
 - Other backends are async code that may need asyncio (a Redis client): they run on the
-  I/O loop (:mod:`maintguard.ioloop`).
+  I/O loop (:mod:`maintguard._ioloop`).
 Writes of one store are serialised in this process by the store's write lock.
 """
 
@@ -18,8 +18,7 @@ import weakref
 from collections.abc import Callable, Collection, Mapping
 from typing import Protocol
 
-from ..backends import Backend
-from ..ioloop import (
+from .._ioloop import (
     background,
     exiting,
     offload,
@@ -27,7 +26,8 @@ from ..ioloop import (
     run_sync,
     wait,
 )
-from ..state import StoredState
+from .._state import StoredState
+from ..backends import Backend
 
 __all__ = [
     "background",
@@ -43,7 +43,7 @@ __all__ = [
 
 Mutate = Callable[[StoredState], StoredState]
 Build = Callable[[], Mutate]
-"""Makes the write (a :class:`~maintguard.backends.writes.Write`) once it is this write's
+"""Makes the write (a :class:`~maintguard.backends._writes.Write`) once it is this write's
 turn: what it stores is decided then, so writes that run in any order still leave the store
 as this process is when the last one runs."""
 
