@@ -71,7 +71,7 @@ from maintguard import (
     set_maintenance_mode,
 )
 from maintguard._core import controller, store_of
-from maintguard._core.changes import async_waker
+from maintguard._core.drive import ASYNC
 from maintguard._state import derive, utcnow
 from maintguard.backends import Backend, LocalFileBackend, MemoryBackend
 
@@ -117,8 +117,8 @@ class Signal:
         return self._flag.wait(timeout)
 
     async def wait(self) -> None:
-        event = anyio.Event()
-        waker = async_waker(event)
+        event, waker = ASYNC.signal()
+        assert isinstance(event, anyio.Event)
         with self._lock:
             if self._flag.is_set():
                 return

@@ -5,38 +5,22 @@ lock). A waker only hands a wake-up to its event loop or thread (``call_soon_thr
 a trio token, ``threading.Event.set``): cheap, non-blocking, and never the user's code, so
 it may run on the hold path where listeners may not. A state that changes by itself (an
 ``until`` or a lease running out) is caught by waking at the controller's deadline.
+
+One body (:func:`until`) serves async and blocking callers (:mod:`.drive`).
 """
 
 from __future__ import annotations
 
-import asyncio
 import math
-import threading
 from collections.abc import Callable
-
-import anyio
 
 from .._state import MaintenanceState
 from .controller import ScopeController
+from .drive import ASYNC, BLOCKING, Runtime, drive
 
-__all__ = ["async_waker", "wait_until", "wait_until_blocking"]
+__all__ = ["until", "wait_until", "wait_until_blocking"]
 
 Predicate = Callable[[MaintenanceState], bool]
-
-
-def async_waker(event: anyio.Event) -> Callable[[], None]:
-    loop = asyncio._get_running_loop()
-    if loop is not None:
-        running = loop
-
-        def wake() -> None:
-            running.call_soon_threadsafe(event.set)
-
-        return wake
-    import trio  # not asyncio: anyio runs on trio
-
-    token = trio.lowlevel.current_trio_token()
-    return lambda: token.run_sync_soon(event.set)
 
 
 def _seconds_to_deadline(ctrl: ScopeController) -> float:
@@ -47,43 +31,40 @@ def _seconds_to_deadline(ctrl: ScopeController) -> float:
     return max(0.0, deadline - ctrl.store.clock()) + 0.001
 
 
-async def wait_until(ctrl: ScopeController, predicate: Predicate) -> MaintenanceState:
-    """Wait (asyncio or trio) until ``predicate(ctrl.snapshot)`` holds; return that state."""
+async def until(
+    rt: Runtime, ctrl: ScopeController, predicate: Predicate, timeout: float | None = None
+) -> MaintenanceState | None:
+    """Wait until ``predicate(ctrl.snapshot)`` holds and return that state; None once
+    ``timeout`` seconds have passed first."""
+    clock = ctrl.store.clock
+    end = math.inf if timeout is None else clock() + timeout
     while True:
         state = ctrl.snapshot
         if predicate(state):
             return state
-        event = anyio.Event()
-        waker = async_waker(event)
+        signal, waker = rt.signal()
         ctrl.wakers.add(waker)
         try:
             state = ctrl.snapshot  # a change between the first look and the registration
             if predicate(state):
                 return state
-            with anyio.move_on_after(_seconds_to_deadline(ctrl)):
-                await event.wait()
+            left = min(_seconds_to_deadline(ctrl), end - clock())
+            if left <= 0:
+                return None
+            await rt.wait(signal, left)
         finally:
             ctrl.wakers.discard(waker)
+
+
+async def wait_until(ctrl: ScopeController, predicate: Predicate) -> MaintenanceState:
+    """Wait (asyncio or trio) until ``predicate(ctrl.snapshot)`` holds; return that state."""
+    state = await until(ASYNC, ctrl, predicate)
+    assert state is not None  # no timeout
+    return state
 
 
 def wait_until_blocking(
     ctrl: ScopeController, predicate: Predicate, timeout: float | None = None
 ) -> MaintenanceState | None:
     """Block this thread until ``predicate(ctrl.snapshot)`` holds; None after ``timeout``."""
-    end = math.inf if timeout is None else ctrl.store.clock() + timeout
-    while True:
-        state = ctrl.snapshot
-        if predicate(state):
-            return state
-        event = threading.Event()
-        ctrl.wakers.add(event.set)
-        try:
-            state = ctrl.snapshot
-            if predicate(state):
-                return state
-            left = min(_seconds_to_deadline(ctrl), end - ctrl.store.clock())
-            if left <= 0:
-                return None
-            event.wait(None if left == math.inf else left)
-        finally:
-            ctrl.wakers.discard(event.set)
+    return drive(until(BLOCKING, ctrl, predicate, timeout))

@@ -11,19 +11,16 @@ Woken at once when local work ends; other processes' reports are looked at every
 from __future__ import annotations
 
 import math
-import threading
 import time
 from collections.abc import Callable
 
-import anyio
-
 from .._state import Mode
-from . import io, presence
-from .changes import async_waker
+from . import presence
 from .controller import ScopeController, refresh_store
+from .drive import ASYNC, BLOCKING, Runtime, drive
 from .watcher import watch
 
-__all__ = ["wait_drained", "wait_drained_blocking"]
+__all__ = ["drained", "wait_drained", "wait_drained_blocking"]
 
 
 def _left(
@@ -48,69 +45,55 @@ def _poll(ctrl: ScopeController) -> float:
     return interval if 0 < interval < math.inf else 1.0
 
 
-async def wait_drained(
-    ctrl: ScopeController, token: str, mode: Mode, exclude: frozenset[int], seconds: float
+async def drained(
+    rt: Runtime,
+    ctrl: ScopeController,
+    token: str,
+    mode: Mode,
+    exclude: frozenset[int],
+    seconds: float,
 ) -> int:
-    """Wait (asyncio or trio) until the work a drain waits for has ended: 0, or how much
-    was still pending (this process's work, and other processes not reporting zero) when
-    ``seconds`` ran out first."""
+    """Wait until the work a drain waits for has ended: 0, or how much was still pending
+    (this process's work, and other processes not reporting zero) when ``seconds`` ran out
+    first."""
     left = _left(ctrl, token, mode, exclude)
     work = ctrl.store.work
     drains = work.drains
     poll = _poll(ctrl)
+    end = time.monotonic() + seconds
     stop = watch(ctrl.backend) if poll < math.inf else None  # others' reports stay fresh
     own = work.suspend(exclude)
     try:
         if poll < math.inf:  # who watches the store, as it is now (not as cached)
-            await refresh_store(ctrl.store, ctrl.store.controllers())
-        with anyio.move_on_after(seconds):
-            while left():
-                event = anyio.Event()
-                waker = async_waker(event)
-                drains.add(waker)
-                try:
-                    if not left():  # ended between the look and the registration
-                        break
-                    with anyio.move_on_after(poll):
-                        await event.wait()
-                finally:
-                    drains.discard(waker)
-            return 0
-        return left()  # the last look decides
-    finally:
-        work.resume(own)
-        if stop is not None:
-            stop()
-
-
-def wait_drained_blocking(
-    ctrl: ScopeController, token: str, mode: Mode, exclude: frozenset[int], seconds: float
-) -> int:
-    """The same, blocking this thread."""
-    left = _left(ctrl, token, mode, exclude)
-    work = ctrl.store.work
-    drains = work.drains
-    poll = _poll(ctrl)
-    stop = watch(ctrl.backend) if poll < math.inf else None
-    end = time.monotonic() + seconds
-    own = work.suspend(exclude)
-    try:
-        if poll < math.inf:
-            io.run_sync(refresh_store(ctrl.store, ctrl.store.controllers()))
+            await rt.io(refresh_store(ctrl.store, ctrl.store.controllers()))
         while pending := left():
             remaining = end - time.monotonic()
             if remaining <= 0:
-                return pending
-            event = threading.Event()
-            drains.add(event.set)
+                return pending  # the last look decides
+            signal, waker = rt.signal()
+            drains.add(waker)
             try:
-                if not left():
+                if not left():  # ended between the look and the registration
                     break
-                event.wait(min(remaining, poll))
+                await rt.wait(signal, min(remaining, poll))
             finally:
-                drains.discard(event.set)
+                drains.discard(waker)
         return 0
     finally:
         work.resume(own)
         if stop is not None:
             stop()
+
+
+async def wait_drained(
+    ctrl: ScopeController, token: str, mode: Mode, exclude: frozenset[int], seconds: float
+) -> int:
+    """:func:`drained`, waiting from asyncio or trio."""
+    return await drained(ASYNC, ctrl, token, mode, exclude, seconds)
+
+
+def wait_drained_blocking(
+    ctrl: ScopeController, token: str, mode: Mode, exclude: frozenset[int], seconds: float
+) -> int:
+    """:func:`drained`, blocking this thread."""
+    return drive(drained(BLOCKING, ctrl, token, mode, exclude, seconds))
