@@ -100,8 +100,12 @@ class ScopeController(Snapshots, Reading, Operators):
         lock = self._lock
         lock.acquire()  # (acquire/finally: half the cost of `with` on this path)
         try:
-            change = self.decide_enter(presents, keys, drain, store.clock)
-            if self.parent is not None and change.__class__ is tuple and len(self.stack) == 1:
+            parent = self.parent
+            if parent is None:
+                change = self.decide_enter(presents, keys, drain, store.clock)
+            else:
+                change = self.decide_enter(presents, keys, drain, store.clock, parent.phase)
+            if parent is not None and change.__class__ is tuple and len(self.stack) == 1:
                 store.held.add(self)  # a named scope lives while it holds (the root always)
         finally:
             lock.release()

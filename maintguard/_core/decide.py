@@ -90,7 +90,12 @@ class Book:
     # -- the hold path -----------------------------------------------------------------
 
     def decide_enter(
-        self, presents: Presents, keys: list[int], drain: bool, clock: Callable[[], float]
+        self,
+        presents: Presents,
+        keys: list[int],
+        drain: bool,
+        clock: Callable[[], float],
+        parent: Phase = _OFF,
     ) -> int | Change:
         """One more entry of the hold object whose frames here are ``keys`` (oldest first).
 
@@ -98,6 +103,7 @@ class Book:
         :meth:`decide_commit`, or :meth:`decide_abort` on any failure): nobody sees it
         until then. Else the frame is entered (its key appended to ``keys``, or one more
         entry counted on the object's top frame) and the :data:`Change` says what to tell.
+        ``parent``: the global scope's phase, for a named scope.
         """
         # The object entered again while its own frame is the top: count on that frame.
         if keys and self.stack.again(keys[-1]):
@@ -117,15 +123,15 @@ class Book:
         keys.append(key)
         self.version += 1
         if not self.stack.push(key, presents, started):
+            if self.phase is _DRAINING and not drain:  # a body runs now: ON, by the rule
+                return self.recompute(started, parent)
             return NO_CHANGE
-        own_changed = not self.own_active  # the first frame: on by itself
-        self.own_active = True
-        if not self.active:
-            self.active = True
+        if not self.active:  # the first frame, and nothing else keeps the scope on
+            self.active = self.own_active = True
             phase = _FIRST_PHASE[drain]
             previous, self.phase = self.phase, phase
-            return ((previous, phase), own_changed)
-        return (None, True) if own_changed else NO_CHANGE
+            return ((previous, phase), True)
+        return self.recompute(started, parent)  # on through something else: the rule
 
     def decide_commit(self, key: int, keys: list[int], now: float, parent: Phase) -> Change | None:
         """The record of entering frame ``key`` is stored: readers see it from now on.
@@ -173,6 +179,8 @@ class Book:
         self.version += 1
         write = self._stores_holds and self.claim_write()
         if stack._frames:
+            if self._draining and self.phase is _ON:  # the body that ran has left: the rule
+                return frame, write, self.recompute(clock(), _OFF if parent is None else parent)
             return frame, write, NO_CHANGE
         stored = self.stored
         if parent is None and (stored is None or not (stored.holds or stored.explicit.active)):
