@@ -10,13 +10,11 @@ Nothing here knows what maintguard stores: it is the bottom layer, usable by bac
 from __future__ import annotations
 
 import asyncio
-import atexit
 import concurrent.futures
 import concurrent.futures.thread
 import contextlib
 import contextvars
 import logging
-import os
 import threading
 import weakref
 from collections.abc import Callable, Coroutine
@@ -30,6 +28,8 @@ import anyio
 import anyio._backends._asyncio
 import anyio.to_thread
 from anyio import CancelScope, Event, create_task_group, move_on_after  # noqa: F401
+
+from ._core import lifecycle
 
 __all__ = [
     "background",
@@ -224,6 +224,5 @@ def _after_fork_in_child() -> None:
     _workers = concurrent.futures.ThreadPoolExecutor(4, thread_name_prefix="maintguard-worker")
 
 
-atexit.register(shutdown)
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
+lifecycle.at_exit("ioloop", shutdown)
+lifecycle.after_fork("ioloop", _after_fork_in_child)

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from .exceptions import ConfigurationError
+from ._errors import ConfigurationError
 
 __all__ = [
     "EventKind",
@@ -29,6 +29,7 @@ __all__ = [
     "StoredState",
     "WorkerRecord",
     "derive",
+    "phase_of",
 ]
 
 logger = logging.getLogger("maintguard")
@@ -598,7 +599,8 @@ def derive(
         holds.extend(h for h in level.holds if not leases or h.live(now))
         if level.explicit.in_force(now):
             explicits.append(level.explicit)
-    if not holds and not explicits:
+    phase = phase_of(bool(explicits), [h.draining for h in holds])
+    if phase is Phase.OFF:
         return MaintenanceState(scope=scope) if scope is not None else OFF
     holds.sort(key=lambda h: h.started, reverse=True)
     sources: list[HoldRecord | ExplicitState] = [*holds, *explicits]
@@ -616,17 +618,29 @@ def derive(
         until=next((e.until for e in explicits if e.until is not None), None),
         holds=len(holds),
         scope=scope,
-        phase=Phase.DRAINING if draining(holds, explicits) else Phase.ON,
+        phase=phase,
         explicit=bool(explicits),
         holders=tuple(holds),
     )
 
 
-def draining(holds: Iterable[HoldRecord], explicits: Iterable[ExplicitState]) -> bool:
-    """The phase rule: DRAINING while maintenance is on only through holds that all still
-    wait for in-flight work (no operator state, no hold whose body runs)."""
-    holds = list(holds)
-    return bool(holds) and not any(True for _ in explicits) and all(h.draining for h in holds)
+def phase_of(explicit: bool, holds: Iterable[bool]) -> Phase:
+    """The phase rule, the one place it is stated.
+
+    ``explicit``: an operator's state is in force; ``holds``: for each live hold (a record,
+    this process's frames, or the global scope a named one follows), whether it still
+    waits for in-flight work before its body runs. ON while the operator's state or any
+    hold whose body runs keeps maintenance on; DRAINING while only holds still draining
+    do; OFF when nothing does. Maintenance is active exactly when the phase is not OFF.
+    """
+    if explicit:
+        return Phase.ON
+    phase = Phase.OFF
+    for draining in holds:
+        if not draining:
+            return Phase.ON
+        phase = Phase.DRAINING
+    return phase
 
 
 # -- events ----------------------------------------------------------------------------

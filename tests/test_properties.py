@@ -19,8 +19,17 @@ from hypothesis.stateful import Bundle, RuleBasedStateMachine, consumes, invaria
 
 from maintguard import get_state, set_maintenance_mode, under_maintenance
 from maintguard._core import store_of
+from maintguard._core.decide import Book
 from maintguard._core.stack import HoldStack, Presents, details_of, new_key, record, to_datetime
-from maintguard._state import HoldRecord, Mode, derive, utcnow
+from maintguard._state import (
+    ExplicitState,
+    HoldRecord,
+    Mode,
+    Phase,
+    StoredState,
+    derive,
+    utcnow,
+)
 from maintguard.backends import (
     Backend,
     EnvVarBackend,
@@ -472,3 +481,141 @@ class NestedHoldObjects(RuleBasedStateMachine):
 
 TestNestedHoldObjects = NestedHoldObjects.TestCase
 TestNestedHoldObjects.settings = settings(max_examples=150, stateful_step_count=30, deadline=None)
+
+
+# -- the pure decisions (decide.Book) against a plain model of the rules ---------------------
+
+
+class BookModel(RuleBasedStateMachine):
+    """Random interleavings of entries, re-entries, exits in any order, drains, reads of
+    other processes' holds and of the operator's state (with ``until``), time passing and
+    the global scope's phase changing, driven straight into :class:`decide.Book` with the
+    clock passed in. After every step the book's activity and phase match the rules
+    computed here from scratch, and :func:`derive` over the book's level agrees."""
+
+    objects = Bundle("objects")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.book = Book(stores_holds=False, hold_id="me")
+        self.now = 1_000_000.0
+        self.parent = Phase.OFF
+        self.named = False
+        self.frames: dict[int, bool] = {}  # key -> still draining
+        self.counts: dict[int, int] = {}  # key -> entries counted on it
+        self.explicit = ExplicitState()
+        self.others: tuple[HoldRecord, ...] = ()
+
+    def clock(self) -> float:
+        return self.now
+
+    def _parent(self) -> Phase | None:
+        return self.parent if self.named else None
+
+    @rule(target=objects, reason=st.none() | st.sampled_from(["a", "b"]), drain=st.booleans())
+    def enter_new(self, reason: str | None, drain: bool) -> list[int]:
+        keys: list[int] = []
+        if drain:
+            self.book.decide_begin_drain(self.now, self.parent)
+        out = self.book.decide_enter(
+            Presents("o", reason, None, Mode.FULL), keys, drain, self.clock, self.parent
+        )
+        assert not isinstance(out, int)  # holds are not stored: nothing to write first
+        self.frames[keys[-1]] = drain
+        self.counts[keys[-1]] = 1
+        return keys
+
+    @rule(keys=objects)
+    def enter_again(self, keys: list[int]) -> None:
+        on_top = bool(keys) and keys[-1] == max(self.frames, default=None)
+        before = list(keys)
+        self.book.decide_enter(
+            Presents("o", None, None, Mode.FULL), keys, False, self.clock, self.parent
+        )
+        if on_top:
+            assert keys == before
+            self.counts[keys[-1]] += 1
+        else:
+            self.frames[keys[-1]] = False
+            self.counts[keys[-1]] = 1
+
+    @rule(keys=objects)
+    def leave(self, keys: list[int]) -> None:
+        if not keys:
+            assert self.book.decide_leave(keys, self.clock, self._parent()) is None
+            return
+        key = keys[-1]
+        left = self.book.decide_leave(keys, self.clock, self._parent())
+        assert left is not None and left[0] is not None
+        self.counts[key] -= 1
+        if self.counts[key] == 0:
+            del self.counts[key]
+            del self.frames[key]
+            assert key not in keys
+
+    @rule(data=st.data())
+    def drain_ends(self, data: st.DataObject) -> None:
+        draining = [k for k, d in self.frames.items() if d]
+        if not draining:
+            return
+        key = data.draw(st.sampled_from(draining))
+        self.book.decide_end_drain(key, self.now, self.parent)
+        self.frames[key] = False
+
+    @rule(
+        active=st.booleans(),
+        until=st.none() | st.floats(-50, 50),
+        others=st.lists(st.booleans(), max_size=3),
+    )
+    def read(self, active: bool, until: float | None, others: list[bool]) -> None:
+        self.explicit = ExplicitState(
+            active=active, until=None if until is None else to_datetime(self.now + until)
+        )
+        started = to_datetime(self.now)
+        self.others = tuple(
+            HoldRecord(f"other{i}", "o", "h", i, started, started, drain="t" if d else None)
+            for i, d in enumerate(others)
+        )
+        stored = StoredState(self.explicit, self.others)
+        self.book.decide_read(stored, None, "w", self.now, self.parent, 0.0)
+
+    @rule(seconds=st.floats(0, 60))
+    def time_passes(self, seconds: float) -> None:
+        self.now += seconds
+        self.book.recompute(self.now, self.parent)  # (what a snapshot's deadline does)
+
+    @rule(phase=st.sampled_from(Phase))
+    def global_scope_changes(self, phase: Phase) -> None:
+        self.named = True
+        self.parent = phase
+        self.book.recompute(self.now, self.parent)
+
+    def expected(self) -> tuple[Phase, bool]:
+        until = self.explicit.until
+        explicit = self.explicit.active and (until is None or until > to_datetime(self.now))
+        own = [all(self.frames.values())] if self.frames else []
+        own += [h.draining for h in self.others]
+        parent = (
+            [self.parent is Phase.DRAINING] if self.named and self.parent is not Phase.OFF else []
+        )
+
+        def rule_of(sources: list[bool]) -> Phase:
+            if explicit or any(not d for d in sources):
+                return Phase.ON
+            return Phase.DRAINING if sources else Phase.OFF
+
+        return rule_of(own + parent), rule_of(own) is not Phase.OFF
+
+    @invariant()
+    def decisions_follow_the_rules(self) -> None:
+        phase, own = self.expected()
+        book = self.book
+        assert len(book.stack) == len(self.frames)
+        assert (book.phase, book.active, book.own_active) == (phase, phase is not Phase.OFF, own)
+        if not self.named:  # derive, over what the book presents, says the same
+            state = derive(None, [book.level(self.now, "h", 1)], to_datetime(self.now))
+            assert (state.phase, state.active) == (phase, phase is not Phase.OFF)
+
+
+TestBookModel = BookModel.TestCase
+TestBookModel.settings = settings(max_examples=300, stateful_step_count=40, deadline=None)

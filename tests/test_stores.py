@@ -228,7 +228,7 @@ def test_a_reader_slower_than_a_hold_never_caches_a_stale_snapshot(
 ) -> None:
     import sys
 
-    controller_module = sys.modules["maintguard._core.controller"]
+    controller_module = sys.modules["maintguard._core.snapshots"]  # where snapshots derive
 
     backend = MemoryBackend()
     ctrl = store_of(backend).root

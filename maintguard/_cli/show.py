@@ -13,7 +13,7 @@ from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import urlencode
 
-from .._core.controller import HOST
+from .._core.identity import HOST
 from .._state import HoldRecord, MaintenanceState, Phase, RetryAfter
 from ..backends import Backend, EnvVarBackend, LocalFileBackend, MemoryBackend, RedisBackend
 from ..backends._redis import redact

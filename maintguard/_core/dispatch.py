@@ -10,10 +10,8 @@ listener that blocks, hangs or raises delays only the events after it, never a h
 from __future__ import annotations
 
 import asyncio
-import atexit
 import inspect
 import logging
-import os
 import queue
 import threading
 from collections.abc import Awaitable, Callable, Iterable
@@ -21,6 +19,7 @@ from typing import Any
 
 from .._state import EventKind, MaintenanceEvent
 from ..exceptions import ConfigurationError
+from . import lifecycle
 
 __all__ = [
     "Listener",
@@ -160,6 +159,5 @@ def _after_fork_in_child() -> None:
     _lock, _queue, _thread = threading.Lock(), queue.SimpleQueue(), None
 
 
-atexit.register(_at_exit)
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
+lifecycle.at_exit("listeners", _at_exit)
+lifecycle.after_fork("listeners", _after_fork_in_child)

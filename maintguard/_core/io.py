@@ -12,7 +12,6 @@ Writes of one store are serialised in this process by the store's write lock.
 from __future__ import annotations
 
 import asyncio
-import os
 import threading
 import weakref
 from collections.abc import Callable, Collection, Mapping
@@ -28,6 +27,7 @@ from .._ioloop import (
 )
 from .._state import StoredState
 from ..backends import Backend
+from . import lifecycle
 
 __all__ = [
     "background",
@@ -126,5 +126,4 @@ def _after_fork_in_child() -> None:
     _async_locks = weakref.WeakKeyDictionary()
 
 
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
+lifecycle.after_fork("io", _after_fork_in_child)

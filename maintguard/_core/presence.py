@@ -15,20 +15,16 @@ drain either finds the record or the process finds the drain's hold and admits n
 from __future__ import annotations
 
 import logging
-import os
 from datetime import timedelta
-from typing import TYPE_CHECKING
 
 import anyio
 
 from .._state import Mode, WorkerRecord
 from ..backends._writes import PutWorker
-from . import io
-from .controller import HOST
+from . import io, lifecycle
+from .identity import HOST, pid
+from .registry import Store, all_stores
 from .stack import to_datetime
-
-if TYPE_CHECKING:
-    from .registry import Store
 
 __all__ = [
     "join",
@@ -78,12 +74,12 @@ def waiting_for(store: Store, token: str, mode: Mode) -> int:
 def _reports(store: Store) -> Reports:
     # For each drain another process asks (a draining hold record in any scope read), how
     # much of this process's work it waits for.
-    pid = os.getpid()
+    own_pid = pid()
     found: list[tuple[str, int]] = []
     tokens: set[str] = set()
     for scope, stored in list(store.seen.items()):
         for hold in stored.holds:
-            if hold.drain is None or (hold.host == HOST and hold.pid == pid):
+            if hold.drain is None or (hold.host == HOST and hold.pid == own_pid):
                 continue
             token = report_key(hold.drain, hold.mode)
             tokens.add(token)
@@ -114,7 +110,7 @@ class _Write:
         record = None
         if self.reports is not None:
             expires = to_datetime(self.now) + timedelta(seconds=ttl)
-            record = WorkerRecord(store.worker_id, HOST, os.getpid(), expires, self.reports)
+            record = WorkerRecord(store.worker_id, HOST, pid(), expires, self.reports)
         return PutWorker(store.worker_id, record, to_datetime(store.clock()), ttl)
 
     def written(self) -> None:
@@ -213,3 +209,12 @@ def _not_removed(store: Store, exc: Exception) -> None:
         store.backend.describe(),
         exc,
     )
+
+
+def _leave_at_exit() -> None:
+    # After the holds' records (see .lifecycle): this process watches no store any more.
+    for store in all_stores():
+        leave_blocking(store)
+
+
+lifecycle.at_exit("presence", _leave_at_exit)

@@ -13,15 +13,15 @@ import asyncio
 import contextlib
 import logging
 import math
-import os
 import time
 from collections.abc import AsyncIterator, Callable
 
 from .. import _ioloop as ioloop
 from ..backends import Backend
-from . import io, presence
-from .controller import refresh_store
-from .registry import Store, all_stores, store_of
+from . import io, lifecycle, presence
+from .controller import Store, plug_watcher
+from .reading import refresh_store
+from .registry import all_stores, store_of
 
 __all__ = ["watch"]
 
@@ -155,5 +155,5 @@ def _after_fork_in_child() -> None:
             io.background(_watch(store, _changes(store)))
 
 
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
+lifecycle.after_fork("watchers", _after_fork_in_child)
+plug_watcher(watch)

@@ -19,6 +19,7 @@ from typing import Any, ClassVar
 import anyio
 
 from .. import _ioloop as ioloop
+from .._core import lifecycle
 from .._state import StoredState
 from ..exceptions import BackendError, ConfigurationError
 from ._base import Backend, OnError, overrides
@@ -571,5 +572,4 @@ def _reset_after_fork() -> None:
         backend._after_fork()
 
 
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_reset_after_fork)
+lifecycle.after_fork("file", _reset_after_fork)

@@ -1,0 +1,36 @@
+"""Who this process is, as its records in a shared store say: host, pid, record ids.
+
+The pid is read again in a forked child (see :mod:`.lifecycle`): a child is another
+process, with hold and presence records of its own.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+
+from . import lifecycle
+
+__all__ = ["HOST", "new_id", "pid"]
+
+HOST = socket.gethostname()
+_pid = os.getpid()
+
+
+def pid() -> int:
+    """This process's id (the child's own after a fork)."""
+    return _pid
+
+
+def new_id() -> str:
+    """A new record id, unique across hosts, processes and time: ``host:pid:random``."""
+    return f"{HOST}:{_pid}:{uuid.uuid4().hex[:12]}"
+
+
+def _after_fork_in_child() -> None:
+    global _pid
+    _pid = os.getpid()
+
+
+lifecycle.after_fork("identity", _after_fork_in_child)
