@@ -5,12 +5,13 @@ from __future__ import annotations
 import difflib
 import functools
 import inspect
+import math
 from collections.abc import Callable, Iterable
 from typing import Any, ParamSpec, TypeVar, cast
 
 from .exceptions import ConfigurationError
 
-__all__ = ["UnknownOption", "named_options"]
+__all__ = ["UnknownOption", "named_options", "seconds"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -59,3 +60,36 @@ def unknown_option(where: str, given: Iterable[str], names: Iterable[str]) -> Un
     return UnknownOption(
         f"{where}() has no option {', '.join(hints)}; its options are: {', '.join(known)}"
     )
+
+
+def seconds(
+    name: str,
+    value: object,
+    *,
+    optional: bool = False,
+    positive: bool = False,
+    infinite: bool = False,
+    at_most: float = math.inf,
+    limit: str = "",
+) -> float | None:
+    """``value`` checked as a number of seconds (the one rule for every seconds option):
+    a real number, not a bool, not NaN, at least 0 (above 0 when ``positive``), finite
+    unless ``infinite``, at most ``at_most`` (``limit`` says it in words); None when
+    ``optional``. Otherwise a :class:`ConfigurationError` saying what to give."""
+    if value is None and optional:
+        return None
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or math.isnan(value)
+        or (value == math.inf and not infinite)
+        or value < 0
+        or (positive and value == 0)
+        or value > at_most
+    ):
+        what = "a positive number of seconds" if positive else "a number of seconds >= 0"
+        raise ConfigurationError(
+            f"{name} must be {'None or ' if optional else ''}{what}"
+            f"{f' ({limit})' if limit else ''}, not {value!r}"
+        )
+    return float(value)
