@@ -22,6 +22,7 @@ import anyio.to_thread
 import pytest
 
 import maintguard
+from maintguard._core import io
 from maintguard._state import ExplicitState, HoldRecord, Mode, StoredState
 from maintguard.backends import LocalFileBackend
 from maintguard.exceptions import BackendError
@@ -72,8 +73,8 @@ def _listing(directory: Path) -> set[str]:
 # -- the blocking protocol -----------------------------------------------------------------
 
 
-def test_blocking_protocol_is_declared() -> None:
-    assert LocalFileBackend._blocking is True
+def test_the_core_takes_the_blocking_protocol(tmp_path: Path) -> None:
+    assert io.way(LocalFileBackend(tmp_path / "m.json")) is io.Way.BLOCKING
 
 
 def test_missing_file_is_off_and_reading_creates_nothing(tmp_path: Path) -> None:

@@ -22,6 +22,7 @@ import pytest
 
 import maintguard.sync
 from maintguard import ConfigurationError, get_state, set_maintenance_mode, under_maintenance
+from maintguard._core import io
 from maintguard._core.watcher import watch
 from maintguard._state import ExplicitState
 from maintguard.backends import (
@@ -100,11 +101,19 @@ def recorder(request: pytest.FixtureRequest, tmp_path: Path) -> Recorder:
 
 
 def test_a_subclass_that_overrides_a_public_method_loses_the_shortcuts(recorder: Recorder) -> None:
-    assert not recorder.cls._inline and not recorder.cls._blocking
-    # ...while one that overrides nothing public keeps them.
+    assert io.way(recorder.new()) is io.Way.LOOP
+    # ...while one that overrides nothing public keeps them, and so does its subclass.
     base = recorder.cls.__mro__[1]
-    plain = type("Renamed", (base,), {"describe": lambda self: "renamed"})
-    assert (plain._inline, plain._blocking) == (base._inline, base._blocking)
+    renamed = Recorder(recorder.kind, recorder.method, recorder.tmp_path)
+    renamed.cls = type("Renamed", (base,), {"describe": lambda self: "renamed"})
+    again = Recorder(recorder.kind, recorder.method, recorder.tmp_path)
+    again.cls = type("Again", (renamed.cls,), {})
+    expected = {"memory": io.Way.INLINE, "env": io.Way.INLINE, "file": io.Way.BLOCKING}
+    assert io.way(renamed.new()) is io.way(again.new()) is expected.get(recorder.kind, io.Way.LOOP)
+    # A subclass of an overriding subclass is served by the override: no shortcut either.
+    below = Recorder(recorder.kind, recorder.method, recorder.tmp_path)
+    below.cls = type("Below", (recorder.cls,), {"describe": lambda self: "below"})
+    assert io.way(below.new()) is io.Way.LOOP
 
 
 @pytest.mark.anyio

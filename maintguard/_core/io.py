@@ -1,17 +1,24 @@
-"""Where backend calls run.
+"""Where backend calls run, and the one place the built-ins' fast paths are taken.
+
+Every backend is complete through its public async methods (``read_scopes``,
+``update_state``, ...): they run on the I/O loop (:mod:`maintguard._ioloop`), since they
+may need asyncio (a Redis client). A built-in may also offer the same reads and writes as
+blocking calls (``Backend._fast_path``); :func:`way` decides, once per class, whether the
+core takes that offer, and this module is the only one that makes those calls:
 
 - The built-in in-process backends (memory, env) answer at once: they run in the caller.
 - Blocking backends (the file) run in the calling thread for sync faces and in one of
   maintguard's worker threads for async faces: the fewest thread hops, and a write handed
   over is under way at once, so it finishes even when its caller is cancelled.
-- Other backends are async code that may need asyncio (a Redis client): they run on the
-  I/O loop (:mod:`maintguard._ioloop`).
+
+A class that overrides any public I/O method is called through its methods, on the loop.
 Writes of one store are serialised in this process by the store's write lock.
 """
 
 from __future__ import annotations
 
 import asyncio
+import enum
 import threading
 import weakref
 from collections.abc import Callable, Collection, Mapping
@@ -27,18 +34,24 @@ from .._ioloop import (
 )
 from .._state import StoredState
 from ..backends import Backend
+from ..backends._base import PUBLIC_IO, overrides
 from . import lifecycle
 
 __all__ = [
+    "Way",
     "background",
     "exiting",
+    "inline",
     "offload",
+    "read_inline",
     "read_scopes",
+    "read_scopes_blocking",
     "run",
     "run_sync",
     "update",
     "update_blocking",
     "wait",
+    "way",
 ]
 
 Mutate = Callable[[StoredState], StoredState]
@@ -57,15 +70,60 @@ class Serialised(Protocol):
 _async_locks: weakref.WeakKeyDictionary[Serialised, asyncio.Lock] = weakref.WeakKeyDictionary()
 
 
+# -- which way a backend is called: decided here only -------------------------------------
+
+
+class Way(enum.Enum):
+    LOOP = "its public async methods, on the I/O loop"
+    BLOCKING = "its blocking protocol, from a thread the core picks"
+    INLINE = "its blocking protocol, in the caller's thread (it never blocks)"
+
+
+_ways: dict[type[Backend], Way] = {}  # (backend classes are few and made once)
+
+
+def way(backend: Backend) -> Way:
+    """How the core calls ``backend``: the built-in's fast path only while its class
+    overrides none of the public I/O methods (they are the contract; the fast path is
+    the same reads and writes without the hop through the I/O loop)."""
+    cls = type(backend)
+    found = _ways.get(cls)
+    if found is None:
+        found = _ways[cls] = _decide(cls)
+    return found
+
+
+def _decide(cls: type[Backend]) -> Way:
+    # The class that makes the offer (Backend at last, offering none) must be the one whose
+    # public methods serve this class: the fast path is the same reads and writes as those.
+    offering = next(k for k in cls.__mro__ if "_fast_path" in vars(k))
+    offer = vars(offering)["_fast_path"]
+    if offer is None or overrides(cls, offering, *PUBLIC_IO):
+        return Way.LOOP
+    return Way.INLINE if offer == "inline" else Way.BLOCKING
+
+
+def inline(backend: Backend) -> bool:
+    """Whether ``backend`` is read in the caller's thread (see :func:`read_inline`)."""
+    found = _ways.get(type(backend))  # (asked on every guard's admission: kept short)
+    return (way(backend) if found is None else found) is Way.INLINE
+
+
+def read_inline(backend: Backend, scope: str | None) -> StoredState:
+    """One scope of a backend that :func:`inline` says is read in this thread."""
+    return backend._read_blocking(scope)
+
+
 # -- backend calls ---------------------------------------------------------------------
 
 
 async def read_scopes(
     backend: Backend, scopes: Collection[str | None]
 ) -> Mapping[str | None, StoredState]:
-    if backend._inline:
+    how = way(backend)
+    if how is Way.INLINE:
         return backend._read_scopes_blocking(scopes)
-    if backend._blocking:
+    if how is Way.BLOCKING:
         return await wait(offload(backend._read_scopes_blocking, scopes))
     return await run(backend.read_scopes(scopes))
 
@@ -73,7 +131,7 @@ async def read_scopes(
 def read_scopes_blocking(
     backend: Backend, scopes: Collection[str | None]
 ) -> Mapping[str | None, StoredState]:
-    if backend._inline or backend._blocking:
+    if way(backend) is not Way.LOOP:
         return backend._read_scopes_blocking(scopes)
     return run_sync(_read(backend, scopes))
 
@@ -88,9 +146,10 @@ async def update(
     backend: Backend, scope: str | None, build: Build, owner: Serialised
 ) -> StoredState:
     """Make one write to one scope, serialised with the store's other writes."""
-    if backend._inline:
+    how = way(backend)
+    if how is Way.INLINE:
         return _locked_update(backend, scope, build, owner)
-    if backend._blocking:
+    if how is Way.BLOCKING:
         return await wait(offload(_locked_update, backend, scope, build, owner))
     return await run(_async_update(backend, scope, build, owner))
 
@@ -98,7 +157,7 @@ async def update(
 def update_blocking(
     backend: Backend, scope: str | None, build: Build, owner: Serialised
 ) -> StoredState:
-    if backend._blocking:
+    if way(backend) is not Way.LOOP:
         return _locked_update(backend, scope, build, owner)
     return run_sync(_async_update(backend, scope, build, owner))
 

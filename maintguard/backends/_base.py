@@ -63,31 +63,18 @@ class Backend(abc.ABC):
     raise_on_first_read: ClassVar[bool] = True
     """A failed first read raises (the error is seen at start-up); later ones follow
     ``on_error``."""
-    _inline: ClassVar[bool] = False
-    # Built-in in-process backends whose coroutines never suspend run in the caller's thread.
-    _blocking: ClassVar[bool] = False
-    # Built-in backends whose I/O is blocking calls (the file): the core calls
-    # `_read_scopes_blocking(scopes)` and `_update_blocking(scope, mutate)` from the thread it
-    # chooses (the caller's for sync faces, one worker thread for async ones) instead of
-    # hopping through the I/O loop.
-    # Both are shortcuts past the public methods, valid only for the class that declares
-    # them: a subclass that overrides a public method loses them (see __init_subclass__).
-    _fast_path_of: ClassVar[type[Backend] | None] = None
+    _fast_path: ClassVar[Literal["inline", "blocking"] | None] = None
+    # What a built-in backend offers the core besides its public methods: the blocking
+    # protocol below, the same reads and writes as plain calls. "blocking": the calls block
+    # (the file), so the core makes them from a thread it picks instead of hopping through
+    # the I/O loop; "inline": they never block (memory, env), so the core makes them in the
+    # caller's thread. An offer only: whether it is taken, for a given class, is decided
+    # in one place (maintguard._core.io.way), and never for a class that overrides a
+    # public I/O method. The public methods stay complete without it.
 
     on_error: OnError = "last_known"
     lease_ttl: float = 30.0
     refresh_interval: float = 1.0
-
-    def __init_subclass__(cls, **kwargs: object) -> None:
-        super().__init_subclass__(**kwargs)
-        # The public methods are the contract (the docstring invites overriding them): a
-        # shortcut past them is an optimisation taken only while nothing overrides them, as
-        # an HTTP client takes its transport's fast path only for the transport it knows.
-        if "_inline" in vars(cls) or "_blocking" in vars(cls):
-            cls._fast_path_of = cls
-        elif cls._fast_path_of is not None and overrides(cls, cls._fast_path_of, *PUBLIC_IO):
-            cls._inline = cls._blocking = False
-            cls._fast_path_of = None
 
     def __init__(
         self,
@@ -144,7 +131,7 @@ class Backend(abc.ABC):
         """
         return {scope: await self.read_state(scope) for scope in scopes}
 
-    # The blocking protocol of the built-in backends (see `_blocking`).
+    # The blocking protocol of the built-in backends (see `_fast_path`).
     def _read_scopes_blocking(
         self, scopes: Collection[str | None]
     ) -> Mapping[str | None, StoredState]:
@@ -198,9 +185,10 @@ class Backend(abc.ABC):
 def overrides(cls: type, owner: type, *names: str) -> bool:
     """Whether ``cls`` (a subclass of ``owner``) replaces any of ``owner``'s methods ``names``.
 
-    A built-in backend asks it before taking a shortcut of its own past these methods (one
-    read of the whole file for ``read_scopes``, a Redis script for ``update_state``): the
-    shortcut is right for the built-in's methods, not for a subclass's."""
+    The core asks it before taking a built-in's fast path (see ``maintguard._core.io.way``),
+    and a built-in's public method before a shortcut of its own past another (one read of
+    the whole file for ``read_scopes``, a Redis script for ``update_state``): the shortcut
+    is right for the built-in's methods, not for a subclass's."""
     return any(getattr(cls, name) is not getattr(owner, name) for name in names)
 
 

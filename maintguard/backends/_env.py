@@ -85,8 +85,7 @@ class EnvVarBackend(Backend):
     stores_holds = False
     read_only = True
     raise_on_first_read = False
-    _inline = True
-    _blocking = True
+    _fast_path = "inline"
 
     def __init__(
         self, var_name: str = "MAINTGUARD_MODE", *, on_error: OnError = "last_known"

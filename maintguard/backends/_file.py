@@ -14,7 +14,7 @@ import weakref
 from collections.abc import AsyncIterator, Callable, Collection, Iterator, Mapping
 from pathlib import Path
 from stat import S_ISREG
-from typing import Any, ClassVar
+from typing import Any
 
 import anyio
 
@@ -94,7 +94,7 @@ class LocalFileBackend(Backend):
     field, and the next write stores the state as read, without it.
     """
 
-    _blocking: ClassVar[bool] = True
+    _fast_path = "blocking"
 
     def __init__(
         self,
@@ -192,7 +192,8 @@ class LocalFileBackend(Backend):
             if held:  # unlocking never blocks: done here, whatever cancelled us
                 lock.__exit__(None, None, None)
 
-    # -- the blocking protocol: any thread, any number of threads and processes at once -----
+    # -- the blocking protocol (see Backend._fast_path): any thread, any number of threads
+    # and processes at once; the async face above is these, one worker-thread hop each ------
 
     def _read_scopes_blocking(self, scopes: Collection[str | None]) -> _Scopes:
         """Every scope asked for (and every scope in the file) from one read of the file."""

@@ -21,8 +21,7 @@ class MemoryBackend(Backend):
     """
 
     stores_holds = False
-    _inline = True
-    _blocking = True
+    _fast_path = "inline"
 
     def __init__(self) -> None:
         super().__init__(refresh_interval=math.inf)
