@@ -20,7 +20,8 @@ builds on already renewed:
 
 1. ``identity``: the child's own pid in the records it writes;
 2. ``ioloop``: no loop thread or worker threads survive a fork; new ones start on use;
-3. ``file``: the file backends' locks (held by parent threads) are made anew;
+3. ``file``, ``memory``: the file and memory backends' locks (held by parent threads) are
+   made anew;
 4. ``listeners``: a new dispatcher queue and thread;
 5. ``io``: the I/O loop's per-store asyncio locks are forgotten;
 6. ``stores``: the child holds nothing its parent held, renews none of its records;
@@ -39,7 +40,7 @@ __all__ = ["EXIT_ORDER", "FORK_ORDER", "after_fork", "at_exit", "run_at_exit", "
 logger = logging.getLogger("maintguard")
 
 EXIT_ORDER = ("holds", "presence", "listeners", "ioloop")
-FORK_ORDER = ("identity", "ioloop", "file", "listeners", "io", "stores", "watchers")
+FORK_ORDER = ("identity", "ioloop", "file", "memory", "listeners", "io", "stores", "watchers")
 
 Callback = Callable[[], None]
 _exit: dict[str, list[Callback]] = {step: [] for step in EXIT_ORDER}
