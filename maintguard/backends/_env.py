@@ -8,7 +8,7 @@ from collections.abc import Callable, Collection
 
 from .._state import ExplicitState, Mode, StoredState
 from ..exceptions import BackendError, ReadOnlyBackendError
-from ._base import Backend, OnError
+from ._base import Backend, OnError, overrides
 
 __all__ = ["ACCEPTED", "EnvVarBackend", "environ_token", "getenv", "parse_flag"]
 
@@ -102,6 +102,19 @@ class EnvVarBackend(Backend):
     async def read_state(self, scope: str | None) -> StoredState:
         return self._read_blocking(scope)
 
+    async def write_state(self, scope: str | None, state: StoredState) -> None:
+        raise self._read_only_error(scope)
+
+    async def update_state(
+        self, scope: str | None, mutate: Callable[[StoredState], StoredState]
+    ) -> StoredState:
+        # Refused even when ``mutate`` would change nothing, as the fast path refuses it.
+        if overrides(type(self), EnvVarBackend, "read_state", "write_state"):
+            return await super().update_state(scope, mutate)  # through the subclass's methods
+        raise self._read_only_error(scope)
+
+    # -- the blocking protocol (see Backend._fast_path): the same, called in any thread -------
+
     def _read_blocking(self, scope: str | None) -> StoredState:
         name = self.var_name if scope is None else self.variable(scope)
         token = environ_token(name)
@@ -127,9 +140,6 @@ class EnvVarBackend(Backend):
     def _update_blocking(
         self, scope: str | None, mutate: Callable[[StoredState], StoredState]
     ) -> StoredState:
-        raise self._read_only_error(scope)
-
-    async def write_state(self, scope: str | None, state: StoredState) -> None:
         raise self._read_only_error(scope)
 
     def _read_only_error(self, scope: str | None) -> ReadOnlyBackendError:
