@@ -8,7 +8,7 @@ from collections.abc import Callable, Collection
 
 from .._state import ExplicitState, Mode, StoredState
 from ..exceptions import BackendError, ReadOnlyBackendError
-from ._base import Backend, OnError, overrides
+from ._base import Backend, OnError
 
 __all__ = ["ACCEPTED", "EnvVarBackend", "environ_token", "getenv", "parse_flag"]
 
@@ -108,9 +108,11 @@ class EnvVarBackend(Backend):
     async def update_state(
         self, scope: str | None, mutate: Callable[[StoredState], StoredState]
     ) -> StoredState:
-        # Refused even when ``mutate`` would change nothing, as the fast path refuses it.
-        if overrides(type(self), EnvVarBackend, "read_state", "write_state"):
-            return await super().update_state(scope, mutate)  # through the subclass's methods
+        # Refused even when ``mutate`` would change nothing, as the fast path refuses it;
+        # a subclass that makes the store writable (``read_only = False`` and a
+        # ``write_state`` of its own) is written through its methods.
+        if not self.read_only:
+            return await super().update_state(scope, mutate)
         raise self._read_only_error(scope)
 
     # -- the blocking protocol (see Backend._fast_path): the same, called in any thread -------
