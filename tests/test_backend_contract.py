@@ -1,0 +1,508 @@
+"""Every built-in backend keeps one contract, whichever way the core calls it.
+
+The core may call a built-in through a fast path of its own (the memory and env backends
+in the caller's thread, the file's blocking calls from a thread the core picks), chosen in
+one place (``maintguard._core.io.way``); every backend is also complete through its public
+methods (``read_state``, ``write_state``, ``update_state``, ``read_scopes``). Each test
+here runs the same body both ways, on every built-in backend:
+
+- ``fast``: the built-in class itself, as the core takes its fast path (Redis has none);
+- ``public``: a subclass that overrides every public I/O method by calling ``super()``, so
+  that the core calls those and nothing else (the calls are counted to prove it).
+
+What they must agree on: holds, the explicit state on and off, named scopes, leases,
+writes from concurrent threads losing nothing, and what ends up stored.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import itertools
+import os
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+import maintguard.sync
+from maintguard import (
+    Mode,
+    ReadOnlyBackendError,
+    get_state,
+    set_maintenance_mode,
+    under_maintenance,
+)
+from maintguard._core import io
+from maintguard._core.registry import store_of
+from maintguard._state import ExplicitState, HoldRecord, MaintenanceState, StoredState
+from maintguard.backends import (
+    Backend,
+    EnvVarBackend,
+    LocalFileBackend,
+    MemoryBackend,
+    PutHold,
+    RedisBackend,
+    SetExplicit,
+)
+from tests.stores import REDIS_URL, redis_prefix
+
+KINDS = ("memory", "env", "file", "redis")
+MODES = ("fast", "public")
+BUILT_IN: dict[str, type[Backend]] = {
+    "memory": MemoryBackend,
+    "env": EnvVarBackend,
+    "file": LocalFileBackend,
+    "redis": RedisBackend,
+}
+FAST_WAY = {"memory": io.Way.INLINE, "env": io.Way.INLINE, "file": io.Way.BLOCKING}
+PUBLIC_IO = ("read_state", "write_state", "update_state", "read_scopes")
+_names = itertools.count()
+
+
+# -- the public face alone: every public method overridden by a call to super() ---------
+
+
+class Calls:
+    """The public methods the ``public`` subclasses were called through."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.seen: collections.Counter[str] = collections.Counter()
+
+    def add(self, name: str) -> None:
+        with self.lock:
+            self.seen[name] += 1
+
+
+CALLS = Calls()
+
+
+def _through_public(base: type[Backend]) -> type[Backend]:
+    def forward(name: str) -> Callable[..., Any]:
+        async def method(self: Backend, *args: Any) -> Any:
+            CALLS.add(name)
+            return await getattr(super(cls, self), name)(*args)
+
+        method.__name__ = name
+        return method
+
+    cls = type(f"Public{base.__name__}", (base,), {name: forward(name) for name in PUBLIC_IO})
+    return cls
+
+
+PUBLIC = {kind: _through_public(base) for kind, base in BUILT_IN.items()}
+
+
+@dataclass
+class Contract:
+    """One store of one built-in backend, called ``mode``'s way."""
+
+    kind: str
+    mode: str
+    cls: type[Backend]
+    where: Any  # the store's name: a path, a variable, a key prefix, or the memory object
+
+    @property
+    def writable(self) -> bool:
+        return self.kind != "env"
+
+    def new(self) -> Backend:
+        """An object naming the store (memory: its one object)."""
+        make: Any = self.cls  # (each built-in's own arguments)
+        if self.kind == "memory":
+            return self.where  # type: ignore[no-any-return]
+        if self.kind == "env":
+            return make(self.where)  # type: ignore[no-any-return]
+        if self.kind == "redis":
+            return make(REDIS_URL, key_prefix=self.where, refresh_interval=0)  # type: ignore[no-any-return]
+        return make(self.where, refresh_interval=0)  # type: ignore[no-any-return]
+
+    def stored(self, *scopes: str | None) -> dict[str | None, StoredState]:
+        """What the store holds, read through the plain built-in's public method."""
+        if self.kind == "memory":
+            reader = self.where
+        elif self.kind == "env":
+            reader = EnvVarBackend(self.where)
+        elif self.kind == "redis":
+            reader = RedisBackend(REDIS_URL, key_prefix=self.where)
+        else:
+            reader = LocalFileBackend(self.where)
+        # (In a thread of its own: async tests call it too.)
+        with concurrent.futures.ThreadPoolExecutor(1) as thread:
+            found = thread.submit(anyio.run, reader.read_scopes, scopes).result()
+        return {scope: found[scope] for scope in scopes}
+
+    def served_by(self, *names: str) -> None:
+        """The ``public`` way: the core called these public methods (no fast path)."""
+        if self.mode == "public":
+            with CALLS.lock:
+                missing = [name for name in names if not CALLS.seen[name]]
+            assert not missing, f"not called through {missing}: {dict(CALLS.seen)}"
+
+    def set_env(self, scope: str | None, value: str | None) -> None:
+        name = EnvVarBackend(self.where).variable(scope)
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
+def make_contract(kind: str, mode: str, tmp_path: Path) -> Contract:
+    cls = BUILT_IN[kind] if mode == "fast" else PUBLIC[kind]
+    where: Any
+    if kind == "memory":
+        where = cls()
+    elif kind == "env":
+        where = f"MAINTGUARD_CONTRACT_{os.getpid()}_{next(_names)}"
+    elif kind == "redis":
+        where = redis_prefix()
+    else:
+        where = tmp_path / f"contract-{next(_names)}.json"
+    return Contract(kind, mode, cls, where)
+
+
+@pytest.fixture(params=[(k, m) for k in KINDS for m in MODES], ids="-".join)
+def contract(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Contract]:
+    kind, mode = request.param
+    made = make_contract(kind, mode, tmp_path)
+    with CALLS.lock:
+        CALLS.seen.clear()
+    yield made
+    if kind == "env":
+        for scope in (None, "billing", "jobs"):
+            made.set_env(scope, None)
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"  # (the faces on trio: tests/test_backends.py's contract)
+
+
+def _plain(state: MaintenanceState) -> tuple[Any, ...]:
+    """What readers see, without the times and ids that differ between runs."""
+    holders = sorted((h.owner, h.reason, h.mode, h.pid) for h in state.holders)
+    return (state.active, state.mode, state.reason, state.retry_after, state.holds, holders)
+
+
+def _plain_stored(state: StoredState) -> tuple[Any, ...]:
+    e = state.explicit
+    holds = sorted((h.owner, h.reason, h.mode, h.pid) for h in state.holds)
+    return (e.active, e.mode, e.reason, e.retry_after, e.until is not None, holds)
+
+
+# -- which way the core calls ----------------------------------------------------------------
+
+
+def test_the_core_calls_the_way_the_mode_says(contract: Contract) -> None:
+    backend = contract.new()
+    expected = FAST_WAY.get(contract.kind, io.Way.LOOP) if contract.mode == "fast" else io.Way.LOOP
+    assert io.way(backend) is expected
+    maintguard.sync.get_state(backend)
+    contract.served_by("read_scopes", "read_state")  # (the base read_scopes reads each)
+
+
+# -- the explicit state ---------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_explicit_on_and_off(contract: Contract) -> None:
+    backend = contract.new()
+    if not contract.writable:
+        with pytest.raises(ReadOnlyBackendError):
+            await set_maintenance_mode(True, backend, reason="upgrade")
+        contract.set_env(None, "read_only")
+        state = await get_state(contract.new())
+        assert (state.active, state.mode) == (True, Mode.READ_ONLY)
+        contract.set_env(None, "0")
+        assert (await get_state(contract.new())).active is False
+        return
+    await set_maintenance_mode(True, backend, reason="upgrade", mode=Mode.READ_ONLY, retry_after=30)
+    state = await get_state(contract.new())
+    assert (state.active, state.reason, state.mode, state.explicit) == (
+        True,
+        "upgrade",
+        Mode.READ_ONLY,
+        True,
+    )
+    stored = contract.stored(None)[None].explicit
+    assert (stored.active, stored.reason, stored.mode) == (True, "upgrade", Mode.READ_ONLY)
+    await set_maintenance_mode(False, backend)
+    assert (await get_state(contract.new())).active is False
+    assert contract.stored(None)[None].explicit.active is False
+    contract.served_by("update_state", "read_scopes")
+
+
+def test_explicit_on_and_off_from_sync_code(contract: Contract) -> None:
+    backend = contract.new()
+    if not contract.writable:
+        with pytest.raises(ReadOnlyBackendError):
+            maintguard.sync.set_maintenance_mode(True, backend)
+        contract.set_env(None, "on")
+        assert maintguard.sync.get_state(contract.new()).active is True
+        return
+    maintguard.sync.set_maintenance_mode(True, backend, reason="sync")
+    assert maintguard.sync.get_state(contract.new()).reason == "sync"
+    maintguard.sync.set_maintenance_mode(False, backend)
+    assert maintguard.sync.get_state(contract.new()).active is False
+    assert contract.stored(None)[None] == StoredState()
+
+
+def test_a_read_only_store_refuses_every_write_even_one_that_changes_nothing(
+    contract: Contract,
+) -> None:
+    if contract.writable:
+        pytest.skip("only the env backend is read-only")
+    backend = contract.new()
+    off = SetExplicit(ExplicitState(), datetime.now(timezone.utc))  # the store is off already
+    with pytest.raises(ReadOnlyBackendError):
+        io.update_blocking(backend, None, lambda: off, store_of(backend))
+    with pytest.raises(ReadOnlyBackendError):
+        anyio.run(backend.update_state, None, off)
+    with pytest.raises(ReadOnlyBackendError):
+        anyio.run(backend.write_state, None, StoredState())
+    contract.served_by("update_state")
+
+
+# -- named scopes ----------------------------------------------------------------------------
+
+
+def test_named_scopes_stand_alone_and_follow_the_global_one(contract: Contract) -> None:
+    backend = contract.new()
+    if contract.writable:
+        maintguard.sync.set_maintenance_mode(True, backend, scope="billing", reason="b")
+    else:
+        contract.set_env("billing", "1")
+    reader = contract.new()
+    assert maintguard.sync.get_state(reader, "billing").active is True
+    assert maintguard.sync.get_state(reader).active is False
+    assert maintguard.sync.get_state(reader, "jobs").active is False
+    if contract.writable:
+        assert contract.stored("billing")["billing"].explicit.reason == "b"
+        assert contract.stored(None)[None].explicit.active is False
+        maintguard.sync.set_maintenance_mode(True, backend, reason="all")
+    else:
+        contract.set_env(None, "1")
+    reader = contract.new()
+    assert maintguard.sync.get_state(reader, "jobs").active is True  # the global one is on
+    assert maintguard.sync.get_state(reader).active is True
+
+
+# -- holds -----------------------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_a_hold_is_seen_while_held_and_gone_after(contract: Contract) -> None:
+    async with under_maintenance(backend=contract.new(), scope="jobs", reason="job"):
+        state = await get_state(contract.new(), "jobs")
+        assert (state.active, state.holds, state.reason) == (True, 1, "job")
+        assert state.holders[0].pid == os.getpid()
+        assert (await get_state(contract.new())).active is False  # its scope only
+        if contract.kind in ("file", "redis"):  # stored, for other processes to see
+            assert [h.reason for h in contract.stored("jobs")["jobs"].holds] == ["job"]
+            contract.served_by("update_state")
+    state = await get_state(contract.new(), "jobs")
+    assert (state.active, state.holds) == (False, 0)
+    assert contract.stored("jobs")["jobs"].holds == ()
+
+
+def test_a_hold_from_sync_code(contract: Contract) -> None:
+    with under_maintenance(backend=contract.new(), reason="sync job"):
+        state = maintguard.sync.get_state(contract.new())
+        assert (state.active, state.reason) == (True, "sync job")
+    assert maintguard.sync.get_state(contract.new()).active is False
+    assert contract.stored(None)[None].holds == ()
+
+
+# -- leases ----------------------------------------------------------------------------------
+
+
+def _record(hold_id: str, expires: datetime | None, reason: str = "elsewhere") -> HoldRecord:
+    now = datetime.now(timezone.utc)
+    return HoldRecord(hold_id, "other", "host", 1, now, now, expires, reason)
+
+
+def test_a_record_whose_lease_ran_out_counts_for_nothing_and_is_dropped(
+    contract: Contract,
+) -> None:
+    if not contract.writable:
+        pytest.skip("the env backend stores no records")
+    backend = contract.new()
+    owner = store_of(backend)
+    now = datetime.now(timezone.utc)
+    gone = _record("gone", now - timedelta(seconds=5))
+    live = _record("live", now + timedelta(seconds=60), reason="migration")
+
+    def put(record: HoldRecord) -> None:
+        write = PutHold(record.id, record, datetime.now(timezone.utc), 60.0)
+        io.update_blocking(backend, None, lambda: write, owner)
+
+    # Another process's records, as it would write them (its lease from its own clock).
+    io.update_blocking(backend, None, lambda: lambda s: replace(s, holds=(gone,)), owner)
+    assert all(not h.live(datetime.now(timezone.utc)) for h in contract.stored(None)[None].holds)
+    if contract.kind != "memory":  # (memory keeps this process's holds in memory only)
+        assert maintguard.sync.get_state(contract.new()).active is False
+    put(live)
+    assert [h.id for h in contract.stored(None)[None].holds] == ["live"]  # "gone" dropped
+    if contract.kind != "memory":
+        state = maintguard.sync.get_state(contract.new())
+        assert (state.active, state.reason) == (True, "migration")
+
+    # A renewal that finds its record gone (the lease ran out meanwhile) says so, and
+    # writes it again.
+    again = PutHold("late", _record("late", now + timedelta(seconds=60)), now, 60.0, renewal=True)
+    io.update_blocking(backend, None, lambda: again, owner)
+    assert again.lost is True
+    assert sorted(h.id for h in contract.stored(None)[None].holds) == ["late", "live"]
+    renewed = PutHold("late", _record("late", now + timedelta(seconds=90)), now, 60.0, renewal=True)
+    io.update_blocking(backend, None, lambda: renewed, owner)
+    assert renewed.lost is False
+    contract.served_by("update_state")
+
+
+# -- concurrent writers ----------------------------------------------------------------------
+
+
+class _Owner:
+    """What serialises one process's writes (the core's store): one per "process" here."""
+
+    def __init__(self) -> None:
+        self.write_lock = threading.Lock()
+
+
+@pytest.mark.parametrize("owners", ["one process", "a process per thread"])
+def test_concurrent_writers_lose_no_write(contract: Contract, owners: str) -> None:
+    # Threads each putting holds of their own into one scope at once: every record is
+    # there at the end. "a process per thread": nothing in this process serialises them,
+    # so the backend's write must be atomic itself (the file's lock, Redis' script, the
+    # memory store's lock), through the fast path and the public update_state alike.
+    if (contract.kind, contract.mode, owners) == ("redis", "public", "a process per thread"):
+        pytest.skip(
+            "documented: a Redis subclass that overrides read_state/write_state writes as a "
+            "read then a write, atomic only within one process"
+        )
+    threads, each = 6, 8
+    shared = _Owner() if owners == "one process" else None
+    now = datetime.now(timezone.utc)
+    errors: list[BaseException] = []
+    start = threading.Barrier(threads)
+
+    def writer(n: int) -> None:
+        backend = contract.new()
+        owner = shared or _Owner()
+        try:
+            start.wait()
+            for i in range(each):
+                hold_id = f"t{n}-{i}"
+                write = PutHold(hold_id, _record(hold_id, now + timedelta(seconds=60)), now, 60.0)
+                io.update_blocking(backend, "jobs", lambda write=write: write, owner)  # type: ignore[misc]
+        except BaseException as exc:
+            errors.append(exc)
+
+    workers = [threading.Thread(target=writer, args=(n,)) for n in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    if not contract.writable:
+        assert len(errors) == threads
+        assert all(isinstance(e, ReadOnlyBackendError) for e in errors)
+        contract.served_by("update_state")
+        return
+    assert not errors
+    ids = sorted(h.id for h in contract.stored("jobs")["jobs"].holds)
+    assert ids == sorted(f"t{n}-{i}" for n in range(threads) for i in range(each))
+    contract.served_by("update_state")
+
+
+def test_concurrent_public_update_state_calls_lose_no_write(contract: Contract) -> None:
+    # The same through the backend's own update_state, called from threads at once (each
+    # running its own event loop), with no core in between.
+    if not contract.writable:
+        pytest.skip("the env backend refuses every write (see above)")
+    if (contract.kind, contract.mode) == ("redis", "public"):
+        pytest.skip("documented: a read then a write (see above)")
+    threads, each = 6, 8
+    now = datetime.now(timezone.utc)
+    start = threading.Barrier(threads)
+    errors: list[BaseException] = []
+
+    def writer(n: int) -> None:
+        backend = contract.new()
+
+        async def writes() -> None:
+            for i in range(each):
+                hold_id = f"t{n}-{i}"
+                record = _record(hold_id, now + timedelta(seconds=60))
+                await backend.update_state("jobs", PutHold(hold_id, record, now, 60.0))
+
+        try:
+            start.wait()
+            anyio.run(writes)
+        except BaseException as exc:
+            errors.append(exc)
+
+    workers = [threading.Thread(target=writer, args=(n,)) for n in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    assert not errors
+    assert len(contract.stored("jobs")["jobs"].holds) == threads * each
+
+
+# -- both ways store the same ----------------------------------------------------------------
+
+
+def _script(contract: Contract) -> list[Any]:
+    """A day of an operator and a job on one store; what readers saw and what was stored."""
+    seen: list[Any] = []
+    scopes = (None, "billing", "jobs")
+
+    def look() -> None:
+        reader = contract.new()
+        seen.append([_plain(maintguard.sync.get_state(reader, scope)) for scope in scopes])
+        seen.append([_plain_stored(s) for s in contract.stored(*scopes).values()])
+
+    backend = contract.new()
+    if contract.writable:
+        maintguard.sync.set_maintenance_mode(
+            True, backend, reason="upgrade", mode=Mode.READ_ONLY, retry_after=30
+        )
+        maintguard.sync.set_maintenance_mode(True, backend, scope="billing", reason="b")
+    else:
+        contract.set_env(None, "read_only")
+        contract.set_env("billing", "1")
+    look()
+    with under_maintenance(backend=contract.new(), scope="jobs", reason="job"):
+        look()
+    if contract.writable:
+        maintguard.sync.set_maintenance_mode(False, backend)
+    else:
+        contract.set_env(None, None)
+    look()
+    return seen
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_both_ways_show_and_store_the_same(kind: str, tmp_path: Path) -> None:
+    fast = make_contract(kind, "fast", tmp_path)
+    public = make_contract(kind, "public", tmp_path)
+    try:
+        seen_fast = _script(fast)
+        with CALLS.lock:
+            CALLS.seen.clear()
+        seen_public = _script(public)
+    finally:
+        if kind == "env":
+            for made in (fast, public):
+                for scope in (None, "billing"):
+                    made.set_env(scope, None)
+    assert seen_public == seen_fast
+    assert CALLS.seen["update_state"] or kind == "env"  # the public way was the one taken
+    assert seen_fast[-2][0][0] is False and seen_fast[-2][1][0] is True  # (a real script)
