@@ -38,12 +38,12 @@ from ..backends._base import PUBLIC_IO, overrides
 from . import lifecycle
 
 __all__ = [
+    "InlineRead",
     "Way",
     "background",
     "exiting",
-    "inline",
+    "inline_reads",
     "offload",
-    "read_inline",
     "read_scopes",
     "read_scopes_blocking",
     "run",
@@ -79,18 +79,34 @@ class Way(enum.Enum):
     INLINE = "its blocking protocol, in the caller's thread (it never blocks)"
 
 
-_ways: dict[type[Backend], Way] = {}  # (backend classes are few and made once)
+InlineRead = Callable[[Backend, str | None], StoredState]
+
+
+class _Ways(dict[type[Backend], Way]):
+    # Decided at a class's first use, then a dict lookup (backend classes are few).
+    def __missing__(self, cls: type[Backend]) -> Way:
+        found = self[cls] = _decide(cls)
+        return found
+
+
+class _InlineReads(dict[type[Backend], "InlineRead | None"]):
+    def __missing__(self, cls: type[Backend]) -> InlineRead | None:
+        found = self[cls] = cls._read_blocking if _ways[cls] is Way.INLINE else None
+        return found
+
+
+_ways = _Ways()
+inline_reads: dict[type[Backend], InlineRead | None] = _InlineReads()
+"""``inline_reads[type(backend)](backend, scope)`` reads one scope in the caller's thread;
+``None``: the backend is not read inline (await :func:`read_scopes`). Asked on every
+guard's admission, so it is one dict lookup: the same decision as :func:`way`."""
 
 
 def way(backend: Backend) -> Way:
     """How the core calls ``backend``: the built-in's fast path only while its class
     overrides none of the public I/O methods (they are the contract; the fast path is
     the same reads and writes without the hop through the I/O loop)."""
-    cls = type(backend)
-    found = _ways.get(cls)
-    if found is None:
-        found = _ways[cls] = _decide(cls)
-    return found
+    return _ways[type(backend)]
 
 
 def _decide(cls: type[Backend]) -> Way:
@@ -101,17 +117,6 @@ def _decide(cls: type[Backend]) -> Way:
     if offer is None or overrides(cls, offering, *PUBLIC_IO):
         return Way.LOOP
     return Way.INLINE if offer == "inline" else Way.BLOCKING
-
-
-def inline(backend: Backend) -> bool:
-    """Whether ``backend`` is read in the caller's thread (see :func:`read_inline`)."""
-    found = _ways.get(type(backend))  # (asked on every guard's admission: kept short)
-    return (way(backend) if found is None else found) is Way.INLINE
-
-
-def read_inline(backend: Backend, scope: str | None) -> StoredState:
-    """One scope of a backend that :func:`inline` says is read in this thread."""
-    return backend._read_blocking(scope)
 
 
 # -- backend calls ---------------------------------------------------------------------

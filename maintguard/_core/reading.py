@@ -37,24 +37,26 @@ class Reading(Scope):
         """For in-memory backends: refresh this scope and its parent at once, in this
         thread; False when the backend needs I/O (then await :func:`refresh_store`)."""
         backend = self.backend
-        if not io.inline(backend):
+        read = io.inline_reads[type(backend)]
+        if read is None:
             return False
         parent = cast("Reading | None", self.parent)
         now = time.monotonic()
         if parent is not None and now - parent.read_at >= backend.refresh_interval:
-            parent._read_now(now)
+            parent._read_now(read, now)
         if now - self.read_at >= backend.refresh_interval:
-            self._read_now(now)
+            self._read_now(read, now)
         return True
 
     def start(self) -> None:
         """An in-memory store is read at once, so that a first hold sees what it says (an
         environment variable already on) rather than taking the state for off."""
-        if not io.inline(self.backend) or self.stored is not None:
+        read = io.inline_reads[type(self.backend)]
+        if read is None or self.stored is not None:
             return
         at = self.store.clock()
         try:
-            stored = io.read_inline(self.backend, self.scope)
+            stored = read(self.backend, self.scope)
         except Exception:  # the first real read reports it
             return
         with self._lock:
@@ -63,11 +65,11 @@ class Reading(Scope):
         if self.parent is not None and self.own_active:
             self.store.named_changed()  # but requests must know a named scope is on
 
-    def _read_now(self, now: float) -> None:
+    def _read_now(self, read: io.InlineRead, now: float) -> None:
         # (An in-memory store keeps no other process's leases: nothing for `at` to judge.)
         writes = self.writes
         try:
-            stored = io.read_inline(self.backend, self.scope)
+            stored = read(self.backend, self.scope)
         except Exception as exc:
             self.read_failed(exc, may_raise=True)
             return
