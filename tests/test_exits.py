@@ -31,6 +31,7 @@ from maintguard import (
 from maintguard._core import store_of
 from maintguard._state import StoredState
 from maintguard.backends import Backend, LocalFileBackend, MemoryBackend
+from tests.asgi import http_scope
 
 
 def file_backend(tmp_path: Path) -> LocalFileBackend:
@@ -143,20 +144,7 @@ def test_streamed_export_abandoned_by_a_client_disconnect(tmp_path: Path) -> Non
                 disconnect.set()
             await anyio.sleep(0.05)  # a slow client: the disconnect lands here
 
-        scope = {
-            "type": "http",
-            "asgi": {"version": "3.0"},
-            "http_version": "1.1",
-            "method": "GET",
-            "path": "/export",
-            "raw_path": b"/export",
-            "root_path": "",
-            "scheme": "http",
-            "query_string": b"",
-            "headers": [],
-            "client": ("127.0.0.1", 1),
-            "server": ("testserver", 80),
-        }
+        scope = http_scope("/export", client=("127.0.0.1", 1))
         await app(scope, receive, send)
         gc.collect()
         await anyio.sleep(0.1)

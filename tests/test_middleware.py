@@ -35,7 +35,7 @@ from maintguard import (
 )
 from maintguard._state import StoredState
 from maintguard.backends import LocalFileBackend, MemoryBackend
-from tests.asgi import http_scope
+from tests.asgi import call, request, websocket_scope
 
 SECRET = "s3cret-bypass-token-0123456789"
 
@@ -246,23 +246,6 @@ def test_mount_host_and_root_path(memory: MemoryBackend) -> None:
 # -- exemptions by path --------
 
 
-async def raw_call(
-    app: Any, path: str, raw_path: bytes | None = None, method: str = "GET", headers: Any = ()
-) -> int:
-    scope = http_scope(path, method, raw_path=raw_path, headers=headers, client=("127.0.0.1", 5000))
-    status = []
-
-    async def receive() -> dict[str, Any]:
-        return {"type": "http.request", "body": b"", "more_body": False}
-
-    async def send(message: dict[str, Any]) -> None:
-        if message["type"] == "http.response.start":
-            status.append(message["status"])
-
-    await app(scope, receive, send)
-    return status[0]
-
-
 @pytest.mark.anyio
 @pytest.mark.parametrize(
     ("path", "raw"),
@@ -284,8 +267,8 @@ async def test_path_tricks_never_reach_a_blocked_endpoint(path: str, raw: bytes 
 
     app = make_app(memory, [Route("/{path:path}", anything)], exempt_paths=["/public/*"])
     await set_maintenance_mode(True, memory)
-    assert await raw_call(app, "/public/page") == 200
-    assert await raw_call(app, path, raw) == 503
+    assert (await request(app, "/public/page")).status == 200
+    assert (await request(app, path, raw_path=raw)).status == 503
 
 
 def test_exempt_path_globs(client_for: Any, memory: MemoryBackend) -> None:
@@ -324,13 +307,13 @@ async def test_allow_ips_and_trusted_proxies() -> None:
     )
     await set_maintenance_mode(True, memory)
     xff = (b"x-forwarded-for", b"203.0.113.9")
-    assert await raw_call(app, "/", headers=[xff]) == 200  # via the trusted proxy at 127.0.0.1
     assert (
-        await raw_call(app, "/", headers=[(b"x-forwarded-for", b"203.0.113.9, 198.51.100.1")])
-        == 503
-    )
+        await request(app, "/", headers=[xff])
+    ).status == 200  # via the trusted proxy at 127.0.0.1
+    chain = [(b"x-forwarded-for", b"203.0.113.9, 198.51.100.1")]
+    assert (await request(app, "/", headers=chain)).status == 503
     forwarded = (b"forwarded", b'for="[2001:db8::1]:4711"')
-    assert await raw_call(app, "/", headers=[forwarded]) == 503  # not the header read
+    assert (await request(app, "/", headers=[forwarded])).status == 503  # not the header read
     by_forwarded = make_app(
         memory,
         [Route("/", ok)],
@@ -338,13 +321,15 @@ async def test_allow_ips_and_trusted_proxies() -> None:
         trusted_proxies=["127.0.0.1"],
         forwarded_header="forwarded",
     )
-    assert await raw_call(by_forwarded, "/", headers=[forwarded]) == 200
-    assert await raw_call(by_forwarded, "/", headers=[xff]) == 503  # X-Forwarded-For ignored
-    assert await raw_call(app, "/", headers=[(b"x-forwarded-for", b"not-an-ip")]) == 503
+    assert (await request(by_forwarded, "/", headers=[forwarded])).status == 200
+    assert (
+        await request(by_forwarded, "/", headers=[xff])
+    ).status == 503  # X-Forwarded-For ignored
+    assert (await request(app, "/", headers=[(b"x-forwarded-for", b"not-an-ip")])).status == 503
     untrusted = make_app(memory, [Route("/", ok)], allow_ips=["203.0.113.0/24"])
-    assert await raw_call(untrusted, "/", headers=[xff]) == 503  # spoofed: peer not trusted
+    assert (await request(untrusted, "/", headers=[xff])).status == 503  # spoofed: peer not trusted
     direct = make_app(memory, [Route("/", ok)], allow_ips=["127.0.0.0/8"])
-    assert await raw_call(direct, "/") == 200
+    assert (await request(direct, "/")).status == 200
 
 
 def test_bypass_header_and_cookie(
@@ -486,28 +471,9 @@ async def test_websocket_refused_with_1013_without_denial_extension() -> None:
     memory = MemoryBackend()
     app = make_app(memory, [WebSocketRoute("/ws", echo)])
     await set_maintenance_mode(True, memory)
-    sent: list[dict[str, Any]] = []
-    scope = {
-        "type": "websocket",
-        "path": "/ws",
-        "raw_path": b"/ws",
-        "root_path": "",
-        "headers": [],
-        "query_string": b"",
-        "client": ("127.0.0.1", 1),
-        "server": ("t", 80),
-        "extensions": {},
-    }
-    messages = [{"type": "websocket.connect"}]
-
-    async def receive() -> dict[str, Any]:
-        return messages.pop(0) if messages else {"type": "websocket.disconnect", "code": 1000}
-
-    async def send(message: dict[str, Any]) -> None:
-        sent.append(message)
-
-    await app(scope, receive, send)
-    assert [m["type"] for m in sent] == ["websocket.accept", "websocket.close"]
+    scope = websocket_scope(client=("127.0.0.1", 1), extensions={})
+    sent = await call(app, scope, then="disconnect")
+    assert sent.types == ["websocket.accept", "websocket.close"]
     assert sent[1]["code"] == 1013
 
 

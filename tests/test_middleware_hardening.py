@@ -35,7 +35,7 @@ from maintguard import (
 from maintguard._core import controller
 from maintguard._state import ExplicitState, Mode, StoredState
 from maintguard.backends import Backend, LocalFileBackend, MemoryBackend
-from tests.asgi import http_scope
+from tests.asgi import request
 
 ROOT = Path(__file__).parents[1]
 SECRET = "s3cret-bypass-token-0123456789"
@@ -45,30 +45,6 @@ def recording_app(backend: Any, routes: list[Any], **options: Any) -> tuple[Star
     app = Starlette(routes=routes)
     app.add_middleware(MaintenanceModeMiddleware, backend=backend, **options)
     return app, []
-
-
-async def call(
-    app: Any,
-    path: str,
-    *,
-    raw: bytes | None = None,
-    method: str = "GET",
-    headers: list[tuple[bytes, bytes]] | None = None,
-    client: tuple[str, int] | None = ("127.0.0.1", 50000),
-) -> tuple[int, dict[bytes, bytes], bytes]:
-    scope = http_scope(path, method, raw_path=raw, headers=headers or (), client=client)
-    sent: list[dict[str, Any]] = []
-
-    async def receive() -> dict[str, Any]:
-        return {"type": "http.request", "body": b"", "more_body": False}
-
-    async def send(message: dict[str, Any]) -> None:
-        sent.append(message)
-
-    await app(scope, receive, send)
-    start = next(m for m in sent if m["type"] == "http.response.start")
-    body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
-    return start["status"], dict(start["headers"]), body
 
 
 def endpoint(ran: list[str], name: str) -> Any:
@@ -109,7 +85,7 @@ async def test_a_scope_glob_is_decided_on_the_path_starlette_routes(
         scopes={"/billing/*": "billing"},
     )
     await set_maintenance_mode(True, backend, scope="billing")
-    status, _, _ = await call(app, path, raw=raw)
+    status = (await request(app, path, raw_path=raw)).status
     assert "billing" not in ran
     assert status == 503
 
@@ -126,17 +102,17 @@ async def test_forwarding_headers_cannot_be_spoofed_through_a_proxy() -> None:
     app, _ = recording_app(backend, [Route("/", endpoint(ran, "home"))], **options)
     # The client's own first line, then the one HAProxy (option forwardfor) adds.
     spoof = [(b"x-forwarded-for", b"10.0.0.5"), (b"x-forwarded-for", b"203.0.113.9")]
-    assert (await call(app, "/", headers=spoof))[0] == 503
+    assert (await request(app, "/", headers=spoof)).status == 503
     # A client's own Forwarded header, passed through by a proxy that appends X-Forwarded-For.
     passed = [(b"forwarded", b"for=10.0.0.5"), (b"x-forwarded-for", b"203.0.113.9")]
-    assert (await call(app, "/", headers=passed))[0] == 503
-    assert (await call(app, "/", headers=[(b"x-forwarded-for", b"10.0.0.5")]))[0] == 200
+    assert (await request(app, "/", headers=passed)).status == 503
+    assert (await request(app, "/", headers=[(b"x-forwarded-for", b"10.0.0.5")])).status == 200
     # An IPv4-mapped IPv6 peer is the IPv4 address it carries.
     direct, _ = recording_app(
         backend, [Route("/", endpoint(ran, "home"))], allow_ips=["10.0.0.0/8"]
     )
-    assert (await call(direct, "/", client=("::ffff:10.0.0.5", 1)))[0] == 200
-    assert (await call(direct, "/", client=("::ffff:11.0.0.5", 1)))[0] == 503
+    assert (await request(direct, "/", client=("::ffff:10.0.0.5", 1))).status == 200
+    assert (await request(direct, "/", client=("::ffff:11.0.0.5", 1))).status == 503
     assert ran == ["home", "home"]
 
 
@@ -152,13 +128,13 @@ async def test_a_client_address_taken_from_a_forwarding_header_is_warned_about_o
     await set_maintenance_mode(True, backend)
     ran: list[str] = []
     inner, _ = recording_app(backend, [Route("/", endpoint(ran, "home"))], allow_ips=["10.0.0.0/8"])
-    await call(inner, "/", client=("10.0.0.7", 40000))  # starts it outside uvicorn's middleware
+    await request(inner, "/", client=("10.0.0.7", 40000))  # starts it outside uvicorn's middleware
     rewriting = ProxyHeadersMiddleware(inner, trusted_hosts="127.0.0.1")  # type: ignore[arg-type]
     office = [(b"x-forwarded-for", b"10.0.0.5")]
     with caplog.at_level(logging.WARNING, "maintguard"):
-        assert (await call(inner, "/", client=("10.0.0.6", 40000), headers=office))[0] == 200
-        assert (await call(rewriting, "/", headers=office))[0] == 200  # from 127.0.0.1
-        assert (await call(rewriting, "/", headers=office))[0] == 200
+        assert (await request(inner, "/", client=("10.0.0.6", 40000), headers=office)).status == 200
+        assert (await request(rewriting, "/", headers=office)).status == 200  # from 127.0.0.1
+        assert (await request(rewriting, "/", headers=office)).status == 200
     warned = [r.getMessage() for r in caplog.records if "allow_ips" in r.getMessage()]
     assert len(warned) == 1, warned  # not for the real peer, once for the rewritten ones
     assert "the server took it from the request's forwarding header" in warned[0]
@@ -171,7 +147,7 @@ async def test_a_client_address_taken_from_a_forwarding_header_is_warned_about_o
         trusted_proxies=["127.0.0.1"],
     )
     with caplog.at_level(logging.WARNING, "maintguard"):
-        assert (await call(judged, "/", headers=office))[0] == 200
+        assert (await request(judged, "/", headers=office)).status == 200
     assert not [r for r in caplog.records if "allow_ips" in r.getMessage()]
 
 
@@ -201,7 +177,7 @@ async def test_garbage_bypass_cookies_are_refused_not_crashed_on(cookie: str) ->
     except UnicodeEncodeError:
         value = text.encode("utf-8", "surrogateescape")
     header = (b"cookie", value)
-    assert (await call(app, "/", headers=[header]))[0] == 503
+    assert (await request(app, "/", headers=[header])).status == 503
 
 
 class HostileBackend(Backend):
