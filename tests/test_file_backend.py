@@ -22,6 +22,8 @@ import anyio.to_thread
 import pytest
 
 import maintguard
+from maintguard import under_maintenance
+from maintguard._core import store_of
 from maintguard._state import ExplicitState, HoldRecord, Mode, StoredState
 from maintguard.backends import LocalFileBackend
 from maintguard.exceptions import BackendError
@@ -393,6 +395,17 @@ def test_newer_version_we_cannot_understand_says_to_upgrade(tmp_path: Path) -> N
     path.write_text('{"version": 2, "active": "emergency"}')
     with pytest.raises(BackendError, match=r"format version 2.*Upgrade maintguard"):
         LocalFileBackend(path)._read_scopes_blocking([None])
+
+
+def test_hold_on_newer_format_file_is_a_clear_error_and_leaves_it_alone(tmp_path: Path) -> None:
+    path = tmp_path / "m.json"
+    text = json.dumps({"version": 99, "active": False, "future": {"x": 1}})
+    path.write_text(text)
+    backend = LocalFileBackend(path, refresh_interval=0)
+    with pytest.raises(BackendError, match="version 99"), under_maintenance(backend=backend):
+        pytest.fail("the body must not run")
+    assert path.read_text() == text
+    assert not store_of(backend).root.holding()
 
 
 def test_newer_version_with_a_detail_we_do_not_know_is_on_and_says_to_upgrade(
