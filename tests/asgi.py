@@ -14,6 +14,8 @@ from typing import Any, Literal
 
 import anyio
 import anyio.lowlevel
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
 
 Message = dict[str, Any]
 Header = tuple[bytes, bytes]
@@ -81,6 +83,16 @@ def websocket_scope(
     if extensions is not None:
         scope["extensions"] = extensions
     return scope
+
+
+def says(body: str) -> Any:
+    """A new endpoint answering ``body`` (a body a test can look for: which endpoint ran)."""
+
+    async def endpoint(request: Request) -> Response:
+        return PlainTextResponse(body)
+
+    endpoint.__name__ = body.replace(" ", "_")
+    return endpoint
 
 
 class Sent(list[Message]):

@@ -65,6 +65,10 @@ def _redis_keys_removed() -> Iterator[None]:
         client.close()
 
 
+asyncio_only = pytest.mark.parametrize("anyio_backend", ["asyncio"])
+"""For an async test that runs under asyncio alone (the others run under asyncio and trio)."""
+
+
 @pytest.fixture(params=["asyncio", "trio"])
 def anyio_backend(request: pytest.FixtureRequest) -> str:
     return str(request.param)
