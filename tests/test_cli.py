@@ -100,6 +100,7 @@ def test_version_and_help(mg: Run) -> None:
     assert "exit" in mg("status", "--help").out.lower()
 
 
+@pytest.mark.processes
 def test_the_console_script_is_installed_and_is_the_same_command(tmp_path: Path) -> None:
     script = Path(sys.executable).with_name("maintguard")
     assert script.exists(), "pip install -e . installs the maintguard command"
@@ -123,6 +124,7 @@ def test_no_command_says_what_to_do(mg: Run) -> None:
 # -- on / status / off ------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_on_with_details_then_status_and_json(mg: Run, state: Path) -> None:
     before = datetime.now(timezone.utc)
     result = mg("on", "--reason", "DB upgrade", "--retry-after", "10m", "--for", "30m")
@@ -163,6 +165,7 @@ def test_on_again_updates_the_details_and_keeps_since(mg: Run) -> None:
 DETAILS = ("reason", "retry_after", "until", "mode", "since")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("scope", [None, "billing"])
 def test_on_again_changes_only_the_details_it_names(mg: Run, scope: str | None) -> None:
     where = [] if scope is None else ["--scope", scope]
@@ -199,6 +202,7 @@ def test_on_again_changes_only_the_details_it_names(mg: Run, scope: str | None) 
         assert mg("status", "--json").json()["explicit"] is False
 
 
+@pytest.mark.slow
 def test_on_after_off_or_after_its_end_starts_afresh(mg: Run) -> None:
     assert (
         mg("on", "--reason", "DB upgrade", "--retry-after", "5m", "--mode", "read-only").code == 0
@@ -593,6 +597,7 @@ def test_off_force_removes_hostile_records_with_no_lease(mg: Run, state: Path) -
 UNWATCHED = "no live process watches "
 
 
+@pytest.mark.slow
 def test_a_store_no_live_process_watches_is_said_on_stderr(
     mg: Run, state: Path, tmp_path: Path, holder: Callable[..., subprocess.Popen[str]]
 ) -> None:
@@ -627,6 +632,7 @@ def test_a_store_no_live_process_watches_is_said_on_stderr(
     assert result.code == 1 and UNWATCHED not in result.err, result
 
 
+@pytest.mark.redis
 def test_a_redis_store_no_live_process_watches_is_said_with_its_prefix(mg: Run) -> None:
     from tests.stores import REDIS_URL, redis_prefix
 
@@ -670,6 +676,8 @@ def test_status_json_names_the_store_by_a_url_backend_takes_back(
     assert mg("status", "--json", "--backend", data["backend"], env=plain).json() == data
 
 
+@pytest.mark.slow
+@pytest.mark.redis
 def test_status_json_names_a_redis_store_by_its_url_and_prefix(mg: Run) -> None:
     from tests.stores import REDIS_URL, redis_prefix
 
@@ -735,6 +743,8 @@ def redis_db() -> Iterator[str]:
     clean()
 
 
+@pytest.mark.slow
+@pytest.mark.redis
 def test_redis_run_off_force_and_hostile_keys(mg: Run, redis_db: str) -> None:
     import redis
 
@@ -1281,6 +1291,7 @@ def signals_seen(log: Path) -> list[str]:
     return log.read_text().split()
 
 
+@pytest.mark.processes
 @pytest.mark.parametrize("to_group", [False, True], ids=["to-pid", "to-process-group"])
 @pytest.mark.parametrize("signame", ["SIGTERM", "SIGINT"])
 def test_a_signal_to_maintguard_run_reaches_the_command_once_and_the_hold_ends(
@@ -1306,6 +1317,7 @@ def test_a_signal_to_maintguard_run_reaches_the_command_once_and_the_hold_ends(
     assert not store_state(state).active
 
 
+@pytest.mark.processes
 def test_a_signal_the_kernel_hands_to_another_thread_of_maintguard_still_reaches_the_command(
     start_run: Callable[..., subprocess.Popen[str]], tmp_path: Path, state: Path
 ) -> None:
@@ -1329,6 +1341,7 @@ def test_a_signal_the_kernel_hands_to_another_thread_of_maintguard_still_reaches
     assert not store_state(state).active
 
 
+@pytest.mark.processes
 def test_hup_and_usr_signals_are_forwarded_and_the_command_goes_on(
     start_run: Callable[..., subprocess.Popen[str]], tmp_path: Path, state: Path
 ) -> None:
@@ -1345,6 +1358,7 @@ def test_hup_and_usr_signals_are_forwarded_and_the_command_goes_on(
     assert not store_state(state).active
 
 
+@pytest.mark.processes
 def test_ctrl_c_in_a_terminal_reaches_the_command_once(tmp_path: Path, state: Path) -> None:
     # maintguard run in the foreground of a real terminal (a pty): the terminal sends
     # SIGINT to the whole foreground process group; maintguard must not send it again.
@@ -1479,6 +1493,7 @@ def kill_quietly(pid: int) -> None:
 # (SIGALRM from `sv alarm`/`svc -a`, SIGXCPU from a CPU ulimit, SIGPROF, SIGVTALRM, SIGIO,
 # SIGPWR...) kills maintguard outright: no release, the hold stays ON for its whole lease
 # while the command runs on unheld
+@pytest.mark.processes
 @pytest.mark.parametrize("signame", ["SIGALRM", "SIGXCPU"])
 def test_no_signal_ends_run_with_the_hold_left_in_the_store(
     start_looper: Callable[..., subprocess.Popen[str]], state: Path, signame: str
@@ -1490,6 +1505,7 @@ def test_no_signal_ends_run_with_the_hold_left_in_the_store(
     assert not store_state(state).active, "maintguard exited and its hold is still in the store"
 
 
+@pytest.mark.processes
 def test_sigterm_to_a_command_that_ignores_it_keeps_the_hold_until_it_ends(
     start_looper: Callable[..., subprocess.Popen[str]], state: Path, tmp_path: Path
 ) -> None:
@@ -1520,6 +1536,7 @@ while flag.exists() and time.monotonic() < deadline:
 """
 
 
+@pytest.mark.processes
 @pytest.mark.parametrize("signame", ["SIGHUP", "SIGINT"])
 def test_a_signal_the_caller_ignores_stays_ignored_for_the_command(
     state: Path, tmp_path: Path, signame: str
@@ -1556,6 +1573,7 @@ def test_a_signal_the_caller_ignores_stays_ignored_for_the_command(
         proc.wait(20)
 
 
+@pytest.mark.processes
 def test_sigterm_while_the_entry_waits_for_the_store_lock_holds_nothing(
     state: Path, tmp_path: Path
 ) -> None:
@@ -1583,6 +1601,7 @@ def test_sigterm_while_the_entry_waits_for_the_store_lock_holds_nothing(
     assert not store_state(state).active
 
 
+@pytest.mark.processes
 def test_signals_while_the_release_waits_for_the_store_lock_change_nothing(
     state: Path, tmp_path: Path
 ) -> None:
@@ -1613,6 +1632,8 @@ def test_signals_while_the_release_waits_for_the_store_lock_change_nothing(
     assert not store_state(state).active
 
 
+@pytest.mark.slow
+@pytest.mark.processes
 def test_two_sigterms_while_the_drains_clean_up_waits_for_the_lock_leave_nothing(
     state: Path, tmp_path: Path
 ) -> None:
@@ -1660,6 +1681,7 @@ child.wait()
 # to the CI job's process group (what runners and `kill -TERM -PGID` do) no longer reaches
 # the command's children (a `sh -c 'a && b'`, a wrapper script); the wrapper dies, the hold
 # is released, and the real work goes on without maintenance. Forward to the group
+@pytest.mark.processes
 def test_a_signal_to_the_jobs_group_still_reaches_the_commands_children(
     start_looper: Callable[..., subprocess.Popen[str]], tmp_path: Path, state: Path
 ) -> None:
@@ -1729,6 +1751,7 @@ def read_all(fd: int) -> bytes:
 # copy too: the command gets SIGHUP twice. (Sent at once, the two copies sometimes merge in
 # the kernel, so the test delivers them one after the other, as the terminal's group
 # delivery does)
+@pytest.mark.processes
 def test_a_hangup_of_the_terminal_reaches_the_command_once(tmp_path: Path, state: Path) -> None:
     import pty
 
@@ -1819,6 +1842,7 @@ def _run_in_pty_with_streams_redirected(argv: list[str], env: dict[str, str], pi
 # that prompts on /dev/tty (ssh, sudo, psql, getpass) is stopped by SIGTTIN: maintguard
 # waits forever with maintenance ON, and a forwarded SIGTERM stays pending on the stopped
 # command
+@pytest.mark.processes
 def test_a_command_that_prompts_on_dev_tty_is_not_stopped(tmp_path: Path, state: Path) -> None:
     env = environment(MAINTGUARD_BACKEND=f"file:{state}")
     answer, pidfile = tmp_path / "answer", tmp_path / "pid"
@@ -1865,6 +1889,7 @@ def test_sigterm_while_the_hold_drains_ends_it_and_the_command_never_runs(
         job.wait(20)
 
 
+@pytest.mark.slow
 def test_run_drains_in_flight_work_first(mg: Run, state: Path, tmp_path: Path) -> None:
     job_flag = tmp_path / "job"
     job = subprocess.Popen(
@@ -1912,6 +1937,8 @@ def mg_off(state: Path) -> int:
     ).returncode  # fmt: skip
 
 
+@pytest.mark.slow
+@pytest.mark.processes
 def test_closed_stdout_and_stderr_keep_the_exit_codes(state: Path) -> None:
     mg = f"{sys.executable} -m maintguard --backend file:{state}"
     assert shell(f"{mg} status >&-").returncode == 0
@@ -1925,6 +1952,7 @@ def test_closed_stdout_and_stderr_keep_the_exit_codes(state: Path) -> None:
     assert not store_state(state).active
 
 
+@pytest.mark.processes
 def test_a_broken_pipe_keeps_the_exit_codes_and_prints_no_traceback(state: Path) -> None:
     env = environment(MAINTGUARD_BACKEND=f"file:{state}")
     read, write = os.pipe()
@@ -1952,6 +1980,7 @@ def test_a_broken_pipe_keeps_the_exit_codes_and_prints_no_traceback(state: Path)
     assert not store_state(state).active
 
 
+@pytest.mark.processes
 def test_closed_or_broken_output_never_changes_the_exit_code(state: Path) -> None:
     env = environment(MAINTGUARD_BACKEND=f"file:{state}")
 
@@ -1972,6 +2001,8 @@ def test_closed_or_broken_output_never_changes_the_exit_code(state: Path) -> Non
     assert not store_state(state).active
 
 
+@pytest.mark.slow
+@pytest.mark.redis
 def test_a_redis_store_with_its_own_key_prefix(mg: Run) -> None:
     from tests.stores import REDIS_URL, redis_prefix
 

@@ -190,6 +190,7 @@ def test_listener_must_be_callable() -> None:
         add_listener("print")  # type: ignore[arg-type]
 
 
+@pytest.mark.processes
 def test_import_maintguard_loads_neither_starlette_nor_redis() -> None:
     code = (
         "import sys, maintguard, maintguard.backends\n"
@@ -219,6 +220,7 @@ def test_public_names() -> None:
     assert maintguard.__version__ == "0.1.0"
 
 
+@pytest.mark.processes
 def test_star_import_works_without_starlette() -> None:
     code = (
         "import sys\n"

@@ -293,6 +293,7 @@ def test_plain_file_released_by_another_backend_object(tmp_path: Path) -> None:
     assert path.read_text() == "0\n"
 
 
+@pytest.mark.processes
 def test_plain_file_released_by_another_process(tmp_path: Path) -> None:
     path = tmp_path / "flag"
     path.write_text("0")
@@ -544,6 +545,7 @@ def test_permissions_of_the_file_are_kept(tmp_path: Path) -> None:
     assert stat.S_IMODE(path.stat().st_mode) == 0o640
 
 
+@pytest.mark.processes
 def test_new_file_is_readable_by_everyone_whatever_the_umask(tmp_path: Path) -> None:
     path = tmp_path / "m.json"
     _run(
@@ -581,6 +583,8 @@ for i in range(count):
 """
 
 
+@pytest.mark.slow
+@pytest.mark.processes
 def test_concurrent_processes_lose_no_update_and_no_reader_sees_a_torn_file(
     tmp_path: Path,
 ) -> None:
@@ -638,6 +642,7 @@ def test_threads_sharing_one_backend_lose_no_update(tmp_path: Path) -> None:
     assert len(backend._read_scopes_blocking([None])[None].holds) == 100
 
 
+@pytest.mark.processes
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
 def test_a_forked_child_gets_a_lock_of_its_own(tmp_path: Path) -> None:
     # The parent has its lock file open (and a thread inside a write) when it forks: the

@@ -89,6 +89,8 @@ def ends_after_kill(proc: subprocess.Popen[str], look: Callable[[], bool]) -> fl
     return time.monotonic() - killed
 
 
+@pytest.mark.slow
+@pytest.mark.processes
 def test_a_watched_reader_never_sees_a_live_short_lease_hold_off(
     store: str, holder: subprocess.Popen[str]
 ) -> None:
@@ -109,6 +111,8 @@ def test_a_watched_reader_never_sees_a_live_short_lease_hold_off(
         stop()
 
 
+@pytest.mark.slow
+@pytest.mark.processes
 @pytest.mark.parametrize("face", ["sync", "async"])
 def test_a_plain_reader_never_sees_a_live_short_lease_hold_off(
     store: str, holder: subprocess.Popen[str], face: str
@@ -133,6 +137,8 @@ async def sync_free_get(backend: Backend) -> bool:
     return await get_maintenance_mode(backend)
 
 
+@pytest.mark.slow
+@pytest.mark.processes
 def test_requests_and_guards_never_pass_while_a_short_lease_holder_lives(
     store: str, holder: subprocess.Popen[str]
 ) -> None:

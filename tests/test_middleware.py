@@ -342,6 +342,7 @@ _headers = st.lists(
 )
 
 
+@pytest.mark.slow
 @settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
 @given(
     path=st.lists(st.sampled_from(_ODD), max_size=8).map(_odd_path),

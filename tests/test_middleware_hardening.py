@@ -449,6 +449,7 @@ def test_accept_application_wildcard_gets_problem_json() -> None:
 # -- start-up ---------------------------------------------------------------------------------
 
 
+@pytest.mark.processes
 @pytest.mark.parametrize("lifespan", ["auto", "on"])
 def test_a_corrupt_state_fails_uvicorn_startup_with_the_reason(
     tmp_path: Path, lifespan: str
@@ -522,6 +523,7 @@ def _run_uvicorn(tmp_path: Any, module_text: str, lifespan: str) -> tuple[bool, 
     return served, proc.returncode, log.read_text(errors="replace")
 
 
+@pytest.mark.processes
 def test_corrupt_state_stops_uvicorn_with_starlette_app(tmp_path: Any) -> None:
     served, code, output = _run_uvicorn(
         tmp_path,
@@ -543,6 +545,7 @@ def test_corrupt_state_stops_uvicorn_with_starlette_app(tmp_path: Any) -> None:
     assert "maintguard:" in output
 
 
+@pytest.mark.processes
 def test_a_plain_app_on_a_corrupt_state_does_not_start_under_uvicorn(tmp_path: Any) -> None:
     served, code, output = _run_uvicorn(
         tmp_path,
@@ -941,6 +944,7 @@ async def test_a_mount_in_an_included_router_is_not_reindexed_per_request(
     assert calls <= 200
 
 
+@pytest.mark.slow
 @pytest.mark.anyio
 @asyncio_only
 async def test_memory_stays_flat_over_distinct_paths_methods_and_headers() -> None:

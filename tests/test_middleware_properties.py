@@ -23,6 +23,7 @@ from urllib.parse import unquote
 
 import anyio
 import anyio.lowlevel
+import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from starlette.applications import Starlette
@@ -443,6 +444,7 @@ async def _decide(
             check_decision(await call(app, scope), method, on, what)
 
 
+@pytest.mark.slow
 @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     situation=situations,

@@ -743,6 +743,8 @@ def test_a_middlewares_default_does_not_outlive_the_test(inner: pytest.Pytester)
     inner.runpytest("-p", "no:cacheprovider").assert_outcomes(passed=3)
 
 
+@pytest.mark.slow
+@pytest.mark.processes
 def test_importing_the_plugin_imports_neither_starlette_nor_redis(
     pytester: pytest.Pytester,
 ) -> None:

@@ -48,7 +48,7 @@ from tests.conftest import redis_backend
 from tests.stores import REDIS_URL, RedisServer, redis_prefix
 from tests.test_redis_server import app_for
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.redis]
 
 
 def twin(backend: RedisBackend, **options: Any) -> RedisBackend:
@@ -459,6 +459,7 @@ def test_hostile_values_fail_loudly_then_recover(raw: redis.Redis, damage: str) 
         binary.close()
 
 
+@pytest.mark.slow
 def test_hostile_values_through_the_middleware_never_give_a_500(raw: redis.Redis) -> None:
     prefix = redis_prefix()
     t = tag(prefix)
@@ -695,6 +696,7 @@ def test_a_flushed_script_cache_and_keys_mid_hold_are_written_again(raw: redis.R
     eventually(lambda: state_of(elsewhere(prefix), "billing").active is False, 3)
 
 
+@pytest.mark.processes
 def test_a_forked_child_uses_a_connection_of_its_own() -> None:
     backend = redis_backend()
     with under_maintenance(backend=backend, reason="parent"):
@@ -720,6 +722,7 @@ def test_a_forked_child_uses_a_connection_of_its_own() -> None:
     assert sync.get_state(twin(backend, refresh_interval=0)).active is False
 
 
+@pytest.mark.processes
 def test_a_child_forked_mid_hold_sees_it_and_does_not_end_it() -> None:
     prefix = redis_prefix()
     backend = backend_at(prefix)
