@@ -2,8 +2,8 @@
 
 Tests that need what a test client cannot send (``%2E%2E`` in ``raw_path``, repeated or
 missing headers, no client address, a WebSocket without the denial extension, a lifespan
-run by hand) call the app with these. Every test file uses this module; none builds scopes
-or collects messages of its own.
+run by hand) call the app with these, rather than building scopes or collecting messages
+of their own.
 """
 
 from __future__ import annotations
