@@ -65,6 +65,36 @@ def _redis_keys_removed() -> Iterator[None]:
         client.close()
 
 
+# What some fixtures need, their tests are marked with (setup.cfg lists the markers); so is
+# every test parametrized with the Redis store ("redis", alone or in a tuple). Other tests
+# carry their marks themselves.
+MARKS_OF_FIXTURES = {
+    "raw": ("redis",),
+    "redis_server": ("redis", "processes"),
+    "mg": ("processes",),
+    "workers": ("processes",),
+}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        params = callspec.params if callspec is not None else {}
+        names: set[str] = set()
+        for fixture in getattr(item, "fixturenames", ()):
+            if fixture not in params:  # a fixture, not a parametrized argument of that name
+                names.update(MARKS_OF_FIXTURES.get(fixture, ()))
+        for value in params.values():
+            if value == "redis" or (isinstance(value, tuple) and "redis" in value):
+                names.add("redis")
+        for name in sorted(names):
+            item.add_marker(name)
+
+
+asyncio_only = pytest.mark.parametrize("anyio_backend", ["asyncio"])
+"""For an async test that runs under asyncio alone (the others run under asyncio and trio)."""
+
+
 @pytest.fixture(params=["asyncio", "trio"])
 def anyio_backend(request: pytest.FixtureRequest) -> str:
     return str(request.param)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import shutil
 import socket
@@ -79,3 +80,13 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def file_holds(path: Path) -> list[Any]:
+    """The hold records a file store holds, as another process reads them."""
+    if not path.exists():
+        return []
+    text = path.read_text()
+    if text.strip() in ("0", "1", "read_only"):
+        return []
+    return list(json.loads(text).get("holds", []))

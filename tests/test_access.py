@@ -17,6 +17,7 @@ from starlette.types import Message
 
 from maintguard.exceptions import ConfigurationError
 from maintguard.starlette._access import Address, Bypass, ClientRule
+from tests.asgi import http_scope
 
 SECRET = "s3cret-bypass-token-0123456789"
 NOW = 1_700_000_000.0
@@ -31,8 +32,7 @@ def make_scope(*headers: Header, client: Any = (PROXY, 5000), **extra: Any) -> d
         (k if isinstance(k, bytes) else k.encode(), v if isinstance(v, bytes) else v.encode())
         for k, v in headers
     ]
-    scope = {"type": "http", "headers": raw, "scheme": "http", "root_path": "", "path": "/"}
-    return {**scope, "client": client, **extra}
+    return {**http_scope("/", headers=raw, client=client), **extra}
 
 
 def ip(text: str) -> Address:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +12,7 @@ import anyio
 import anyio.lowlevel
 import pytest
 
+import maintguard
 from maintguard import (
     ConfigurationError,
     EventKind,
@@ -19,13 +21,17 @@ from maintguard import (
     Phase,
     add_listener,
     flush_listeners,
+    get_maintenance_mode,
     remove_listener,
     set_maintenance_mode,
     under_maintenance,
 )
-from maintguard.backends import Backend, LocalFileBackend, MemoryBackend
+from maintguard._core import store_of
+from maintguard.backends import Backend, EnvVarBackend, LocalFileBackend, MemoryBackend
 
 pytestmark = pytest.mark.anyio
+
+DEADLINE = 10.0
 
 
 async def test_listeners_hear_holds_and_transitions(backend: Backend) -> None:
@@ -97,6 +103,75 @@ def test_sync_face_runs_async_listeners_and_survives_failing_ones(
     assert any("listener" in r.getMessage() and r.exc_info for r in caplog.records)
 
 
+def test_hold_on_an_already_on_env_store_reports_no_transitions(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A store never read before (the env backend: holds do not read it) was once taken as
+    # off. A hold while MAINTGUARD_MODE=1 then reported OFF -> ON on entry and ON -> OFF on
+    # exit, and the controller's snapshot (what the middleware reads) said off after the
+    # exit, while the variable kept maintenance on the whole time.
+    var = f"MG_ALREADY_ON_{os.getpid()}"
+    monkeypatch.setenv(var, "1")
+    backend = EnvVarBackend(var)
+    heard: list[MaintenanceEvent] = []
+    add_listener(heard.append)
+    try:
+        with under_maintenance(backend=backend, reason="job"):
+            pass
+        assert flush_listeners()
+    finally:
+        remove_listener(heard.append)
+    after = store_of(backend).root.snapshot
+    transitions = [(e.previous, e.phase) for e in heard if e.kind is EventKind.TRANSITION]
+    assert (transitions, after.active) == ([], True)
+
+
+def test_flush_listeners_called_by_a_listener_does_not_wait_on_itself() -> None:
+    # flush_listeners() from inside a listener once waited for the dispatcher thread, which
+    # is the caller itself: it always timed out (with timeout=None it hung the dispatcher for
+    # good, and every later event and every flush in the process with it).
+    backend = MemoryBackend()
+    outcome: list[object] = []
+
+    def listener(event: MaintenanceEvent) -> None:
+        if event.kind is EventKind.HOLD_ACQUIRED:
+            try:
+                outcome.append(flush_listeners(timeout=3.0))
+            except maintguard.MaintGuardError as exc:  # a clear error is fine too
+                outcome.append(exc)
+
+    add_listener(listener)
+    try:
+        with under_maintenance(backend=backend):
+            pass
+        assert flush_listeners(DEADLINE)
+    finally:
+        remove_listener(listener)
+    assert outcome and outcome[0] is not False, "flush_listeners waited on its own thread"
+
+
+def test_listener_entering_a_hold_itself_does_not_deadlock(tmp_path: Path) -> None:
+    backend = LocalFileBackend(tmp_path / "m.json", refresh_interval=0)
+    other = MemoryBackend()
+    seen: list[bool] = []
+
+    def listener(event: MaintenanceEvent) -> None:
+        if event.kind is EventKind.HOLD_ACQUIRED and event.backend == backend.describe():
+            with under_maintenance(backend=other):
+                seen.append(anyio.run(get_maintenance_mode, other))
+            seen.append(anyio.run(get_maintenance_mode, backend))
+
+    add_listener(listener)
+    try:
+        with under_maintenance(backend=backend):
+            assert flush_listeners(DEADLINE)
+    finally:
+        remove_listener(listener)
+        assert flush_listeners(DEADLINE)
+    assert seen == [True, True]
+    assert not anyio.run(get_maintenance_mode, other)
+
+
 async def test_transitions_are_logged(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     backend = LocalFileBackend(tmp_path / "m.json", refresh_interval=0)
     with caplog.at_level(logging.INFO, logger="maintguard"):
@@ -115,6 +190,7 @@ def test_listener_must_be_callable() -> None:
         add_listener("print")  # type: ignore[arg-type]
 
 
+@pytest.mark.processes
 def test_import_maintguard_loads_neither_starlette_nor_redis() -> None:
     code = (
         "import sys, maintguard, maintguard.backends\n"
@@ -144,6 +220,7 @@ def test_public_names() -> None:
     assert maintguard.__version__ == "0.1.0"
 
 
+@pytest.mark.processes
 def test_star_import_works_without_starlette() -> None:
     code = (
         "import sys\n"

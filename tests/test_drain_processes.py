@@ -19,6 +19,8 @@ import pytest
 from tests.stores import new_spec
 from tests.test_server import start_uvicorn, stop_all
 
+pytestmark = [pytest.mark.processes, pytest.mark.slow]
+
 ROOT = Path(__file__).parents[1]
 Workers = Callable[..., list[tuple[str, subprocess.Popen[bytes]]]]
 

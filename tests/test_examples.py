@@ -22,6 +22,7 @@ def run(*args: str) -> str:
     return done.stdout
 
 
+@pytest.mark.processes
 @pytest.mark.parametrize("flag", [[], ["--trio"]])
 def test_async_script(flag: list[str], tmp_path: Path) -> None:
     out = run("examples/script.py", "--state", str(tmp_path / "m.json"), *flag)
@@ -31,6 +32,7 @@ def test_async_script(flag: list[str], tmp_path: Path) -> None:
     assert ("(trio)" in out) is bool(flag)
 
 
+@pytest.mark.processes
 @pytest.mark.parametrize("flag", [[], ["--trio"]])
 def test_background_jobs(flag: list[str], tmp_path: Path) -> None:
     out = run("examples/background_jobs.py", "--state", str(tmp_path / "m.json"), *flag)
@@ -50,6 +52,7 @@ def test_background_jobs(flag: list[str], tmp_path: Path) -> None:
     ]
 
 
+@pytest.mark.processes
 def test_sync_script(tmp_path: Path) -> None:
     out = run("examples/sync_script.py", "--state", str(tmp_path / "m.json"))
     assert "holds recorded in m.json: 1" in out
@@ -57,6 +60,8 @@ def test_sync_script(tmp_path: Path) -> None:
     assert out.rstrip().endswith("maintenance off, holds recorded: 0")
 
 
+@pytest.mark.slow
+@pytest.mark.processes
 def test_holds_benchmark_prints_ratios(tmp_path: Path) -> None:
     import importlib.util
     import os
@@ -142,6 +147,9 @@ def test_holds_benchmark_prints_ratios(tmp_path: Path) -> None:
     check(done.stdout, with_peer=False)
 
 
+@pytest.mark.slow
+@pytest.mark.processes
+@pytest.mark.redis
 def test_many_servers_example_reaches_both_workers() -> None:
     import os
 
@@ -161,6 +169,9 @@ def test_many_servers_example_reaches_both_workers() -> None:
     assert answers == ["200, 200", "503, 503", "200, 200", "503, 503", "200, 200"]
 
 
+@pytest.mark.slow
+@pytest.mark.processes
+@pytest.mark.redis
 def test_propagation_benchmark_reports_every_store() -> None:
     out = run("benchmarks/propagation.py", "--quick")
     for store in ("file, OS notifications", "file, polling every 1 s", "Redis, pub/sub"):
@@ -172,11 +183,13 @@ def test_propagation_benchmark_reports_every_store() -> None:
     assert len([g for g in goals if g.strip().startswith("[")]) == 3
 
 
+@pytest.mark.processes
 def test_typed_usage_file_runs(tmp_path: Path) -> None:
     out = run("tests/typing_usage.py", str(tmp_path / "m.json"))
     assert out.startswith("MaintenanceState(active=False")
 
 
+@pytest.mark.processes
 def test_quickstart_shows_200_503_200_with_health_up() -> None:
     out = run("examples/quickstart.py")
     sections = out.split("while the job holds maintenance:")
@@ -197,6 +210,7 @@ def _load(module: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
     return importlib.import_module(module)
 
 
+@pytest.mark.processes
 def test_fastapi_example(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from starlette.testclient import TestClient
 

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 from fastapi import APIRouter, Depends, FastAPI
+from starlette.routing import Mount, Route
 from starlette.testclient import TestClient
 
 from maintguard import (
@@ -15,10 +16,13 @@ from maintguard import (
     exempt,
     force_maintenance_mode_on,
     maintenance_scope,
+    set_maintenance_mode,
     sync,
 )
 from maintguard.backends import MemoryBackend
 from maintguard.pytest_plugin import Maintenance
+from tests.asgi import request, says
+from tests.conftest import asyncio_only
 
 
 def common_params(q: str | None = None, limit: int = 10) -> dict[str, Any]:
@@ -104,6 +108,41 @@ def test_exempt_docs_reads_urls_from_the_app(maintenance: Maintenance) -> None:
         assert client.get("/work").status_code == 503
     with TestClient(build(True, backend)) as client:
         assert client.get("/api-docs").status_code == 503
+
+
+@pytest.mark.anyio
+@asyncio_only
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [("POST", "/files/docs"), ("POST", "/admin/openapi.json"), ("GET", "/nodocs/docs")],
+)
+async def test_exempt_docs_leaves_user_routes_at_docs_paths_blocked(method: str, path: str) -> None:
+    backend = MemoryBackend()
+    app = FastAPI()
+    router = APIRouter()
+
+    @router.post("/docs")
+    async def upload_document() -> str:
+        return "user endpoint"
+
+    app.include_router(router, prefix="/files")
+    app.router.routes.append(
+        Mount("/admin", routes=[Route("/openapi.json", says("user endpoint"), methods=["POST"])])
+    )
+    no_docs = FastAPI(openapi_url=None)  # no docs routes, but docs_url is still "/docs"
+
+    @no_docs.get("/docs")
+    async def list_documents() -> str:
+        return "user endpoint"
+
+    app.mount("/nodocs", no_docs)
+    app.add_middleware(MaintenanceModeMiddleware, backend=backend, exempt_docs=True)
+    await request(app, "/")
+    await set_maintenance_mode(True, backend=backend)
+    assert (await request(app, "/docs")).status == 200  # the real docs stay up
+    answer = await request(app, path, method=method)
+    assert b"user endpoint" not in answer.body
+    assert answer.status == 503
 
 
 def test_scope_and_forced_routes_in_fastapi(maintenance: Maintenance) -> None:

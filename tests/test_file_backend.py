@@ -22,7 +22,8 @@ import anyio.to_thread
 import pytest
 
 import maintguard
-from maintguard._core import io
+from maintguard import under_maintenance
+from maintguard._core import io, store_of
 from maintguard._state import ExplicitState, HoldRecord, Mode, StoredState
 from maintguard.backends import LocalFileBackend
 from maintguard.exceptions import BackendError
@@ -134,9 +135,11 @@ async def test_async_faces_make_one_thread_hop_each(
     backend = LocalFileBackend(tmp_path / "m.json")
     hops: list[str] = []
     real = anyio.to_thread.run_sync
+    here = threading.get_ident()  # not the I/O thread, where earlier tests' watchers run
 
     async def counting(func: Callable[..., Any], *args: Any, **kw: Any) -> Any:
-        hops.append(func.__name__)
+        if threading.get_ident() == here:
+            hops.append(func.__name__)
         return await real(func, *args, **kw)
 
     monkeypatch.setattr(anyio.to_thread, "run_sync", counting)
@@ -292,6 +295,7 @@ def test_plain_file_released_by_another_backend_object(tmp_path: Path) -> None:
     assert path.read_text() == "0\n"
 
 
+@pytest.mark.processes
 def test_plain_file_released_by_another_process(tmp_path: Path) -> None:
     path = tmp_path / "flag"
     path.write_text("0")
@@ -394,6 +398,17 @@ def test_newer_version_we_cannot_understand_says_to_upgrade(tmp_path: Path) -> N
     path.write_text('{"version": 2, "active": "emergency"}')
     with pytest.raises(BackendError, match=r"format version 2.*Upgrade maintguard"):
         LocalFileBackend(path)._read_scopes_blocking([None])
+
+
+def test_hold_on_newer_format_file_is_a_clear_error_and_leaves_it_alone(tmp_path: Path) -> None:
+    path = tmp_path / "m.json"
+    text = json.dumps({"version": 99, "active": False, "future": {"x": 1}})
+    path.write_text(text)
+    backend = LocalFileBackend(path, refresh_interval=0)
+    with pytest.raises(BackendError, match="version 99"), under_maintenance(backend=backend):
+        pytest.fail("the body must not run")
+    assert path.read_text() == text
+    assert not store_of(backend).root.holding()
 
 
 def test_newer_version_with_a_detail_we_do_not_know_is_on_and_says_to_upgrade(
@@ -532,6 +547,7 @@ def test_permissions_of_the_file_are_kept(tmp_path: Path) -> None:
     assert stat.S_IMODE(path.stat().st_mode) == 0o640
 
 
+@pytest.mark.processes
 def test_new_file_is_readable_by_everyone_whatever_the_umask(tmp_path: Path) -> None:
     path = tmp_path / "m.json"
     _run(
@@ -569,6 +585,8 @@ for i in range(count):
 """
 
 
+@pytest.mark.slow
+@pytest.mark.processes
 def test_concurrent_processes_lose_no_update_and_no_reader_sees_a_torn_file(
     tmp_path: Path,
 ) -> None:
@@ -626,6 +644,7 @@ def test_threads_sharing_one_backend_lose_no_update(tmp_path: Path) -> None:
     assert len(backend._read_scopes_blocking([None])[None].holds) == 100
 
 
+@pytest.mark.processes
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
 def test_a_forked_child_gets_a_lock_of_its_own(tmp_path: Path) -> None:
     # The parent has its lock file open (and a thread inside a write) when it forks: the

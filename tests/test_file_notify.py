@@ -15,6 +15,8 @@ import pytest
 from maintguard._core import controller, watch
 from maintguard.backends import LocalFileBackend
 
+pytestmark = pytest.mark.processes
+
 ROOT = Path(__file__).parents[1]
 
 

@@ -19,7 +19,7 @@ import pytest
 import redis
 
 import maintguard.sync
-from maintguard import BackendError, under_maintenance
+from maintguard import BackendError, get_state, under_maintenance
 from maintguard._state import Mode
 from maintguard.backends import Backend, LocalFileBackend, RedisBackend, StoredState
 from tests.stores import REDIS_URL, redis_prefix
@@ -82,6 +82,27 @@ def test_the_issues_file_is_on_with_the_default_on_error(tmp_path: Path) -> None
     assert backend.on_error == "last_known"
     state = maintguard.sync.get_state(backend)
     assert (state.active, state.retry_after, state.mode) == (True, None, Mode.FULL)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("value", ["NaN", "Infinity", "-Infinity"])
+async def test_non_finite_retry_after_in_the_file_is_not_a_crash(
+    tmp_path: Path, value: str
+) -> None:
+    # json.loads accepts NaN/Infinity; the file's retry_after was once taken as is, and
+    # the state get_state() returned then raised ValueError/OverflowError from
+    # retry_after_seconds() (what every response and status line calls). I5: bad stored
+    # data is a clear error or follows on_error, never a crash.
+    path = tmp_path / "m.json"
+    path.write_text(f'{{"version": 1, "active": true, "retry_after": {value}}}')
+    backend = LocalFileBackend(path, refresh_interval=0)
+    try:
+        state = await get_state(backend)
+    except BackendError:
+        return  # refused as corrupt: a clear error
+    assert state.active
+    seconds = state.retry_after_seconds()
+    assert seconds is None or (isinstance(seconds, int) and seconds >= 0)
 
 
 @pytest.mark.parametrize(("field", "where", "value"), DETAILS)

@@ -288,6 +288,7 @@ def test_guarding_something_that_is_not_callable_is_refused() -> None:
         not_during_maintenance(policy="skip")("not a function")  # type: ignore[type-var]
 
 
+@pytest.mark.processes
 @pytest.mark.parametrize("kind", ["file", "redis"])
 @pytest.mark.parametrize("face", ["sync", "async", "with", "async with"])
 def test_a_guard_made_per_call_decides_on_a_fresh_state(

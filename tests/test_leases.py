@@ -6,6 +6,7 @@ stops counting once its lease has run out."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -23,11 +24,18 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 from starlette.testclient import TestClient
 
-from maintguard import MaintenanceModeMiddleware, UnderMaintenance, not_during_maintenance, sync
+from maintguard import (
+    MaintenanceModeMiddleware,
+    UnderMaintenance,
+    get_state,
+    not_during_maintenance,
+    sync,
+    under_maintenance,
+)
 from maintguard._core import controller, store_of, watch
 from maintguard._state import ExplicitState
 from maintguard.backends import Backend, HoldRecord, LocalFileBackend, StoredState
-from tests.stores import new_spec, open_store
+from tests.stores import file_holds, new_spec, open_store
 
 SCRIPT = Path(__file__).with_name("holder_process.py")
 ROOT = Path(__file__).parents[1]
@@ -81,6 +89,8 @@ def ends_after_kill(proc: subprocess.Popen[str], look: Callable[[], bool]) -> fl
     return time.monotonic() - killed
 
 
+@pytest.mark.slow
+@pytest.mark.processes
 def test_a_watched_reader_never_sees_a_live_short_lease_hold_off(
     store: str, holder: subprocess.Popen[str]
 ) -> None:
@@ -101,6 +111,8 @@ def test_a_watched_reader_never_sees_a_live_short_lease_hold_off(
         stop()
 
 
+@pytest.mark.slow
+@pytest.mark.processes
 @pytest.mark.parametrize("face", ["sync", "async"])
 def test_a_plain_reader_never_sees_a_live_short_lease_hold_off(
     store: str, holder: subprocess.Popen[str], face: str
@@ -125,6 +137,8 @@ async def sync_free_get(backend: Backend) -> bool:
     return await get_maintenance_mode(backend)
 
 
+@pytest.mark.slow
+@pytest.mark.processes
 def test_requests_and_guards_never_pass_while_a_short_lease_holder_lives(
     store: str, holder: subprocess.Popen[str]
 ) -> None:
@@ -205,6 +219,43 @@ def test_time_alone_never_drops_a_hold_a_read_found_live(tmp_path: Path) -> None
     clock.now += 5
     ctrl.apply_read(StoredState(holds=(other_hold(clock.now - 4),)), ctrl.writes)  # not renewed
     assert not ctrl.snapshot.active and not ctrl.stale()
+
+
+def test_foreign_record_lease_expiry_ends_maintenance_here(tmp_path: Path) -> None:
+    path = tmp_path / "m.json"
+    backend = LocalFileBackend(path, refresh_interval=0)
+    store = store_of(backend)
+    now = 1_900_000_000.0
+    store.clock = lambda: now
+    from datetime import datetime, timezone
+
+    def iso(t: float) -> str:
+        return datetime.fromtimestamp(t, timezone.utc).isoformat()
+
+    record = {
+        "id": "elsewhere:1:abc",
+        "owner": "dead job",
+        "host": "elsewhere",
+        "pid": 1,
+        "acquired": iso(now - 60),
+        "started": iso(now - 60),
+        "expires": iso(now + 5),
+        "reason": "killed",
+        "retry_after": None,
+        "mode": "full",
+    }
+    path.write_text(json.dumps({"version": 1, "active": False, "holds": [record]}))
+    state = anyio.run(get_state, backend)
+    assert state.active and state.reason == "killed"
+    now += 6
+    # Its lease ran out in this copy: the next read decides (it may have been renewed) ...
+    assert store.root.snapshot.active and store.root.stale()
+    # ... and that read finds it past: it counts no more.
+    assert not anyio.run(get_state, backend).active
+    with under_maintenance(backend=backend):  # the next write drops the expired record
+        ids = [h["id"] for h in file_holds(path)]
+    assert len(ids) == 1 and ids[0] != "elsewhere:1:abc"
+    assert file_holds(path) == []
 
 
 def test_an_until_still_ends_by_the_clock_alone(tmp_path: Path) -> None:

@@ -36,6 +36,7 @@ def holds(path: Path) -> list[object]:
     return list(json.loads(path.read_text())["holds"]) if path.exists() else []
 
 
+@pytest.mark.processes
 def test_forked_worker_leaves_the_parents_block_and_follows_changes(tmp_path: Path) -> None:
     done = run(
         """
@@ -75,6 +76,7 @@ def test_forked_worker_leaves_the_parents_block_and_follows_changes(tmp_path: Pa
     assert holds(tmp_path / "m.json") == []
 
 
+@pytest.mark.processes
 def test_holds_left_entered_at_exit_are_released(tmp_path: Path) -> None:
     path = tmp_path / "m.json"
     done = run(
@@ -102,6 +104,7 @@ def test_holds_left_entered_at_exit_are_released(tmp_path: Path) -> None:
     assert holds(path) == []  # ...and the record is gone, not left to its 30 s lease
 
 
+@pytest.mark.processes
 def test_a_release_that_cannot_land_at_exit_says_so(tmp_path: Path) -> None:
     done = run(
         """
@@ -140,6 +143,7 @@ def test_a_release_that_cannot_land_at_exit_says_so(tmp_path: Path) -> None:
     assert "lease runs out" in done.stderr
 
 
+@pytest.mark.processes
 def test_a_release_write_still_running_at_exit_lands(tmp_path: Path) -> None:
     path = tmp_path / "m.json"
     done = run(

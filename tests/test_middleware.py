@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import time
 from collections.abc import Iterator
@@ -13,13 +14,18 @@ from typing import Any
 
 import anyio
 import pytest
+from fastapi import APIRouter, FastAPI
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from starlette.applications import Starlette
+from starlette.middleware.gzip import GZipMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Host, Mount, Route, Router, WebSocketRoute
 from starlette.testclient import TestClient
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+import maintguard.starlette._responses as responses
 from maintguard import (
     ConfigurationError,
     MaintenanceModeMiddleware,
@@ -27,6 +33,7 @@ from maintguard import (
     exempt,
     force_maintenance_mode_on,
     get_maintenance_mode,
+    get_state,
     maintenance_mode_on,
     maintenance_scope,
     set_maintenance_mode,
@@ -34,8 +41,9 @@ from maintguard import (
     under_maintenance,
 )
 from maintguard._state import StoredState
-from maintguard.backends import LocalFileBackend, MemoryBackend
-from tests.asgi import http_scope
+from maintguard.backends import Backend, EnvVarBackend, LocalFileBackend, MemoryBackend
+from tests.asgi import call, lifespan_startup, request, says, websocket_scope
+from tests.conftest import asyncio_only
 
 SECRET = "s3cret-bypass-token-0123456789"
 
@@ -176,6 +184,22 @@ def test_bytes_prepared_once_per_state(
     assert len(calls) == 2
 
 
+@pytest.mark.anyio
+@asyncio_only
+async def test_json_retry_after_counts_down(monkeypatch: pytest.MonkeyPatch) -> None:
+    backend = MemoryBackend()
+    app = Starlette(routes=[Route("/", says("home"))])
+    app.add_middleware(MaintenanceModeMiddleware, backend=backend)
+    await set_maintenance_mode(True, backend=backend, until=timedelta(hours=1))
+    accept = [(b"accept", b"application/json")]
+    first = json.loads((await request(app, "/", headers=accept)).body)["retry_after"]
+    assert 3500 <= first <= 3600
+    real = responses.utcnow
+    monkeypatch.setattr(responses, "utcnow", lambda: real() + timedelta(minutes=50))
+    later = json.loads((await request(app, "/", headers=accept)).body)["retry_after"]
+    assert later <= 600
+
+
 # -- exemptions by endpoint --------
 
 
@@ -207,6 +231,178 @@ def test_exempt_endpoints_and_methods_do_not_leak(client_for: Any, memory: Memor
     assert client.get("/items/7/edit").status_code == 503
 
 
+def _maze(backend: Backend, **options: Any) -> Starlette:
+    """Blocked and exempt endpoints behind every routing feature."""
+    api = APIRouter()
+
+    @api.get("/items/{item_id}")
+    async def item(item_id: int) -> str:
+        return "blocked endpoint"
+
+    @api.get("/status")
+    @exempt
+    async def api_status() -> str:
+        return "exempt endpoint"
+
+    inner = APIRouter()
+
+    @inner.post("/deep/{rest:path}")
+    async def deep(rest: str) -> str:
+        return "blocked endpoint"
+
+    api.include_router(inner, prefix="/n")
+    fastapi_app = FastAPI()
+    fastapi_app.include_router(api, prefix="/api")
+    health = exempt(says("exempt endpoint"))
+    app = Starlette(
+        routes=[
+            Route("/health", health),
+            Route("/admin", says("blocked endpoint"), methods=["GET", "POST"]),
+            Route("/{slug}/edit", says("blocked endpoint")),
+            Mount("/m", routes=[Mount("/n", routes=[Route("/x", says("blocked endpoint"))])]),
+            Host("api.example.com", app=Router(routes=[Route("/h", says("blocked endpoint"))])),
+            Mount("/fa", app=fastapi_app),
+        ]
+    )
+    app.add_middleware(MaintenanceModeMiddleware, backend=backend, **options)
+    return app
+
+
+@pytest.mark.anyio
+@asyncio_only
+@pytest.mark.parametrize(
+    ("path", "method", "root_path", "host"),
+    [
+        ("/admin", "GET", "", b"t"),
+        ("/admin\n", "GET", "", b"t"),
+        ("/admin", "HEAD", "", b"t"),
+        ("/admin", "get", "", b"t"),  # a 405 from the app, never the endpoint
+        ("/root/admin", "GET", "/root", b"t"),
+        ("/x/edit", "GET", "", b"t"),
+        ("/x/edit\n", "GET", "", b"t"),
+        ("/m/n/x", "GET", "", b"t"),
+        ("/m/n/x\n", "GET", "", b"t"),
+        ("/h", "GET", "", b"api.example.com"),
+        ("/h", "GET", "", b"api.example.com:8080"),
+        ("/fa/api/items/1", "GET", "", b"t"),
+        ("/fa/api/items/1", "HEAD", "", b"t"),  # FastAPI's GET route refuses HEAD: decided as GET
+        ("/fa/api/items/1\n", "GET", "", b"t"),
+        ("/fa/api/n/deep/a/b", "POST", "", b"t"),
+        ("/app/fa/api/items/1", "GET", "/app", b"t"),
+    ],
+)
+async def test_blocked_endpoints_stay_blocked(
+    path: str, method: str, root_path: str, host: bytes
+) -> None:
+    backend = MemoryBackend()
+    app = _maze(backend)
+    await set_maintenance_mode(True, backend=backend)
+    answer = await request(app, path, method=method, root_path=root_path, host=host)
+    assert b"blocked endpoint" not in answer.body
+    assert answer.status in (503, 404, 405)
+
+
+@pytest.mark.anyio
+@asyncio_only
+@pytest.mark.parametrize("path", ["/health", "/health\n", "/fa/api/status", "/x/health"])
+async def test_exempt_endpoints_pass_only_where_routed(path: str) -> None:
+    backend = MemoryBackend()
+    app = _maze(backend)
+    await set_maintenance_mode(True, backend=backend)
+    answer = await request(app, path, root_path="/x" if path.startswith("/x/") else "")
+    assert answer.status == 200
+    assert b"exempt endpoint" in answer.body
+
+
+_ODD = ["/", "\n", "%", ".", "..", "\\", "\x00", "a", "é", ";", "//", "*", "[", "%2e"]
+
+
+def _odd_path(draw_parts: list[str]) -> str:
+    return "".join(draw_parts)
+
+
+_headers = st.lists(
+    st.tuples(
+        st.sampled_from(
+            [
+                *(b"x-forwarded-for", b"forwarded", b"cookie", b"accept", b"host"),
+                *(b"X-Forwarded-For", b"x-maintenance-bypass"),
+            ]
+        ),
+        st.binary(max_size=40)
+        | st.sampled_from(
+            [
+                *(b"10.0.0.1, 127.0.0.1", b'for="[::1]:80", for=10.1.1.1', b"unknown"),
+                *(b"*/*;q=nan", b"maintguard_bypass=999999999999.abc", b'for="\\', b"[::1"),
+                b";;,,",
+            ]
+        ),
+    ),
+    max_size=6,
+)
+
+
+@pytest.mark.slow
+@settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
+@given(
+    path=st.lists(st.sampled_from(_ODD), max_size=8).map(_odd_path),
+    prefix=st.sampled_from(["", "/health", "/b/1", "/m/x", "/fa/api/items/1", "/_maintenance"]),
+    method=st.sampled_from(["GET", "HEAD", "POST", "get", "", "OPTIONS"]),
+    headers=_headers,
+    client=st.sampled_from(
+        [
+            ("127.0.0.1", 1),
+            ("::1", 1),
+            ("10.2.3.4", 1),
+            None,
+            ("garbage", 0),
+            ("::ffff:127.0.0.1", 1),
+        ]
+    ),
+    root_path=st.sampled_from(["", "/root", "/"]),
+    raw_path=st.none() | st.binary(max_size=20),
+    forwarded=st.sampled_from(["x-forwarded-for", "forwarded"]),
+)
+def test_no_input_raises_out_of_the_middleware(
+    path: str,
+    prefix: str,
+    method: str,
+    headers: list[tuple[bytes, bytes]],
+    client: tuple[str, int] | None,
+    root_path: str,
+    raw_path: bytes | None,
+    forwarded: str,
+) -> None:
+    backend = MemoryBackend()
+
+    async def main() -> list[dict[str, Any]]:
+        app = _maze(
+            backend,
+            exempt_paths=["/health", "/static/*"],
+            scopes={"/b/*": "billing"},
+            allow_ips=["10.0.0.0/8"],
+            trusted_proxies=["127.0.0.1", "::1"],
+            forwarded_header=forwarded,
+            bypass_secret=SECRET,
+        )
+        await set_maintenance_mode(True, backend=backend)
+        return await request(
+            app,
+            prefix + path,
+            method=method,
+            headers=headers,
+            client=client,
+            root_path=root_path,
+            raw_path=raw_path if raw_path is not None else b"",
+        )
+
+    try:
+        answer = anyio.run(main)
+    finally:
+        configure(backend=None)
+    assert answer.status != 500
+
+
 def test_no_route_and_wrong_method_get_the_apps_own_answer(
     client_for: Any, memory: MemoryBackend
 ) -> None:
@@ -215,6 +411,45 @@ def test_no_route_and_wrong_method_get_the_apps_own_answer(
     assert client.get("/nowhere").status_code == 404
     assert client.get("/only-post").status_code == 405
     assert client.post("/only-post").status_code == 503
+
+
+@pytest.mark.anyio
+@asyncio_only
+async def test_a_route_subclass_serving_every_method_is_blocked_for_each() -> None:
+    class AnyMethodRoute(Route):
+        async def handle(self, scope: Any, receive: Any, send: Any) -> None:
+            await self.app(scope, receive, send)
+
+    backend = MemoryBackend()
+    app = Starlette(routes=[AnyMethodRoute("/orders", says("orders endpoint"), methods=["GET"])])
+    app.add_middleware(MaintenanceModeMiddleware, backend=backend)
+    await set_maintenance_mode(True, backend=backend)
+    assert (await request(app, "/orders")).status == 503
+    answer = await request(app, "/orders", method="POST")
+    assert answer.body != b"orders endpoint"
+    assert answer.status == 503
+
+
+@pytest.mark.anyio
+@asyncio_only
+async def test_a_routers_default_app_is_blocked() -> None:
+    async def legacy(scope: Any, receive: Any, send: Any) -> None:
+        await PlainTextResponse("legacy app")(scope, receive, send)
+
+    backend = MemoryBackend()
+    app = Starlette(
+        routes=[
+            Route("/new", says("new")),
+            Mount("/v1", app=Router(routes=[Route("/a", says("a"))], default=legacy)),
+        ]
+    )
+    app.router.default = legacy
+    app.add_middleware(MaintenanceModeMiddleware, backend=backend)
+    await set_maintenance_mode(True, backend=backend)
+    for path in ("/anything", "/v1/anything"):
+        answer = await request(app, path)
+        assert answer.body != b"legacy app", path
+        assert answer.status == 503, path
 
 
 def test_mount_host_and_root_path(memory: MemoryBackend) -> None:
@@ -246,23 +481,6 @@ def test_mount_host_and_root_path(memory: MemoryBackend) -> None:
 # -- exemptions by path --------
 
 
-async def raw_call(
-    app: Any, path: str, raw_path: bytes | None = None, method: str = "GET", headers: Any = ()
-) -> int:
-    scope = http_scope(path, method, raw_path=raw_path, headers=headers, client=("127.0.0.1", 5000))
-    status = []
-
-    async def receive() -> dict[str, Any]:
-        return {"type": "http.request", "body": b"", "more_body": False}
-
-    async def send(message: dict[str, Any]) -> None:
-        if message["type"] == "http.response.start":
-            status.append(message["status"])
-
-    await app(scope, receive, send)
-    return status[0]
-
-
 @pytest.mark.anyio
 @pytest.mark.parametrize(
     ("path", "raw"),
@@ -284,8 +502,36 @@ async def test_path_tricks_never_reach_a_blocked_endpoint(path: str, raw: bytes 
 
     app = make_app(memory, [Route("/{path:path}", anything)], exempt_paths=["/public/*"])
     await set_maintenance_mode(True, memory)
-    assert await raw_call(app, "/public/page") == 200
-    assert await raw_call(app, path, raw) == 503
+    assert (await request(app, "/public/page")).status == 200
+    assert (await request(app, path, raw_path=raw)).status == 503
+
+
+@pytest.mark.anyio
+@asyncio_only
+@pytest.mark.parametrize(
+    ("path", "raw_path"),
+    [
+        ("/static/../admin", None),
+        ("/static/./admin", None),
+        ("/static//admin", None),
+        ("/static/..\\admin", None),
+        ("/static/x\n", None),
+        ("/static/%2e%2e/admin", None),  # double-encoded: the path itself holds %
+        ("/static/../admin", b"/static/%2E%2E/admin"),
+        ("/static/a/admin", b"/static/a%2Fadmin"),
+        ("/health\n", None),
+    ],
+)
+async def test_exempt_path_globs_ignore_path_tricks(path: str, raw_path: bytes | None) -> None:
+    backend = MemoryBackend()
+    catch_all = Route("/{rest:path}", says("blocked endpoint"))
+    app = Starlette(routes=[catch_all])
+    app.add_middleware(
+        MaintenanceModeMiddleware, backend=backend, exempt_paths=["/static/*", "/health"]
+    )
+    await set_maintenance_mode(True, backend=backend)
+    assert (await request(app, "/static/app.css")).status == 200  # the glob works
+    assert (await request(app, path, raw_path=raw_path)).status == 503
 
 
 def test_exempt_path_globs(client_for: Any, memory: MemoryBackend) -> None:
@@ -314,6 +560,20 @@ def test_read_only_mode_lets_safe_methods_through(client_for: Any, memory: Memor
 
 
 @pytest.mark.anyio
+@asyncio_only
+async def test_read_only_mode_lets_only_safe_http_methods_through() -> None:
+    backend = MemoryBackend()
+    route = Route("/orders", says("endpoint"), methods=["GET", "POST"])
+    app = Starlette(routes=[route])
+    app.add_middleware(MaintenanceModeMiddleware, backend=backend)
+    await set_maintenance_mode(True, backend=backend, mode="read_only")
+    assert (await request(app, "/orders")).status == 200
+    assert (await request(app, "/orders", method="HEAD")).status == 200
+    assert (await request(app, "/orders", method="POST")).status == 503
+    assert (await request(app, "/orders", method="get")).status in (405, 503)  # never the endpoint
+
+
+@pytest.mark.anyio
 async def test_allow_ips_and_trusted_proxies() -> None:
     memory = MemoryBackend()
     app = make_app(
@@ -324,13 +584,13 @@ async def test_allow_ips_and_trusted_proxies() -> None:
     )
     await set_maintenance_mode(True, memory)
     xff = (b"x-forwarded-for", b"203.0.113.9")
-    assert await raw_call(app, "/", headers=[xff]) == 200  # via the trusted proxy at 127.0.0.1
     assert (
-        await raw_call(app, "/", headers=[(b"x-forwarded-for", b"203.0.113.9, 198.51.100.1")])
-        == 503
-    )
+        await request(app, "/", headers=[xff])
+    ).status == 200  # via the trusted proxy at 127.0.0.1
+    chain = [(b"x-forwarded-for", b"203.0.113.9, 198.51.100.1")]
+    assert (await request(app, "/", headers=chain)).status == 503
     forwarded = (b"forwarded", b'for="[2001:db8::1]:4711"')
-    assert await raw_call(app, "/", headers=[forwarded]) == 503  # not the header read
+    assert (await request(app, "/", headers=[forwarded])).status == 503  # not the header read
     by_forwarded = make_app(
         memory,
         [Route("/", ok)],
@@ -338,13 +598,80 @@ async def test_allow_ips_and_trusted_proxies() -> None:
         trusted_proxies=["127.0.0.1"],
         forwarded_header="forwarded",
     )
-    assert await raw_call(by_forwarded, "/", headers=[forwarded]) == 200
-    assert await raw_call(by_forwarded, "/", headers=[xff]) == 503  # X-Forwarded-For ignored
-    assert await raw_call(app, "/", headers=[(b"x-forwarded-for", b"not-an-ip")]) == 503
+    assert (await request(by_forwarded, "/", headers=[forwarded])).status == 200
+    assert (
+        await request(by_forwarded, "/", headers=[xff])
+    ).status == 503  # X-Forwarded-For ignored
+    assert (await request(app, "/", headers=[(b"x-forwarded-for", b"not-an-ip")])).status == 503
     untrusted = make_app(memory, [Route("/", ok)], allow_ips=["203.0.113.0/24"])
-    assert await raw_call(untrusted, "/", headers=[xff]) == 503  # spoofed: peer not trusted
+    assert (await request(untrusted, "/", headers=[xff])).status == 503  # spoofed: peer not trusted
     direct = make_app(memory, [Route("/", ok)], allow_ips=["127.0.0.0/8"])
-    assert await raw_call(direct, "/") == 200
+    assert (await request(direct, "/")).status == 200
+
+
+@pytest.mark.anyio
+@asyncio_only
+@pytest.mark.parametrize(
+    ("peer", "header", "lines", "allowed"),
+    [
+        ("203.0.113.9", "x-forwarded-for", [b"10.0.0.5"], False),  # untrusted peer: ignored
+        ("127.0.0.1", "x-forwarded-for", [b"10.0.0.5"], True),
+        ("127.0.0.1", "x-forwarded-for", [b"10.0.0.5, 203.0.113.9"], False),  # spoofed left
+        ("127.0.0.1", "x-forwarded-for", [b"10.0.0.5", b"203.0.113.9"], False),  # two lines
+        ("127.0.0.1", "x-forwarded-for", [b"203.0.113.9, 10.0.0.5, 127.0.0.1"], True),
+        ("127.0.0.1", "x-forwarded-for", [b"unknown, 10.0.0.5"], True),
+        ("127.0.0.1", "x-forwarded-for", [b"10.0.0.5, unknown"], False),
+        ("127.0.0.1", "x-forwarded-for", [b"garbage"], False),
+        ("127.0.0.1", "forwarded", [b"for=10.0.0.5"], False),  # the other header: ignored
+        ("::ffff:10.0.0.7", "x-forwarded-for", [], True),  # IPv4-mapped peer
+        ("::ffff:127.0.0.1", "x-forwarded-for", [b"10.0.0.5"], True),  # mapped proxy
+        ("127.0.0.1", "x-forwarded-for", [b"[::ffff:10.0.0.5]:443"], True),
+        ("127.0.0.1", "x-forwarded-for", [b"64:ff9b::a00:5"], False),  # NAT64, not mapped
+    ],
+)
+async def test_client_ip_rules(peer: str, header: str, lines: list[bytes], allowed: bool) -> None:
+    backend = MemoryBackend()
+    app = Starlette(routes=[Route("/", says("blocked endpoint"))])
+    app.add_middleware(
+        MaintenanceModeMiddleware,
+        backend=backend,
+        allow_ips=["10.0.0.0/8"],
+        trusted_proxies=["127.0.0.1"],
+    )
+    await set_maintenance_mode(True, backend=backend)
+    headers = [(header.encode(), line) for line in lines]
+    answer = await request(app, "/", headers=headers, client=(peer, 1234))
+    assert answer.status == (200 if allowed else 503)
+
+
+@pytest.mark.anyio
+@asyncio_only
+@pytest.mark.parametrize(
+    ("lines", "allowed"),
+    [
+        ([b'for="[2001:db8::1]:80";proto=https, for=10.0.0.5'], True),
+        ([b'for="10.0.0.5, for=203.0.113.9"'], False),  # a quoted comma is not a separator
+        ([b"for=10.0.0.5;for=10.0.0.6"], False),  # two for= in one element: unreadable
+        ([b"for=10.0.0.5", b"for=203.0.113.9"], False),
+        ([b"for=_hidden"], False),
+        ([b"for=10.0.0.5, garbage=="], False),
+        ([b"FOR=10.0.0.5"], True),
+    ],
+)
+async def test_forwarded_header_rules(lines: list[bytes], allowed: bool) -> None:
+    backend = MemoryBackend()
+    app = Starlette(routes=[Route("/", says("blocked endpoint"))])
+    app.add_middleware(
+        MaintenanceModeMiddleware,
+        backend=backend,
+        allow_ips=["10.0.0.0/8"],
+        trusted_proxies=["127.0.0.1", "2001:db8::/32"],
+        forwarded_header="forwarded",
+    )
+    await set_maintenance_mode(True, backend=backend)
+    headers = [(b"forwarded", line) for line in lines] + [(b"x-forwarded-for", b"10.0.0.5")]
+    answer = await request(app, "/", headers=headers, client=("127.0.0.1", 1))
+    assert answer.status == (200 if allowed else 503)
 
 
 def test_bypass_header_and_cookie(
@@ -378,6 +705,47 @@ def test_bypass_header_and_cookie(
     assert status_with("garbage") == 503
     assert status_with(f"{past}.{signer._bypass._sign(past.encode()).decode()}") == 503  # expired
     assert status_with(value) == 200
+
+
+@pytest.mark.anyio
+@asyncio_only
+async def test_bypass_secret_cookie_flow() -> None:
+    backend = MemoryBackend()
+    app = Starlette(routes=[Route("/", says("blocked endpoint"))])
+    app.add_middleware(MaintenanceModeMiddleware, backend=backend, bypass_secret=SECRET)
+    await set_maintenance_mode(True, backend=backend)
+    grant = await request(
+        app, f"/app/_maintenance/bypass/{SECRET}", root_path="/app", scheme="https"
+    )
+    assert grant.status == 303
+    granted = grant.headers
+    assert SECRET.encode() not in b"".join(granted.values())
+    assert granted[b"location"] == b"/app/"
+    cookie = granted[b"set-cookie"]
+    assert b"Path=/app;" in cookie and b"HttpOnly" in cookie and b"Secure" in cookie
+    value = cookie.split(b";")[0]
+    assert (await request(app, "/", headers=[(b"cookie", value)])).status == 200
+    assert (await request(app, "/", headers=[(b"cookie", b"a=b; " + value)])).status == 200
+    name, _, token = value.partition(b"=")
+    expires, _, signature = token.partition(b".")
+    forged = [
+        name + b"=" + str(int(expires) + 1).encode() + b"." + signature,  # later expiry
+        name + b"=" + expires + b"." + signature[:-1] + (b"1" if signature[-1:] == b"0" else b"0"),
+        name + b"=" + expires + b"." + signature.upper(),
+        name + b"=" + SECRET.encode(),
+        name + b"=1." + signature,  # expired long ago
+        name + b"=" + b"9" * 13 + b"." + signature,
+        b"x" + value,
+    ]
+    for cookie_value in forged:
+        answer = await request(app, "/", headers=[(b"cookie", cookie_value)])
+        assert answer.status == 503, cookie_value
+    for wrong in (SECRET[:-1], SECRET + "x", SECRET.upper(), f"/{SECRET}", f"{SECRET}\n"):
+        assert (await request(app, f"/_maintenance/bypass/{wrong}")).status != 303
+    header = [(b"x-maintenance-bypass", SECRET.encode())]
+    assert (await request(app, "/", headers=header)).status == 200
+    bad_header = [(b"x-maintenance-bypass", SECRET.encode() + b" ")]
+    assert (await request(app, "/", headers=bad_header)).status == 503
 
 
 def test_exempt_handler_forms(client_for: Any, memory: MemoryBackend) -> None:
@@ -449,6 +817,65 @@ def test_scopes_by_decorator_and_by_glob(client_for: Any, memory: MemoryBackend)
     assert client.get("/pay").status_code == 503 and client.get("/search").status_code == 503
 
 
+@pytest.mark.anyio
+@asyncio_only
+async def test_an_env_backend_scope_on_at_startup_is_enforced(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("MG_ENVSCOPE_BILLING", "on")
+    backend = EnvVarBackend("MG_ENVSCOPE")
+
+    @maintenance_scope("billing")
+    async def invoices(request: Request) -> Response:
+        return PlainTextResponse("billing endpoint")
+
+    app = Starlette(routes=[Route("/billing", says("glob endpoint")), Route("/invoices", invoices)])
+    app.add_middleware(MaintenanceModeMiddleware, backend=backend, scopes={"/billing": "billing"})
+    assert (await get_state(backend=backend, scope="billing")).active
+    assert (await request(app, "/billing")).status == 503
+    assert (await request(app, "/invoices")).status == 503
+
+
+@pytest.mark.anyio
+@asyncio_only
+async def test_a_scope_on_before_its_controller_was_made_is_enforced() -> None:
+    backend = MemoryBackend()
+    await set_maintenance_mode(True, backend=backend, scope="billing")
+    gc.collect()  # the scope's controller is freed; the store keeps its state
+    await set_maintenance_mode(True, backend=backend, scope="other")
+    await set_maintenance_mode(False, backend=backend, scope="other")
+    gc.collect()
+
+    @maintenance_scope("billing")
+    async def invoices(request: Request) -> Response:
+        return PlainTextResponse("billing endpoint")
+
+    app = Starlette(routes=[Route("/invoices", invoices)])
+    app.add_middleware(MaintenanceModeMiddleware, backend=backend)
+    assert (await request(app, "/invoices")).status == 503
+
+
+@pytest.mark.anyio
+@asyncio_only
+async def test_marks_inside_a_wrapped_mounted_app_are_followed() -> None:
+    @force_maintenance_mode_on
+    async def legacy(request: Request) -> Response:
+        return PlainTextResponse("forced endpoint")
+
+    @maintenance_scope("billing")
+    async def invoices(request: Request) -> Response:
+        return PlainTextResponse("billing endpoint")
+
+    backend = MemoryBackend()
+    inner = Starlette(routes=[Route("/legacy", legacy), Route("/invoices", invoices)])
+    app = Starlette(routes=[Mount("/sub", app=GZipMiddleware(inner))])
+    app.add_middleware(MaintenanceModeMiddleware, backend=backend)
+    forced = await request(app, "/sub/legacy")
+    await set_maintenance_mode(True, backend=backend, scope="billing")
+    scoped = await request(app, "/sub/invoices")
+    assert (forced.status, scoped.status) == (503, 503)
+
+
 def test_forced_route_answers_503_while_off(client_for: Any) -> None:
     @force_maintenance_mode_on
     async def legacy(request: Request) -> Response:
@@ -486,29 +913,35 @@ async def test_websocket_refused_with_1013_without_denial_extension() -> None:
     memory = MemoryBackend()
     app = make_app(memory, [WebSocketRoute("/ws", echo)])
     await set_maintenance_mode(True, memory)
-    sent: list[dict[str, Any]] = []
-    scope = {
-        "type": "websocket",
-        "path": "/ws",
-        "raw_path": b"/ws",
-        "root_path": "",
-        "headers": [],
-        "query_string": b"",
-        "client": ("127.0.0.1", 1),
-        "server": ("t", 80),
-        "extensions": {},
-    }
-    messages = [{"type": "websocket.connect"}]
-
-    async def receive() -> dict[str, Any]:
-        return messages.pop(0) if messages else {"type": "websocket.disconnect", "code": 1000}
-
-    async def send(message: dict[str, Any]) -> None:
-        sent.append(message)
-
-    await app(scope, receive, send)
-    assert [m["type"] for m in sent] == ["websocket.accept", "websocket.close"]
+    scope = websocket_scope(client=("127.0.0.1", 1), extensions={})
+    sent = await call(app, scope, then="disconnect")
+    assert sent.types == ["websocket.accept", "websocket.close"]
     assert sent[1]["code"] == 1013
+
+
+@pytest.mark.anyio
+@asyncio_only
+async def test_websocket_refusal_forms() -> None:
+    backend = MemoryBackend()
+
+    async def feed(websocket: WebSocket) -> None:
+        await websocket.accept()
+        await websocket.send_text("endpoint")
+
+    app = Starlette(routes=[WebSocketRoute("/ws", feed)])
+    app.add_middleware(MaintenanceModeMiddleware, backend=backend)
+    await set_maintenance_mode(True, backend=backend, mode="read_only")
+    for extensions in ({"websocket.http.response": {}}, {}):
+        scope = websocket_scope(client=("1.2.3.4", 1), extensions=extensions)
+        sent = await call(app, scope, then="disconnect")
+        kinds = sent.types
+        if extensions:
+            assert kinds == ["websocket.http.response.start", "websocket.http.response.body"]
+            assert sent[0]["status"] == 503
+        else:
+            assert kinds == ["websocket.accept", "websocket.close"]
+            assert sent[1]["code"] == 1013
+        assert not any(m.get("text") == "endpoint" for m in sent)
 
 
 def test_open_websockets_closed_with_1012_when_maintenance_begins(
@@ -521,6 +954,53 @@ def test_open_websockets_closed_with_1012_when_maintenance_begins(
         with pytest.raises(WebSocketDisconnect) as closed:
             ws.receive_text()
     assert closed.value.code == 1012
+
+
+def test_websockets_refused_and_closed_when_maintenance_begins() -> None:
+    backend = MemoryBackend()
+
+    async def echo(websocket: WebSocket) -> None:
+        await websocket.accept()
+        with contextlib.suppress(WebSocketDisconnect):
+            while True:
+                await websocket.send_text("echo " + await websocket.receive_text())
+
+    billing_feed = maintenance_scope("billing")(lambda websocket: echo(websocket))
+
+    app = Starlette(routes=[WebSocketRoute("/billing", billing_feed), WebSocketRoute("/ws", echo)])
+    app.add_middleware(MaintenanceModeMiddleware, backend=backend, close_websockets=True)
+    with TestClient(app) as client:
+        with client.websocket_connect("/billing") as session:
+            session.send_text("a")
+            assert session.receive_text() == "echo a"
+            client.portal.call(lambda: set_maintenance_mode(True, backend=backend, scope="billing"))
+            assert session.receive() == {
+                "type": "websocket.close",
+                "code": 1012,
+                "reason": "maintenance",
+            }
+        with client.websocket_connect("/ws") as session:  # another scope: stays open
+            session.send_text("b")
+            assert session.receive_text() == "echo b"
+        client.portal.call(lambda: set_maintenance_mode(True, backend=backend, mode="read_only"))
+        with (
+            pytest.raises(WebSocketDisconnect),  # read-only refuses sessions too
+            client.websocket_connect("/ws") as session,
+        ):
+            session.receive_text()
+
+
+@pytest.mark.anyio
+@asyncio_only
+async def test_close_websockets_lets_the_apps_own_error_through() -> None:
+    async def broken(websocket: WebSocket) -> None:
+        await websocket.accept()
+        raise KeyError("the app's own error")
+
+    app = Starlette(routes=[WebSocketRoute("/ws", broken)])
+    app.add_middleware(MaintenanceModeMiddleware, backend=MemoryBackend(), close_websockets=True)
+    with pytest.raises(KeyError):
+        await call(app, websocket_scope(client=("1.2.3.4", 1)))
 
 
 # -- lifespan, default backend, watcher --------
@@ -558,6 +1038,18 @@ def test_corrupt_state_fails_startup_clearly(tmp_path: Path) -> None:
     app = make_app(LocalFileBackend(path), [Route("/", ok)])
     with pytest.raises(Exception, match="does not hold a maintenance state"), TestClient(app):
         pass
+
+
+@pytest.mark.anyio
+@asyncio_only
+async def test_corrupt_state_fails_lifespan_startup(tmp_path: Any) -> None:
+    state = tmp_path / "state.json"
+    state.write_text("{not json")
+    app = Starlette(routes=[Route("/", says("home"))])
+    app.add_middleware(MaintenanceModeMiddleware, backend=LocalFileBackend(str(state)))
+    sent = await lifespan_startup(app)
+    assert sent.types == ["lifespan.startup.failed"]
+    assert "maintguard:" in sent[0]["message"] and str(state) in sent[0]["message"]
 
 
 def test_corrupt_state_without_lifespan_never_500s(
@@ -643,6 +1135,26 @@ def test_bad_middleware_options(options: dict[str, Any], message: str) -> None:
     backend = options.pop("backend", MemoryBackend())
     with pytest.raises(ConfigurationError, match=message):
         MaintenanceModeMiddleware(ok, backend, **options)
+
+
+def test_a_boolean_option_given_a_string_is_refused() -> None:
+    app = Starlette()
+    with pytest.raises(ConfigurationError):
+        MaintenanceModeMiddleware(app, backend=MemoryBackend(), exempt_docs="false")  # type: ignore[arg-type]
+
+
+@pytest.mark.anyio
+@asyncio_only
+async def test_conflicting_store_options_are_refused_when_the_middleware_is_built(
+    tmp_path: Any,
+) -> None:
+    path = str(tmp_path / "state.json")
+    first = LocalFileBackend(path, lease_ttl=10)
+    await get_state(backend=first)  # the store is in use with lease_ttl=10
+    app = Starlette(routes=[Route("/", says("home"))])
+    with pytest.raises(ConfigurationError, match="lease_ttl"):
+        MaintenanceModeMiddleware(app, backend=LocalFileBackend(path, lease_ttl=30))
+    del first
 
 
 def test_route_decorator_misuse() -> None:

@@ -12,11 +12,10 @@ Both are sync Hypothesis tests that drive the ASGI app with ``anyio.run``.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import string
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -24,6 +23,7 @@ from urllib.parse import unquote
 
 import anyio
 import anyio.lowlevel
+import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from starlette.applications import Starlette
@@ -42,6 +42,8 @@ from maintguard import (
 )
 from maintguard._state import ExplicitState, HoldRecord, Mode, StoredState
 from maintguard.backends import Backend, MemoryBackend
+from tests import asgi
+from tests.asgi import Sent, http_scope, served, websocket_scope
 
 EXAMPLES = int(os.environ.get("MAINTGUARD_PROPERTY_EXAMPLES", "60"))
 SECRET = "s3cret-bypass-token-0123456789"
@@ -258,66 +260,16 @@ class Answer:
 
 
 async def call(app: Any, scope: dict[str, Any]) -> Answer:
-    if scope["type"] == "websocket":
-        inbox = [{"type": "websocket.connect"}]
-        closing = {"type": "websocket.disconnect", "code": 1000}
-    else:
-        inbox = [{"type": "http.request", "body": b"", "more_body": False}]
-        closing = {"type": "http.disconnect"}
-    sent: list[dict[str, Any]] = []
-
-    async def receive() -> dict[str, Any]:
-        if inbox:
-            return inbox.pop(0)
-        await anyio.lowlevel.checkpoint()
-        return closing
-
-    async def send(message: dict[str, Any]) -> None:
-        sent.append(message)
-
+    """The app's answer to one scope (the client hangs up once it has been answered)."""
+    sent = Sent()
     del ran[:]
     raised = None
     with anyio.fail_after(10):
         try:
-            await app(scope, receive, send)
+            await asgi.call(app, scope, then="disconnect", sent=sent)
         except Exception as exc:
             raised = exc
     return Answer(sent, list(ran), raised)
-
-
-@contextlib.asynccontextmanager
-async def served(app: Any) -> AsyncIterator[list[dict[str, Any]]]:
-    """The app's lifespan: started on entry, shut down on exit (so its watcher stops)."""
-    answers: list[dict[str, Any]] = []
-    started, stop = anyio.Event(), anyio.Event()
-    asked = 0
-
-    async def receive() -> dict[str, Any]:
-        nonlocal asked
-        asked += 1
-        if asked == 1:
-            return {"type": "lifespan.startup"}
-        await stop.wait()
-        return {"type": "lifespan.shutdown"}
-
-    async def send(message: dict[str, Any]) -> None:
-        answers.append(message)
-        if message["type"].startswith("lifespan.startup."):
-            started.set()
-
-    async def run() -> None:
-        with contextlib.suppress(Exception):  # a failed startup raises after saying so
-            await app({"type": "lifespan", "asgi": {"version": "3.0"}, "state": {}}, receive, send)
-        started.set()
-
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(run)
-        with anyio.fail_after(10):
-            await started.wait()
-        try:
-            yield answers
-        finally:
-            stop.set()
 
 
 def asgi_scope(
@@ -327,23 +279,11 @@ def asgi_scope(
     path = unquote(raw.decode("ascii"))
     if root and prefixed:
         path, raw = root + path, root.encode() + raw
-    kind = "websocket" if method == WEBSOCKET else "http"
-    scope: dict[str, Any] = {
-        "type": kind,
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "scheme": "ws" if kind == "websocket" else "http",
-        "path": path,
-        "raw_path": raw,
-        "root_path": root,
-        "query_string": b"",
-        "headers": [(b"host", host), (b"accept", b"*/*")],
-        "client": ("127.0.0.1", 5000),
-        "server": ("testserver", 80),
-    }
-    if kind == "http":
-        scope["method"] = method
-    return scope
+    where: dict[str, Any] = {"raw_path": raw, "root_path": root, "host": host}
+    where |= {"headers": [(b"accept", b"*/*")], "client": ("127.0.0.1", 5000)}
+    if method == WEBSOCKET:
+        return websocket_scope(path, **where)
+    return http_scope(path, method, **where)
 
 
 def run(func: Callable[..., Any], *args: Any, loop: str = "asyncio") -> None:
@@ -504,6 +444,7 @@ async def _decide(
             check_decision(await call(app, scope), method, on, what)
 
 
+@pytest.mark.slow
 @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     situation=situations,

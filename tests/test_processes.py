@@ -18,6 +18,8 @@ from maintguard import sync
 from maintguard._state import MaintenanceState, StoredState
 from tests.stores import new_spec, open_store
 
+pytestmark = pytest.mark.processes
+
 SCRIPT = Path(__file__).with_name("holder_process.py")
 ROOT = Path(__file__).parents[1]
 
@@ -111,6 +113,7 @@ def test_sigint_in_a_sync_holder_releases(
     assert (s.active, s.holds) == (False, 0)
 
 
+@pytest.mark.slow
 def test_many_processes_writing_at_once_lose_nothing_and_tear_nothing(
     tmp_path: Path, store: str, spawn: Callable[..., subprocess.Popen[str]]
 ) -> None:
@@ -132,6 +135,8 @@ def test_many_processes_writing_at_once_lose_nothing_and_tear_nothing(
     assert (s.active, s.holds) == (False, 0)
 
 
+@pytest.mark.slow
+@pytest.mark.redis
 def test_a_holder_whose_clock_is_an_hour_behind_still_counts_on_redis(tmp_path: Path) -> None:
     # Its own clock would put its lease an hour in the past; Redis's clock decides.
     store = new_spec("redis", tmp_path)

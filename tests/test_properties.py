@@ -128,6 +128,7 @@ async def _run_schedule(make: Any, writable: bool, schedule: list[tuple[Any, ...
     await check()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["memory", "env", "file", "redis"])
 @pytest.mark.parametrize("framework", ["asyncio", "trio"])
 @settings(
@@ -237,7 +238,7 @@ class HoldStackModel(RuleBasedStateMachine):
         assert not held.live(to_datetime(self.now + 30.0))
 
 
-TestHoldStackModel = HoldStackModel.TestCase
+TestHoldStackModel = pytest.mark.slow(HoldStackModel.TestCase)
 TestHoldStackModel.settings = settings(max_examples=150, stateful_step_count=40, deadline=None)
 
 
@@ -430,6 +431,7 @@ def _run_mixed(path: Path, schedule: list[tuple[Any, ...]]) -> None:
         check(portals)
 
 
+@pytest.mark.slow
 @settings(
     max_examples=int(os.environ.get("MAINTGUARD_PROPERTY_EXAMPLES", "60")),
     deadline=None,

@@ -75,6 +75,8 @@ from maintguard._core.drive import ASYNC
 from maintguard._state import derive, utcnow
 from maintguard.backends import Backend, LocalFileBackend, MemoryBackend
 
+pytestmark = pytest.mark.slow
+
 WAIT_TIMEOUT = 15.0  # a "wait" job that waits longer than this is a failure, not a hang
 SETTLE = 30.0  # seconds the end of an example may take at most
 HELPER_TIMEOUT = 0.5  # a helper inside its hold never waits at all

@@ -20,6 +20,8 @@ from maintguard._core import controller, watch
 from maintguard.backends import RedisBackend
 from tests.stores import RedisServer, new_spec, open_store, redis_prefix
 
+pytestmark = pytest.mark.processes
+
 SCRIPT = Path(__file__).with_name("holder_process.py")
 ROOT = Path(__file__).parents[1]
 
@@ -71,6 +73,7 @@ def longest_off(look: Iterator[bool], seconds: float) -> tuple[float, bool]:
     return longest, last
 
 
+@pytest.mark.slow
 def test_a_restarted_redis_shows_the_hold_again_within_a_second(
     tmp_path: Path, redis_server: RedisServer, ended: list[subprocess.Popen[str]]
 ) -> None:

@@ -1,12 +1,22 @@
-"""The Redis backend's own behaviour, against the real Redis server of tests/stores.py."""
+"""The Redis backend's own behaviour, against the real Redis server of tests/stores.py:
+URLs and passwords, the rule that objects naming one store share it, hostile data under
+the prefix's keys, a Redis that stalls, pauses or refuses at the worst moment, cancellation
+of every kind, and forks.
+
+Every test uses a key prefix of its own (tests/stores.py); tests that pause or stall a
+server use a redis-server or a socket of their own, never the shared one."""
 
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import os
 import shlex
+import signal
+import socket
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta, timezone
@@ -14,9 +24,11 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.to_thread
 import pytest
 import redis
 from redis.crc import key_slot
+from starlette.testclient import TestClient
 
 from maintguard import (
     BackendError,
@@ -31,10 +43,12 @@ from maintguard._core.controller import ScopeController
 from maintguard._core.registry import controller, store_of
 from maintguard._state import HoldRecord, StoredState
 from maintguard.backends import RedisBackend, backend_from_url
+from tests.asgi import request
 from tests.conftest import redis_backend
-from tests.stores import REDIS_URL, redis_prefix
+from tests.stores import REDIS_URL, RedisServer, redis_prefix
+from tests.test_redis_server import app_for
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.redis]
 
 
 def twin(backend: RedisBackend, **options: Any) -> RedisBackend:
@@ -65,6 +79,57 @@ def watched(backend: RedisBackend, raw: redis.Redis) -> Iterator[ScopeController
         stop()
 
 
+def backend_at(prefix: str, url: str = REDIS_URL, **options: Any) -> RedisBackend:
+    options.setdefault("refresh_interval", 0)
+    return RedisBackend(url, key_prefix=prefix, **options)
+
+
+def elsewhere(prefix: str, **options: Any) -> RedisBackend:
+    """Another process's view of :func:`backend_at`'s keys (see :func:`twin`)."""
+    options.setdefault("refresh_interval", 0)
+    return twin(backend_at(prefix), **options)
+
+
+def state_of(backend: RedisBackend, scope: str | None = None) -> Any:
+    return sync.get_state(backend, scope)
+
+
+def tag(prefix: str) -> str:
+    return "{" + prefix + "}"
+
+
+@contextlib.contextmanager
+def stalled_server() -> Iterator[int]:
+    """A port that accepts connections and never answers (a hung Redis)."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(64)
+    accepted: list[socket.socket] = []
+    done = threading.Event()
+
+    def accept() -> None:
+        while not done.is_set():
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            accepted.append(conn)
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        yield listener.getsockname()[1]
+    finally:
+        done.set()
+        with contextlib.suppress(OSError):
+            listener.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept()
+        listener.close()
+        thread.join(5)
+        for conn in accepted:  # pending calls fail at once now
+            with contextlib.suppress(OSError):
+                conn.close()
+
+
 # -- URLs, names and options ------------------------------------------------------------------
 
 
@@ -88,12 +153,62 @@ def test_same_server_database_and_prefix_is_one_store() -> None:
         store_of(RedisBackend("redis://cache:6379/1", key_prefix="p", lease_ttl=10))
 
 
+@pytest.mark.parametrize(
+    "second",
+    ["rediss://cache:6379/0", "redis://:other-password@cache:6379/0"],
+)
+def test_a_second_object_with_other_connection_settings_is_not_silently_ignored(
+    second: str,
+) -> None:
+    prefix = redis_prefix()
+    first = RedisBackend("redis://:first-password@cache:6379/0", key_prefix=prefix)
+    store_of(first)
+    with pytest.raises(ConfigurationError):
+        store_of(RedisBackend(second, key_prefix=prefix))
+
+
+def test_spellings_of_one_server_share_a_store_and_other_dbs_do_not() -> None:
+    prefix = redis_prefix()
+    one = RedisBackend("redis://Cache:6379/1", key_prefix=prefix)
+    for same in ["redis://cache/1", "redis://cache:6379/01", "redis://cache:6379/0?db=1"]:
+        assert store_of(RedisBackend(same, key_prefix=prefix)) is store_of(one), same
+    for other in ["redis://cache:6379/2", "redis://cache:6380/1", "redis://cache2:6379/1"]:
+        assert store_of(RedisBackend(other, key_prefix=prefix)) is not store_of(one), other
+
+
+def test_a_given_client_names_its_own_server_and_agrees_on_options() -> None:
+    import redis.asyncio as aioredis
+
+    prefix = redis_prefix()
+    by_url = RedisBackend("redis://127.0.0.1:6379/0", key_prefix=prefix)
+    client = aioredis.Redis(host="127.0.0.1", port=6379, db=0)
+    by_client = RedisBackend(key_prefix=prefix, client=client)
+    assert store_of(by_client) is store_of(by_url)
+    with pytest.raises(ConfigurationError, match="lease_ttl"):
+        store_of(RedisBackend(key_prefix=prefix, client=client, lease_ttl=5))
+    assert "127.0.0.1:6379/0" in by_client.describe()
+
+
 def test_passwords_never_show() -> None:
     backend = RedisBackend("redis://app:s3cret@cache:6379/0?password=s3cret")
     assert "s3cret" not in backend.describe() and "***" in backend.describe()
     with pytest.raises(ConfigurationError) as bad:
         backend_from_url("rediss://app:s3cret@cache:notaport/0")
     assert "s3cret" not in str(bad.value) and "is not understood" in str(bad.value)
+
+
+def test_a_password_with_an_at_sign_never_shows() -> None:
+    backend = RedisBackend("redis://app:p@ss-w0rd@cache:6379/0")
+    assert backend._where["password"] == "p@ss-w0rd"  # redis-py takes it so
+    assert "ss-w0rd" not in backend.describe()
+    assert "ss-w0rd" not in repr(backend)
+
+
+@pytest.mark.parametrize("password", ["pa/ss", "pa#ss", "pa?ss"])
+def test_an_unparsable_url_never_echoes_its_password(password: str) -> None:
+    with pytest.raises(ConfigurationError) as bad:
+        RedisBackend(f"redis://app:{password}@cache:6379/0")
+    assert "ss@" not in str(bad.value)
 
 
 @pytest.mark.parametrize(
@@ -110,6 +225,33 @@ def test_passwords_never_show() -> None:
 def test_bad_options_say_what_to_do(options: dict[str, Any], message: str) -> None:
     with pytest.raises(ConfigurationError, match=message):
         RedisBackend(**options)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://cache:99999/0",
+        "redis://cache/0?db=x",
+        "redis://cache?socket_timeout=abc",
+        "ftp://cache",
+        "",
+        "redis://[::1",
+        "redis://cache:-1/0",
+    ],
+)
+def test_bad_urls_are_configuration_errors_not_tracebacks(url: str) -> None:
+    with pytest.raises(ConfigurationError, match="is not understood"):
+        backend_from_url(url) if url else RedisBackend(url)
+
+
+def test_a_url_option_that_can_never_work_is_refused_when_built() -> None:
+    with pytest.raises(ConfigurationError):
+        RedisBackend("redis://127.0.0.1:6379/0?bogus=1", key_prefix=redis_prefix())
+
+
+def test_a_mistyped_database_is_refused_not_taken_for_db_0() -> None:
+    with pytest.raises(ConfigurationError):
+        RedisBackend("redis://cache:6379/1x")
 
 
 def test_without_redis_py_the_error_says_how_to_install_it(
@@ -148,6 +290,16 @@ def test_a_given_client_keeps_its_own_timeouts() -> None:
     assert backend._connection().connection_pool.connection_kwargs["socket_timeout"] == 9
 
 
+def test_a_huge_lease_is_refused_or_works() -> None:
+    prefix = redis_prefix()
+    try:
+        backend = backend_at(prefix, lease_ttl=1e12)
+    except ConfigurationError:
+        return
+    with under_maintenance(backend=backend, reason="long"):
+        assert state_of(elsewhere(prefix)).active is True
+
+
 # -- what is stored, and how ---------------------------------------------------------------------
 
 
@@ -168,6 +320,199 @@ async def test_keys_share_one_hash_tag_and_are_tidied(raw: redis.Redis) -> None:
         assert raw.smembers(f"{tag}:scopes") == {"billing"}
     await set_maintenance_mode(False, backend)
     assert set(raw.scan_iter(match=tag + "*")) == {f"{tag}:version"}
+
+
+@pytest.mark.parametrize("damage", ["junk hold in a named scope", "scopes key of the wrong type"])
+def test_a_corrupt_named_scope_does_not_blind_readers_of_the_global_scope(
+    raw: redis.Redis, damage: str
+) -> None:
+    prefix = redis_prefix()
+    t = tag(prefix)
+    reader, operator = backend_at(prefix), elsewhere(prefix)
+    assert state_of(reader).active is False  # read once: last_known is "off"
+    if damage.startswith("junk"):
+        raw.hset(f"{t}:scope:junk:holds", "x", "{not json")
+        raw.zadd(f"{t}:scope:junk:leases", {"x": float("inf")})
+        raw.sadd(f"{t}:scopes", "junk")
+    else:
+        raw.set(f"{t}:scopes", "oops")
+    sync.set_maintenance_mode(True, operator, reason="DB upgrade")
+    assert state_of(reader).active is True
+
+
+@pytest.mark.parametrize("version", ["abc", str(2**63 - 1)])
+def test_a_write_that_reports_failure_changed_nothing(raw: redis.Redis, version: str) -> None:
+    prefix = redis_prefix()
+    t = tag(prefix)
+    raw.set(f"{t}:version", version)
+    backend = backend_at(prefix)
+    try:
+        sync.set_maintenance_mode(True, backend, reason="op")
+    except BackendError:
+        assert raw.exists(f"{t}:explicit") == 0  # failed: nothing was stored
+    else:
+        assert raw.exists(f"{t}:explicit") == 1
+
+
+def test_a_broken_version_counter_starts_again_and_the_hold_works(raw: redis.Redis) -> None:
+    # The counter only numbers change messages: a value something else wrote is replaced.
+    prefix = redis_prefix()
+    t = tag(prefix)
+    raw.set(f"{t}:version", "abc")
+    with under_maintenance(backend=backend_at(prefix)):
+        assert raw.hlen(f"{t}:holds") == 1 and raw.get(f"{t}:version") == "1"
+    assert raw.hlen(f"{t}:holds") == 0 and raw.zcard(f"{t}:leases") == 0
+
+
+def test_a_hold_next_to_a_corrupt_record_raises_and_leaves_nothing(raw: redis.Redis) -> None:
+    prefix = redis_prefix()
+    t = tag(prefix)
+    raw.hset(f"{t}:holds", "junk", "[1, 2")
+    raw.zadd(f"{t}:leases", {"junk": float("inf")})
+    ran = False
+    with (
+        pytest.raises(BackendError, match="did not write"),
+        under_maintenance(backend=backend_at(prefix)),
+    ):
+        ran = True
+    assert not ran
+    assert raw.hkeys(f"{t}:holds") == ["junk"]  # ours went again; theirs is left alone
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        "explicit without state",
+        "explicit not json",
+        "explicit a list",
+        "explicit since nan",
+        "explicit until huge",
+        "hold lease huge",
+        "hold lease -inf",
+        "hold not an object",
+        "hold pid float",
+        "holds a string",
+        "invalid utf-8",
+        "retry_after nan",
+    ],
+)
+def test_hostile_values_fail_loudly_then_recover(raw: redis.Redis, damage: str) -> None:
+    # Never a crash or a wrong state: a BackendError when what says "on" cannot be read;
+    # on, without the detail, when only a detail is invalid; nothing for an expired lease.
+    # Once the keys are mended the store reads again.
+    prefix = redis_prefix()
+    t = tag(prefix)
+    binary = redis.Redis.from_url(REDIS_URL)
+    good = '{"reason":"x"}'
+    now = str(time.time())
+    try:
+        if damage == "explicit without state":
+            raw.hset(f"{t}:explicit", "since", now)
+        elif damage == "explicit not json":
+            raw.hset(f"{t}:explicit", mapping={"state": "{", "since": now})
+        elif damage == "explicit a list":
+            raw.hset(f"{t}:explicit", mapping={"state": "[]", "since": now})
+        elif damage == "explicit since nan":
+            raw.hset(f"{t}:explicit", mapping={"state": good, "since": "nan"})
+        elif damage == "explicit until huge":
+            raw.hset(f"{t}:explicit", mapping={"state": good, "until": "1e300"})
+        elif damage == "retry_after nan":
+            raw.hset(f"{t}:explicit", mapping={"state": '{"retry_after":NaN}', "since": now})
+        elif damage == "invalid utf-8":
+            binary.hset(f"{t}:explicit", mapping={"state": b'{"reason":"\xff"}', "since": now})
+        elif damage == "holds a string":
+            raw.set(f"{t}:holds", "x")
+            raw.zadd(f"{t}:leases", {"x": float("inf")})
+        else:
+            record = {
+                "hold lease huge": '{"acquired":"2020-01-01T00:00:00+00:00",'
+                '"started":"2020-01-01T00:00:00+00:00"}',
+                "hold lease -inf": "{}",
+                "hold not an object": '"text"',
+                "hold pid float": '{"acquired":"2020-01-01T00:00:00+00:00",'
+                '"started":"2020-01-01T00:00:00+00:00","pid":1.5}',
+            }[damage]
+            score = {"hold lease huge": 1e300, "hold lease -inf": float("-inf")}.get(
+                damage, float("inf")
+            )
+            raw.hset(f"{t}:holds", "h", record)
+            raw.zadd(f"{t}:leases", {"h": score})
+        backend = backend_at(prefix)
+        if damage == "hold lease -inf":  # long expired: simply not there
+            assert state_of(backend).active is False
+        elif damage in ("explicit since nan", "explicit until huge", "retry_after nan"):
+            state = state_of(backend)  # the hash is there: on, the detail dropped
+            field = damage.split()[-2] if damage.startswith("explicit") else "retry_after"
+            assert (state.active, getattr(state, field)) == (True, None)
+        elif damage == "hold pid float":
+            state = state_of(backend)
+            assert (state.active, state.holders[0].pid) == (True, 0)
+        else:
+            with pytest.raises(BackendError):
+                state_of(backend)
+        for key in raw.scan_iter(match=t + "*"):
+            raw.delete(key)
+        assert state_of(backend).active is False
+        with under_maintenance(backend=backend, reason="after"):
+            assert state_of(elsewhere(prefix)).reason == "after"
+    finally:
+        binary.close()
+
+
+@pytest.mark.slow
+def test_hostile_values_through_the_middleware_never_give_a_500(raw: redis.Redis) -> None:
+    prefix = redis_prefix()
+    t = tag(prefix)
+    backend = backend_at(prefix, refresh_interval=0.05)
+    now = str(time.time())
+    damages: list[Callable[[], object]] = [
+        lambda: raw.hset(f"{t}:explicit", mapping={"state": "{", "since": now}),
+        lambda: raw.hset(
+            f"{t}:explicit",
+            mapping={"state": '{"retry_after":1e308,"reason":"\\r\\nX: y\\u2028\\ud83d"}'},
+        ),
+        lambda: raw.hset(
+            f"{t}:explicit",
+            mapping={"state": '{"retry_after":"9999-12-31T23:59:59+00:00"}', "until": "1e11"},
+        ),
+        lambda: raw.hset(f"{t}:explicit", mapping={"state": '{"reason":"' + "é" * 300_000 + '"}'}),
+        lambda: raw.hset(f"{t}:explicit", mapping={"state": '{"mode":"read_only"}'}),
+        lambda: raw.set(f"{t}:holds", "wrong type"),
+        lambda: raw.set(f"{t}:version", "abc"),
+        lambda: raw.publish(f"{t}:changes", "garbage" * 1000),
+    ]
+    with TestClient(app_for(backend)) as client:
+        assert client.get("/").status_code == 200
+        for damage in damages:
+            damage()
+            seen = set()
+            for _ in range(15):
+                for accept in ("text/html", "application/json", "*/*"):
+                    seen.add(client.get("/", headers={"accept": accept}).status_code)
+                    seen.add(client.head("/").status_code)
+                time.sleep(0.01)
+            assert seen <= {200, 503}, (damage, seen)
+            for key in raw.scan_iter(match=t + "*"):
+                raw.delete(key)
+        sync.set_maintenance_mode(True, elsewhere(prefix), reason="real")
+        eventually(lambda: client.get("/").status_code == 503, 5)
+        sync.set_maintenance_mode(False, elsewhere(prefix))
+        eventually(lambda: client.get("/").status_code == 200, 5)
+
+
+def test_scope_names_with_colons_braces_and_unicode_stay_apart(raw: redis.Redis) -> None:
+    prefix = redis_prefix()
+    t = tag(prefix)
+    backend, other = backend_at(prefix), elsewhere(prefix)
+    odd = ["a:b", "a:b:holds", "{x}", "scope:a", "ünï🙂", "a b", "x}:scope:{y"]
+    for scope in odd:
+        with under_maintenance(backend=backend, scope=scope, reason=scope):
+            assert state_of(other, scope).reason == scope
+            assert state_of(other).active is False
+            assert all(state_of(other, s).active is False for s in odd if s != scope)
+            keys = list(raw.scan_iter(match=t + "*"))
+            assert len({key_slot(k.encode()) for k in keys}) == 1
+    assert set(raw.scan_iter(match=t + "*")) == {f"{t}:version"}
 
 
 async def test_scripts_survive_a_script_flush(raw: redis.Redis) -> None:
@@ -200,6 +545,16 @@ async def test_a_hold_entered_while_redis_is_down_raises_and_its_body_never_runs
     assert not ran
     assert "RedisBackend(redis://:***@127.0.0.1:1/0" in str(error.value)
     assert "pw@" not in str(error.value)
+
+
+def test_a_hold_through_a_bad_password_fails_clearly_without_the_password() -> None:
+    backend = backend_at(redis_prefix(), REDIS_URL.replace("redis://", "redis://nobody:hunter2@"))
+    ran = False
+    start = time.monotonic()
+    with pytest.raises(BackendError) as error, under_maintenance(backend=backend):
+        ran = True
+    assert not ran and time.monotonic() - start < 20
+    assert "hunter2" not in str(error.value) and "***" in str(error.value)
 
 
 # -- notification --------------------------------------------------------------------------------
@@ -239,6 +594,37 @@ def test_a_lease_that_runs_out_is_heard_then_without_any_message(raw: redis.Redi
     assert heard[1][1] - start < 2.5
 
 
+# -- requests never wait on Redis ---------------------------------------------------------------
+
+
+def test_requests_after_startup_do_not_wait_on_a_paused_redis(redis_server: RedisServer) -> None:
+    prefix = redis_prefix()
+    backend = backend_at(prefix, f"redis://127.0.0.1:{redis_server.port}/0", refresh_interval=0.1)
+    with TestClient(app_for(backend)) as client:
+        assert client.get("/").status_code == 200
+        paused(redis_server, 2500)  # the watcher's reads hang meanwhile
+        took, seen = [], set()
+        end = time.monotonic() + 1.5
+        while time.monotonic() < end:
+            start = time.monotonic()
+            seen.add(client.get("/").status_code)
+            took.append(time.monotonic() - start)
+        assert seen == {200} and max(took) < 1
+
+
+def test_the_first_request_without_a_lifespan_does_not_wait_on_a_hung_redis() -> None:
+    prefix = redis_prefix()
+    with stalled_server() as port:
+        backend = backend_at(prefix, f"redis://127.0.0.1:{port}/0")
+        app = app_for(backend)
+
+        async def first() -> int | None:
+            with anyio.fail_after(3):
+                return (await request(app, "/")).status
+
+        assert anyio.run(first) in (200, 503)
+
+
 # -- renewals, forks and sync code ---------------------------------------------------------------
 
 
@@ -259,6 +645,58 @@ def test_a_renewal_that_finds_its_record_gone_writes_it_again_with_a_warning(
         assert sync.get_state(twin(backend, refresh_interval=0)).reason == "migration"
 
 
+def test_a_failed_release_is_retried_once_redis_answers_again(raw: redis.Redis) -> None:
+    prefix, user = redis_prefix(), f"mgtest-acl-{os.getpid()}"
+    raw.execute_command("ACL", "SETUSER", user, "on", ">pw", "~*", "&*", "+@all")
+    try:
+        backend = backend_at(
+            prefix, REDIS_URL.replace("redis://", f"redis://{user}:pw@"), refresh_interval=0.2
+        )
+        other = elsewhere(prefix)
+        stop = watcher.watch(backend)  # the process goes on watching the store
+        try:
+            with under_maintenance(backend=backend, reason="job"):
+                assert state_of(other).active is True
+                raw.execute_command("ACL", "SETUSER", user, "-evalsha", "-eval")
+            raw.execute_command("ACL", "SETUSER", user, "+@all")  # Redis answers again
+            assert state_of(backend).active is False  # this process is off (I2)...
+            eventually(lambda: state_of(other).active is False, 4)  # ...and so are others
+        finally:
+            stop()
+    finally:
+        raw.execute_command("ACL", "DELUSER", user)
+
+
+def test_a_live_hold_is_never_missed_by_another_process_with_a_short_lease(
+    raw: redis.Redis,
+) -> None:
+    prefix = redis_prefix()
+    backend = backend_at(prefix, lease_ttl=0.3)  # renewed every 0.1 s
+    reader = elsewhere(prefix, lease_ttl=0.3)
+    with under_maintenance(backend=backend, reason="short"):
+        end = time.monotonic() + 1.5
+        misses = 0
+        while time.monotonic() < end:
+            misses += state_of(reader).active is False
+            time.sleep(0.01)
+    assert misses == 0
+    eventually(lambda: state_of(reader).active is False, 2)
+
+
+def test_a_flushed_script_cache_and_keys_mid_hold_are_written_again(raw: redis.Redis) -> None:
+    prefix = redis_prefix()
+    t = tag(prefix)
+    backend = backend_at(prefix, lease_ttl=0.6)
+    with under_maintenance(backend=backend, scope="billing", reason="migration"):
+        raw.script_flush()
+        for key in raw.scan_iter(match=t + "*"):
+            raw.delete(key)
+        eventually(lambda: state_of(elsewhere(prefix), "billing").reason == "migration", 3)
+        assert raw.sismember(f"{t}:scopes", "billing")  # readers' whole-store read finds it
+    eventually(lambda: state_of(elsewhere(prefix), "billing").active is False, 3)
+
+
+@pytest.mark.processes
 def test_a_forked_child_uses_a_connection_of_its_own() -> None:
     backend = redis_backend()
     with under_maintenance(backend=backend, reason="parent"):
@@ -282,6 +720,141 @@ def test_a_forked_child_uses_a_connection_of_its_own() -> None:
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
     assert sync.get_state(twin(backend, refresh_interval=0)).active is False
+
+
+@pytest.mark.processes
+def test_a_child_forked_mid_hold_sees_it_and_does_not_end_it() -> None:
+    prefix = redis_prefix()
+    backend = backend_at(prefix)
+    with under_maintenance(backend=backend, reason="parent"):
+        read, write = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child
+            code = 1
+            try:
+                os.close(read)
+                seen = sync.get_state(backend)
+                with under_maintenance(backend=backend, reason="child"):
+                    inside = sync.get_state(backend).holds
+                after = sync.get_state(backend)
+                os.write(write, f"{seen.active} {inside} {after.active} {after.reason}\n".encode())
+                code = 0
+            finally:
+                os._exit(code)
+        os.close(write)
+        with os.fdopen(read) as pipe:
+            line = pipe.readline().strip()
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert line == "True 2 True parent"
+        state = state_of(elsewhere(prefix))
+        assert (state.holds, state.reason) == (1, "parent")
+    assert state_of(elsewhere(prefix)).active is False
+
+
+# -- interrupted entries and exits, on a server of the test's own -------------------------------
+
+
+def paused(server: RedisServer, ms: int) -> None:
+    client = redis.Redis(port=server.port)
+    try:
+        client.execute_command("CLIENT", "PAUSE", ms, "ALL")
+    finally:
+        client.close()
+
+
+def records(server: RedisServer, prefix: str) -> int:
+    client = redis.Redis(port=server.port)
+    try:
+        return int(client.hlen(f"{tag(prefix)}:holds"))
+    finally:
+        client.close()
+
+
+@pytest.mark.anyio
+async def test_an_entry_cancelled_while_redis_is_paused_leaves_nothing(
+    redis_server: RedisServer,
+) -> None:
+    prefix = redis_prefix()
+    backend = backend_at(prefix, f"redis://127.0.0.1:{redis_server.port}/0")
+    async with under_maintenance(backend=backend):  # connected and scripts loaded
+        pass
+    ran = False
+    paused(redis_server, 600)
+    with anyio.move_on_after(0.1) as scope:
+        async with under_maintenance(backend=backend, reason="cancelled"):
+            ran = True
+    assert scope.cancelled_caught and not ran
+    ctrl = controller(backend, None)
+    await anyio.to_thread.run_sync(
+        eventually, lambda: not ctrl.holding() and records(redis_server, prefix) == 0, 10
+    )
+    assert (await get_state(backend)).active is False
+
+
+@pytest.mark.anyio
+async def test_an_exit_cancelled_while_redis_is_paused_still_releases(
+    redis_server: RedisServer,
+) -> None:
+    prefix = redis_prefix()
+    backend = backend_at(prefix, f"redis://127.0.0.1:{redis_server.port}/0")
+    with anyio.move_on_after(0.3):
+        async with under_maintenance(backend=backend, reason="held"):
+            paused(redis_server, 500)
+            await anyio.sleep(5)  # cancelled here; the release waits out the pause
+    assert records(redis_server, prefix) == 0
+    assert (await get_state(backend)).active is False
+
+
+def test_ctrl_c_during_a_sync_entry_on_a_paused_redis_leaves_nothing(
+    redis_server: RedisServer,
+) -> None:
+    prefix = redis_prefix()
+    backend = backend_at(prefix, f"redis://127.0.0.1:{redis_server.port}/0")
+    with under_maintenance(backend=backend):
+        pass
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    ran = False
+    try:
+        paused(redis_server, 600)
+        signal.setitimer(signal.ITIMER_REAL, 0.1)
+        with pytest.raises(KeyboardInterrupt), under_maintenance(backend=backend):
+            ran = True
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    assert not ran
+    eventually(lambda: records(redis_server, prefix) == 0, 10)
+    assert not controller(backend, None).holding()
+
+
+def test_a_generator_closed_in_another_thread_and_one_collected_end_their_holds(
+    raw: redis.Redis,
+) -> None:
+    prefix = redis_prefix()
+    backend = backend_at(prefix)
+
+    @under_maintenance(backend=backend, reason="export")
+    def export() -> Iterator[int]:
+        yield from range(10)
+
+    first = export()
+    next(first)
+    second = export()
+    next(second)
+    assert state_of(elsewhere(prefix)).holds == 1  # one process, one record
+    closer = threading.Thread(target=first.close)
+    closer.start()
+    closer.join(10)
+    assert state_of(elsewhere(prefix)).active is True  # the other still iterates
+    del second
+    gc.collect()
+    assert state_of(elsewhere(prefix)).active is False
+    assert raw.hlen(f"{tag(prefix)}:holds") == 0
 
 
 def test_the_readmes_acl_user_can_do_everything_maintguard_needs(raw: redis.Redis) -> None:

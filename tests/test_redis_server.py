@@ -25,6 +25,8 @@ from maintguard._core.registry import store_of
 from maintguard.backends import RedisBackend
 from tests.stores import RedisServer, redis_prefix
 
+pytestmark = [pytest.mark.redis, pytest.mark.processes]
+
 
 def app_for(backend: RedisBackend) -> Starlette:
     async def home(request: Request) -> Response:
@@ -54,6 +56,7 @@ def until(client: TestClient, status: int, limit: float) -> set[int]:
     return seen
 
 
+@pytest.mark.slow
 def test_redis_killed_and_restarted_mid_run(
     redis_server: RedisServer, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -35,6 +35,7 @@ from maintguard.starlette._responses import (
     choose,
     prepare,
 )
+from tests.asgi import http_scope
 
 UTC = timezone.utc
 SOON = datetime.now(UTC) + timedelta(hours=1)
@@ -46,7 +47,7 @@ def state(**values: Any) -> MaintenanceState:
 
 
 def request() -> Request:
-    return Request({"type": "http", "method": "GET", "path": "/", "headers": []})
+    return Request(http_scope("/"))
 
 
 def strict_json(data: bytes) -> Any:

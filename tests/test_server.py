@@ -19,6 +19,8 @@ from maintguard._core import io
 from maintguard._state import WorkerRecord
 from tests.stores import free_port, new_spec, open_store
 
+pytestmark = pytest.mark.processes
+
 ROOT = Path(__file__).parents[1]
 
 
@@ -106,6 +108,7 @@ def time_until(urls: list[str], status: int, limit: float) -> float:
     return time.monotonic() - start
 
 
+@pytest.mark.slow
 def test_two_workers_follow_a_third_process(workers: list[str], store: str) -> None:
     pids = {httpx.get(url + "/").text for url in workers}
     assert len(pids) == 2  # two separate worker processes

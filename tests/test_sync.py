@@ -118,6 +118,7 @@ def test_from_many_threads_at_once(tmp_path: Path) -> None:
     assert sync.get_state(backend).reason in {f"t{i}" for i in range(6)}
 
 
+@pytest.mark.processes
 def test_importing_it_loads_neither_starlette_nor_redis() -> None:
     code = (
         "import sys, maintguard.sync\n"
