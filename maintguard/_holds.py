@@ -20,8 +20,10 @@ import wrapt
 
 from ._core import ScopeController, coerce, controller, resolve_backend
 from ._core.controller import refresh_store
+from ._core.defaults import default_root
 from ._core.drain import wait_drained, wait_drained_blocking
 from ._core.inflight import mark_held, own_keys, work_frame
+from ._core.registry import root_controller
 from ._core.stack import Presents
 from ._options import named_options
 from ._state import (
@@ -698,7 +700,7 @@ async def get_state(backend: BackendArg = None, scope: str | None = None) -> Mai
     ...     state = await get_state()
     ...     print(state.active, state.reason, state.holds)
     """
-    ctrl = controller(resolve_backend(backend), None if scope is None else check_scope(scope))
+    ctrl = _reader(backend, scope)
     if not ctrl.refresh_inline():
         await _refresh(ctrl)
     return ctrl.snapshot
@@ -710,10 +712,29 @@ async def get_maintenance_mode(backend: BackendArg = None, scope: str | None = N
     >>> async def check() -> bool:
     ...     return await get_maintenance_mode()
     """
-    ctrl = controller(resolve_backend(backend), None if scope is None else check_scope(scope))
+    if scope is not None:
+        ctrl = controller(resolve_backend(backend), check_scope(scope))
+    elif backend is None:
+        ctrl = default_root()
+    elif isinstance(backend, Backend):
+        ctrl = root_controller(backend)
+    else:
+        ctrl = controller(coerce(backend), None)
     if not ctrl.refresh_inline():
         await _refresh(ctrl)
     return ctrl.snapshot.active
+
+
+def _reader(backend: BackendArg, scope: str | None) -> ScopeController:
+    # The controller a state function reads: the global scope's without the calls of
+    # resolving the default backend and the store once they are known.
+    if scope is not None:
+        return controller(resolve_backend(backend), check_scope(scope))
+    if backend is None:
+        return default_root()
+    if isinstance(backend, Backend):
+        return root_controller(backend)
+    return controller(coerce(backend), None)
 
 
 @named_options

@@ -22,7 +22,6 @@ object names).
 
 from __future__ import annotations
 
-import functools
 import itertools
 import logging
 import math
@@ -53,8 +52,10 @@ __all__ = [
 ]
 
 logger = logging.getLogger("maintguard")
-_may_log = functools.partial(dispatch._level_cache.get, logging.INFO, True)
-"""Whether a transition may be logged (logging's own cache; not known yet: _announce asks)."""
+_level_of = dispatch._level_cache.get  # (logging clears its cache in place: the same dict)
+_INFO = logging.INFO
+"""``_level_of(_INFO, True)``: whether a transition may be logged (logging's own cache; not
+known yet: _announce asks)."""
 _HOLD_ACQUIRED, _HOLD_RELEASED = EventKind.HOLD_ACQUIRED, EventKind.HOLD_RELEASED
 
 
@@ -97,23 +98,30 @@ class ScopeController(Snapshots, Reading, Operators):
         :meth:`abort` on any failure; until then nobody sees the frame.
         """
         store = self.store
+        parent = self.parent
         lock = self._lock
         lock.acquire()  # (acquire/finally: half the cost of `with` on this path)
         try:
-            parent = self.parent
             if parent is None:
                 change = self.decide_enter(presents, keys, drain, store.clock)
             else:
                 change = self.decide_enter(presents, keys, drain, store.clock, parent.phase)
-            if parent is not None and change.__class__ is tuple and len(self.stack) == 1:
-                store.held.add(self)  # a named scope lives while it holds (the root always)
+                if change.__class__ is tuple and len(self.stack._frames) == 1:
+                    store.held.add(self)  # a named scope lives while it holds (the root always)
         finally:
             lock.release()
+        if change is NO_CHANGE:
+            if dispatch._listeners:
+                self._announce_entry(change, presents.owner, keys)
+            return None
         if change.__class__ is int:
             return change
-        if dispatch._listeners or (
-            change is not NO_CHANGE
-            and (self.parent is not None or store.has_children or self.wakers or _may_log())
+        if (
+            dispatch._listeners
+            or parent is not None
+            or store.has_children
+            or self.wakers
+            or _level_of(_INFO, True)
         ):
             self._announce_entry(change, presents.owner, keys)  # type: ignore[arg-type]
         return None
@@ -145,15 +153,17 @@ class ScopeController(Snapshots, Reading, Operators):
         lock = self._lock
         lock.acquire()
         try:
-            left = self.decide_leave(keys, store.clock, None if parent is None else parent.phase)
-            if (
-                parent is not None
-                and left is not None
-                and left[0] is not None
-                and left[0][2] <= 0
-                and not self.stack._frames
-            ):
-                store.held.discard(self)
+            if parent is None:
+                left = self.decide_leave(keys, store.clock, None)
+            else:
+                left = self.decide_leave(keys, store.clock, parent.phase)
+                if (
+                    left is not None
+                    and left[0] is not None
+                    and left[0][2] <= 0
+                    and not self.stack._frames
+                ):
+                    store.held.discard(self)
         finally:
             lock.release()
         if left is None:
@@ -161,20 +171,23 @@ class ScopeController(Snapshots, Reading, Operators):
         frame, write, change = left
         if frame is None:
             return False
-        if frame[2] > 0:  # counted down: the frame stays
-            if dispatch._listeners:
-                self._announce(NO_CHANGE, _HOLD_RELEASED, frame[0].owner)
-            return False
-        if dispatch._listeners or (
-            change is not NO_CHANGE
-            and (parent is not None or store.has_children or self.wakers or _may_log())
+        if change is NO_CHANGE:  # (also a frame counted down: it stays)
+            if not dispatch._listeners:
+                return write
+        elif not (
+            dispatch._listeners
+            or parent is not None
+            or store.has_children
+            or self.wakers
+            or _level_of(_INFO, True)
         ):
-            try:
-                self._announce(change, _HOLD_RELEASED, frame[0].owner)
-            except BaseException:  # (a log handler hit by Ctrl-C): the release still lands
-                if write:
-                    self._release_quietly()  # blocking, but only on this way out
-                raise
+            return write
+        try:
+            self._announce(change, _HOLD_RELEASED, frame[0].owner)
+        except BaseException:  # (a log handler hit by Ctrl-C): the release still lands
+            if write:
+                self._release_quietly()  # blocking, but only on this way out
+            raise
         return write
 
     def _announce_entry(self, change: Change, owner: str, keys: list[int]) -> None:

@@ -36,6 +36,17 @@ _ON, _OFF, _DRAINING = Phase.ON, Phase.OFF, Phase.DRAINING
 _FIRST_PHASE = {drain: phase_of(False, (drain,)) for drain in (False, True)}
 """The phase a first frame brings when nothing else keeps the scope on: the phase rule
 with that frame as the only source (it drains or its body runs)."""
+_FIRST_CHANGE: dict[tuple[Phase, bool], Change] = {
+    (previous, drain): ((previous, phase), True)
+    for previous in Phase
+    for drain, phase in _FIRST_PHASE.items()
+}
+"""What a first frame tells, by the phase before and whether it drains (built once)."""
+_TO_OFF: dict[Phase, tuple[Transition, bool]] = {
+    previous: ((previous, _OFF), True) for previous in Phase
+}
+"""What the last frame of the global scope tells, by the phase before (built once)."""
+_NOT_HERE: tuple[None, bool, Change] = (None, False, NO_CHANGE)
 
 
 def first_phase(drain: bool) -> Phase:
@@ -105,8 +116,11 @@ class Book:
         entry counted on the object's top frame) and the :data:`Change` says what to tell.
         ``parent``: the global scope's phase, for a named scope.
         """
-        # The object entered again while its own frame is the top: count on that frame.
-        if keys and self.stack.again(keys[-1]):
+        stack = self.stack
+        if keys and keys[-1] == stack._top:
+            # The object entered again while its own frame is the top: count on that frame
+            # (what the stack presents does not change).
+            stack._frames[keys[-1]][2] += 1
             if drain:
                 self._draining.add(keys[-1])
             return NO_CHANGE
@@ -122,15 +136,15 @@ class Book:
             self.entering.remove(key)
         keys.append(key)
         self.version += 1
-        if not self.stack.push(key, presents, started):
+        if not stack.push(key, presents, started):
             if self.phase is _DRAINING and not drain:  # a body runs now: ON, by the rule
                 return self.recompute(started, parent)
             return NO_CHANGE
         if not self.active:  # the first frame, and nothing else keeps the scope on
             self.active = self.own_active = True
-            phase = _FIRST_PHASE[drain]
-            previous, self.phase = self.phase, phase
-            return ((previous, phase), True)
+            previous = self.phase
+            self.phase = _FIRST_PHASE[drain]
+            return _FIRST_CHANGE[previous, drain]
         return self.recompute(started, parent)  # on through something else: the rule
 
     def decide_commit(self, key: int, keys: list[int], now: float, parent: Phase) -> Change | None:
@@ -170,7 +184,7 @@ class Book:
         frame = stack.remove(key)
         if frame is None:
             keys.pop()
-            return None, False, NO_CHANGE
+            return _NOT_HERE
         if frame[2] > 0:  # counted down: the frame stays
             return frame, False, NO_CHANGE
         keys.pop()
@@ -188,8 +202,9 @@ class Book:
             self.own_active = False
             if self.active:
                 self.active = False
-                previous, self.phase = self.phase, _OFF
-                return frame, write, ((previous, _OFF), True)
+                previous = self.phase
+                self.phase = _OFF
+                return frame, write, _TO_OFF[previous]
             self.phase = _OFF
             return frame, write, (None, True)
         return frame, write, self.recompute(clock(), _OFF if parent is None else parent)

@@ -9,12 +9,14 @@ from .._options import named_options
 from ..backends import Backend, EnvVarBackend, backend_from_url
 from ..backends._env import environ_token, getenv
 from ..exceptions import ConfigurationError
-from .registry import all_stores, store_of
+from .controller import ScopeController
+from .registry import all_stores, root_controller, store_of
 
 __all__ = [
     "chosen",
     "coerce",
     "configure",
+    "default_root",
     "record",
     "register_default",
     "resolve_backend",
@@ -25,6 +27,10 @@ __all__ = [
 _configured: Backend | None = None
 _middleware_default: Backend | None = None
 _from_env: dict[object, Backend] = {}  # by the raw MAINTGUARD_BACKEND value
+_env_root: tuple[object, ScopeController] | None = None
+"""The raw MAINTGUARD_BACKEND value and the global scope's controller of the backend it
+names, for :func:`default_root`; forgotten whenever a default is chosen or restored."""
+_generation = 0  # counts those times
 _lock = threading.Lock()
 _recorders: list[set[Backend]] = []
 logger = logging.getLogger("maintguard")
@@ -59,6 +65,7 @@ def configure(backend: Backend | str | None) -> None:
             _from_env.clear()
         else:
             _configured = coerce(backend)
+        _forget_env_root()
         _note()
     if _configured is not None:
         _warn_if_watched_elsewhere(_configured)
@@ -78,6 +85,7 @@ def restore(saved: Chosen) -> None:
     global _configured, _middleware_default
     with _lock:
         _configured, _middleware_default = saved
+        _forget_env_root()
         _note()
 
 
@@ -121,6 +129,7 @@ def register_default(backend: Backend) -> None:
     global _middleware_default
     with _lock:
         previous, _middleware_default = _middleware_default, backend
+        _forget_env_root()
         _note()
     if previous is not None and previous is not backend and _configured is None:
         before, now = store_of(previous), store_of(backend)
@@ -141,7 +150,11 @@ def resolve_backend(backend: Backend | str | None = None) -> Backend:
     chosen = _configured or _middleware_default
     if chosen is not None:
         return chosen
-    token = environ_token("MAINTGUARD_BACKEND")
+    return _from_environment(environ_token("MAINTGUARD_BACKEND"))
+
+
+def _from_environment(token: object) -> Backend:
+    # The backend MAINTGUARD_BACKEND names while it holds `token` (its raw value).
     found = _from_env.get(token)
     if found is None:
         url = getenv("MAINTGUARD_BACKEND")
@@ -157,3 +170,32 @@ def resolve_backend(backend: Backend | str | None = None) -> Backend:
                     found = EnvVarBackend()
                 _from_env[token] = found
     return found
+
+
+def default_root() -> ScopeController:
+    """The global scope's controller of the backend a face uses by default now (what
+    ``resolve_backend()`` names): ``get_maintenance_mode()``'s hot path. The environment's
+    is kept by the raw MAINTGUARD_BACKEND value it came from, so a change of the variable
+    (``os.environ[...] = ...`` between two calls) is seen at the next call."""
+    chosen = _configured or _middleware_default
+    if chosen is not None:
+        return root_controller(chosen)
+    global _env_root
+    token = environ_token("MAINTGUARD_BACKEND")
+    cached = _env_root
+    if cached is not None and cached[0] == token:
+        return cached[1]
+    generation = _generation
+    root = root_controller(_from_environment(token))
+    if root.stored is not None:  # read once already (a failed first read is tried again)
+        with _lock:
+            if generation == _generation:  # no default chosen meanwhile
+                _env_root = (token, root)
+    return root
+
+
+def _forget_env_root() -> None:
+    # Under the lock.
+    global _env_root, _generation
+    _env_root = None
+    _generation += 1

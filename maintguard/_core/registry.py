@@ -19,7 +19,8 @@ from ..exceptions import ConfigurationError
 from . import lifecycle
 from .controller import ScopeController, Store
 
-__all__ = ["Store", "all_stores", "controller", "store_of"]  # (Store: see .controller)
+# (Store: see .controller)
+__all__ = ["Store", "all_stores", "controller", "root_controller", "store_of"]
 
 logger = logging.getLogger("maintguard")
 
@@ -46,6 +47,17 @@ def store_of(backend: Backend) -> Store:
 
 def controller(backend: Backend, scope: str | None) -> ScopeController:
     return store_of(backend).controller(scope)
+
+
+def root_controller(backend: Backend) -> ScopeController:
+    """The global scope's controller of ``backend``'s store: :func:`controller` without
+    its calls once the store is known and read (a reader's hot path)."""
+    store: Store | None = backend.__dict__.get("_maintguard_store")
+    if store is not None:
+        root = store.root
+        if root.stored is not None:
+            return root
+    return store_of(backend).controller(None)
 
 
 def all_stores() -> list[Store]:

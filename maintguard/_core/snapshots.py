@@ -19,6 +19,8 @@ from .stored import deadline
 
 __all__ = ["Snapshots"]
 
+_INF = math.inf
+
 
 class Snapshots(Scope):
     """The snapshot cache of a scope controller."""
@@ -32,12 +34,11 @@ class Snapshots(Scope):
     def snapshot(self) -> MaintenanceState:
         """The effective state from memory: no I/O, safe on any hot path."""
         snap = self._snap
-        parent = self.parent
         if (
             snap is None
             or self._snap_version != self.version
-            or (self._deadline != math.inf and self.store.clock() >= self._deadline)
-            or (parent is not None and self._snap_parent != parent.version)
+            or (self._deadline != _INF and self.store.clock() >= self._deadline)
+            or (self.parent is not None and self._snap_parent != self.parent.version)
         ):
             snap = self._resnapshot()
         return snap

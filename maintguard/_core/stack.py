@@ -3,15 +3,23 @@
 Frames are pushed on entry and removed on exit wherever they stand (concurrent holders
 leave in any order). What the stack presents follows it: each detail comes from the newest
 frame that sets it, so when the top frame leaves, the one below shows again
-(snapshot/restore). Push, remove and every question asked here cost O(1) whatever the
-number of frames and the order of exits: each detail keeps its own insertion-ordered index
-(an ``OrderedDict``, whose ends and deletions are O(1)).
+(snapshot/restore). Push, remove and every question asked here cost O(1) amortised
+whatever the number of frames and the order of exits.
+
+How: frames live in a dict by key. Beside it, lists of keys in push order (all frames;
+those that set a reason; those that set a retry-after) are cleaned lazily: a frame that
+leaves from the middle stays in them as a dead key; one that leaves from an end takes the
+dead keys next to it along. So the last key of each list, and the first live key of the
+push order (a head index), are always live: the top, the newest reason and retry-after,
+the oldest frame. A list that holds more than twice as many keys as there are frames
+(plus some slack) is rebuilt from its live keys, which the removals since the last rebuild
+paid for. No ordered dict is needed: a plain dict iterated from an end skips the slots of
+deleted keys one by one, which is not O(1).
 """
 
 from __future__ import annotations
 
 import itertools
-from collections import OrderedDict
 from datetime import datetime, timedelta, timezone
 from typing import Any, NamedTuple
 
@@ -58,22 +66,29 @@ class Details(NamedTuple):
 
 
 _FULL = Mode.FULL
+_SLACK = 16  # dead keys a list may hold beyond twice the frames before it is rebuilt
 Frame = list[Any]
 """``[presents, started, count]``: what a frame presents, when it began (wall seconds), and
 how many entries of one hold object it stands for (entered again while on top: counted)."""
 
 
 class HoldStack:
-    """Frames of one (store, scope) in this process, by key."""
+    """Frames of one (store, scope) in this process, by key.
 
-    __slots__ = ("_frames", "_full", "_reasons", "_retries", "_top")
+    ``_frames`` is one dict for the stack's whole life (a context's mark of the holds it
+    runs inside keeps it, to ask whether a frame is still there).
+    """
+
+    __slots__ = ("_frames", "_head", "_order", "_read_only", "_reasons", "_retries", "_top")
 
     def __init__(self) -> None:
-        self._top = 0  # the newest frame's key (0: none)
-        self._frames: OrderedDict[int, Frame] = OrderedDict()
-        self._reasons: OrderedDict[int, None] = OrderedDict()
-        self._retries: OrderedDict[int, None] = OrderedDict()
-        self._full = 0
+        self._frames: dict[int, Frame] = {}
+        self._order: list[int] = []  # keys in push order; dead keys cleaned lazily
+        self._head = 0  # the index in _order of the oldest frame (when any)
+        self._top = 0  # the newest frame's key (0: none); _order[-1] when any
+        self._reasons: list[int] = []  # keys of frames that set a reason, push order
+        self._retries: list[int] = []  # keys of frames that set a retry-after, push order
+        self._read_only = 0  # frames in READ_ONLY mode (FULL, the usual one, costs nothing)
 
     def __len__(self) -> int:
         return len(self._frames)
@@ -86,14 +101,14 @@ class HoldStack:
         frames = self._frames
         first = not frames
         frames[key] = [presents, started, 1]
+        self._order.append(key)
         self._top = key
-        _, reason, retry_after, mode = presents
-        if reason is not None:
-            self._reasons[key] = None
-        if retry_after is not None:
-            self._retries[key] = None
-        if mode is _FULL:
-            self._full += 1
+        if presents[1] is not None:  # (indexing: cheaper than unpacking all four)
+            self._reasons.append(key)
+        if presents[2] is not None:
+            self._retries.append(key)
+        if presents[3] is not _FULL:
+            self._read_only += 1
         return first
 
     def counts(self) -> dict[int, tuple[int, Presents]]:
@@ -122,48 +137,93 @@ class HoldStack:
         if frame[2] > 0:
             return frame
         del frames[key]
-        if key == self._top:
-            self._top = next(reversed(frames)) if frames else 0
+        if not frames:  # the last frame: every list is empty again
+            self._top = self._head = self._read_only = 0
+            self._order.clear()
+            if self._reasons:
+                self._reasons.clear()
+            if self._retries:
+                self._retries.clear()
+            return frame
         _, reason, retry_after, mode = frame[0]
+        if mode is not _FULL:
+            self._read_only -= 1
+        order = self._order
+        if key == self._top:  # the top left: the newest live key below shows
+            order.pop()
+            while order[-1] not in frames:
+                order.pop()
+            self._top = order[-1]
+        else:
+            if order[self._head] == key:  # the oldest left: on to the next live one
+                head = self._head + 1
+                while order[head] not in frames:
+                    head += 1
+                self._head = head
+            if len(order) > 2 * len(frames) + _SLACK:
+                order[:] = [k for k in order[self._head :] if k in frames]
+                self._head = 0
         if reason is not None:
-            del self._reasons[key]
+            _left(self._reasons, key, frames)
         if retry_after is not None:
-            del self._retries[key]
-        if mode is _FULL:
-            self._full -= 1
+            _left(self._retries, key, frames)
         return frame
 
     def clear(self) -> None:
-        self._top = 0
+        self._top = self._head = 0
         self._frames.clear()
+        self._order.clear()
         self._reasons.clear()
         self._retries.clear()
-        self._full = 0
+        self._read_only = 0
+
+
+def _left(keys: list[int], key: int, frames: dict[int, Frame]) -> None:
+    # Frame `key`, one of `keys` (push order), has left and `frames` is not empty: keep
+    # the last key live, and the list at most twice as long as the frames (plus slack).
+    if keys[-1] == key:
+        keys.pop()
+        while keys and keys[-1] not in frames:
+            keys.pop()
+    elif len(keys) > 2 * len(frames) + _SLACK:
+        keys[:] = [k for k in keys if k in frames]
 
 
 def details_of(*stacks: HoldStack) -> Details | None:
     """What the frames of ``stacks`` together present (the newest frame of any wins)."""
-    frames = [s._frames for s in stacks if s._frames]
-    if not frames:
+    live = [s for s in stacks if s._frames]
+    if not live:
         return None
-    top_key = max(next(reversed(f)) for f in frames)
-    oldest_key = min(next(iter(f)) for f in frames)
-    reason_keys = [next(reversed(s._reasons)) for s in stacks if s._reasons]
-    retry_keys = [next(reversed(s._retries)) for s in stacks if s._retries]
-    top = _find(frames, top_key)
+    if len(live) == 1:
+        (s,) = live
+        frames = s._frames
+        top = frames[s._top]
+        reason = frames[s._reasons[-1]][0].reason if s._reasons else None
+        retry = frames[s._retries[-1]][0].retry_after if s._retries else None
+        return Details(
+            owner=top[0].owner,
+            reason=reason,
+            retry_after=retry,
+            mode=_FULL if len(frames) > s._read_only else Mode.READ_ONLY,
+            started=top[1],
+            acquired=frames[s._order[s._head]][1],
+        )
+    reason_keys = [s._reasons[-1] for s in live if s._reasons]
+    retry_keys = [s._retries[-1] for s in live if s._retries]
+    top = _find(live, max(s._top for s in live))
     return Details(
         owner=top[0].owner,
-        reason=_find(frames, max(reason_keys))[0].reason if reason_keys else None,
-        retry_after=_find(frames, max(retry_keys))[0].retry_after if retry_keys else None,
-        mode=Mode.FULL if any(s._full for s in stacks) else Mode.READ_ONLY,
+        reason=_find(live, max(reason_keys))[0].reason if reason_keys else None,
+        retry_after=_find(live, max(retry_keys))[0].retry_after if retry_keys else None,
+        mode=_FULL if any(len(s._frames) > s._read_only for s in live) else Mode.READ_ONLY,
         started=top[1],
-        acquired=_find(frames, oldest_key)[1],
+        acquired=_find(live, min(s._order[s._head] for s in live))[1],
     )
 
 
-def _find(frames: list[OrderedDict[int, Frame]], key: int) -> Frame:
-    for f in frames:
-        found = f.get(key)
+def _find(stacks: list[HoldStack], key: int) -> Frame:
+    for s in stacks:
+        found = s._frames.get(key)
         if found is not None:
             return found
     raise KeyError(key)  # pragma: no cover - keys come from the stacks themselves
