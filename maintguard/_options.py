@@ -11,7 +11,7 @@ from typing import Any, ParamSpec, TypeVar, cast
 
 from .exceptions import ConfigurationError
 
-__all__ = ["UnknownOption", "named_options", "seconds"]
+__all__ = ["UnknownOption", "named_options", "seconds", "seconds_or_none"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -66,18 +66,16 @@ def seconds(
     name: str,
     value: object,
     *,
-    optional: bool = False,
     positive: bool = False,
     infinite: bool = False,
     at_most: float = math.inf,
     limit: str = "",
-) -> float | None:
+    _or_none: bool = False,
+) -> float:
     """``value`` checked as a number of seconds (the one rule for every seconds option):
     a real number, not a bool, not NaN, at least 0 (above 0 when ``positive``), finite
-    unless ``infinite``, at most ``at_most`` (``limit`` says it in words); None when
-    ``optional``. Otherwise a :class:`ConfigurationError` saying what to give."""
-    if value is None and optional:
-        return None
+    unless ``infinite``, at most ``at_most`` (``limit`` says it in words). Otherwise a
+    :class:`ConfigurationError` saying what to give."""
     if (
         isinstance(value, bool)
         or not isinstance(value, int | float)
@@ -89,7 +87,21 @@ def seconds(
     ):
         what = "a positive number of seconds" if positive else "a number of seconds >= 0"
         raise ConfigurationError(
-            f"{name} must be {'None or ' if optional else ''}{what}"
+            f"{name} must be {'None or ' if _or_none else ''}{what}"
             f"{f' ({limit})' if limit else ''}, not {value!r}"
         )
     return float(value)
+
+
+def seconds_or_none(
+    name: str,
+    value: object,
+    *,
+    positive: bool = False,
+    at_most: float = math.inf,
+    limit: str = "",
+) -> float | None:
+    """:func:`seconds`, or None when ``value`` is None."""
+    if value is None:
+        return None
+    return seconds(name, value, positive=positive, at_most=at_most, limit=limit, _or_none=True)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import abc
 import itertools
-import math
 from collections.abc import AsyncIterator, Callable, Collection, Hashable, Mapping
 from typing import ClassVar, Literal
 
+from .._options import seconds
 from .._state import StoredState
 from ..exceptions import ConfigurationError
 
@@ -87,22 +87,11 @@ class Backend(abc.ABC):
             raise ConfigurationError(
                 f"on_error must be one of {', '.join(map(repr, _ON_ERROR))}, not {on_error!r}"
             )
-        for name, value in (("lease_ttl", lease_ttl), ("refresh_interval", refresh_interval)):
-            if (
-                isinstance(value, bool)
-                or not isinstance(value, int | float)
-                or math.isnan(value)
-                or value < 0
-                or (name == "lease_ttl" and not 0 < value <= _MAX_LEASE)
-            ):
-                raise ConfigurationError(
-                    f"{name} must be a positive number of seconds"
-                    + (" (a year at most)" if name == "lease_ttl" else "")
-                    + f", not {value!r}"
-                )
         self.on_error = on_error
-        self.lease_ttl = float(lease_ttl)
-        self.refresh_interval = float(refresh_interval)
+        self.lease_ttl = seconds(
+            "lease_ttl", lease_ttl, positive=True, at_most=_MAX_LEASE, limit="a year at most"
+        )
+        self.refresh_interval = seconds("refresh_interval", refresh_interval, infinite=True)
 
     @abc.abstractmethod
     async def read_state(self, scope: str | None) -> StoredState:
