@@ -112,7 +112,7 @@ def decide(scope: Any, routes: AppRoutes, rules: PathRules, states: States) -> D
     if outcome != FULL:
         return _NOTHING
     path = route_path(scope) if rules.by_path else ""
-    names = rules.names(policy.scope, path)
+    names = rules.names(policy.scope, path) if rules.scoped or policy.scope else _NO_NAMES
     key, state = states.state_of(names)
     if policy.forced:
         return FORCED, "forced", state if state.active else _FORCED, names

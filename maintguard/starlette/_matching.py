@@ -31,7 +31,16 @@ import re
 from collections.abc import Iterator
 from typing import Any
 
-from starlette.routing import PARAM_REGEX, Host, Match, Mount, Route, WebSocketRoute, compile_path
+from starlette.routing import (
+    PARAM_REGEX,
+    Host,
+    Match,
+    Mount,
+    Route,
+    Router,
+    WebSocketRoute,
+    compile_path,
+)
 
 from . import _routes as marks
 
@@ -271,18 +280,18 @@ class AppRoutes:
         "_endpoints",
         "_ends",
         "_lists",
-        "_one",
         "_plain",
         "_root",
         "_seen",
         "docs",
         "forced",
+        "one",
         "scopes",
         "stale",
     )
 
     def __init__(self, scope: Any, app: Any, *, exempt_docs: bool) -> None:
-        top = _top_router(scope, app)
+        top = _top_router(scope, app) if app is not None else None
         self._root = None if top is None else _Node(*top)
         self.forced = False  # a route answers 503 while maintenance is off
         self.scopes: set[str] = set()  # scopes named by the app's route decorators
@@ -317,25 +326,41 @@ class AppRoutes:
                     endpoint = getattr(route, "endpoint", None)
                     if getattr(route, "path", None) in paths and _is_fastapi_docs(endpoint):
                         self.docs.append(endpoint)
-        self._plain = not self.forced  # while off, requests need no look at the routes
-        self._one = self._lists[0] if len(self._lists) == 1 else None
+        if app is None:  # nothing learned yet: every check says so
+            self.stale = True
+        self._plain = not (self.forced or self.stale)  # while off, no look at the routes
+        # Most apps route through one Starlette router, none of its routes forced: a
+        # request while off then compares ``one[0].routes == one[1]`` (what :meth:`quiet`
+        # does), which the middleware does in place. None for every other app.
+        self.one: tuple[Any, list[Any]] | None = None
+        if self._plain and len(self._lists) == 1:
+            holder, _, copy = self._lists[0]
+            if isinstance(holder, Router):
+                self.one = (holder, copy)
         marks.tell_when_marked(self)
+
+    @classmethod
+    def unlearned(cls) -> AppRoutes:
+        """Routes not learned yet: never current, so the first request learns them."""
+        return cls(None, None, exempt_docs=False)
 
     def marked(self, target: Any) -> None:
         """``target`` was just marked: stale if it is one of this app's endpoints."""
         if id(target) in self._endpoints:
             self.stale = True
             self._plain = False
+            self.one = None
 
     def quiet(self) -> bool:
         """While maintenance is off, a request needs no look at the routes: none is forced,
         and every list holds the routes learned (named scopes on make requests look anyway)."""
-        if not self._plain:
+        one = self.one
+        if one is None:
+            return self._plain and self.unchanged()
+        try:
+            return bool(one[0].routes == one[1])
+        except Exception:  # a route of the user's whose == raises: cannot tell
             return False
-        one = self._one
-        if one is not None:  # most apps: one list, compared without a loop
-            return getattr(one[0], one[1], None) == one[2]
-        return self.unchanged()
 
     def current(self) -> bool:
         """False once the top router's lists changed length or last route, or a reached
@@ -344,7 +369,11 @@ class AppRoutes:
         if self.stale:
             return False
         for holder, attr, routes, size, last in self._ends:
-            if not _same_end(holder, attr, routes, size, last):
+            if (
+                getattr(holder, attr, None) is not routes
+                or len(routes) != size
+                or (routes[-1] if size else _NO_ROUTE) is not last
+            ):
                 return False
         return True
 
@@ -353,9 +382,12 @@ class AppRoutes:
         marked since: asked before a request passes on the word of these routes."""
         if self.stale:
             return False
-        for holder, attr, copy in self._lists:  # noqa: SIM110 - a loop: no generator per request
-            if getattr(holder, attr, None) != copy:
-                return False
+        try:
+            for holder, attr, copy in self._lists:
+                if getattr(holder, attr, None) != copy:
+                    return False
+        except Exception:  # a custom route whose == raises: cannot tell, so changed
+            return False
         return True
 
     def is_docs(self, endpoint: Any) -> bool:

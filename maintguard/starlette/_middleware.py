@@ -152,7 +152,7 @@ class MaintenanceModeMiddleware:
         self._scoped: dict[str, Controller] = {}
         self._stop_watch: Callable[[], None] | None = None
         self._start_lock = threading.Lock()
-        self._routes: AppRoutes | None = None
+        self._routes = AppRoutes.unlearned()  # learned at start-up, again when they change
         self._prepared: dict[Any, tuple[MaintenanceState, Prepared, int | None]] = {}
 
     # -- entry -----------------------------------------------------------------------------
@@ -171,11 +171,14 @@ class MaintenanceModeMiddleware:
             # The root path as this middleware sees it: routing rewrites it on the way in.
             live[key] = (scope, scope.get("root_path", ""))
             routes = self._routes
-            if (
-                not (ctrl.active or ctrl.store.named_active)
-                and routes is not None
-                and routes.quiet()
-            ):
+            one = routes.one  # AppRoutes.quiet(), in place for most apps: a list compared
+            try:
+                off = not (ctrl.active or ctrl.store.named_active) and (
+                    one[0].routes == one[1] if one is not None else routes.quiet()
+                )
+            except Exception:  # a route of the user's whose == raises: look closer
+                off = False
+            if off:
                 try:
                     await self.app(scope, receive, send)
                 finally:
@@ -196,12 +199,10 @@ class MaintenanceModeMiddleware:
                 key = new_key()
                 live[key] = (scope, scope.get("root_path", ""))  # counted, then the look
             app = self.app
-            routes = self._routes
             if (
                 ctrl.active
                 or ctrl.store.named_active
-                or routes is None
-                or not routes.quiet()
+                or not self._routes.quiet()
                 or (self._close_websockets and kind == "websocket")
             ):
                 passed = None
@@ -402,7 +403,7 @@ class MaintenanceModeMiddleware:
         here, or let through while maintenance is on (no hold refuses it), stops counting
         as soon as that is decided."""
         routes = self._routes
-        if routes is None or not routes.current():
+        if not routes.current():
             routes = self._learn(scope, ctrl)
         websocket = scope["type"] == "websocket"
         if not websocket and self._bypass.enabled and self._bypass.is_grant_path(route_path(scope)):
@@ -413,7 +414,7 @@ class MaintenanceModeMiddleware:
         if verdict == OFF:
             if websocket and self._close_websockets:
                 # Closed when maintenance begins, unless it would let the session through.
-                verdict = self._decide(scope, self._routes or routes, _FULL_HOLD)[0]
+                verdict = self._decide(scope, self._routes, _FULL_HOLD)[0]
                 if verdict == FORCED or (
                     verdict == REFUSE and not (self._by_client and await self._client_passes(scope))
                 ):
@@ -478,9 +479,7 @@ class MaintenanceModeMiddleware:
         a hold of that scope and mode would refuse it. Judged as the request path judges,
         on the route Starlette runs, from the request as it came in (routing rewrites
         ``root_path`` on the way); routes changed since they were learned: it waits."""
-        routes = self._routes
-        if routes is None:
-            return True
+        routes = self._routes  # not learned yet: the decision waits (fail closed)
         request, root_path = entry
         probe = {**request, "root_path": root_path}
         return self._decide(probe, routes, hold_of(scope, mode))[0] >= REFUSE
