@@ -40,7 +40,6 @@ from ._decide import (
     OFF,
     READ,
     REFUSE,
-    Decision,
     PathRules,
     States,
     decide,
@@ -55,7 +54,7 @@ from ._handlers import (
     respond_with,
 )
 from ._matching import AppRoutes, route_path
-from ._responses import Prepared, Template, check_template, choose, counting_second, prepare
+from ._responses import Prepared, Template, check_template, counting_second, prepare
 
 __all__ = ["MaintenanceModeMiddleware"]
 
@@ -410,11 +409,16 @@ class MaintenanceModeMiddleware:
             self._end(key)
             await self._bypass.grant(scope, send, time.time())
             return None
-        verdict, shown, state, names = self._decide(scope, routes, self, ctrl)
+        verdict, shown, state, names = decide(scope, routes, self._rules, self)
+        if verdict < REFUSE and not routes.unchanged():
+            # Let through on the word of routes that changed since: learned again, decided
+            # again (a drain's question would wait instead: _would_refuse).
+            routes = self._learn(scope, ctrl)
+            verdict, shown, state, names = decide(scope, routes, self._rules, self)
         if verdict == OFF:
             if websocket and self._close_websockets:
                 # Closed when maintenance begins, unless it would let the session through.
-                verdict = self._decide(scope, self._routes, _FULL_HOLD)[0]
+                verdict = self._would_refuse(scope, routes, _FULL_HOLD)
                 if verdict == FORCED or (
                     verdict == REFUSE and not (self._by_client and await self._client_passes(scope))
                 ):
@@ -434,17 +438,13 @@ class MaintenanceModeMiddleware:
             await self._respond(scope, receive, send, state, shown)
         return None
 
-    def _decide(
-        self, scope: Scope, routes: AppRoutes, states: States, ctrl: Controller | None = None
-    ) -> Decision:
-        """:func:`decide` on routes that are as learned whenever it lets the request through
-        on their word; learned again (and decided again) when they are not."""
-        decision = decide(scope, routes, self._rules, states)
-        if decision[0] < REFUSE and not routes.unchanged():
-            if ctrl is None:  # a drain's question: cannot tell now, so it waits
-                return REFUSE, None, decision[2], decision[3]
-            decision = decide(scope, self._learn(scope, ctrl), self._rules, states)
-        return decision
+    def _would_refuse(self, scope: Scope, routes: AppRoutes, states: States) -> int:
+        """The verdict of :func:`decide` under ``states`` that are not in force (a hold's),
+        REFUSE when it would let the request through on routes changed since learned."""
+        verdict = decide(scope, routes, self._rules, states)[0]
+        if verdict < REFUSE and not routes.unchanged():
+            return REFUSE  # cannot tell now: as refused (a drain waits for it)
+        return verdict
 
     async def _client_passes(self, scope: Scope) -> bool:
         """A request maintenance refuses goes through all the same: its client's address
@@ -482,7 +482,7 @@ class MaintenanceModeMiddleware:
         routes = self._routes  # not learned yet: the decision waits (fail closed)
         request, root_path = entry
         probe = {**request, "root_path": root_path}
-        return self._decide(probe, routes, hold_of(scope, mode))[0] >= REFUSE
+        return self._would_refuse(probe, routes, hold_of(scope, mode)) >= REFUSE
 
     # -- answers ---------------------------------------------------------------------------------
 
@@ -525,7 +525,7 @@ class MaintenanceModeMiddleware:
             await send({"type": "http.response.start", "status": 302, "headers": headers})
             await send({"type": "http.response.body", "body": b""})
             return
-        headers, body = prepared.pick(choose(_header(scope, b"accept") or b""))
+        headers, body = prepared.negotiated(scope.get("headers", ()))
         await send({"type": "http.response.start", "status": prepared.status, "headers": headers})
         await send(
             {"type": "http.response.body", "body": b"" if scope.get("method") == "HEAD" else body}
@@ -630,10 +630,3 @@ def _redirect_target(url: str | None) -> bytes | None:
             f"redirect_to must be a URL or path without spaces or control characters, not {url!r}"
         )
     return url.encode("ascii")
-
-
-def _header(scope: Scope, name: bytes) -> bytes | None:
-    for key, value in scope.get("headers", ()):
-        if key == name:
-            return value  # type: ignore[no-any-return]
-    return None
