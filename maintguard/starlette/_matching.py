@@ -51,6 +51,7 @@ Found = tuple[int, Any, marks.RoutePolicy]
 _UNKNOWN: Found = (FULL, None, marks.policy_of(None))  # not found: blocked during maintenance
 _NO_ROUTE = object()  # the last route of an empty list
 _CACHED = 512  # answers kept per app, by request kind, method and path
+_NESTING = (Mount, Host)  # routes with routes inside (``Mount | Host`` is built at each use)
 _MAX_WRAPPERS = 16  # middleware layers looked through around a mounted app
 _DOCS_ATTRS = ("docs_url", "redoc_url", "openapi_url", "swagger_ui_oauth2_redirect_url")
 
@@ -160,7 +161,7 @@ class _Node:
         return self._low_priority(scope)
 
     def _enter(self, route: Any, child: Any, scope: Any) -> tuple[int, Any]:
-        if isinstance(route, Mount | Host):
+        if isinstance(route, _NESTING):
             inner = _router_of(route)
             if inner is None:  # a mounted ASGI app: the app is the endpoint
                 return FULL, child.get("endpoint")
@@ -180,7 +181,7 @@ class _Node:
             return NONE, None
         if callable(getattr(route, "_match", None)):
             return self._included(route, scope)
-        if isinstance(route, Mount | Host):
+        if isinstance(route, _NESTING):
             return self._enter(route, child, scope)
         endpoint = child.get(
             "endpoint", getattr(getattr(context, "original_route", None), "endpoint", None)
@@ -443,7 +444,7 @@ class AppRoutes:
             if getattr(type(route), "matches", None) not in _STANDARD:
                 cacheable[0] = False  # Host, an included router, a custom kind
             inner: tuple[Any, list[Any]] | None = None
-            if isinstance(route, Mount | Host):
+            if isinstance(route, _NESTING):
                 inner = _router_of(route)
             elif callable(getattr(route, "_match", None)):  # a FastAPI included router
                 original = getattr(route, "original_router", None)
