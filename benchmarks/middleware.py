@@ -2,14 +2,18 @@
 
     python benchmarks/middleware.py [--n 600] [--rounds 15] [--processes 5]
 
-Raw ASGI calls (no server, no network). Two apps: 20 routes ``/section{i}/{item_id:int}``
-hit at the 10th; and 1,000 routes ``/r{i}/{id}`` hit at ``/r500/{a new id every request}``,
-where ``/r999/{id}`` is ``@force_maintenance_mode_on`` and ``/r500/{id}`` is ``@exempt``
-(so a cache by path never hits, and finding the endpoint must not repeat the app's scan).
+Raw ASGI calls (no server, no network). Three apps: 20 routes ``/section{i}/{item_id:int}``
+hit at the 10th (no forced, scoped or exempt route); one route ``/item/{item_id:int}``; and
+1,000 routes ``/r{i}/{id}`` hit at ``/r500/{a new id every request}``, where ``/r999/{id}``
+is ``@force_maintenance_mode_on`` and ``/r500/{id}`` is ``@exempt`` (so a cache by path
+never hits, and finding the endpoint must not repeat the app's scan).
 In each of several processes, variants are measured in interleaved rounds side by side,
 with the garbage collector paused inside a round (as ``timeit`` does); each variant keeps
 its best round. Ratios are the median over the processes (their range is shown): how two
 apps happen to lie in one process's memory moves a ratio by a few percent either way.
+The off path is also measured in one process of its own, three times as many rounds, with
+in-flight counting checked to be on (a request is counted while the app runs): that
+process's ratio is the goal, the median over processes is shown beside it.
 "throughput vs X" is X's time per request divided by the variant's: 1.00 means as fast.
 """
 
@@ -42,6 +46,7 @@ from maintguard import (
     force_maintenance_mode_on,
     set_maintenance_mode,
 )
+from maintguard._core import store_of
 from maintguard.backends import Backend, LocalFileBackend, MemoryBackend
 
 
@@ -71,6 +76,13 @@ async def exempt_endpoint(request: Request) -> Response:
 
 async def forced_endpoint(request: Request) -> Response:
     return PlainTextResponse("ok")
+
+
+def build_one(middleware: Callable[[Starlette], None] | None = None) -> Starlette:
+    app = Starlette(routes=[Route("/item/{item_id:int}", endpoint)])
+    if middleware is not None:
+        middleware(app)
+    return app
 
 
 def build_large(middleware: Callable[[Starlette], None] | None = None) -> Starlette:
@@ -106,6 +118,7 @@ SCOPE: dict[str, Any] = {
 
 
 LARGE = "1,000 routes:"
+ONE = "1 route:"
 
 
 async def receive() -> dict[str, Any]:
@@ -128,10 +141,12 @@ async def measure_all(n: int, rounds: int, group: str) -> dict[str, tuple[float,
         large = name.startswith(LARGE)
         count = n // 10 if large else n
         scopes = [dict(SCOPE) for _ in range(count)]
-        if large:
-            for scope in scopes:
+        for scope in scopes:
+            if large:
                 scope["path"] = f"/r500/{next(ids)}"
-                scope["raw_path"] = scope["path"].encode()
+            elif name.startswith(ONE):
+                scope["path"] = "/item/42"
+            scope["raw_path"] = scope["path"].encode()
         gc.collect()
         gc.disable()  # as timeit does: a collection landing in one round is not its cost
         try:
@@ -152,13 +167,21 @@ async def measure_all(n: int, rounds: int, group: str) -> dict[str, tuple[float,
         def guarded(backend: Backend) -> Callable[[Starlette], None]:
             return lambda app: app.add_middleware(MaintenanceModeMiddleware, backend=backend)
 
-        if group == "small":
+        if group in ("small", "single"):
             variants = {
                 "bare app": build(),
                 "no-op pure ASGI middleware": build(lambda app: app.add_middleware(NoOpMiddleware)),
                 "maintguard off (memory)": build(guarded(memory_off)),
                 "maintguard off (file)": build(guarded(file_off)),
                 "maintguard on: 503 (memory)": build(guarded(memory_on)),
+            }
+            if group == "single":
+                del variants["maintguard off (file)"], variants["maintguard on: 503 (memory)"]
+                await counting_is_on(guarded(memory_off), memory_off)
+        elif group == "one":
+            variants = {
+                f"{ONE} bare app": build_one(),
+                f"{ONE} maintguard on: 503 (memory)": build_one(guarded(memory_on)),
             }
         else:
             variants = {
@@ -175,6 +198,38 @@ async def measure_all(n: int, rounds: int, group: str) -> dict[str, tuple[float,
     return {name: (best[name], statuses[name]) for name in variants}
 
 
+async def counting_is_on(guarded: Callable[[Starlette], None], backend: Backend) -> None:
+    """Refuse to measure unless a request is counted in flight while its app runs."""
+    counted: list[int] = []
+    work = store_of(backend).work
+
+    async def probe(request: Request) -> Response:
+        counted.append(sum(len(table) for _, table in work.tables))
+        return PlainTextResponse("ok")
+
+    app = Starlette(routes=[Route("/probe", probe)])
+    guarded(app)
+    await app({**SCOPE, "path": "/probe", "raw_path": b"/probe"}, receive, _ignore)
+    if not counted or counted[0] < 1:
+        raise SystemExit("in-flight counting is off: the off path would be measured without it")
+
+
+async def _ignore(message: Any) -> None:
+    pass
+
+
+def child(group: str, n: int, rounds: int, seed: int) -> dict[str, tuple[float, int]]:
+    done = subprocess.run(
+        [sys.executable, __file__, "--child", group, "--n", str(n), "--rounds", str(rounds)],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "PYTHONHASHSEED": str(seed)},
+    )
+    raw = json.loads(done.stdout.splitlines()[-1])
+    return {name: (t, status) for name, (t, status) in raw.items()}
+
+
 def in_processes(n: int, rounds: int, processes: int) -> list[dict[str, tuple[float, int]]]:
     # Each process lays out its apps differently in memory (hash seeds, addresses): a few
     # percent either way between two apps in one process. The median over processes is
@@ -182,23 +237,15 @@ def in_processes(n: int, rounds: int, processes: int) -> list[dict[str, tuple[fl
     results = []
     for seed in range(processes):
         merged: dict[str, tuple[float, int]] = {}
-        for group in ("small", "large"):
-            done = subprocess.run(
-                [sys.executable, __file__, "--child", group, "--n", str(n), "--rounds",
-                 str(rounds)],
-                capture_output=True,
-                text=True,
-                check=True,
-                env={**os.environ, "PYTHONHASHSEED": str(seed)},
-            )  # fmt: skip
-            raw = json.loads(done.stdout.splitlines()[-1])
-            merged.update({name: (t, status) for name, (t, status) in raw.items()})
+        for group in ("small", "one", "large"):
+            merged.update(child(group, n, rounds, seed))
         results.append(merged)
     return results
 
 
 def main(n: int, rounds: int, processes: int) -> None:
     results = in_processes(n, rounds, processes)
+    single = child("single", n, rounds * 3, processes)
     names = list(results[0])
 
     def median_ratio(reference: str, variant: str) -> float:
@@ -216,29 +263,49 @@ def main(n: int, rounds: int, processes: int) -> None:
     print(f"{header[0]:<48} {header[1]:>6} {header[2]:>12} {header[3]:>19} {header[4]:>9}")
     noop = "no-op pure ASGI middleware"
     for name in names:
-        reference = f"{LARGE} bare app" if name.startswith(LARGE) else "bare app"
+        reference = next(
+            (f"{group} bare app" for group in (LARGE, ONE) if name.startswith(group)), "bare app"
+        )
         seconds = statistics.median(r[name][0] for r in results)
-        versus_noop = "" if name.startswith(LARGE) else f"{median_ratio(noop, name):>9.3f}"
+        versus_noop = "" if name.startswith((LARGE, ONE)) else f"{median_ratio(noop, name):>9.3f}"
         print(
             f"{name:<48} {results[0][name][1]:>6} {seconds * 1e6:>10.2f}us "
             f"{median_ratio(reference, name):>19.3f} {versus_noop}"
         )
+    off = "maintguard off (memory)"
+    one_process = single[noop][0] / single[off][0]
+    print(
+        f"one process, {rounds * 3} rounds, in-flight counting on: bare "
+        f"{single['bare app'][0] * 1e6:.2f}us, no-op {single[noop][0] * 1e6:.2f}us, "
+        f"maintguard off (memory) {single[off][0] * 1e6:.2f}us"
+    )
     print()
     print("GOALS (throughput ratios, median over processes [lowest-highest]; higher is faster)")
+    verdict = "ok    " if one_process >= 0.97 else "MISSED"
+    print(
+        f"  {verdict}  {one_process:.3f} (one process; median {median_ratio(noop, off):.3f} "
+        f"[{spread(noop, off)}]) (target >= 0.97)  off (memory) vs a no-op middleware, "
+        "20 routes, in-flight counting on"
+    )
     goals = [
-        ("off (memory) vs a no-op middleware, 20 routes", noop, "maintguard off (memory)", 0.97),
         ("503 vs the bare app's 200, 20 routes", "bare app", "maintguard on: 503 (memory)", 1.0),
+        (
+            "503 vs the bare app's 200, 1 route",
+            f"{ONE} bare app",
+            f"{ONE} maintguard on: 503 (memory)",
+            2.0,
+        ),
         (
             "off, app with a forced route, vs bare, 1,000 routes",
             f"{LARGE} bare app",
             f"{LARGE} maintguard off, forced route",
-            0.90,
+            0.95,
         ),
         (
             "on, exempt route, vs bare, 1,000 routes",
             f"{LARGE} bare app",
             f"{LARGE} maintguard on, exempt route",
-            0.85,
+            0.95,
         ),
     ]
     for text, reference, variant, target in goals:
@@ -254,7 +321,9 @@ if __name__ == "__main__":
     parser.add_argument("--n", type=int, default=600, help="requests per round")
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--processes", type=int, default=5, help="processes to take the median of")
-    parser.add_argument("--child", choices=["small", "large"], help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--child", choices=["small", "one", "large", "single"], help=argparse.SUPPRESS
+    )
     args = parser.parse_args()
     if args.child:
         print(json.dumps(anyio.run(measure_all, args.n, args.rounds, args.child)))

@@ -9,11 +9,20 @@ first segment and the routes without a fixed one (``/{slug}``) are asked, in the
 with their own ``matches``: the same answer as the router's, without the routes that cannot
 match. Routes of other kinds (``Host``, FastAPI's included routers, custom ones) are asked
 in their place, as the router asks them; FastAPI's low-priority routes as FastAPI asks them.
+In an app whose routes all match on the path and method alone, an answer is kept per
+request kind, method and path (a bounded table, emptied when full).
 
 Decisions fail closed: an error while matching gives "an endpoint we do not know", which
-maintenance blocks. An index notices routes added, removed or replaced at the end of any
-of its lists (their length and last route are checked before each use) and marks set after
-the app was learned (:data:`.routes.generation`).
+maintenance blocks. A router's list is a plain list that anyone may change in place, so
+what was learned is checked at two strengths: :meth:`AppRoutes.current` (each request that
+finds an endpoint) looks at the length and last route of each list it uses, O(1), which
+sees routes appended, inserted, removed or the list replaced; :meth:`AppRoutes.unchanged`
+compares every list with the routes learned, by identity (a C loop, well under the cost of
+one route's own matching per hundred routes), and is asked before a request passes on the
+word of the routes (no route, an exempt one, one not forced or scoped). A route replaced
+in place elsewhere in a list can then only make a request refused, never let through.
+Marks set on a reached endpoint after learning make the learned routes stale
+(:func:`.routes.tell_when_marked`).
 """
 
 from __future__ import annotations
@@ -22,14 +31,27 @@ import re
 from collections.abc import Iterator
 from typing import Any
 
-from starlette.routing import PARAM_REGEX, Host, Match, Mount, Route, WebSocketRoute, compile_path
+from starlette.routing import (
+    PARAM_REGEX,
+    Host,
+    Match,
+    Mount,
+    Route,
+    Router,
+    WebSocketRoute,
+    compile_path,
+)
 
 from . import _routes as marks
 
-__all__ = ["FULL", "NONE", "PARTIAL", "AppRoutes", "route_path"]
+__all__ = ["FULL", "NONE", "PARTIAL", "AppRoutes", "Found", "route_path"]
 
 NONE, PARTIAL, FULL = 0, 1, 2
-_UNKNOWN = (FULL, None)  # an endpoint we could not find: blocked during maintenance
+Found = tuple[int, Any, marks.RoutePolicy]
+_UNKNOWN: Found = (FULL, None, marks.policy_of(None))  # not found: blocked during maintenance
+_NO_ROUTE = object()  # the last route of an empty list
+_CACHED = 512  # answers kept per app, by request kind, method and path
+_NESTING = (Mount, Host)  # routes with routes inside (``Mount | Host`` is built at each use)
 _MAX_WRAPPERS = 16  # middleware layers looked through around a mounted app
 _DOCS_ATTRS = ("docs_url", "redoc_url", "openapi_url", "swagger_ui_oauth2_redirect_url")
 
@@ -95,12 +117,13 @@ def _position(entry: tuple[int, Any]) -> int:
 class _Node:
     """One router's list of routes: indexed runs and routes asked in their place."""
 
-    __slots__ = ("children", "copy", "parts", "router", "routes")
+    __slots__ = ("children", "last", "parts", "router", "routes", "size")
 
     def __init__(self, router: Any, routes: list[Any]) -> None:
         self.router = router
         self.routes = routes
-        self.copy = list(routes)
+        self.size = len(routes)
+        self.last = routes[-1] if routes else _NO_ROUTE
         self.children: dict[int, _Node] = {}
         self.parts: list[_Block | Any] = []
         block: _Block | None = None
@@ -116,7 +139,8 @@ class _Node:
             block.add(position, route, segment)
 
     def current(self) -> bool:
-        return _unchanged(self.router, "routes", self.routes, self.copy)
+        """O(1): the router still has this list, as long, with the same last route."""
+        return _same_end(self.router, "routes", self.routes, self.size, self.last)
 
     def find(self, scope: Any) -> tuple[int, Any]:
         """(outcome, endpoint) for ``scope`` in this router, exactly as it would route."""
@@ -137,7 +161,7 @@ class _Node:
         return self._low_priority(scope)
 
     def _enter(self, route: Any, child: Any, scope: Any) -> tuple[int, Any]:
-        if isinstance(route, Mount | Host):
+        if isinstance(route, _NESTING):
             inner = _router_of(route)
             if inner is None:  # a mounted ASGI app: the app is the endpoint
                 return FULL, child.get("endpoint")
@@ -157,7 +181,7 @@ class _Node:
             return NONE, None
         if callable(getattr(route, "_match", None)):
             return self._included(route, scope)
-        if isinstance(route, Mount | Host):
+        if isinstance(route, _NESTING):
             return self._enter(route, child, scope)
         endpoint = child.get(
             "endpoint", getattr(getattr(context, "original_route", None), "endpoint", None)
@@ -230,9 +254,13 @@ def _router_of(route: Mount | Host) -> tuple[Any, list[Any]] | None:
     return None
 
 
-def _unchanged(holder: Any, attr: str, routes: list[Any], copy: list[Any]) -> bool:
-    # The holder still has this very list, with the very same routes in it.
-    return getattr(holder, attr, None) is routes and routes == copy
+def _same_end(holder: Any, attr: str, routes: list[Any], size: int, last: Any) -> bool:
+    # The holder still has this very list, as long, ending with the same route: O(1).
+    return (
+        getattr(holder, attr, None) is routes
+        and len(routes) == size
+        and (routes[-1] if size else _NO_ROUTE) is last
+    )
 
 
 def _top_router(scope: Any, app: Any) -> tuple[Any, list[Any]] | None:
@@ -247,78 +275,183 @@ def _top_router(scope: Any, app: Any) -> tuple[Any, list[Any]] | None:
 class AppRoutes:
     """One app's routes: the endpoint a request reaches, and which endpoints are marked."""
 
-    __slots__ = ("_lists", "_root", "_seen", "docs", "forced", "generation", "scopes")
+    __slots__ = (
+        "__weakref__",
+        "_answers",
+        "_endpoints",
+        "_ends",
+        "_lists",
+        "_plain",
+        "_root",
+        "_seen",
+        "docs",
+        "forced",
+        "one",
+        "scopes",
+        "stale",
+    )
 
     def __init__(self, scope: Any, app: Any, *, exempt_docs: bool) -> None:
-        top = _top_router(scope, app)
+        top = _top_router(scope, app) if app is not None else None
         self._root = None if top is None else _Node(*top)
-        self.generation = marks.generation
         self.forced = False  # a route answers 503 while maintenance is off
         self.scopes: set[str] = set()  # scopes named by the app's route decorators
         self.docs: list[Any] = []  # FastAPI's own documentation endpoints (exempt_docs=True)
-        self._lists: list[tuple[Any, str, list[Any], list[Any]]] = []
+        self.stale = False  # an endpoint reached was marked after learning
+        # (holder, attribute, copy) of every list of routes the app routes through, and
+        # (holder, attribute, list, length, last route) of the top router's lists.
+        self._lists: list[tuple[Any, str, list[Any]]] = []
+        self._ends: list[tuple[Any, str, list[Any], int, Any]] = []
+        self._endpoints: set[int] = set()  # ids of the endpoints reached (marks tell by id)
         self._seen: set[int] = set()
-        if top is None:
-            return
-        for endpoint in self._walk(*top):
-            policy = marks.policy_of(endpoint)
-            self.forced = self.forced or policy.forced
-            if policy.scope is not None:
-                self.scopes.add(policy.scope)
-        if exempt_docs:
-            paths = _docs_paths(scope.get("app"))
-            for route in top[1]:  # FastAPI adds its docs routes to the app's own router
-                endpoint = getattr(route, "endpoint", None)
-                if getattr(route, "path", None) in paths and _is_fastapi_docs(endpoint):
-                    self.docs.append(endpoint)
+        self._answers: dict[tuple[Any, ...], Found] | None = None
+        if top is not None:
+            cacheable = [True]
+            for endpoint in self._walk(*top, cacheable):
+                self._endpoints.add(id(endpoint))
+                self._endpoints.add(id(getattr(endpoint, "__func__", endpoint)))
+                policy = marks.policy_of(endpoint)
+                self.forced = self.forced or policy.forced
+                if policy.scope is not None:
+                    self.scopes.add(policy.scope)
+            if cacheable[0]:
+                self._answers = {}
+            for holder, attr, copy in self._lists[:2]:
+                if holder is top[0]:
+                    routes = getattr(holder, attr)
+                    last = routes[-1] if routes else _NO_ROUTE
+                    self._ends.append((holder, attr, routes, len(copy), last))
+            if exempt_docs:
+                paths = _docs_paths(scope.get("app"))
+                for route in top[1]:  # FastAPI adds its docs routes to the app's own router
+                    endpoint = getattr(route, "endpoint", None)
+                    if getattr(route, "path", None) in paths and _is_fastapi_docs(endpoint):
+                        self.docs.append(endpoint)
+        if app is None:  # nothing learned yet: every check says so
+            self.stale = True
+        self._plain = not (self.forced or self.stale)  # while off, no look at the routes
+        # Most apps route through one Starlette router, none of its routes forced: a
+        # request while off then compares ``one[0].routes == one[1]`` (what :meth:`quiet`
+        # does), which the middleware does in place. None for every other app.
+        self.one: tuple[Any, list[Any]] | None = None
+        if self._plain and len(self._lists) == 1:
+            holder, _, copy = self._lists[0]
+            if isinstance(holder, Router):
+                self.one = (holder, copy)
+        marks.tell_when_marked(self)
+
+    @classmethod
+    def unlearned(cls) -> AppRoutes:
+        """Routes not learned yet: never current, so the first request learns them."""
+        return cls(None, None, exempt_docs=False)
+
+    def marked(self, target: Any) -> None:
+        """``target`` was just marked: stale if it is one of this app's endpoints."""
+        if id(target) in self._endpoints:
+            self.stale = True
+            self._plain = False
+            self.one = None
+
+    def quiet(self) -> bool:
+        """While maintenance is off, a request needs no look at the routes: none is forced,
+        and every list holds the routes learned (named scopes on make requests look anyway)."""
+        one = self.one
+        if one is None:
+            return self._plain and self.unchanged()
+        try:
+            return bool(one[0].routes == one[1])
+        except Exception:  # a route of the user's whose == raises: cannot tell
+            return False
 
     def current(self) -> bool:
-        """False once routes were added, removed or replaced, or an endpoint marked."""
-        if self.generation != marks.generation:
+        """False once the top router's lists changed length or last route, or a reached
+        endpoint was marked: O(1) per list, on each request that finds its endpoint.
+        Lists further down are checked so when :meth:`find` enters them."""
+        if self.stale:
             return False
-        lists = self._lists
-        if len(lists) == 1:  # most apps: one router, checked without a loop
-            holder, attr, routes, copy = lists[0]
-            return getattr(holder, attr, None) is routes and routes == copy
-        for holder, attr, routes, copy in lists:  # on every request: kept tight
-            if getattr(holder, attr, None) is not routes or routes != copy:
+        for holder, attr, routes, size, last in self._ends:
+            if (
+                getattr(holder, attr, None) is not routes
+                or len(routes) != size
+                or (routes[-1] if size else _NO_ROUTE) is not last
+            ):
                 return False
+        return True
+
+    def unchanged(self) -> bool:
+        """Every list holds the very routes learned, in order, and no reached endpoint was
+        marked since: asked before a request passes on the word of these routes."""
+        if self.stale:
+            return False
+        try:
+            for holder, attr, copy in self._lists:
+                if getattr(holder, attr, None) != copy:
+                    return False
+        except Exception:  # a custom route whose == raises: cannot tell, so changed
+            return False
         return True
 
     def is_docs(self, endpoint: Any) -> bool:
         return any(endpoint is docs for docs in self.docs)
 
-    def find(self, scope: Any) -> tuple[int, Any]:
-        """(NONE | PARTIAL | FULL, endpoint) the app would reach; never raises."""
-        if self._root is None:  # not a Starlette app: every path is an endpoint
+    def find(self, scope: Any) -> Found:
+        """(NONE | PARTIAL | FULL, endpoint, its marks) the app would reach; never raises."""
+        root = self._root
+        if root is None:  # not a Starlette app: every path is an endpoint
             return _UNKNOWN
+        answers = self._answers
+        key: tuple[Any, ...] | None = None
+        if answers is not None:
+            try:
+                key = (
+                    scope["type"],
+                    scope.get("method"),
+                    scope.get("root_path", ""),
+                    scope["path"],
+                )
+                found = answers.get(key)
+            except Exception:  # not a key (no server sends such a scope): not kept
+                key = found = None
+            if found is not None:
+                return found
         try:
-            return self._root.find(scope)
+            outcome, endpoint = root.find(scope)
+            found = (outcome, endpoint, marks.policy_of(endpoint))
         except Exception:  # a route's own matching failed: fail closed
             return _UNKNOWN
+        if key is not None and answers is not None:
+            if len(answers) >= _CACHED:
+                answers.clear()
+            answers[key] = found
+        return found
 
-    def _walk(self, router: Any, routes: list[Any]) -> Iterator[Any]:
-        """Every endpoint reachable through ``router``; each list is watched for changes."""
+    def _walk(self, router: Any, routes: list[Any], cacheable: list[bool]) -> Iterator[Any]:
+        """Every endpoint reachable through ``router``; each list is watched for changes.
+        ``cacheable[0]`` turns false at a route that may match on more than path and method."""
         if id(router) in self._seen:  # a router mounted inside itself
             return
         self._seen.add(id(router))
-        self._lists.append((router, "routes", routes, list(routes)))
+        self._lists.append((router, "routes", list(routes)))
         extra = getattr(router, "_low_priority_routes", None)
         if isinstance(extra, list):
-            self._lists.append((router, "_low_priority_routes", extra, list(extra)))
+            self._lists.append((router, "_low_priority_routes", list(extra)))
+            if extra:
+                cacheable[0] = False
         default = getattr(router, "default", None)
         if default is not None and default != getattr(router, "not_found", None):
             yield default
         for route in [*routes, *(extra or ())]:
+            if getattr(type(route), "matches", None) not in _STANDARD:
+                cacheable[0] = False  # Host, an included router, a custom kind
             inner: tuple[Any, list[Any]] | None = None
-            if isinstance(route, Mount | Host):
+            if isinstance(route, _NESTING):
                 inner = _router_of(route)
             elif callable(getattr(route, "_match", None)):  # a FastAPI included router
                 original = getattr(route, "original_router", None)
                 found = getattr(original, "routes", None)
                 inner = (original, found) if isinstance(found, list) else None
             if inner is not None:
-                yield from self._walk(*inner)
+                yield from self._walk(*inner, cacheable)
             else:
                 yield getattr(route, "endpoint", getattr(route, "app", None))
 

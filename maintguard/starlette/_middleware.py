@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import contextlib
-import fnmatch
 import functools
 import logging
 import re
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import anyio
@@ -32,11 +31,20 @@ from .._core.changes import wait_until
 from .._core.controller import refresh_store
 from .._core.inflight import Work, new_key, work_frame
 from .._options import named_options
-from .._state import MaintenanceState, Mode, Phase, check_scope
+from .._state import MaintenanceState, Mode, check_scope
 from ..backends import Backend, EnvVarBackend
 from ..exceptions import ConfigurationError, MaintGuardError
-from . import _routes as marks
 from ._access import Bypass, ClientRule
+from ._decide import (
+    FORCED,
+    OFF,
+    READ,
+    REFUSE,
+    PathRules,
+    States,
+    decide,
+    hold_of,
+)
 from ._handlers import (
     ExemptHandler,
     ResponseHandler,
@@ -45,8 +53,8 @@ from ._handlers import (
     exempt_by,
     respond_with,
 )
-from ._matching import FULL, PARTIAL, AppRoutes, route_path
-from ._responses import Prepared, Template, check_template, choose, counting_second, prepare
+from ._matching import AppRoutes, route_path
+from ._responses import Prepared, Template, check_template, counting_second, prepare
 
 __all__ = ["MaintenanceModeMiddleware"]
 
@@ -54,10 +62,7 @@ logger = logging.getLogger("maintguard")
 _FIRST_READ_LIMIT = 1.0  # seconds a first request waits for the first read (no lifespan)
 _LEAVE_LIMIT = 3.0  # seconds a shutdown waits to remove the presence record (a dead store)
 
-_SAFE = frozenset({"GET", "HEAD", "OPTIONS"})
-_READS = frozenset({"GET", "HEAD"})
-_FORCED = MaintenanceState(active=True, phase=Phase.ON)
-_ENCODED_TRICK = re.compile(rb"%(2e|2f|5c|25)", re.IGNORECASE)
+_FULL_HOLD = hold_of(None, Mode.FULL)  # would maintenance, when it begins, refuse this?
 _HEADER_VALUE = re.compile(r"[\x21-\x7e]+")
 
 
@@ -107,13 +112,13 @@ class MaintenanceModeMiddleware:
             register_default(self._given)
         if isinstance(exempt_paths, str):
             raise ConfigurationError("exempt_paths takes a list of globs, e.g. ['/health']")
-        self._exempt_paths = [_glob(g, "exempt_paths") for g in exempt_paths]
+        exempt_paths = list(exempt_paths)
         self._exempt_docs = _flag(exempt_docs, "exempt_docs")
         if scopes is not None and not isinstance(scopes, Mapping):
             raise ConfigurationError("scopes takes a mapping of path globs to scope names")
-        self._scope_globs = [
-            (_glob(g, "scopes"), _scope_name(s)) for g, s in (scopes or {}).items()
-        ]
+        self._rules = PathRules(
+            exempt_paths, [(g, _scope_name(name)) for g, name in (scopes or {}).items()]
+        )
         self._clients = ClientRule(allow_ips, trusted_proxies, forwarded_header)
         self._bypass = Bypass(
             bypass_secret,
@@ -124,6 +129,10 @@ class MaintenanceModeMiddleware:
         )
         self._exempt_handler = check_exempt_handler(exempt_handler)
         self._response_handler = check_response_handler(response_handler)
+        # Some client may be let through while maintenance is on.
+        self._by_client = (
+            self._clients.enabled or self._bypass.enabled or self._exempt_handler is not None
+        )
         self._redirect_to = _redirect_target(redirect_to)
         if isinstance(status_code, bool) or not isinstance(status_code, int):
             raise ConfigurationError(f"status_code must be an int such as 503, not {status_code!r}")
@@ -134,14 +143,15 @@ class MaintenanceModeMiddleware:
         self._status = status_code
         self._template = check_template(template)
         self._close_websockets = _flag(close_websockets, "close_websockets")
-        self._ctrl: Controller | None = None
+        self._ctrl: Controller | None = None  # the global scope's, while started
+        self._root: Controller | None = None  # the same, kept once stopped (for requests)
         self._work = Work()  # the store's in-flight work, and this middleware's table in it
         self._live: dict[int, tuple[Scope, str]] = {}
         self._drains = self._work.drains  # drains waiting (woken when a request ends)
         self._scoped: dict[str, Controller] = {}
         self._stop_watch: Callable[[], None] | None = None
         self._start_lock = threading.Lock()
-        self._routes: AppRoutes | None = None
+        self._routes = AppRoutes.unlearned()  # learned at start-up, again when they change
         self._prepared: dict[Any, tuple[MaintenanceState, Prepared, int | None]] = {}
 
     # -- entry -----------------------------------------------------------------------------
@@ -151,14 +161,23 @@ class MaintenanceModeMiddleware:
         # as in-flight work (for drains) from before the look until the app returns: after
         # its last body message, and any background task run after it. Time alone only
         # ever ends maintenance, so `active` (kept by every change) is exact when it says
-        # off; when it says on, the general path looks at the snapshot.
+        # off; when it says on, the general path looks at the snapshot. An app with forced
+        # routes, or whose routes changed since they were learned, looks at them too.
         ctrl = self._ctrl
         if ctrl is not None and scope["type"] == "http":
             live = self._live
             key = new_key()
             # The root path as this middleware sees it: routing rewrites it on the way in.
             live[key] = (scope, scope.get("root_path", ""))
-            if not (ctrl.active or ctrl.store.named_active or marks.steering):
+            routes = self._routes
+            one = routes.one  # AppRoutes.quiet(), in place for most apps: a list compared
+            try:
+                off = not (ctrl.active or ctrl.store.named_active) and (
+                    one[0].routes == one[1] if one is not None else routes.quiet()
+                )
+            except Exception:  # a route of the user's whose == raises: look closer
+                off = False
+            if off:
                 try:
                     await self.app(scope, receive, send)
                 finally:
@@ -182,7 +201,7 @@ class MaintenanceModeMiddleware:
             if (
                 ctrl.active
                 or ctrl.store.named_active
-                or (marks.steering and self._routes_now(scope, ctrl).forced)
+                or not self._routes.quiet()
                 or (self._close_websockets and kind == "websocket")
             ):
                 passed = None
@@ -283,7 +302,7 @@ class MaintenanceModeMiddleware:
         routes = self._learn(scope, ctrl)
         # Named scopes must be read (and then watched) before any request asks for them;
         # holding their controllers keeps them alive (and watched) while the app runs.
-        names = {name for _, name in self._scope_globs} | routes.scopes
+        names = {name for _, name in self._rules.scoped} | routes.scopes
         scoped = {name: controller(backend, name) for name in names}
         store = store_of(backend)
         # Without a lifespan the first request waits for this: not for long.
@@ -320,7 +339,7 @@ class MaintenanceModeMiddleware:
                 self._stop_watch = stop = watch(backend)
                 weakref.finalize(self, stop)  # started without a lifespan: stops when freed
                 self._scoped.update(scoped)
-                self._ctrl = ctrl
+                self._root = self._ctrl = ctrl
         return self._ctrl
 
     def _warn_if_not_default(self, backend: Backend) -> None:
@@ -336,12 +355,6 @@ class MaintenanceModeMiddleware:
                 backend.describe(),
                 default.describe(),
             )
-
-    def _routes_now(self, scope: Scope, ctrl: Controller) -> AppRoutes:
-        routes = self._routes
-        if routes is None or not routes.current():
-            routes = self._learn(scope, ctrl)
-        return routes
 
     def _learn(self, scope: Scope, ctrl: Controller) -> AppRoutes:
         routes = AppRoutes(scope, self.app, exempt_docs=self._exempt_docs)
@@ -388,120 +401,54 @@ class MaintenanceModeMiddleware:
         maintenance is off for it (then it stays in flight), else None. A request answered
         here, or let through while maintenance is on (no hold refuses it), stops counting
         as soon as that is decided."""
-        routes = self._routes_now(scope, ctrl)
-        path = route_path(scope)
+        routes = self._routes
+        if not routes.current():
+            routes = self._learn(scope, ctrl)
         websocket = scope["type"] == "websocket"
-        if not websocket and self._bypass.enabled and self._bypass.is_grant_path(path):
+        if not websocket and self._bypass.enabled and self._bypass.is_grant_path(route_path(scope)):
             self._end(key)
             await self._bypass.grant(scope, send, time.time())
             return None
-        outcome, endpoint = routes.find(scope)
-        if outcome == PARTIAL and scope.get("method") == "HEAD":
-            # A HEAD the app would refuse (405) is decided as GET: monitors see the 503.
-            outcome, endpoint = routes.find({**scope, "method": "GET"})
-        if outcome != FULL:  # no route, or a 405: the app answers with its own error
-            self._end(key)
-            await self.app(scope, receive, send)
-            return None
-        policy = marks.policy_of(endpoint)
-        watched = self._controllers(ctrl, policy.scope, path)
-        shown, state = _first_active(watched)
-        if policy.forced:
-            state = state if state.active else _FORCED
-        else:
-            off = not state.active
-            if (
-                not off
-                and _read_only_pass(scope, state)
-                and not self._exempt_route(scope, path, endpoint, policy)
-            ):
-                return self.app  # stays in flight: a full hold would refuse it
-            if not off:
-                self._end(key)
-            if off or await self._lets_through(scope, path, state, endpoint, policy):
-                app = self.app
-                if (
-                    websocket
-                    and self._close_websockets
-                    and not await self._lets_through(scope, path, _FORCED, endpoint, policy)
+        verdict, shown, state, names = decide(scope, routes, self._rules, self)
+        if verdict < REFUSE and not routes.unchanged():
+            # Let through on the word of routes that changed since: learned again, decided
+            # again (a drain's question would wait instead: _would_refuse).
+            routes = self._learn(scope, ctrl)
+            verdict, shown, state, names = decide(scope, routes, self._rules, self)
+        if verdict == OFF:
+            if websocket and self._close_websockets:
+                # Closed when maintenance begins, unless it would let the session through.
+                verdict = self._would_refuse(scope, routes, _FULL_HOLD)
+                if verdict == FORCED or (
+                    verdict == REFUSE and not (self._by_client and await self._client_passes(scope))
                 ):
-                    app = functools.partial(self._watched_websocket, watched=watched)
-                if off:
-                    return app
-                await app(scope, receive, send)
-                return None
+                    watched = self._watched(ctrl, names)
+                    return functools.partial(self._watched_websocket, watched=watched)
+            return self.app
+        if verdict == READ:
+            return self.app  # stays in flight: a full hold would refuse it
         self._end(key)
-        if websocket:
-            await self._refuse_websocket(scope, receive, send, state, shown.scope)
+        if verdict < REFUSE or (
+            verdict == REFUSE and self._by_client and await self._client_passes(scope)
+        ):
+            await self.app(scope, receive, send)
+        elif websocket:
+            await self._refuse_websocket(scope, receive, send, state, shown)
         else:
-            await self._respond(
-                scope, receive, send, state, "forced" if policy.forced else shown.scope
-            )
+            await self._respond(scope, receive, send, state, shown)
         return None
 
-    def _names(self, named: str | None, path: str) -> list[str]:
-        """The named scopes a request belongs to: its endpoint's, and those whose glob matches."""
-        names = [named] if named is not None else []
-        # A route's ``$`` also matches before a final newline: "/billing%0A" is "/billing".
-        bare = path[:-1] if path.endswith("\n") else path
-        for glob, name in self._scope_globs:
-            if name not in names and (glob.match(path) or glob.match(bare)):
-                names.append(name)
-        return names
+    def _would_refuse(self, scope: Scope, routes: AppRoutes, states: States) -> int:
+        """The verdict of :func:`decide` under ``states`` that are not in force (a hold's),
+        REFUSE when it would let the request through on routes changed since learned."""
+        verdict = decide(scope, routes, self._rules, states)[0]
+        if verdict < REFUSE and not routes.unchanged():
+            return REFUSE  # cannot tell now: as refused (a drain waits for it)
+        return verdict
 
-    def _controllers(self, ctrl: Controller, named: str | None, path: str) -> list[Controller]:
-        names = self._names(named, path)
-        if not names:
-            return [ctrl]
-        return [self._scope_ctrl(ctrl, name) for name in names]
-
-    def _exempt_route(
-        self, scope: Scope, path: str, endpoint: Any, policy: marks.RoutePolicy
-    ) -> bool:
-        """Exempt whatever the state: the endpoint's mark, the docs, an exempt path."""
-        if policy.exempt:
-            return True
-        routes = self._routes
-        if routes is not None and scope.get("method") in _READS and routes.is_docs(endpoint):
-            return True
-        return bool(
-            self._exempt_paths
-            and _clean(scope, path)
-            and any(glob.match(path) for glob in self._exempt_paths)
-        )
-
-    def refused(self, entry: tuple[Scope, str], scope: str | None, mode: Mode) -> bool:
-        """Whether a drain of ``scope`` in ``mode`` waits for the request of ``entry``:
-        a hold of that scope and mode would refuse it. Judged on the route Starlette runs,
-        from the request as it came in (routing rewrites ``root_path`` on the way)."""
-        routes = self._routes
-        if routes is None:
-            return True
-        request, root_path = entry
-        probe = {**request, "root_path": root_path}
-        outcome, endpoint = routes.find(probe)
-        if outcome == PARTIAL and probe.get("method") == "HEAD":
-            outcome, endpoint = routes.find({**probe, "method": "GET"})
-        if outcome != FULL:
-            return False  # the app answers its own 404 or 405 during maintenance too
-        policy = marks.policy_of(endpoint)
-        path = route_path(probe)
-        if self._exempt_route(probe, path, endpoint, policy) or (
-            mode is Mode.READ_ONLY and probe["type"] == "http" and probe.get("method") in _SAFE
-        ):
-            return False
-        return scope is None or scope in self._names(policy.scope, path)
-
-    async def _lets_through(
-        self,
-        scope: Scope,
-        path: str,
-        state: MaintenanceState,
-        endpoint: Any,
-        policy: marks.RoutePolicy,
-    ) -> bool:
-        if self._exempt_route(scope, path, endpoint, policy) or _read_only_pass(scope, state):
-            return True
+    async def _client_passes(self, scope: Scope) -> bool:
+        """A request maintenance refuses goes through all the same: its client's address
+        is in ``allow_ips``, it carries the bypass secret, or ``exempt_handler`` says so."""
         if self._clients.enabled and self._clients.allows(scope):
             return True
         if self._bypass.enabled and self._bypass.carried(scope, time.time()):
@@ -511,10 +458,38 @@ class MaintenanceModeMiddleware:
             return await exempt_by(self._exempt_handler, request)  # type: ignore[arg-type]
         return False
 
+    def state_of(self, names: Sequence[str]) -> tuple[str | None, MaintenanceState]:
+        """The state in force for a request in the named scopes ``names`` (none: the global
+        scope's), and the scope it shows (:class:`._decide.States`)."""
+        ctrl = self._root
+        if ctrl is None:  # pragma: no cover - requests are decided once started
+            raise RuntimeError("maintguard: the middleware decides requests once started")
+        if not names:
+            return None, ctrl.snapshot
+        shown, state = _first_active(self._watched(ctrl, names))
+        return shown.scope, state
+
+    def _watched(self, ctrl: Controller, names: Sequence[str]) -> list[Controller]:
+        if not names:
+            return [ctrl]
+        return [self._scope_ctrl(ctrl, name) for name in names]
+
+    def refused(self, entry: tuple[Scope, str], scope: str | None, mode: Mode) -> bool:
+        """Whether a drain of ``scope`` in ``mode`` waits for the request of ``entry``:
+        a hold of that scope and mode would refuse it. Judged as the request path judges,
+        on the route Starlette runs, from the request as it came in (routing rewrites
+        ``root_path`` on the way); routes changed since they were learned: it waits."""
+        routes = self._routes  # not learned yet: the decision waits (fail closed)
+        request, root_path = entry
+        probe = {**request, "root_path": root_path}
+        return self._would_refuse(probe, routes, hold_of(scope, mode)) >= REFUSE
+
     # -- answers ---------------------------------------------------------------------------------
 
     def _prepared_for(self, key: Any, state: MaintenanceState) -> Prepared:
         cached = self._prepared.get(key)
+        if cached is not None and cached[0] is state and cached[2] is None:
+            return cached[1]  # this very state, and its response counts down to nothing
         second = counting_second(state)
         if cached is None or cached[0] is not state or cached[2] != second:
             cached = (state, prepare(state, self._status, self._template), second)
@@ -550,7 +525,7 @@ class MaintenanceModeMiddleware:
             await send({"type": "http.response.start", "status": 302, "headers": headers})
             await send({"type": "http.response.body", "body": b""})
             return
-        headers, body = prepared.pick(choose(_header(scope, b"accept") or b""))
+        headers, body = prepared.negotiated(scope.get("headers", ()))
         await send({"type": "http.response.start", "status": prepared.status, "headers": headers})
         await send(
             {"type": "http.response.body", "body": b"" if scope.get("method") == "HEAD" else body}
@@ -617,11 +592,6 @@ async def _fail_startup(send: Send, exc: MaintGuardError) -> None:
     await send({"type": "lifespan.startup.failed", "message": text})
 
 
-def _read_only_pass(scope: Scope, state: MaintenanceState) -> bool:
-    # A safe HTTP request in read-only mode (a WebSocket session is not a safe request).
-    return state.mode is Mode.READ_ONLY and scope["type"] == "http" and scope.get("method") in _SAFE
-
-
 def _is_active(state: MaintenanceState) -> bool:
     return state.active
 
@@ -637,12 +607,6 @@ def _first_active(ctrls: list[Controller]) -> tuple[Controller, MaintenanceState
                 return ctrl, state
             found = found or (ctrl, state)
     return found or (ctrls[0], ctrls[0].snapshot)
-
-
-def _glob(pattern: str, option: str) -> re.Pattern[str]:
-    if not isinstance(pattern, str) or not pattern.startswith("/"):
-        raise ConfigurationError(f"{option}: {pattern!r} must be a path glob starting with '/'")
-    return re.compile(fnmatch.translate(pattern))
 
 
 def _flag(value: object, option: str) -> bool:
@@ -666,20 +630,3 @@ def _redirect_target(url: str | None) -> bytes | None:
             f"redirect_to must be a URL or path without spaces or control characters, not {url!r}"
         )
     return url.encode("ascii")
-
-
-def _header(scope: Scope, name: bytes) -> bytes | None:
-    for key, value in scope.get("headers", ()):
-        if key == name:
-            return value  # type: ignore[no-any-return]
-    return None
-
-
-def _clean(scope: Scope, path: str) -> bool:
-    # Path globs exempt only plain paths: no dot segments, doubled or encoded separators.
-    raw = scope.get("raw_path")
-    if isinstance(raw, bytes) and _ENCODED_TRICK.search(raw):
-        return False
-    if "//" in path or "\\" in path or "%" in path or "\x00" in path or "\n" in path:
-        return False
-    return not any(segment in (".", "..") for segment in path.split("/"))

@@ -9,7 +9,7 @@ import logging
 import math
 import os
 import string
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from email.utils import format_datetime
@@ -108,6 +108,16 @@ class Prepared:
 
     def pick(self, kind: str) -> tuple[Headers, bytes]:
         """Headers and body for a :func:`choose` result."""
+        return self.html if kind == "html" else self.json if kind == "json" else self.text
+
+    def negotiated(self, headers: Iterable[tuple[bytes, bytes]]) -> tuple[Headers, bytes]:
+        """Headers and body for a request's headers: :func:`choose` on its ``Accept``."""
+        accept = b""
+        for name, value in headers:
+            if name == b"accept":
+                accept = value
+                break
+        kind = choose(accept)
         return self.html if kind == "html" else self.json if kind == "json" else self.text
 
 

@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar, overload
+from typing import Any, Protocol, TypeVar, overload
 
 from .._state import check_scope
 from ..exceptions import ConfigurationError
 
 __all__ = [
+    "Learner",
     "RoutePolicy",
     "exempt",
     "force_maintenance_mode_off",
     "force_maintenance_mode_on",
     "maintenance_scope",
     "policy_of",
+    "tell_when_marked",
 ]
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -30,8 +33,23 @@ class RoutePolicy:
 
 
 _NONE = RoutePolicy()
-generation = 0  # bumps on every mark: an app's learned routes are then learned again
-steering = False  # some endpoint is forced or scoped: requests while off must look at routes
+
+
+class Learner(Protocol):
+    """What one app learned of its routes: told when an endpoint is marked afterwards."""
+
+    def marked(self, target: Any) -> None: ...
+
+
+# What each middleware learned of its own app's routes. A mark set after an app was learned
+# (a decorator applied to an endpoint already routed) tells every learner, and each one
+# that reaches that endpoint learns its routes again; nothing here steers requests.
+_learners: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+def tell_when_marked(learner: Learner) -> None:
+    """Call ``learner.marked(target)`` whenever an endpoint is marked from now on."""
+    _learners.add(learner)
 
 
 def policy_of(endpoint: Any) -> RoutePolicy:
@@ -56,9 +74,8 @@ def _mark(func: Any, name: str, **change: Any) -> Any:
         setattr(getattr(target, "__func__", target), _ATTR, merged)
     except (AttributeError, TypeError) as exc:
         raise ConfigurationError(f"@{name} cannot mark {func!r}: {exc}") from exc
-    global generation, steering
-    generation += 1
-    steering = steering or merged.forced or merged.scope is not None
+    for learner in list(_learners):
+        learner.marked(getattr(target, "__func__", target))
     return func
 
 
