@@ -682,7 +682,7 @@ def test_a_middleware_backend_other_than_the_default_is_warned_about(
             pass
     finally:
         configure(backend=None)
-    warned = [r.getMessage() for r in caplog.records if "this middleware follows" in r.getMessage()]
+    warned = [r.getMessage() for r in caplog.records if "(configure() chose it):" in r.getMessage()]
     assert len(warned) == 1
     assert ours.describe() in warned[0] and other.describe() in warned[0]
 

@@ -13,6 +13,7 @@ from .controller import ScopeController
 from .registry import all_stores, root_controller, store_of
 
 __all__ = [
+    "warn_two_stores",
     "chosen",
     "coerce",
     "configure",
@@ -110,18 +111,25 @@ def _note() -> None:
         noted.update(b for b in (_configured, _middleware_default) if b is not None)
 
 
+def warn_two_stores(followed: Backend, default: Backend, why: str) -> None:
+    """The one warning for a process where a middleware follows one store while holds and
+    state functions without ``backend=`` use another (``why``: how that came about)."""
+    logger.warning(
+        "maintguard: this middleware follows %s, but holds and set_maintenance_mode() "
+        "without backend= use %s (%s): they do not reach its requests. Pass the same "
+        "backend to both, or configure() it before the app starts.",
+        followed.describe(),
+        default.describe(),
+        why,
+    )
+
+
 def _warn_if_watched_elsewhere(backend: Backend) -> None:
     # A middleware already following another store keeps following it: say so.
     chosen = store_of(backend)
     for store in all_stores():
         if store.watchers > 0 and store is not chosen:
-            logger.warning(
-                "configure(backend=%s): a running middleware follows %s, so holds and "
-                "set_maintenance_mode() without backend= no longer reach its requests. "
-                "Configure the backend before the app starts, or pass it to the middleware.",
-                backend.describe(),
-                store.backend.describe(),
-            )
+            warn_two_stores(store.backend, backend, "configure() chose it after the app started")
 
 
 def register_default(backend: Backend) -> None:
@@ -134,13 +142,7 @@ def register_default(backend: Backend) -> None:
     if previous is not None and previous is not backend and _configured is None:
         before, now = store_of(previous), store_of(backend)
         if before is not now and before.watchers > 0:
-            logger.warning(
-                "the default backend is now %s (a middleware built later, e.g. a mounted "
-                "app's); the middleware following %s no longer sees holds taken without "
-                "backend=. Pass backend= to such holds, or configure() the default.",
-                backend.describe(),
-                previous.describe(),
-            )
+            warn_two_stores(previous, backend, "a middleware built later, e.g. a mounted app's")
 
 
 def resolve_backend(backend: Backend | str | None = None) -> Backend:

@@ -29,6 +29,7 @@ from .._core import (
 )
 from .._core.changes import wait_until
 from .._core.controller import refresh_store
+from .._core.defaults import warn_two_stores
 from .._core.inflight import Work, new_key, work_frame
 from .._options import named_options
 from .._state import MaintenanceState, Mode, check_scope
@@ -348,13 +349,7 @@ class MaintenanceModeMiddleware:
         except MaintGuardError:
             return
         if store_of(default) is not store_of(backend):
-            logger.warning(
-                "maintguard: this middleware follows %s, but holds and set_maintenance_mode() "
-                "without backend= use %s (configure() chose it): they do not reach these "
-                "requests. Pass the same backend to both.",
-                backend.describe(),
-                default.describe(),
-            )
+            warn_two_stores(backend, default, "configure() chose it")
 
     def _learn(self, scope: Scope, ctrl: Controller) -> AppRoutes:
         routes = AppRoutes(scope, self.app, exempt_docs=self._exempt_docs)
