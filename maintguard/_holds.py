@@ -11,6 +11,7 @@ import pickle
 import sys
 import threading
 from collections.abc import AsyncGenerator, Awaitable, Callable, Generator
+from contextvars import ContextVar
 from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any, TypeVar, cast, overload
@@ -21,7 +22,7 @@ import wrapt
 from ._core import ScopeController, coerce, controller, resolve_backend
 from ._core.controller import refresh_store
 from ._core.drain import wait_drained, wait_drained_blocking
-from ._core.inflight import mark_held, own_keys, work_frame
+from ._core.inflight import HeldMark, held, mark_held, own_keys, unmark_held
 from ._core.stack import Presents
 from ._options import named_options
 from ._state import (
@@ -138,6 +139,9 @@ class MaintenanceHold:
         # choose which one an exit ends.
         self._live: dict[ScopeController, list[int]] = {}
         self._owners: dict[ScopeController, object] = {}
+        # The marks of the with / async with entries (core.inflight.held), oldest first:
+        # an exit takes off the one its own context runs inside, else the newest.
+        self._marks: dict[HeldMark, bool] = {}
         # A backend object given: the controller and the frame keys never change (and a
         # conflict of options with another object for the same store is reported now).
         self._fixed: Entry | None = None
@@ -196,6 +200,26 @@ class MaintenanceHold:
     def _exited_too_often(self) -> RuntimeError:
         return RuntimeError(f"{self!r} was exited more often than entered")
 
+    def _mark(self, ctrl: ScopeController, keys: list[int]) -> None:
+        # The block runs inside this entry (guards let its helpers work) until its exit.
+        mark = HeldMark(ctrl, keys[-1])
+        self._marks[mark] = True
+        mark_held(mark)
+
+    def _unmark(self) -> None:
+        marks = self._marks
+        chain = held.get()
+        while chain is not None:
+            mark, chain = chain
+            if marks.pop(mark, False):  # the innermost entry of this object here
+                unmark_held(mark)
+                return
+        try:  # left in another task or thread than the entry's: the newest entry
+            mark, _ = marks.popitem()
+        except KeyError:
+            return  # exited too often: the exit raises
+        unmark_held(mark)
+
     # -- async with -----------------------------------------------------------------
 
     async def __aenter__(self) -> MaintenanceHold:
@@ -206,7 +230,7 @@ class MaintenanceHold:
             key = ctrl.enter(self._presents, keys)
             if key is not None:
                 await _write_entry(ctrl, key, keys)
-        mark_held(ctrl, keys[-1])  # the block runs inside it (guards let it work)
+        self._mark(ctrl, keys)
         return self
 
     async def __aexit__(
@@ -216,6 +240,7 @@ class MaintenanceHold:
         tb: TracebackType | None,
     ) -> None:
         ctrl, keys = self._fixed or self._claim()
+        self._unmark()
         write = ctrl.leave(keys)
         if write:
             await _write_release(ctrl)
@@ -232,7 +257,7 @@ class MaintenanceHold:
             key = ctrl.enter(self._presents, keys)
             if key is not None:
                 _write_entry_blocking(ctrl, key, keys)
-        mark_held(ctrl, keys[-1])
+        self._mark(ctrl, keys)
         return self
 
     def __exit__(
@@ -242,13 +267,14 @@ class MaintenanceHold:
         tb: TracebackType | None,
     ) -> None:
         ctrl, keys = self._fixed or self._claim()
+        self._unmark()
         write = ctrl.leave(keys)
         if write:
             _write_release_blocking(ctrl)
         elif write is None:
             raise self._exited_too_often()
 
-    # -- the decorators' entries: each call holds its own --------------------------------
+    # -- the decorators' entries: each call holds its own and marks its context itself --
 
     def _enter_sync(self) -> Entry:
         ctrl = self._controller()
@@ -259,7 +285,6 @@ class MaintenanceHold:
             key = ctrl.enter(self._presents, keys)
             if key is not None:
                 _write_entry_blocking(ctrl, key, keys)
-        mark_held(ctrl, keys[-1])  # the call runs inside it
         return ctrl, keys
 
     async def _enter_async(self) -> Entry:
@@ -271,7 +296,6 @@ class MaintenanceHold:
             key = ctrl.enter(self._presents, keys)
             if key is not None:
                 await _write_entry(ctrl, key, keys)
-        mark_held(ctrl, keys[-1])
         return ctrl, keys
 
     # -- drains: enter (maintenance on at once), wait for in-flight work, then the body ------
@@ -502,15 +526,20 @@ Args = tuple[Any, ...]
 Kwargs = dict[str, Any]
 
 # The wrappers hold their entry themselves: the exit pairs with it wherever it runs (a
-# generator closed by the garbage collector, or from another task or thread).
+# generator closed by the garbage collector, or from another task or thread). The call
+# runs inside its entry (core.inflight.held): a function's context from entry to exit, a
+# generator's only while each of its steps runs.
 
 
 def _sync_wrapper(hold: MaintenanceHold) -> Callable[..., Any]:
     def wrapper(wrapped: Callable[..., Any], instance: Any, args: Args, kwargs: Kwargs) -> Any:
         entry = hold._enter_sync()
+        mark = HeldMark(*_newest(entry))
+        mark_held(mark)
         try:
             return wrapped(*args, **kwargs)
         finally:
+            unmark_held(mark)
             _leave_blocking(entry)
 
     return wrapper
@@ -521,9 +550,12 @@ def _async_wrapper(hold: MaintenanceHold) -> Callable[..., Any]:
         wrapped: Callable[..., Any], instance: Any, args: Args, kwargs: Kwargs
     ) -> Any:
         entry = await hold._enter_async()
+        mark = HeldMark(*_newest(entry))
+        mark_held(mark)
         try:
             return await wrapped(*args, **kwargs)
         finally:
+            unmark_held(mark)
             await _leave(entry)
 
     return wrapper
@@ -534,9 +566,11 @@ def _gen_wrapper(hold: MaintenanceHold) -> Callable[..., Any]:
         wrapped: Callable[..., Any], instance: Any, args: Args, kwargs: Kwargs
     ) -> Generator[Any, Any, Any]:
         entry = hold._enter_sync()
+        mark = HeldMark(*_newest(entry))
         try:
-            return (yield from wrapped(*args, **kwargs))
+            return (yield from stepped(wrapped(*args, **kwargs), held, mark))
         finally:
+            mark.live = False
             _leave_blocking(entry)
 
     return wrapper
@@ -546,51 +580,109 @@ def _async_gen_wrapper(hold: MaintenanceHold) -> Callable[..., Any]:
     def wrapper(
         wrapped: Callable[..., Any], instance: Any, args: Args, kwargs: Kwargs
     ) -> AsyncGenerator[Any, Any]:
-        return relay(wrapped(*args, **kwargs), enter, _leave)
+        return relay(wrapped(*args, **kwargs), enter, leave, held)
 
-    async def enter() -> Entry:
-        return await hold._enter_async()
+    async def enter() -> tuple[tuple[Entry, HeldMark], HeldMark]:
+        entry = await hold._enter_async()
+        mark = HeldMark(*_newest(entry))
+        return (entry, mark), mark
+
+    async def leave(entered: tuple[Entry, HeldMark]) -> None:
+        entered[1].live = False
+        await _leave(entered[0])
 
     return wrapper
+
+
+def _newest(entry: Entry) -> tuple[ScopeController, int]:
+    return entry[0], entry[1][-1]
 
 
 SKIP = object()
 """Returned by a relay's ``enter``: the generator is not iterated at all."""
 
 
+def stepped(
+    gen: Generator[Any, Any, Any], var: ContextVar[Any], link: Any
+) -> Generator[Any, Any, Any]:
+    """Iterate ``gen`` (as ``yield from`` does) with ``(link, outer)`` set in ``var`` while
+    each of its steps runs, in the context of whoever resumes it, and reset after it: the
+    body of a decorated generator runs inside its work or hold across its yields, and the
+    code between its steps does not."""
+    step: Callable[[Any], Any] = gen.send
+    arg: Any = None
+    while True:
+        token = var.set((link, var.get()))
+        try:
+            value = step(arg)
+        except StopIteration as stop:
+            return stop.value
+        finally:
+            var.reset(token)
+        try:
+            arg = yield value
+        except GeneratorExit:
+            token = var.set((link, var.get()))
+            try:
+                gen.close()
+            finally:
+                var.reset(token)
+            raise
+        except BaseException as exc:
+            step, arg = gen.throw, exc
+        else:
+            step = gen.send
+
+
 async def relay(
     agen: AsyncGenerator[Any, Any],
     enter: Callable[[], Awaitable[Any]],
-    leave: Callable[[Any], Awaitable[None]] | None = None,
+    leave: Callable[[Any], Awaitable[None]],
+    var: ContextVar[Any],
 ) -> AsyncGenerator[Any, Any]:
-    """Iterate ``agen`` between ``enter()`` and ``leave(what enter returned)``, passing
-    values sent and exceptions thrown on: a decorator's span over a whole iteration."""
-    token = await enter()
-    if token is SKIP:
+    """Iterate ``agen`` between ``enter()`` and ``leave(what)``, passing values sent and
+    exceptions thrown on: a decorator's span over a whole iteration. ``enter`` returns
+    ``(what, link)``, or :data:`SKIP`: ``(link, outer)`` is set in ``var`` while each step
+    of ``agen`` runs (none: nothing is set), as :func:`stepped` does."""
+    entered = await enter()
+    if entered is SKIP:
         await agen.aclose()
         return
+    what, link = entered
     try:
         try:
-            value = await agen.__anext__()
+            token = None if link is None else var.set((link, var.get()))
+            try:
+                value = await agen.__anext__()
+            finally:
+                if token is not None:
+                    var.reset(token)
             while True:
                 try:
                     sent = yield value
                 except GeneratorExit:
                     raise
                 except BaseException as exc:
-                    value = await agen.athrow(exc)
+                    step = agen.athrow(exc)
                 else:
-                    value = await agen.asend(sent)
+                    step = agen.asend(sent)
+                token = None if link is None else var.set((link, var.get()))
+                try:
+                    value = await step
+                finally:
+                    if token is not None:
+                        var.reset(token)
         except StopAsyncIteration:
             return
         finally:
-            await agen.aclose()
+            token = None if link is None else var.set((link, var.get()))
+            try:
+                await agen.aclose()
+            finally:
+                if token is not None:
+                    var.reset(token)
     finally:
-        if leave is not None:
-            await leave(token)
-
-
-work_frame(relay.__code__, "token")  # a guarded async generator's admission
+        await leave(what)
 
 
 # -- public constructors --------------------------------------------------------------------
