@@ -526,9 +526,11 @@ Args = tuple[Any, ...]
 Kwargs = dict[str, Any]
 
 # The wrappers hold their entry themselves: the exit pairs with it wherever it runs (a
-# generator closed by the garbage collector, or from another task or thread). The call
-# runs inside its entry (core.inflight.held): a function's context from entry to exit, a
-# generator's only while each of its steps runs.
+# generator closed by the garbage collector, or from another task or thread). The context
+# that enters runs inside the entry (core.inflight.held) until the exit, as with a `with`
+# block around the body: for a generator, the context of its first step, so the code that
+# iterates it (a FastAPI endpoint between the halves of a `yield` dependency) runs its
+# guarded helpers too.
 
 
 def _sync_wrapper(hold: MaintenanceHold) -> Callable[..., Any]:
@@ -567,10 +569,11 @@ def _gen_wrapper(hold: MaintenanceHold) -> Callable[..., Any]:
     ) -> Generator[Any, Any, Any]:
         entry = hold._enter_sync()
         mark = HeldMark(*_newest(entry))
+        mark_held(mark)
         try:
-            return (yield from stepped(wrapped(*args, **kwargs), held, mark))
+            return (yield from wrapped(*args, **kwargs))
         finally:
-            mark.live = False
+            unmark_held(mark)
             _leave_blocking(entry)
 
     return wrapper
@@ -582,13 +585,14 @@ def _async_gen_wrapper(hold: MaintenanceHold) -> Callable[..., Any]:
     ) -> AsyncGenerator[Any, Any]:
         return relay(wrapped(*args, **kwargs), enter, leave, held)
 
-    async def enter() -> tuple[tuple[Entry, HeldMark], HeldMark]:
+    async def enter() -> tuple[tuple[Entry, HeldMark], None]:
         entry = await hold._enter_async()
         mark = HeldMark(*_newest(entry))
-        return (entry, mark), mark
+        mark_held(mark)
+        return (entry, mark), None
 
     async def leave(entered: tuple[Entry, HeldMark]) -> None:
-        entered[1].live = False
+        unmark_held(entered[1])
         await _leave(entered[0])
 
     return wrapper
