@@ -9,6 +9,7 @@ cancellation, and the self-context rule (a hold's own helpers run).
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import gc
 import json
 import logging
@@ -27,8 +28,10 @@ from typing import Any
 import anyio
 import anyio.to_thread
 import pytest
+import trio
 from starlette.applications import Starlette
 from starlette.background import BackgroundTask
+from starlette.concurrency import run_in_threadpool
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response, StreamingResponse
@@ -671,6 +674,114 @@ async def test_guard_refuses_after_leaving_a_hold_object_another_task_still_hold
                 await helper()
         finally:
             done.set()
+
+
+async def test_a_hold_marks_the_context_that_entered_it_until_its_exit() -> None:
+    # Set on entry, reset on exit (return, exception, cancellation): after the hold the
+    # context is as it was (core.inflight.held), and the operator's "on" refuses again. A
+    # held generator marks the context of its first step (the code iterating it runs its
+    # helpers, as around a `with` block) until its exit.
+    from maintguard._core.inflight import held
+
+    b = MemoryBackend()
+
+    @not_during_maintenance(backend=b, policy="raise")
+    async def helper() -> str:
+        return "ran"
+
+    @not_during_maintenance(backend=b, policy="raise")
+    def sync_helper() -> str:
+        return "ran"
+
+    @under_maintenance(backend=b)
+    async def job(fail: bool) -> None:
+        assert await helper() == "ran"
+        if fail:
+            raise ValueError("fail")
+        await anyio.sleep(10)  # cancelled
+
+    @under_maintenance(backend=b)
+    def sync_job(fail: bool) -> None:
+        assert sync_helper() == "ran"
+        if fail:
+            raise ValueError("fail")
+
+    @under_maintenance(backend=b)
+    async def pages() -> AsyncIterator[int]:
+        yield 1
+        yield 2
+
+    @under_maintenance(backend=b)
+    def rows() -> Iterator[int]:
+        yield 1
+        yield 2
+
+    async def refused() -> None:
+        assert held.get() is None
+        with pytest.raises(UnderMaintenance):
+            await helper()
+        with pytest.raises(UnderMaintenance):
+            sync_helper()
+
+    await set_maintenance_mode(True, b, reason="operator")
+    try:
+        await refused()
+        with pytest.raises(ValueError, match="fail"):
+            await job(True)
+        await refused()
+        with anyio.move_on_after(0.05) as scope:
+            await job(False)
+        assert scope.cancelled_caught
+        await refused()
+        sync_job(False)
+        await refused()
+        with pytest.raises(ValueError, match="fail"):
+            sync_job(True)
+        await refused()
+        agen = pages()
+        assert await agen.__anext__() == 1
+        assert await helper() == "ran"  # its consumer, between steps
+        assert [p async for p in agen] == [2]
+        await refused()
+        gen = rows()
+        assert next(gen) == 1
+        assert sync_helper() == "ran"
+        gen.close()
+        await refused()
+        for hold in (under_maintenance(backend=b), under_maintenance(backend=b, drain=0)):
+            with anyio.move_on_after(0.05) as scope:
+                async with hold:
+                    assert await helper() == "ran"
+                    await anyio.sleep(10)
+            assert scope.cancelled_caught
+            await refused()
+            with pytest.raises(ValueError, match="block"), hold:
+                assert sync_helper() == "ran"
+                raise ValueError("block")
+            await refused()
+    finally:
+        await set_maintenance_mode(False, b)
+
+
+async def test_holds_left_out_of_order_in_one_task_keep_the_newer_one_marked() -> None:
+    b = MemoryBackend()
+    first, second = under_maintenance(backend=b), under_maintenance(backend=b, reason="2")
+
+    @not_during_maintenance(backend=b, policy="raise")
+    async def helper() -> str:
+        return "ran"
+
+    await set_maintenance_mode(True, b, reason="operator")
+    try:
+        await first.__aenter__()
+        await second.__aenter__()
+        await first.__aexit__(None, None, None)  # not the newest: its link stays, dead
+        assert await helper() == "ran"  # inside `second` still
+        await second.__aexit__(None, None, None)
+        with pytest.raises(UnderMaintenance):
+            await helper()
+    finally:
+        await set_maintenance_mode(False, b)
 
 
 # -- bad input ------------------------------------------------------------------------------
@@ -1943,6 +2054,255 @@ async def test_two_guarded_jobs_entering_drained_holds_do_not_deadlock() -> None
         tg.start_soon(job, 0)
         tg.start_soon(job, 1)
     assert "timed out" not in outcome.values(), outcome
+
+
+class Migration:
+    """A drained hold that fails at once (DrainTimeout) if it waits for its own work: its
+    work cannot end while the hold waits. ``seen`` collects how each entry went."""
+
+    def __init__(self, backend: Backend, drain: float = 1.0) -> None:
+        self.backend = backend
+        self.drain = drain
+        self.seen: list[str] = []
+
+    def hold(self) -> Any:
+        return under_maintenance(backend=self.backend, drain=self.drain, on_drain_timeout="raise")
+
+    def run_sync(self) -> None:
+        try:
+            with self.hold():
+                self.seen.append("ran")
+        except DrainTimeout:
+            self.seen.append("waited for its own work")
+
+    async def run(self) -> None:
+        try:
+            async with self.hold():
+                self.seen.append("ran")
+        except DrainTimeout:
+            self.seen.append("waited for its own work")
+
+
+REQUEST_PLACES = [
+    "sync-endpoint",
+    "task-group",
+    "run_in_threadpool",
+    "anyio.to_thread",
+    "streamed-async-body",
+    "streamed-sync-body",
+    "background-task",
+    "sync-background-task",
+]
+
+
+@pytest.mark.parametrize("place", REQUEST_PLACES)
+async def test_a_drained_hold_anywhere_in_a_request_does_not_wait_for_that_request(
+    place: str,
+) -> None:
+    # The request runs inside its work (a context variable the middleware sets around the
+    # app call): whatever copies its context -- a worker thread, a task of a task group,
+    # the response's body and background task -- is that request's too.
+    b = MemoryBackend()
+    migration = Migration(b)
+
+    async def async_endpoint(request: Request) -> Response:
+        if place == "task-group":
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(migration.run)
+        elif place == "run_in_threadpool":
+            await run_in_threadpool(migration.run_sync)
+        elif place == "anyio.to_thread":
+            await anyio.to_thread.run_sync(migration.run_sync)
+        elif place == "streamed-async-body":
+
+            async def body() -> AsyncIterator[bytes]:
+                await migration.run()
+                yield b"done"
+
+            return StreamingResponse(body())
+        elif place == "streamed-sync-body":
+
+            def sync_body() -> Iterator[bytes]:
+                yield b"do"  # each step in a worker thread of its own
+                migration.run_sync()
+                yield b"ne"
+
+            return StreamingResponse(sync_body())
+        elif place == "background-task":
+            return PlainTextResponse("done", background=BackgroundTask(migration.run))
+        elif place == "sync-background-task":
+            return PlainTextResponse("done", background=BackgroundTask(migration.run_sync))
+        return PlainTextResponse("done")
+
+    def sync_endpoint(request: Request) -> Response:  # runs in a worker thread
+        migration.run_sync()
+        return PlainTextResponse("done")
+
+    endpoint = sync_endpoint if place == "sync-endpoint" else async_endpoint
+    app = middleware_app(b, [Route("/admin", endpoint, methods=["POST"])])
+    await started(app)
+    with anyio.fail_after(5):
+        assert await call(app, "/admin", "POST") == (200, b"done")
+    assert migration.seen == ["ran"]
+
+
+JOB_PLACES = [
+    "the-job-itself",
+    "asyncio.to_thread",
+    "anyio.to_thread",
+    "task-group",
+    "trio-nursery",
+    "trio.to_thread",
+    "a-guarded-block",
+    "a-guarded-generator-second-step",
+    "a-guarded-async-generator-second-step",
+    "a-request-the-job-serves-in-process",
+]
+
+
+@pytest.mark.parametrize(
+    ("anyio_backend", "place"),
+    [
+        (runtime, place)
+        for place in JOB_PLACES
+        for runtime in ("asyncio", "trio")
+        if not place.startswith(("asyncio", "trio")) or place.startswith(runtime)
+    ],
+)
+async def test_a_drained_hold_anywhere_in_a_guarded_job_does_not_wait_for_that_job(
+    place: str,
+) -> None:
+    b = MemoryBackend()
+    migration = Migration(b)
+    guard = not_during_maintenance(backend=b)
+
+    async def admin(request: Request) -> Response:
+        await migration.run()
+        return PlainTextResponse("done")
+
+    app = middleware_app(b, [Route("/admin", admin, methods=["POST"])])
+    await started(app)
+
+    @guard
+    def steps() -> Iterator[None]:
+        yield
+        migration.run_sync()
+        yield
+
+    @guard
+    async def async_steps() -> AsyncIterator[None]:
+        yield
+        await migration.run()
+        yield
+
+    @guard
+    async def job() -> None:
+        if place == "the-job-itself":
+            await migration.run()
+        elif place == "asyncio.to_thread":
+            await asyncio.to_thread(migration.run_sync)
+        elif place == "anyio.to_thread":
+            await anyio.to_thread.run_sync(migration.run_sync)
+        elif place == "task-group":
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(migration.run)
+        elif place == "trio-nursery":
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(migration.run)
+        elif place == "trio.to_thread":
+            await trio.to_thread.run_sync(migration.run_sync)
+        elif place == "a-guarded-block":
+            async with not_during_maintenance(backend=b):
+                await anyio.to_thread.run_sync(migration.run_sync)
+        elif place == "a-guarded-generator-second-step":
+            await anyio.to_thread.run_sync(lambda: list(steps()))
+        elif place == "a-guarded-async-generator-second-step":
+            async for _ in async_steps():
+                pass
+        elif place == "a-request-the-job-serves-in-process":  # nested work: both its own
+            assert await call(app, "/admin", "POST") == (200, b"done")
+
+    with anyio.fail_after(5):
+        await job()
+    assert migration.seen == ["ran"]
+
+
+async def test_a_drained_hold_in_an_unrelated_task_waits_for_the_request() -> None:
+    # A task that was running before the request (no copy of its context) is not part of
+    # it: its drained hold waits for the request like for any other.
+    b = MemoryBackend()
+    inside, release = anyio.Event(), anyio.Event()
+    outcome: list[str] = []
+
+    async def slow(request: Request) -> Response:
+        inside.set()
+        await release.wait()
+        return PlainTextResponse("slow")
+
+    async def worker_loop() -> None:  # started before the request
+        await inside.wait()
+        try:
+            await drain_seconds(b, drain=0.3)
+            outcome.append("did not wait")
+        except DrainTimeout as exc:
+            outcome.append(f"waited for {exc.pending}")
+        release.set()
+
+    app = middleware_app(b, [Route("/slow", slow)])
+    await started(app)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(worker_loop)
+        await anyio.sleep(0.01)
+        assert await call(app, "/slow") == (200, b"slow")
+    assert outcome == ["waited for 1"]
+
+
+def test_a_plain_thread_is_not_its_starters_work_unless_given_the_context() -> None:
+    # threading.Thread starts with an empty context: a drained hold there waits for the
+    # job that started it. contextvars.copy_context().run hands the job's context over.
+    b = MemoryBackend()
+    migration = Migration(b, drain=0.3)
+
+    @not_during_maintenance(backend=b)
+    def job(copy: bool) -> None:
+        run = contextvars.copy_context().run if copy else None
+        target = (lambda: run(migration.run_sync)) if run else migration.run_sync
+        thread = threading.Thread(target=target)
+        thread.start()
+        thread.join(5)
+
+    job(copy=False)
+    job(copy=True)
+    assert migration.seen == ["waited for its own work", "ran"]
+
+
+async def test_between_the_steps_of_a_guarded_generator_its_consumer_is_not_inside_it() -> None:
+    # The generator's work is live while it is suspended; the code that iterates it is not
+    # that work: a drained hold entered there waits for the generator (here: it times out,
+    # since the generator cannot go on meanwhile).
+    b = MemoryBackend()
+
+    @not_during_maintenance(backend=b)
+    def rows() -> Iterator[int]:
+        yield 1
+        yield 2
+
+    @not_during_maintenance(backend=b)
+    async def async_rows() -> AsyncIterator[int]:
+        yield 1
+        yield 2
+
+    sync_rows = rows()
+    assert next(sync_rows) == 1
+    with pytest.raises(DrainTimeout):
+        await drain_seconds(b, drain=0.2)
+    assert list(sync_rows) == [2]
+    agen = async_rows()
+    assert await agen.__anext__() == 1
+    with pytest.raises(DrainTimeout):
+        await drain_seconds(b, drain=0.2)
+    assert [r async for r in agen] == [2]
+    assert await drain_seconds(b, drain=0) < PROMPT
 
 
 # -- across processes: the file backend -------------------------------------------------------
