@@ -2227,6 +2227,44 @@ async def test_a_drained_hold_anywhere_in_a_guarded_job_does_not_wait_for_that_j
     assert migration.seen == ["ran"]
 
 
+@pytest.mark.parametrize("billing_on", [False, True], ids=["all-off", "another-scope-on"])
+async def test_a_request_runs_inside_its_work_and_leaves_its_callers_context_as_it_was(
+    billing_on: bool,
+) -> None:
+    # The middleware sets the request's work around the app call (on its short path while
+    # everything is off, and on its general one) and resets it after, also when the app
+    # raises: whoever awaited the app (a server's task, a test) is not inside it any more.
+    from maintguard._core.inflight import current_work
+
+    b = MemoryBackend()
+    seen: list[Any] = []
+
+    async def home(request: Request) -> Response:
+        seen.append(current_work.get())
+        return PlainTextResponse("home")
+
+    async def boom(request: Request) -> Response:
+        seen.append(current_work.get())
+        raise RuntimeError("boom")
+
+    app = middleware_app(b, [Route("/", home), Route("/boom", boom)])
+    await started(app)
+    if billing_on:  # a global route passes, counted, after a look at the scopes
+        await set_maintenance_mode(True, b, scope="billing")
+    outer = (10**15, None)
+    token = current_work.set(outer)
+    try:
+        assert await call(app, "/") == (200, b"home")
+        assert current_work.get() == outer
+        with pytest.raises(RuntimeError, match="boom"):
+            await call(app, "/boom")
+        assert current_work.get() == outer
+    finally:
+        current_work.reset(token)
+    assert [chain[1] for chain in seen] == [outer, outer]
+    assert seen[0][0] != seen[1][0]  # each request its own key
+
+
 async def test_a_drained_hold_in_an_unrelated_task_waits_for_the_request() -> None:
     # A task that was running before the request (no copy of its context) is not part of
     # it: its drained hold waits for the request like for any other.
