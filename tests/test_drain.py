@@ -676,6 +676,41 @@ async def test_guard_refuses_after_leaving_a_hold_object_another_task_still_hold
             done.set()
 
 
+async def test_a_hold_entry_left_by_a_task_it_started_stops_counting_for_its_task() -> None:
+    # The exit runs in a copy of the entering task's context (a task it started): the
+    # entering task's own link cannot be reset from there, but it counts for nothing from
+    # then on, though the frame lives on for another task's entry of the same object.
+    b = MemoryBackend()
+    hold = under_maintenance(backend=b)
+
+    @not_during_maintenance(backend=b, policy="raise")
+    async def helper() -> str:
+        return "ran"
+
+    go, inside, done = anyio.Event(), anyio.Event(), anyio.Event()
+
+    async def other_task() -> None:  # started before any hold
+        await go.wait()
+        async with hold:
+            inside.set()
+            await done.wait()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(other_task)
+        await hold.__aenter__()
+        go.set()
+        await inside.wait()
+        assert await helper() == "ran"
+        async with anyio.create_task_group() as inner:
+            inner.start_soon(hold.__aexit__, None, None, None)
+        assert await get_maintenance_mode(b)  # the other task's entry
+        try:
+            with pytest.raises(UnderMaintenance):
+                await helper()
+        finally:
+            done.set()
+
+
 async def test_a_hold_marks_the_context_that_entered_it_until_its_exit() -> None:
     # Set on entry, reset on exit (return, exception, cancellation): after the hold the
     # context is as it was (core.inflight.held), and the operator's "on" refuses again. A
