@@ -583,7 +583,7 @@ def _async_gen_wrapper(hold: MaintenanceHold) -> Callable[..., Any]:
     def wrapper(
         wrapped: Callable[..., Any], instance: Any, args: Args, kwargs: Kwargs
     ) -> AsyncGenerator[Any, Any]:
-        return relay(wrapped(*args, **kwargs), enter, leave, held)
+        return relay(wrapped(*args, **kwargs), enter, leave, held)  # (marks no step)
 
     async def enter() -> tuple[tuple[Entry, HeldMark], None]:
         entry = await hold._enter_async()
@@ -611,8 +611,8 @@ def stepped(
 ) -> Generator[Any, Any, Any]:
     """Iterate ``gen`` (as ``yield from`` does) with ``(link, outer)`` set in ``var`` while
     each of its steps runs, in the context of whoever resumes it, and reset after it: the
-    body of a decorated generator runs inside its work or hold across its yields, and the
-    code between its steps does not."""
+    body of a guarded generator runs inside its work across its yields, and the code that
+    iterates it does not between its steps."""
     step: Callable[[Any], Any] = gen.send
     arg: Any = None
     while True:
@@ -646,8 +646,8 @@ async def relay(
 ) -> AsyncGenerator[Any, Any]:
     """Iterate ``agen`` between ``enter()`` and ``leave(what)``, passing values sent and
     exceptions thrown on: a decorator's span over a whole iteration. ``enter`` returns
-    ``(what, link)``, or :data:`SKIP`: ``(link, outer)`` is set in ``var`` while each step
-    of ``agen`` runs (none: nothing is set), as :func:`stepped` does."""
+    ``(what, link)``, or :data:`SKIP`; unless ``link`` is None, ``(link, outer)`` is set in
+    ``var`` while each step of ``agen`` runs, as :func:`stepped` does."""
     entered = await enter()
     if entered is SKIP:
         await agen.aclose()
