@@ -22,7 +22,7 @@ import wrapt
 from ._core import ScopeController, coerce, controller, resolve_backend
 from ._core.controller import refresh_store
 from ._core.drain import wait_drained, wait_drained_blocking
-from ._core.inflight import HeldMark, held, mark_held, own_keys, unmark_held
+from ._core.inflight import HeldMark, held, held_mark, mark_held, own_keys, unmark_held
 from ._core.stack import Presents
 from ._options import named_options
 from ._state import (
@@ -139,9 +139,9 @@ class MaintenanceHold:
         # choose which one an exit ends.
         self._live: dict[ScopeController, list[int]] = {}
         self._owners: dict[ScopeController, object] = {}
-        # The marks of the with / async with entries (core.inflight.held), oldest first:
-        # an exit takes off the one its own context runs inside, else the newest.
-        self._marks: dict[HeldMark, bool] = {}
+        # The marks of the with / async with entries (core.inflight.held) by id, oldest
+        # first: an exit takes off the one its own context runs inside, else the newest.
+        self._marks: dict[int, HeldMark] = {}
         # A backend object given: the controller and the frame keys never change (and a
         # conflict of options with another object for the same store is reported now).
         self._fixed: Entry | None = None
@@ -201,23 +201,31 @@ class MaintenanceHold:
         return RuntimeError(f"{self!r} was exited more often than entered")
 
     def _mark(self, ctrl: ScopeController, keys: list[int]) -> None:
-        # The block runs inside this entry (guards let its helpers work) until its exit.
-        mark = HeldMark(ctrl, keys[-1])
-        self._marks[mark] = True
-        mark_held(mark)
+        # The block runs inside this entry (guards let its helpers work) until its exit:
+        # core.inflight.mark_held, written out on this hot path.
+        mark: HeldMark = [ctrl.stack._frames, keys[-1], None]
+        self._marks[id(mark)] = mark
+        chain = held.get()
+        while chain is not None and chain[0][1] not in chain[0][0]:
+            chain = chain[1]
+        mark[2] = held.set((mark, chain))
 
     def _unmark(self) -> None:
+        # The entry this context runs inside (the innermost, if several), else -- an exit
+        # in another task or thread than the entry's -- the newest. O(1) when the object
+        # has one entry or its entry is the newest link here.
         marks = self._marks
-        chain = held.get()
-        while chain is not None:
-            mark, chain = chain
-            if marks.pop(mark, False):  # the innermost entry of this object here
-                unmark_held(mark)
-                return
-        try:  # left in another task or thread than the entry's: the newest entry
-            mark, _ = marks.popitem()
-        except KeyError:
-            return  # exited too often: the exit raises
+        mark = None
+        if len(marks) > 1:
+            chain = held.get()
+            while chain is not None and mark is None:
+                mark = marks.pop(id(chain[0]), None)
+                chain = chain[1]
+        if mark is None:
+            try:
+                mark = marks.popitem()[1]
+            except KeyError:
+                return  # exited too often: the exit raises
         unmark_held(mark)
 
     # -- async with -----------------------------------------------------------------
@@ -536,7 +544,7 @@ Kwargs = dict[str, Any]
 def _sync_wrapper(hold: MaintenanceHold) -> Callable[..., Any]:
     def wrapper(wrapped: Callable[..., Any], instance: Any, args: Args, kwargs: Kwargs) -> Any:
         entry = hold._enter_sync()
-        mark = HeldMark(*_newest(entry))
+        mark = held_mark(entry[0], entry[1][-1])
         mark_held(mark)
         try:
             return wrapped(*args, **kwargs)
@@ -552,7 +560,7 @@ def _async_wrapper(hold: MaintenanceHold) -> Callable[..., Any]:
         wrapped: Callable[..., Any], instance: Any, args: Args, kwargs: Kwargs
     ) -> Any:
         entry = await hold._enter_async()
-        mark = HeldMark(*_newest(entry))
+        mark = held_mark(entry[0], entry[1][-1])
         mark_held(mark)
         try:
             return await wrapped(*args, **kwargs)
@@ -568,7 +576,7 @@ def _gen_wrapper(hold: MaintenanceHold) -> Callable[..., Any]:
         wrapped: Callable[..., Any], instance: Any, args: Args, kwargs: Kwargs
     ) -> Generator[Any, Any, Any]:
         entry = hold._enter_sync()
-        mark = HeldMark(*_newest(entry))
+        mark = held_mark(entry[0], entry[1][-1])
         mark_held(mark)
         try:
             return (yield from wrapped(*args, **kwargs))
@@ -587,7 +595,7 @@ def _async_gen_wrapper(hold: MaintenanceHold) -> Callable[..., Any]:
 
     async def enter() -> tuple[tuple[Entry, HeldMark], None]:
         entry = await hold._enter_async()
-        mark = HeldMark(*_newest(entry))
+        mark = held_mark(entry[0], entry[1][-1])
         mark_held(mark)
         return (entry, mark), None
 
@@ -596,10 +604,6 @@ def _async_gen_wrapper(hold: MaintenanceHold) -> Callable[..., Any]:
         await _leave(entered[0])
 
     return wrapper
-
-
-def _newest(entry: Entry) -> tuple[ScopeController, int]:
-    return entry[0], entry[1][-1]
 
 
 SKIP = object()

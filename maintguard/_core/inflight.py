@@ -32,7 +32,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 from collections.abc import Callable
-from contextvars import ContextVar
+from contextvars import ContextVar, Token
 from typing import Any, Protocol, TypeAlias
 
 from .._state import Mode
@@ -44,6 +44,7 @@ __all__ = [
     "WorkChain",
     "current_work",
     "held",
+    "held_mark",
     "inside_hold",
     "mark_held",
     "new_key",
@@ -163,63 +164,59 @@ class Work:
         return n
 
 
-class HeldMark:
-    """One entry of a hold, as the contexts that run inside it see it.
+HeldMark: TypeAlias = "list[Any]"
+"""One entry of a hold, as the contexts that run inside it see it: ``[frames, key, token]``.
 
-    ``frames`` is the frame table of the hold's stack (not its controller: a mark left
-    behind keeps no controller alive) and ``key`` the entry's frame there. ``live`` turns
-    false when the entry ends, wherever the exit runs: from then on the mark counts for
-    nothing in any context that still links it (a copy of the context, or the context of
-    an entry left elsewhere).
-    """
+``frames`` is the frame table of the hold's stack (not its controller: a mark left behind
+keeps no controller alive), ``key`` the entry's frame there, 0 once the entry has ended
+(wherever its exit ran): from then on the mark counts for nothing in any context that still
+links it (a copy of the context, or the context of an entry left elsewhere). ``token`` is
+that of the :func:`mark_held` set, until the link is taken off. A list: made and changed at
+every entry and exit, where a class would cost more than the rest of the mark.
+"""
 
-    __slots__ = ("frames", "key", "live", "token")
 
-    def __init__(self, ctrl: Any, key: int) -> None:
-        self.frames: dict[int, Any] = ctrl.stack._frames
-        self.key = key
-        self.live = True
-        self.token: Any = None  # of the set made by mark_held, for unmark_held's reset
-
-    def counts(self) -> bool:
-        return self.live and self.key in self.frames
+def held_mark(ctrl: Any, key: int) -> HeldMark:
+    return [ctrl.stack._frames, key, None]
 
 
 HeldChain: TypeAlias = "tuple[HeldMark, HeldChain | None]"
 held: ContextVar[HeldChain | None] = ContextVar("maintguard_held", default=None)
 """The hold entries this context runs inside, newest first: ``(mark, older chain)``.
 
-A decorated call or a ``with`` block sets it on entry (:func:`mark_held`) and resets it
-on exit (:func:`unmark_held`); a decorated generator links its mark only while each of its
-steps runs. A context copied from it (a task started, a worker thread of ``to_thread``)
-runs inside the same entries until they end.
+A decorated call or a ``with`` block links its mark on entry (:func:`mark_held`) and takes
+it off on exit (:func:`unmark_held`). A context copied from it (a task started, a worker
+thread of ``to_thread``) runs inside the same entries until they end.
 """
 
 
 def mark_held(mark: HeldMark) -> None:
     """Code running in this context from now on runs inside ``mark``'s entry."""
     chain = held.get()
-    while chain is not None and not chain[0].counts():
+    while chain is not None and chain[0][1] not in chain[0][0]:
         chain = chain[1]  # entries that ended elsewhere: their links go
-    mark.token = held.set((mark, chain))
+    mark[2] = held.set((mark, chain))
 
 
 def unmark_held(mark: HeldMark) -> None:
-    """``mark``'s entry ended. Its link is taken off when this is the context that made it
-    and no live entry was linked since (an exit out of order leaves the link, which counts
-    for nothing now); an exit in another context only marks it ended."""
-    mark.live = False
-    token, mark.token = mark.token, None
-    if token is None:
-        return
+    """``mark``'s entry ended, wherever this runs. In the context that linked it, its link
+    is taken off when nothing live was linked since, and so are ended links below it that
+    were linked here (an exit out of order leaves its link, which counts for nothing, until
+    then). O(1) for each link taken off."""
+    mark[1] = 0
     chain = held.get()
     while chain is not None:
-        link, chain = chain
-        if link is mark:
-            with contextlib.suppress(ValueError, RuntimeError):  # a copy of that context
-                held.reset(token)
+        link = chain[0]
+        token = link[2]
+        if link[1] or token is None:  # a live entry on top, or a link made elsewhere
             return
-        if link.live:
+        try:
+            held.reset(token)
+        except (ValueError, RuntimeError):  # linked in the context this one copies
+            return
+        link[2] = None
+        chain = token.old_value
+        if chain is Token.MISSING:
             return
 
 
@@ -237,6 +234,6 @@ def inside_hold(store: Any, scope: str | None) -> bool:
     }
     while chain is not None:
         mark, chain = chain
-        if mark.counts() and id(mark.frames) in tables:
+        if mark[1] in mark[0] and id(mark[0]) in tables:
             return True
     return False
