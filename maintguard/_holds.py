@@ -11,7 +11,7 @@ import pickle
 import sys
 import threading
 from collections.abc import AsyncGenerator, Awaitable, Callable, Generator
-from contextvars import ContextVar
+from contextvars import ContextVar, Token
 from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any, TypeVar, cast, overload
@@ -215,18 +215,33 @@ class MaintenanceHold:
         # in another task or thread than the entry's -- the newest. O(1) when the object
         # has one entry or its entry is the newest link here.
         marks = self._marks
-        mark = None
-        if len(marks) > 1:
-            chain = held.get()
-            while chain is not None and mark is None:
-                mark = marks.pop(id(chain[0]), None)
-                chain = chain[1]
-        if mark is None:
-            try:
-                mark = marks.popitem()[1]
-            except KeyError:
-                return  # exited too often: the exit raises
-        unmark_held(mark)
+        chain = held.get()
+        if chain is not None:
+            mark = chain[0]
+            if marks.pop(id(mark), None) is not None:  # on top here: the common case
+                token = mark[2]
+                mark[1] = 0
+                try:
+                    held.reset(token)
+                except (ValueError, RuntimeError):  # linked in the context this one copies
+                    return
+                mark[2] = None
+                below = token.old_value
+                if below is not Token.MISSING and below is not None and not below[0][1]:
+                    unmark_held(below[0], below)  # ended links below it, linked here
+                return
+            link = chain[1]
+            while link is not None:
+                found = marks.pop(id(link[0]), None)
+                if found is not None:
+                    unmark_held(found, chain)
+                    return
+                link = link[1]
+        try:
+            mark = marks.popitem()[1]
+        except KeyError:
+            return  # exited too often: the exit raises
+        unmark_held(mark, chain)
 
     # -- async with -----------------------------------------------------------------
 
@@ -549,7 +564,7 @@ def _sync_wrapper(hold: MaintenanceHold) -> Callable[..., Any]:
         try:
             return wrapped(*args, **kwargs)
         finally:
-            unmark_held(mark)
+            unmark_held(mark, held.get())
             _leave_blocking(entry)
 
     return wrapper
@@ -565,7 +580,7 @@ def _async_wrapper(hold: MaintenanceHold) -> Callable[..., Any]:
         try:
             return await wrapped(*args, **kwargs)
         finally:
-            unmark_held(mark)
+            unmark_held(mark, held.get())
             await _leave(entry)
 
     return wrapper
@@ -581,7 +596,7 @@ def _gen_wrapper(hold: MaintenanceHold) -> Callable[..., Any]:
         try:
             return (yield from wrapped(*args, **kwargs))
         finally:
-            unmark_held(mark)
+            unmark_held(mark, held.get())
             _leave_blocking(entry)
 
     return wrapper
@@ -600,7 +615,7 @@ def _async_gen_wrapper(hold: MaintenanceHold) -> Callable[..., Any]:
         return (entry, mark), None
 
     async def leave(entered: tuple[Entry, HeldMark]) -> None:
-        unmark_held(entered[1])
+        unmark_held(entered[1], held.get())
         await _leave(entered[0])
 
     return wrapper

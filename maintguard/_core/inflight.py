@@ -198,13 +198,12 @@ def mark_held(mark: HeldMark) -> None:
     mark[2] = held.set((mark, chain))
 
 
-def unmark_held(mark: HeldMark) -> None:
-    """``mark``'s entry ended, wherever this runs. In the context that linked it, its link
-    is taken off when nothing live was linked since, and so are ended links below it that
-    were linked here (an exit out of order leaves its link, which counts for nothing, until
-    then). O(1) for each link taken off."""
+def unmark_held(mark: HeldMark, chain: HeldChain | None) -> None:
+    """``mark``'s entry ended, wherever this runs (``chain``: :data:`held` here, as just
+    read). In the context that linked it, its link is taken off when nothing live was linked
+    since, and so are ended links below it that were linked here (an exit out of order
+    leaves its link, which counts for nothing, until then). O(1) for each link taken off."""
     mark[1] = 0
-    chain = held.get()
     while chain is not None:
         link = chain[0]
         token = link[2]
