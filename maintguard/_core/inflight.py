@@ -207,7 +207,7 @@ def unmark_held(mark: HeldMark, chain: HeldChain | None) -> None:
     while chain is not None:
         link = chain[0]
         token = link[2]
-        if link[1] or token is None:  # a live entry on top, or a link made elsewhere
+        if link[1] or token is None:  # a live entry on top, or a link taken off already
             return
         try:
             held.reset(token)
