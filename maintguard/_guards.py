@@ -9,6 +9,7 @@ import math
 import time
 import weakref
 from collections.abc import AsyncGenerator, Callable, Generator
+from contextvars import Token
 from types import TracebackType
 from typing import Any, Literal, TypeVar, cast, overload
 
@@ -25,9 +26,9 @@ from ._core import (
     watch,
 )
 from ._core.changes import wait_until, wait_until_blocking
-from ._core.inflight import current, inside_hold, new_key, work_frame
+from ._core.inflight import current_work, inside_hold, new_key
 from ._core.registry import Store
-from ._holds import SKIP, Decorated, _refresh, _token, relay
+from ._holds import SKIP, Decorated, _refresh, relay, stepped
 from ._options import named_options
 from ._state import EventKind, MaintenanceEvent, MaintenanceState, Mode, check_scope
 from .backends import Backend
@@ -89,7 +90,7 @@ class NotDuringMaintenance:
         self._scope = check_scope(scope)
         self._allow_read_only = allow_read_only
         self._fixed: ScopeController | None = None
-        self._blocks: list[tuple[object, Admission, Mark]] = []  # entered with / async with
+        self._blocks: dict[int, tuple[Admission, Token[Any]]] = {}  # with / async with entries
         self._entry = (self, self._scope)  # this guard's work entries (see core.inflight)
         self._watched: dict[Store, Callable[[], None]] = {}  # stores this guard keeps fresh
 
@@ -223,23 +224,36 @@ class NotDuringMaintenance:
 
     def _entered(self, admission: Admission | None) -> NotDuringMaintenance:
         assert admission is not None  # a block is never skipped
-        mark = _mark(admission[1])
-        # Each exit ends one entry: its own task's or thread's, else the newest.
-        self._blocks.append((_token(), admission, mark))
+        # The block's body runs in the caller's frame: its context runs inside the work
+        # until the exit. An uncounted block (a hold's helper) is linked under a key of its
+        # own, which no table holds, so that its exit finds it.
+        key = admission[1] or new_key()
+        token = current_work.set((key, current_work.get()))
+        self._blocks[key] = (admission, token)
         return self
 
     def _exited(self) -> None:
+        # Each exit ends one entry: the innermost one this context runs inside, else (an
+        # exit in another task or thread) the newest.
         blocks = self._blocks
-        if not blocks:
-            raise RuntimeError(f"{self!r} was exited more often than entered")
-        token = _token()
-        found = next((b for b in reversed(blocks) if b[0] == token), blocks[-1])
-        with contextlib.suppress(ValueError):
-            blocks.remove(found)
-        if found[2] is not None:
-            with contextlib.suppress(ValueError, RuntimeError):  # exited in another context
-                current.reset(found[2])
-        _end(*found[1])
+        chain = current_work.get()
+        head = True
+        while chain is not None:
+            key, chain = chain
+            found = blocks.pop(key, None)
+            if found is not None:
+                if head:  # entered here and nothing since: the link goes
+                    with contextlib.suppress(ValueError, RuntimeError):  # a copied context
+                        current_work.reset(found[1])
+                # (else it stays, naming work that has ended: it excludes nothing)
+                break
+            head = False
+        else:
+            try:
+                _, found = blocks.popitem()
+            except KeyError:
+                raise RuntimeError(f"{self!r} was exited more often than entered") from None
+        _end(*found[0])
 
     async def __aenter__(self) -> NotDuringMaintenance:
         return self._entered(await self._admit(self._block()))
@@ -284,22 +298,26 @@ class NotDuringMaintenance:
             wrapper = self._sync_wrapper(what)
         return cast(F, Decorated(func, wrapper))
 
-    # The wrappers keep their work's key in the local ``key``: a hold entered inside the
-    # call finds it on the stack (core.inflight.work_frame), so nothing is marked per call.
+    # While the call runs, its context runs inside its work (core.inflight.current_work):
+    # a drained hold entered there, or in a worker thread or task it starts, does not wait
+    # for it. A call let through uncounted (a hold's own helper) marks nothing.
 
     def _sync_wrapper(self, what: str) -> Callable[..., Any]:
         def wrapper(wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any) -> Any:
             admission = self._admit_blocking(what)
             if admission is None:
                 return None
-            key = admission[1]
+            store, key = admission
+            if not key:
+                return wrapped(*args, **kwargs)
+            token = current_work.set((key, current_work.get()))
             try:
                 return wrapped(*args, **kwargs)
             finally:
-                if key:
-                    admission[0].work.end(key)
+                current_work.reset(token)
+                store.work.end(key)
 
-        return _work(wrapper)
+        return wrapper
 
     def _async_wrapper(self, what: str) -> Callable[..., Any]:
         async def wrapper(
@@ -308,14 +326,17 @@ class NotDuringMaintenance:
             admission = await self._admit(what)
             if admission is None:
                 return None
-            key = admission[1]
+            store, key = admission
+            if not key:
+                return await wrapped(*args, **kwargs)
+            token = current_work.set((key, current_work.get()))
             try:
                 return await wrapped(*args, **kwargs)
             finally:
-                if key:
-                    admission[0].work.end(key)
+                current_work.reset(token)
+                store.work.end(key)
 
-        return _work(wrapper)
+        return wrapper
 
     def _gen_wrapper(self, what: str) -> Callable[..., Any]:
         def wrapper(
@@ -324,19 +345,24 @@ class NotDuringMaintenance:
             admission = self._admit_blocking(what)
             if admission is None:
                 return None
-            key = admission[1]
-            try:
+            store, key = admission
+            if not key:
                 return (yield from wrapped(*args, **kwargs))
+            try:
+                # The body runs across yields, each step in the context of whoever resumes
+                # it: inside the work during each step only.
+                return (yield from stepped(wrapped(*args, **kwargs), current_work, key))
             finally:
-                if key:
-                    admission[0].work.end(key)
+                store.work.end(key)
 
-        return _work(wrapper)
+        return wrapper
 
     def _async_gen_wrapper(self, what: str) -> Callable[..., Any]:
         async def enter() -> object:
             admission = await self._admit(what)
-            return SKIP if admission is None else admission
+            if admission is None:
+                return SKIP
+            return admission, admission[1] or None  # each step runs inside its work
 
         async def leave(admission: Any) -> None:
             _end(*admission)
@@ -344,32 +370,18 @@ class NotDuringMaintenance:
         def wrapper(
             wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any
         ) -> AsyncGenerator[Any, Any]:
-            return relay(wrapped(*args, **kwargs), enter, leave)
+            return relay(wrapped(*args, **kwargs), enter, leave, current_work)
 
         return wrapper
 
 
 Admission = tuple[Store, int]
 """A call let in: its store and its work key (0: not counted, inside a hold of the store)."""
-Mark = Any
-
-
-def _mark(key: int) -> Mark:
-    # A guarded block's body runs in the caller's frame: mark its context instead.
-    if key == 0:
-        return None
-    outer = current.get()
-    return current.set(key if outer is None else (key, outer))
 
 
 def _end(store: Store, key: int) -> None:
     if key:
         store.work.end(key)
-
-
-def _work(wrapper: Callable[..., Any]) -> Callable[..., Any]:
-    work_frame(wrapper.__code__, "key")
-    return wrapper
 
 
 @overload

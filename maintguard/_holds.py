@@ -11,6 +11,7 @@ import pickle
 import sys
 import threading
 from collections.abc import AsyncGenerator, Awaitable, Callable, Generator
+from contextvars import ContextVar, Token
 from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any, TypeVar, cast, overload
@@ -22,7 +23,7 @@ from ._core import ScopeController, coerce, controller, resolve_backend
 from ._core.controller import refresh_store
 from ._core.defaults import default_root
 from ._core.drain import wait_drained, wait_drained_blocking
-from ._core.inflight import mark_held, own_keys, work_frame
+from ._core.inflight import HeldMark, held, held_mark, mark_held, own_keys, unmark_held
 from ._core.registry import root_controller
 from ._core.stack import Presents
 from ._options import named_options
@@ -140,6 +141,9 @@ class MaintenanceHold:
         # choose which one an exit ends.
         self._live: dict[ScopeController, list[int]] = {}
         self._owners: dict[ScopeController, object] = {}
+        # The marks of the with / async with entries (core.inflight.held) by id, oldest
+        # first: an exit takes off the one its own context runs inside, else the newest.
+        self._marks: dict[int, HeldMark] = {}
         # A backend object given: the controller and the frame keys never change (and a
         # conflict of options with another object for the same store is reported now).
         self._fixed: Entry | None = None
@@ -198,6 +202,49 @@ class MaintenanceHold:
     def _exited_too_often(self) -> RuntimeError:
         return RuntimeError(f"{self!r} was exited more often than entered")
 
+    def _mark(self, ctrl: ScopeController, keys: list[int]) -> None:
+        # The block runs inside this entry (guards let its helpers work) until its exit:
+        # core.inflight.mark_held, written out on this hot path.
+        mark: HeldMark = [ctrl.stack._frames, keys[-1], None]
+        self._marks[id(mark)] = mark
+        chain = held.get()
+        while chain is not None and chain[0][1] not in chain[0][0]:
+            chain = chain[1]
+        mark[2] = held.set((mark, chain))
+
+    def _unmark(self) -> None:
+        # The entry this context runs inside (the innermost, if several), else -- an exit
+        # in another task or thread than the entry's -- the newest. O(1) when the object
+        # has one entry or its entry is the newest link here.
+        marks = self._marks
+        chain = held.get()
+        if chain is not None:
+            mark = chain[0]
+            if marks.pop(id(mark), None) is not None:  # on top here: the common case
+                token = mark[2]
+                mark[1] = 0
+                try:
+                    held.reset(token)
+                except (ValueError, RuntimeError):  # linked in the context this one copies
+                    return
+                mark[2] = None
+                below = token.old_value
+                if below is not Token.MISSING and below is not None and not below[0][1]:
+                    unmark_held(below[0], below)  # ended links below it, linked here
+                return
+            link = chain[1]
+            while link is not None:
+                found = marks.pop(id(link[0]), None)
+                if found is not None:
+                    unmark_held(found, chain)
+                    return
+                link = link[1]
+        try:
+            mark = marks.popitem()[1]
+        except KeyError:
+            return  # exited too often: the exit raises
+        unmark_held(mark, chain)
+
     # -- async with -----------------------------------------------------------------
 
     async def __aenter__(self) -> MaintenanceHold:
@@ -208,7 +255,7 @@ class MaintenanceHold:
             key = ctrl.enter(self._presents, keys)
             if key is not None:
                 await _write_entry(ctrl, key, keys)
-        mark_held(ctrl, keys[-1])  # the block runs inside it (guards let it work)
+        self._mark(ctrl, keys)
         return self
 
     async def __aexit__(
@@ -218,6 +265,7 @@ class MaintenanceHold:
         tb: TracebackType | None,
     ) -> None:
         ctrl, keys = self._fixed or self._claim()
+        self._unmark()
         write = ctrl.leave(keys)
         if write:
             await _write_release(ctrl)
@@ -234,7 +282,7 @@ class MaintenanceHold:
             key = ctrl.enter(self._presents, keys)
             if key is not None:
                 _write_entry_blocking(ctrl, key, keys)
-        mark_held(ctrl, keys[-1])
+        self._mark(ctrl, keys)
         return self
 
     def __exit__(
@@ -244,13 +292,14 @@ class MaintenanceHold:
         tb: TracebackType | None,
     ) -> None:
         ctrl, keys = self._fixed or self._claim()
+        self._unmark()
         write = ctrl.leave(keys)
         if write:
             _write_release_blocking(ctrl)
         elif write is None:
             raise self._exited_too_often()
 
-    # -- the decorators' entries: each call holds its own --------------------------------
+    # -- the decorators' entries: each call holds its own and marks its context itself --
 
     def _enter_sync(self) -> Entry:
         ctrl = self._controller()
@@ -261,7 +310,6 @@ class MaintenanceHold:
             key = ctrl.enter(self._presents, keys)
             if key is not None:
                 _write_entry_blocking(ctrl, key, keys)
-        mark_held(ctrl, keys[-1])  # the call runs inside it
         return ctrl, keys
 
     async def _enter_async(self) -> Entry:
@@ -273,7 +321,6 @@ class MaintenanceHold:
             key = ctrl.enter(self._presents, keys)
             if key is not None:
                 await _write_entry(ctrl, key, keys)
-        mark_held(ctrl, keys[-1])
         return ctrl, keys
 
     # -- drains: enter (maintenance on at once), wait for in-flight work, then the body ------
@@ -504,15 +551,22 @@ Args = tuple[Any, ...]
 Kwargs = dict[str, Any]
 
 # The wrappers hold their entry themselves: the exit pairs with it wherever it runs (a
-# generator closed by the garbage collector, or from another task or thread).
+# generator closed by the garbage collector, or from another task or thread). The context
+# that enters runs inside the entry (core.inflight.held) until the exit, as with a `with`
+# block around the body: for a generator, the context of its first step, so the code that
+# iterates it (a FastAPI endpoint between the halves of a `yield` dependency) runs its
+# guarded helpers too.
 
 
 def _sync_wrapper(hold: MaintenanceHold) -> Callable[..., Any]:
     def wrapper(wrapped: Callable[..., Any], instance: Any, args: Args, kwargs: Kwargs) -> Any:
         entry = hold._enter_sync()
+        mark = held_mark(entry[0], entry[1][-1])
+        mark_held(mark)
         try:
             return wrapped(*args, **kwargs)
         finally:
+            unmark_held(mark, held.get())
             _leave_blocking(entry)
 
     return wrapper
@@ -523,9 +577,12 @@ def _async_wrapper(hold: MaintenanceHold) -> Callable[..., Any]:
         wrapped: Callable[..., Any], instance: Any, args: Args, kwargs: Kwargs
     ) -> Any:
         entry = await hold._enter_async()
+        mark = held_mark(entry[0], entry[1][-1])
+        mark_held(mark)
         try:
             return await wrapped(*args, **kwargs)
         finally:
+            unmark_held(mark, held.get())
             await _leave(entry)
 
     return wrapper
@@ -536,9 +593,12 @@ def _gen_wrapper(hold: MaintenanceHold) -> Callable[..., Any]:
         wrapped: Callable[..., Any], instance: Any, args: Args, kwargs: Kwargs
     ) -> Generator[Any, Any, Any]:
         entry = hold._enter_sync()
+        mark = held_mark(entry[0], entry[1][-1])
+        mark_held(mark)
         try:
             return (yield from wrapped(*args, **kwargs))
         finally:
+            unmark_held(mark, held.get())
             _leave_blocking(entry)
 
     return wrapper
@@ -548,10 +608,17 @@ def _async_gen_wrapper(hold: MaintenanceHold) -> Callable[..., Any]:
     def wrapper(
         wrapped: Callable[..., Any], instance: Any, args: Args, kwargs: Kwargs
     ) -> AsyncGenerator[Any, Any]:
-        return relay(wrapped(*args, **kwargs), enter, _leave)
+        return relay(wrapped(*args, **kwargs), enter, leave, held)  # (marks no step)
 
-    async def enter() -> Entry:
-        return await hold._enter_async()
+    async def enter() -> tuple[tuple[Entry, HeldMark], None]:
+        entry = await hold._enter_async()
+        mark = held_mark(entry[0], entry[1][-1])
+        mark_held(mark)
+        return (entry, mark), None
+
+    async def leave(entered: tuple[Entry, HeldMark]) -> None:
+        unmark_held(entered[1], held.get())
+        await _leave(entered[0])
 
     return wrapper
 
@@ -560,39 +627,87 @@ SKIP = object()
 """Returned by a relay's ``enter``: the generator is not iterated at all."""
 
 
+def stepped(
+    gen: Generator[Any, Any, Any], var: ContextVar[Any], link: Any
+) -> Generator[Any, Any, Any]:
+    """Iterate ``gen`` (as ``yield from`` does) with ``(link, outer)`` set in ``var`` while
+    each of its steps runs, in the context of whoever resumes it, and reset after it: the
+    body of a guarded generator runs inside its work across its yields, and the code that
+    iterates it does not between its steps."""
+    step: Callable[[Any], Any] = gen.send
+    arg: Any = None
+    while True:
+        token = var.set((link, var.get()))
+        try:
+            value = step(arg)
+        except StopIteration as stop:
+            return stop.value
+        finally:
+            var.reset(token)
+        try:
+            arg = yield value
+        except GeneratorExit:
+            token = var.set((link, var.get()))
+            try:
+                gen.close()
+            finally:
+                var.reset(token)
+            raise
+        except BaseException as exc:
+            step, arg = gen.throw, exc
+        else:
+            step = gen.send
+
+
 async def relay(
     agen: AsyncGenerator[Any, Any],
     enter: Callable[[], Awaitable[Any]],
-    leave: Callable[[Any], Awaitable[None]] | None = None,
+    leave: Callable[[Any], Awaitable[None]],
+    var: ContextVar[Any],
 ) -> AsyncGenerator[Any, Any]:
-    """Iterate ``agen`` between ``enter()`` and ``leave(what enter returned)``, passing
-    values sent and exceptions thrown on: a decorator's span over a whole iteration."""
-    token = await enter()
-    if token is SKIP:
+    """Iterate ``agen`` between ``enter()`` and ``leave(what)``, passing values sent and
+    exceptions thrown on: a decorator's span over a whole iteration. ``enter`` returns
+    ``(what, link)``, or :data:`SKIP`; unless ``link`` is None, ``(link, outer)`` is set in
+    ``var`` while each step of ``agen`` runs, as :func:`stepped` does."""
+    entered = await enter()
+    if entered is SKIP:
         await agen.aclose()
         return
+    what, link = entered
     try:
         try:
-            value = await agen.__anext__()
+            token = None if link is None else var.set((link, var.get()))
+            try:
+                value = await agen.__anext__()
+            finally:
+                if token is not None:
+                    var.reset(token)
             while True:
                 try:
                     sent = yield value
                 except GeneratorExit:
                     raise
                 except BaseException as exc:
-                    value = await agen.athrow(exc)
+                    step = agen.athrow(exc)
                 else:
-                    value = await agen.asend(sent)
+                    step = agen.asend(sent)
+                token = None if link is None else var.set((link, var.get()))
+                try:
+                    value = await step
+                finally:
+                    if token is not None:
+                        var.reset(token)
         except StopAsyncIteration:
             return
         finally:
-            await agen.aclose()
+            token = None if link is None else var.set((link, var.get()))
+            try:
+                await agen.aclose()
+            finally:
+                if token is not None:
+                    var.reset(token)
     finally:
-        if leave is not None:
-            await leave(token)
-
-
-work_frame(relay.__code__, "token")  # a guarded async generator's admission
+        await leave(what)
 
 
 # -- public constructors --------------------------------------------------------------------

@@ -10,10 +10,13 @@ import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.lowlevel
+import anyio.to_thread
 import pytest
 
 from maintguard import (
@@ -349,3 +352,152 @@ def test_a_guard_made_per_call_decides_on_a_fresh_state(
         call()
     assert refused.value.state.reason == "migration"
     assert ran == [face]
+
+
+# -- the work a guarded call runs inside ---------------------------------------------------
+
+OUTER = (10**15, None)  # as if this test ran inside some other work
+
+
+async def test_a_guarded_call_runs_inside_its_work_and_leaves_it_on_every_way_out() -> None:
+    # While the call runs, its context says so (core.inflight.current_work: the call's key,
+    # linked to the work it runs inside); after it, on return, exception or cancellation,
+    # the context is as it was. A generator's body is inside only while a step runs.
+    from maintguard._core.inflight import current_work
+
+    backend = MemoryBackend()
+    guard = not_during_maintenance(backend=backend)
+    live = store_of(backend).work.live
+    keys: list[int] = []
+
+    def inside() -> None:
+        chain = current_work.get()
+        assert chain is not None and chain[1] == OUTER and chain[0] in live
+        keys.append(chain[0])
+
+    def outside() -> None:
+        assert current_work.get() == OUTER
+
+    @guard
+    def call(fail: bool) -> None:
+        inside()
+        if fail:
+            raise ValueError("fail")
+
+    @guard
+    async def acall(fail: bool) -> None:
+        inside()
+        await anyio.lowlevel.checkpoint()
+        inside()
+        if fail:
+            raise ValueError("fail")
+        await anyio.sleep(10)  # cancelled
+
+    @guard
+    def rows() -> Iterator[int]:
+        inside()
+        try:
+            yield 1
+        except KeyError:
+            inside()
+            yield 2
+        inside()
+
+    @guard
+    async def pages() -> AsyncIterator[int]:
+        inside()
+        await anyio.lowlevel.checkpoint()
+        try:
+            yield 1
+        except KeyError:
+            inside()
+            yield 2
+        inside()
+        await anyio.sleep(10)  # cancelled
+        yield 3  # pragma: no cover
+
+    token = current_work.set(OUTER)
+    try:
+        call(False)
+        outside()
+        with pytest.raises(ValueError, match="fail"):
+            call(True)
+        outside()
+        with pytest.raises(ValueError, match="fail"):
+            await acall(True)
+        outside()
+        with anyio.move_on_after(0.05) as cancelled:
+            await acall(False)
+        assert cancelled.cancelled_caught
+        outside()
+        assert await anyio.to_thread.run_sync(lambda: list(rows())) == [1]
+        outside()
+        gen = rows()
+        assert next(gen) == 1
+        outside()  # between steps
+        assert gen.throw(KeyError()) == 2
+        outside()
+        gen.close()  # GeneratorExit at `yield 2`: no step runs the last inside()
+        outside()
+        agen = pages()
+        assert await agen.__anext__() == 1
+        outside()
+        assert await agen.athrow(KeyError()) == 2
+        outside()
+        with anyio.move_on_after(0.05) as cancelled:
+            await agen.__anext__()
+        assert cancelled.cancelled_caught
+        outside()
+        await agen.aclose()
+        for fail in (False, True):
+            with pytest.raises(ValueError, match="block") if fail else nullcontext(), guard:
+                inside()
+                if fail:
+                    raise ValueError("block")
+            outside()
+            with pytest.raises(ValueError, match="block") if fail else nullcontext():
+                async with guard:
+                    inside()
+                    if fail:
+                        raise ValueError("block")
+            outside()
+        with anyio.move_on_after(0.05) as cancelled:
+            async with guard:
+                inside()
+                await anyio.sleep(10)
+        assert cancelled.cancelled_caught
+        outside()
+    finally:
+        current_work.reset(token)
+    assert current_work.get() is None
+    assert live == {}  # every call ended
+    assert len(keys) == 18 and len(set(keys)) == 12  # each call its own key
+
+
+async def test_nested_guarded_work_runs_inside_both_and_unwinds_in_order() -> None:
+    from maintguard._core.inflight import current_work, own_keys
+
+    backend = MemoryBackend()
+    guard = not_during_maintenance(backend=backend)
+    seen: list[frozenset[int]] = []
+
+    @guard
+    async def inner() -> None:
+        seen.append(own_keys())
+
+    @guard
+    def sync_inner() -> None:
+        seen.append(own_keys())
+
+    @guard
+    async def outer() -> None:
+        seen.append(own_keys())
+        await inner()
+        async with guard:
+            await anyio.to_thread.run_sync(sync_inner)
+        seen.append(own_keys())
+
+    await outer()
+    assert current_work.get() is None
+    (job,), (job2, inner_key), (job3, block, thread), (job4,) = (sorted(s) for s in seen)
+    assert job == job2 == job3 == job4 < inner_key < block < thread

@@ -11,41 +11,71 @@ The entry is made *before* the work looks at the state, and a drain counts only 
 its hold is visible: so either the drain counts the work, or the work sees maintenance
 on and does not start.
 
-A hold entered inside work (an admin endpoint, a guarded job) finds that work's key on the
-running stack and does not wait for it: nothing is marked per call for that.
+Two context variables say what the running code is part of, so that neither rule needs
+to look at stacks or at a concurrency library's internals:
+
+- :data:`current_work`: the work this context runs inside (a request, a guarded call).
+  A drained hold entered there does not wait for it (:func:`own_keys`).
+- :data:`held`: the holds this context runs inside. Guarded calls made there are the
+  maintenance job's own helpers and run (:func:`inside_hold`).
+
+Each is set where the work or the hold begins and reset with its token where it ends, in
+the same context. What copies the context inherits both: worker threads of
+``anyio.to_thread``, ``asyncio.to_thread``, ``trio.to_thread`` and Starlette's thread
+pool, tasks started in a task group or nursery, ``asyncio.create_task``. A task or thread
+started from elsewhere (a worker loop running before the hold, ``threading.Thread``
+without ``contextvars.copy_context().run``) does not.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import itertools
-import sys
-from collections.abc import Callable, Iterator
-from contextvars import ContextVar
-from types import CodeType, FrameType
-from typing import Any, Protocol
+from collections.abc import Callable
+from contextvars import ContextVar, Token
+from typing import Any, Protocol, TypeAlias
 
 from .._state import Mode
 
 __all__ = [
+    "HeldMark",
     "Judge",
     "Work",
-    "current",
+    "WorkChain",
+    "current_work",
     "held",
+    "held_mark",
     "inside_hold",
     "mark_held",
     "new_key",
     "own_keys",
-    "work_frame",
+    "unmark_held",
 ]
 
 new_key = itertools.count(1).__next__
-"""A new work key (atomic: one C call)."""
+"""A new work key (atomic: one C call). Keys are never used twice."""
 
-Chain = int | tuple[int, Any]  # a key, or (key, the chain it runs inside)
-current: ContextVar[Chain | None] = ContextVar("maintguard_work", default=None)
-"""Guarded ``with`` blocks this context runs inside (no frame of ours runs their body)."""
+WorkChain: TypeAlias = "tuple[int, WorkChain | None]"
+current_work: ContextVar[WorkChain | None] = ContextVar("maintguard_work", default=None)
+"""The work this context runs inside, innermost first: ``(key, outer chain)``.
+
+Set as ``current_work.set((key, current_work.get()))`` where the work begins (the
+middleware around the app call, a guard around the guarded call, each step of a guarded
+generator) and reset with that token where it ends. A link left behind (a guarded block
+left in another context) names work that has ended: its key is in no table any more, so
+it excludes nothing.
+"""
+
+
+def own_keys() -> frozenset[int]:
+    """The work a hold entered here runs inside: its own request or guarded job, and the
+    work that one runs inside (nested)."""
+    keys = []
+    chain = current_work.get()
+    while chain is not None:
+        key, chain = chain
+        keys.append(key)
+    return frozenset(keys)
 
 
 class Judge(Protocol):
@@ -134,143 +164,64 @@ class Work:
         return n
 
 
-_work_frames: dict[CodeType, str] = {}
+HeldMark: TypeAlias = "list[Any]"
+"""One entry of a hold, as the contexts that run inside it see it: ``[frames, key, token]``.
 
-
-def work_frame(code: CodeType, local: str) -> None:
-    """Frames running ``code`` hold the key of their work in local variable ``local``.
-
-    The hot paths (a request, a guarded call) mark nothing per call: a hold entered inside
-    such work finds it on the running stack (:func:`own_keys`).
-    """
-    _work_frames[code] = local
-
-
-def own_keys() -> frozenset[int]:
-    """The work a hold entered here runs inside: its own request or guarded job.
-
-    Found on this thread's running stack; on the stacks of the tasks this one runs on
-    behalf of — the task waiting for this worker thread of ``anyio.to_thread`` (a sync
-    endpoint) or ``trio.to_thread``, the tasks that started this one in an anyio task
-    group or a trio nursery (a streamed response's body, the request's own tasks); and
-    through :data:`current` for guarded ``with`` blocks.
-    """
-    keys: list[int] = []
-    _frames_keys(sys._getframe(1), keys)
-    for coro in _outer_coroutines():
-        for _ in range(_MAX_DEPTH):
-            frame = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None)
-            if frame is None:
-                break
-            _frame_key(frame, keys)
-            coro = getattr(coro, "cr_await", None) or getattr(coro, "gi_yieldfrom", None)
-    chain = current.get()
-    while isinstance(chain, tuple):
-        keys.append(chain[0])
-        chain = chain[1]
-    if chain is not None:
-        keys.append(chain)
-    return frozenset(keys)
-
-
-_MAX_DEPTH = 1000
-
-
-def _frames_keys(frame: FrameType | None, keys: list[int]) -> None:
-    for _ in range(_MAX_DEPTH):
-        if frame is None:
-            return
-        _frame_key(frame, keys)
-        frame = frame.f_back
-
-
-def _frame_key(frame: FrameType, keys: list[int]) -> None:
-    local = _work_frames.get(frame.f_code)
-    if local is not None:
-        key = frame.f_locals.get(local)
-        if isinstance(key, tuple) and len(key) == 2:  # an admission: (store, key)
-            key = key[1]
-        if isinstance(key, int) and key > 0:
-            keys.append(key)
-
-
-def _outer_coroutines() -> Iterator[Any]:
-    """The coroutines of the tasks this code runs on behalf of, innermost first: the task
-    waiting for this worker thread, then the tasks that started the current task."""
-    waiting = _waiting_coroutine()
-    if waiting is not None:
-        yield waiting
-    loop = asyncio._get_running_loop()
-    if loop is not None:
-        backend = sys.modules.get("anyio._backends._asyncio")
-        states = getattr(backend, "_task_states", None)
-        task = asyncio.current_task(loop)
-        tasks: dict[int, Any] | None = None
-        for _ in range(_MAX_DEPTH):
-            parent_id = getattr(states.get(task), "parent_id", None) if states else None
-            if parent_id is None:
-                return
-            if tasks is None:
-                tasks = {id(t): t for t in asyncio.all_tasks(loop)}
-            task = tasks.get(parent_id)
-            if task is None:
-                return
-            yield task.get_coro()
-        return
-    trio = sys.modules.get("trio")
-    if trio is None:
-        return
-    try:
-        task = trio.lowlevel.current_task()
-    except RuntimeError:  # not in trio
-        return
-    for _ in range(_MAX_DEPTH):
-        nursery = task.parent_nursery
-        if nursery is None:
-            return
-        task = nursery.parent_task
-        yield task.coro
-
-
-def _waiting_coroutine() -> Any:
-    # In a worker thread of anyio.to_thread (asyncio) or trio.to_thread: the coroutine of
-    # the task that waits for the thread.
-    backend = sys.modules.get("anyio._backends._asyncio")
-    if backend is not None:
-        scope = getattr(getattr(backend, "threadlocals", None), "current_cancel_scope", None)
-        task = getattr(scope, "_host_task", None)
-        if task is not None:
-            return task.get_coro()
-    threads = sys.modules.get("trio._threads")
-    if threads is not None:
-        register = getattr(getattr(threads, "PARENT_TASK_DATA", None), "task_register", None)
-        if register and register[0] is not None:
-            return register[0].coro
-    return None
-
-
-held: ContextVar[tuple[Any, int, Any] | None] = ContextVar("maintguard_held", default=None)
-"""The holds this context runs inside, newest first: ``(frames, frame key, older)``, where
 ``frames`` is the frame table of the hold's stack (not its controller: a mark left behind
-keeps no controller alive).
-
-A context copied from it (a task started, a worker thread of ``to_thread``) runs inside
-them too. Links are not taken off at exit (an exit may run in another context): a link
-whose frame has left counts for nothing, and the next entry drops such links at the head.
+keeps no controller alive), ``key`` the entry's frame there, 0 once the entry has ended
+(wherever its exit ran): from then on the mark counts for nothing in any context that still
+links it (a copy of the context, or the context of an entry left elsewhere). ``token`` is
+that of the :func:`mark_held` set, until the link is taken off. A list: made and changed at
+every entry and exit, where a class would cost more than the rest of the mark.
 """
 
 
-def mark_held(ctrl: Any, key: int) -> None:
-    """Code running in this context from now on runs inside frame ``key`` of ``ctrl``."""
+def held_mark(ctrl: Any, key: int) -> HeldMark:
+    return [ctrl.stack._frames, key, None]
+
+
+HeldChain: TypeAlias = "tuple[HeldMark, HeldChain | None]"
+held: ContextVar[HeldChain | None] = ContextVar("maintguard_held", default=None)
+"""The hold entries this context runs inside, newest first: ``(mark, older chain)``.
+
+A decorated call or a ``with`` block links its mark on entry (:func:`mark_held`) and takes
+it off on exit (:func:`unmark_held`). A context copied from it (a task started, a worker
+thread of ``to_thread``) runs inside the same entries until they end.
+"""
+
+
+def mark_held(mark: HeldMark) -> None:
+    """Code running in this context from now on runs inside ``mark``'s entry."""
     chain = held.get()
-    while chain is not None and chain[1] not in chain[0]:
-        chain = chain[2]  # its frame has left
-    held.set((ctrl.stack._frames, key, chain))
+    while chain is not None and chain[0][1] not in chain[0][0]:
+        chain = chain[1]  # entries that ended elsewhere: their links go
+    mark[2] = held.set((mark, chain))
+
+
+def unmark_held(mark: HeldMark, chain: HeldChain | None) -> None:
+    """``mark``'s entry ended, wherever this runs (``chain``: :data:`held` here, as just
+    read). In the context that linked it, its link is taken off when nothing live was linked
+    since, and so are ended links below it that were linked here (an exit out of order
+    leaves its link, which counts for nothing, until then). O(1) for each link taken off."""
+    mark[1] = 0
+    while chain is not None:
+        link = chain[0]
+        token = link[2]
+        if link[1] or token is None:  # a live entry on top, or a link taken off already
+            return
+        try:
+            held.reset(token)
+        except (ValueError, RuntimeError):  # linked in the context this one copies
+            return
+        link[2] = None
+        chain = token.old_value
+        if chain is Token.MISSING:
+            return
 
 
 def inside_hold(store: Any, scope: str | None) -> bool:
-    """True when this context runs inside a live hold on ``store`` that refuses work of
-    ``scope`` (the global scope's, or that scope's own): guards then let the maintenance
+    """True when this context runs inside a live hold entry on ``store`` that refuses work
+    of ``scope`` (the global scope's, or that scope's own): guards then let the maintenance
     job's own helpers work. A hold of another named scope lets nothing through."""
     chain = held.get()
     if chain is None:
@@ -281,7 +232,7 @@ def inside_hold(store: Any, scope: str | None) -> bool:
         if ctrl.scope is None or ctrl.scope == scope
     }
     while chain is not None:
-        frames, key, chain = chain
-        if key in frames and id(frames) in tables:
+        mark, chain = chain
+        if mark[1] in mark[0] and id(mark[0]) in tables:
             return True
     return False

@@ -30,7 +30,7 @@ from .._core import (
 from .._core.changes import wait_until
 from .._core.controller import refresh_store
 from .._core.defaults import warn_two_stores
-from .._core.inflight import Work, new_key, work_frame
+from .._core.inflight import Work, current_work, new_key
 from .._options import named_options
 from .._state import MaintenanceState, Mode, check_scope
 from ..backends import Backend, EnvVarBackend
@@ -179,9 +179,11 @@ class MaintenanceModeMiddleware:
             except Exception:  # a route of the user's whose == raises: look closer
                 off = False
             if off:
+                token = current_work.set((key, current_work.get()))  # see _general
                 try:
                     await self.app(scope, receive, send)
                 finally:
+                    current_work.reset(token)
                     live.pop(key, None)  # (a drain may hold it back while its holder waits)
                     if self._drains:
                         self._work.wake()
@@ -216,11 +218,13 @@ class MaintenanceModeMiddleware:
                 app = passed
             # Passed while maintenance is off for it: in flight until the app returns (an
             # HTTP request's last body message and background tasks, a WebSocket session's
-            # close). A hold entered meanwhile finds `key` on the stack (work_frame) and
-            # does not wait for its own request.
+            # close). The app runs inside `key` (core.inflight.current_work): a drained hold
+            # entered there, or in a thread or task it starts, does not wait for its request.
+            token = current_work.set((key, current_work.get()))
             try:
                 await app(scope, receive, send)
             finally:
+                current_work.reset(token)
                 live.pop(key, None)
                 if self._drains:
                     self._work.wake()
@@ -572,10 +576,6 @@ class MaintenanceModeMiddleware:
             tg.cancel_scope.cancel()
         if error is not None:
             raise error
-
-
-work_frame(MaintenanceModeMiddleware.__call__.__code__, "key")
-work_frame(MaintenanceModeMiddleware._general.__code__, "key")
 
 
 # -- helpers ------------------------------------------------------------------------------------
