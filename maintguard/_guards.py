@@ -26,9 +26,10 @@ from ._core import (
     watch,
 )
 from ._core.changes import wait_until, wait_until_blocking
+from ._core.controller import refresh_stale
 from ._core.inflight import current_work, inside_hold, new_key
 from ._core.registry import Store
-from ._holds import SKIP, Decorated, _refresh, relay, stepped
+from ._holds import SKIP, Decorated, relay, stepped
 from ._options import named_options
 from ._state import EventKind, MaintenanceEvent, MaintenanceState, Mode, check_scope
 from .backends import Backend
@@ -197,7 +198,7 @@ class NotDuringMaintenance:
                 weakref.finalize(self, stop)
             else:
                 stop()  # another thread started it first
-        await _refresh(ctrl)
+        await refresh_stale(ctrl)
 
     def _refuse(self, ctrl: ScopeController, state: MaintenanceState, what: str) -> None:
         if self.policy == "raise":
@@ -207,7 +208,7 @@ class NotDuringMaintenance:
             what,
             f" ({state.reason})" if state.reason else "",
         )
-        if dispatch._listeners:
+        if dispatch.listeners:
             dispatch.emit(
                 [MaintenanceEvent(EventKind.JOB_SKIPPED, ctrl.scope, ctrl.where, state, owner=what)]
             )

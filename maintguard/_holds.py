@@ -20,7 +20,7 @@ import anyio
 import wrapt
 
 from ._core import ScopeController, coerce, controller, resolve_backend
-from ._core.controller import refresh_store
+from ._core.controller import refresh_stale
 from ._core.defaults import default_root
 from ._core.drain import wait_drained, wait_drained_blocking
 from ._core.inflight import HeldMark, held, held_mark, mark_held, own_keys, unmark_held
@@ -205,7 +205,7 @@ class MaintenanceHold:
     def _mark(self, ctrl: ScopeController, keys: list[int]) -> None:
         # The block runs inside this entry (guards let its helpers work) until its exit:
         # core.inflight.mark_held, written out on this hot path.
-        mark: HeldMark = [ctrl.stack._frames, keys[-1], None]
+        mark: HeldMark = [ctrl.stack.frames, keys[-1], None]
         self._marks[id(mark)] = mark
         chain = held.get()
         while chain is not None and chain[0][1] not in chain[0][0]:
@@ -801,13 +801,6 @@ def maintenance_mode_on(
 # -- state functions -----------------------------------------------------------------------
 
 
-async def _refresh(ctrl: ScopeController) -> None:
-    # One store read for the scope and the global scope it follows, when either is stale.
-    stale = [c for c in (ctrl.parent, ctrl) if c is not None and c.stale()]
-    if stale:
-        await refresh_store(ctrl.store, stale, may_raise=True)
-
-
 async def get_state(backend: BackendArg = None, scope: str | None = None) -> MaintenanceState:
     """The full effective state of ``scope`` (or the global scope).
 
@@ -817,7 +810,7 @@ async def get_state(backend: BackendArg = None, scope: str | None = None) -> Mai
     """
     ctrl = _reader(backend, scope)
     if not ctrl.refresh_inline():
-        await _refresh(ctrl)
+        await refresh_stale(ctrl)
     return ctrl.snapshot
 
 
@@ -836,7 +829,7 @@ async def get_maintenance_mode(backend: BackendArg = None, scope: str | None = N
     else:
         ctrl = controller(coerce(backend), None)
     if not ctrl.refresh_inline():
-        await _refresh(ctrl)
+        await refresh_stale(ctrl)
     return ctrl.snapshot.active
 
 

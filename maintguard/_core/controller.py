@@ -48,11 +48,12 @@ __all__ = [
     "as_backend_error",
     "plug_watcher",
     "read_only_error",
+    "refresh_stale",
     "refresh_store",
 ]
 
 logger = logging.getLogger("maintguard")
-_level_of = dispatch._level_cache.get  # (logging clears its cache in place: the same dict)
+_level_of = dispatch.level_cache.get  # (logging clears its cache in place: the same dict)
 _INFO = logging.INFO
 """``_level_of(_INFO, True)``: whether a transition may be logged (logging's own cache; not
 known yet: _announce asks)."""
@@ -106,18 +107,18 @@ class ScopeController(Snapshots, Reading, Operators):
                 change = self.decide_enter(presents, keys, drain, store.clock)
             else:
                 change = self.decide_enter(presents, keys, drain, store.clock, parent.phase)
-                if change.__class__ is tuple and len(self.stack._frames) == 1:
+                if change.__class__ is tuple and len(self.stack.frames) == 1:
                     store.held.add(self)  # a named scope lives while it holds (the root always)
         finally:
             lock.release()
         if change is NO_CHANGE:
-            if dispatch._listeners:
+            if dispatch.listeners:
                 self._announce_entry(change, presents.owner, keys)
             return None
         if change.__class__ is int:
             return change
         if (
-            dispatch._listeners
+            dispatch.listeners
             or parent is not None
             or store.has_children
             or self.wakers
@@ -134,7 +135,7 @@ class ScopeController(Snapshots, Reading, Operators):
                 return
             if len(self.stack) == 1:
                 self.store.held.add(self)
-            owner = self.stack._frames[key][0].owner
+            owner = self.stack.frames[key][0].owner
         self._announce_entry(change, owner, keys)
 
     def abort(self, key: int) -> None:
@@ -161,7 +162,7 @@ class ScopeController(Snapshots, Reading, Operators):
                     left is not None
                     and left[0] is not None
                     and left[0][2] <= 0
-                    and not self.stack._frames
+                    and not self.stack.frames
                 ):
                     store.held.discard(self)
         finally:
@@ -172,10 +173,10 @@ class ScopeController(Snapshots, Reading, Operators):
         if frame is None:
             return False
         if change is NO_CHANGE:  # (also a frame counted down: it stays)
-            if not dispatch._listeners:
+            if not dispatch.listeners:
                 return write
         elif not (
-            dispatch._listeners
+            dispatch.listeners
             or parent is not None
             or store.has_children
             or self.wakers
@@ -219,7 +220,7 @@ class ScopeController(Snapshots, Reading, Operators):
         return write
 
     def drain_event(self, kind: EventKind, owner: str, **details: Any) -> None:
-        if dispatch._listeners:
+        if dispatch.listeners:
             dispatch.emit([self._event(kind, owner=owner, **details)])
 
     # -- writes the watcher and the faces claim -------------------------------------------
@@ -363,3 +364,11 @@ def plug_watcher(watch: Callable[[Backend], Callable[[], None]]) -> None:
     """The watcher (which builds on the controllers) plugs itself in for :meth:`Store.watch`."""
     global _watcher
     _watcher = watch
+
+
+async def refresh_stale(ctrl: ScopeController) -> None:
+    """One store read for ``ctrl``'s scope and the global scope it follows, when either is
+    stale (older than ``refresh_interval``, or a lease in its copy is due)."""
+    stale = [c for c in (ctrl.parent, ctrl) if c is not None and c.stale()]
+    if stale:
+        await refresh_store(ctrl.store, stale, may_raise=True)

@@ -117,10 +117,10 @@ class Book:
         ``parent``: the global scope's phase, for a named scope.
         """
         stack = self.stack
-        if keys and keys[-1] == stack._top:
+        if keys and keys[-1] == stack.top:
             # The object entered again while its own frame is the top: count on that frame
             # (what the stack presents does not change).
-            stack._frames[keys[-1]][2] += 1
+            stack.frames[keys[-1]][2] += 1
             if drain:
                 self._draining.add(keys[-1])
             return NO_CHANGE
@@ -192,7 +192,7 @@ class Book:
             self._draining.discard(key)
         self.version += 1
         write = self._stores_holds and self.claim_write()
-        if stack._frames:
+        if stack.frames:
             if self._draining and self.phase is _ON:  # the body that ran has left: the rule
                 return frame, write, self.recompute(clock(), _OFF if parent is None else parent)
             return frame, write, NO_CHANGE
@@ -221,7 +221,7 @@ class Book:
 
     def _body_runs(self) -> bool:
         # A frame of ours runs its body (it is not one waiting in a drain).
-        frames = self.stack._frames
+        frames = self.stack.frames
         return len(frames) > sum(1 for key in self._draining if key in frames)
 
     # -- drains --------------------------------------------------------------------------
@@ -281,7 +281,7 @@ class Book:
         stored = self.stored
         lost = (
             self._stores_holds
-            and bool(self.stack._frames)
+            and bool(self.stack.frames)
             and self._inflight == 0
             and stored is not None
             and all(h.id != self.hold_id for h in stored.holds)
@@ -408,7 +408,7 @@ class Book:
         # Every hold known here, as the phase rule takes it: whether it still drains.
         # Another process's record in the copy counts: the read that brought it found it
         # live. This process's own record is its frames.
-        if self.stack._frames:
+        if self.stack.frames:
             yield not self._body_runs()
         own = self.hold_id
         for h in others:

@@ -34,11 +34,11 @@ logger = logging.getLogger("maintguard")
 
 Listener = Callable[[MaintenanceEvent], Awaitable[None] | None]
 
-_listeners: tuple[Listener, ...] = ()
+listeners: tuple[Listener, ...] = ()
 _lock = threading.Lock()
 _queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
 _thread: threading.Thread | None = None
-_level_cache: dict[int, bool] = getattr(logger, "_cache", {})
+level_cache: dict[int, bool] = getattr(logger, "_cache", {})
 
 
 def add_listener(listener: Listener) -> Listener:
@@ -53,19 +53,19 @@ def add_listener(listener: Listener) -> Listener:
     ... def on_event(event): ...
     >>> remove_listener(on_event)
     """
-    global _listeners
+    global listeners
     if not callable(listener):
         raise ConfigurationError(f"a listener must be callable, not {listener!r}")
     with _lock:
-        _listeners = (*_listeners, listener)
+        listeners = (*listeners, listener)
     return listener
 
 
 def remove_listener(listener: Listener) -> None:
     """Stop calling ``listener`` for events emitted from now on; unknown ones are ignored."""
-    global _listeners
+    global listeners
     with _lock:
-        _listeners = tuple(x for x in _listeners if x != listener)  # bound methods: ==
+        listeners = tuple(x for x in listeners if x != listener)  # bound methods: ==
 
 
 def flush_listeners(timeout: float | None = 5.0) -> bool:
@@ -89,20 +89,20 @@ def flush_listeners(timeout: float | None = 5.0) -> bool:
 
 def listening() -> bool:
     """True when events must be built: someone listens or logging would show them."""
-    if _listeners:
+    if listeners:
         return True
-    enabled = _level_cache.get(logging.INFO)  # logging's own cache, cleared on changes
+    enabled = level_cache.get(logging.INFO)  # logging's own cache, cleared on changes
     return logger.isEnabledFor(logging.INFO) if enabled is None else enabled
 
 
 def emit(events: Iterable[MaintenanceEvent]) -> None:
     """Log ``events`` and queue them for the listeners; never blocks, never raises."""
-    listeners = _listeners
+    now = listeners
     for event in events:
         _log(event)
-        if listeners:
+        if now:
             _start()
-            _queue.put((listeners, event))
+            _queue.put((now, event))
 
 
 def _log(event: MaintenanceEvent) -> None:

@@ -177,7 +177,7 @@ every entry and exit, where a class would cost more than the rest of the mark.
 
 
 def held_mark(ctrl: Any, key: int) -> HeldMark:
-    return [ctrl.stack._frames, key, None]
+    return [ctrl.stack.frames, key, None]
 
 
 HeldChain: TypeAlias = "tuple[HeldMark, HeldChain | None]"
@@ -227,7 +227,7 @@ def inside_hold(store: Any, scope: str | None) -> bool:
     if chain is None:
         return False
     tables = {
-        id(ctrl.stack._frames)
+        id(ctrl.stack.frames)
         for ctrl in store.controllers()
         if ctrl.scope is None or ctrl.scope == scope
     }

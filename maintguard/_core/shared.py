@@ -93,7 +93,7 @@ class Scope(Book):
         events: list[MaintenanceEvent] = []
         if transition is not None and dispatch.listening():
             events.append(self._event(EventKind.TRANSITION, previous=transition[0]))
-        if kind is not None and dispatch._listeners:
+        if kind is not None and dispatch.listeners:
             events.append(self._event(kind, owner=owner))
         if events:
             dispatch.emit(events)

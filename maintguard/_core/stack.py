@@ -75,34 +75,34 @@ how many entries of one hold object it stands for (entered again while on top: c
 class HoldStack:
     """Frames of one (store, scope) in this process, by key.
 
-    ``_frames`` is one dict for the stack's whole life (a context's mark of the holds it
+    ``frames`` is one dict for the stack's whole life (a context's mark of the holds it
     runs inside keeps it, to ask whether a frame is still there).
     """
 
-    __slots__ = ("_frames", "_head", "_order", "_read_only", "_reasons", "_retries", "_top")
+    __slots__ = ("_head", "_order", "_read_only", "_reasons", "_retries", "frames", "top")
 
     def __init__(self) -> None:
-        self._frames: dict[int, Frame] = {}
+        self.frames: dict[int, Frame] = {}
         self._order: list[int] = []  # keys in push order; dead keys cleaned lazily
         self._head = 0  # the index in _order of the oldest frame (when any)
-        self._top = 0  # the newest frame's key (0: none); _order[-1] when any
+        self.top = 0  # the newest frame's key (0: none); _order[-1] when any
         self._reasons: list[int] = []  # keys of frames that set a reason, push order
         self._retries: list[int] = []  # keys of frames that set a retry-after, push order
         self._read_only = 0  # frames in READ_ONLY mode (FULL, the usual one, costs nothing)
 
     def __len__(self) -> int:
-        return len(self._frames)
+        return len(self.frames)
 
     def __contains__(self, key: int) -> bool:
-        return key in self._frames
+        return key in self.frames
 
     def push(self, key: int, presents: Presents, started: float) -> bool:
         """Put frame ``key`` on top; True when it is the first frame."""
-        frames = self._frames
+        frames = self.frames
         first = not frames
         frames[key] = [presents, started, 1]
         self._order.append(key)
-        self._top = key
+        self.top = key
         if presents[1] is not None:  # (indexing: cheaper than unpacking all four)
             self._reasons.append(key)
         if presents[2] is not None:
@@ -113,13 +113,13 @@ class HoldStack:
 
     def counts(self) -> dict[int, tuple[int, Presents]]:
         """Each frame's entry count and what it presents, by key."""
-        return {key: (frame[2], frame[0]) for key, frame in self._frames.items()}
+        return {key: (frame[2], frame[0]) for key, frame in self.frames.items()}
 
     def again(self, key: int) -> bool:
         """Count one more entry on frame ``key`` if it is the top; what the stack presents
         does not change. False (nothing done) when another frame is above it."""
-        if key == self._top:
-            self._frames[key][2] += 1
+        if key == self.top:
+            self.frames[key][2] += 1
             return True
         return False
 
@@ -129,7 +129,7 @@ class HoldStack:
         Returns the frame (its count tells whether it left), or ``None`` when it is not here
         (left already, or entered before a fork).
         """
-        frames = self._frames
+        frames = self.frames
         frame = frames.get(key)
         if frame is None:
             return None
@@ -138,7 +138,7 @@ class HoldStack:
             return frame
         del frames[key]
         if not frames:  # the last frame: every list is empty again
-            self._top = self._head = self._read_only = 0
+            self.top = self._head = self._read_only = 0
             self._order.clear()
             if self._reasons:
                 self._reasons.clear()
@@ -149,11 +149,11 @@ class HoldStack:
         if mode is not _FULL:
             self._read_only -= 1
         order = self._order
-        if key == self._top:  # the top left: the newest live key below shows
+        if key == self.top:  # the top left: the newest live key below shows
             order.pop()
             while order[-1] not in frames:
                 order.pop()
-            self._top = order[-1]
+            self.top = order[-1]
         else:
             if order[self._head] == key:  # the oldest left: on to the next live one
                 head = self._head + 1
@@ -170,8 +170,8 @@ class HoldStack:
         return frame
 
     def clear(self) -> None:
-        self._top = self._head = 0
-        self._frames.clear()
+        self.top = self._head = 0
+        self.frames.clear()
         self._order.clear()
         self._reasons.clear()
         self._retries.clear()
@@ -191,13 +191,13 @@ def _left(keys: list[int], key: int, frames: dict[int, Frame]) -> None:
 
 def details_of(*stacks: HoldStack) -> Details | None:
     """What the frames of ``stacks`` together present (the newest frame of any wins)."""
-    live = [s for s in stacks if s._frames]
+    live = [s for s in stacks if s.frames]
     if not live:
         return None
     if len(live) == 1:
         (s,) = live
-        frames = s._frames
-        top = frames[s._top]
+        frames = s.frames
+        top = frames[s.top]
         reason = frames[s._reasons[-1]][0].reason if s._reasons else None
         retry = frames[s._retries[-1]][0].retry_after if s._retries else None
         return Details(
@@ -210,12 +210,12 @@ def details_of(*stacks: HoldStack) -> Details | None:
         )
     reason_keys = [s._reasons[-1] for s in live if s._reasons]
     retry_keys = [s._retries[-1] for s in live if s._retries]
-    top = _find(live, max(s._top for s in live))
+    top = _find(live, max(s.top for s in live))
     return Details(
         owner=top[0].owner,
         reason=_find(live, max(reason_keys))[0].reason if reason_keys else None,
         retry_after=_find(live, max(retry_keys))[0].retry_after if retry_keys else None,
-        mode=_FULL if any(len(s._frames) > s._read_only for s in live) else Mode.READ_ONLY,
+        mode=_FULL if any(len(s.frames) > s._read_only for s in live) else Mode.READ_ONLY,
         started=top[1],
         acquired=_find(live, min(s._order[s._head] for s in live))[1],
     )
@@ -223,7 +223,7 @@ def details_of(*stacks: HoldStack) -> Details | None:
 
 def _find(stacks: list[HoldStack], key: int) -> Frame:
     for s in stacks:
-        found = s._frames.get(key)
+        found = s.frames.get(key)
         if found is not None:
             return found
     raise KeyError(key)  # pragma: no cover - keys come from the stacks themselves
