@@ -36,6 +36,7 @@ QUICK = {
 # "  MISSED  0.951 [0.94-0.96] (target >= 0.97)  text"; the guard's is "+1.20us (target <= +1.5us)".
 GOAL = re.compile(
     r"^\s+(?P<status>ok|MISSED|n/a)\s+\+?(?P<value>[\d.]+)(?:us)?\s*(?:\[[^\]]*\])?\s*"
+    r"(?:\((?!target)[^()]*\)\s*)?"  # a note, e.g. "(one process; median 0.97 [...])"
     r"\(target (?P<op>[<>]=) \+?(?P<target>[\d.]+)(?:us)?\)\s+(?P<text>.+?)\s*$"
 )
 UNMEASURED = re.compile(r"^\s+n/a\s+(?P<text>.*)$")

@@ -351,6 +351,12 @@ def build_goals(peer: bool) -> list[Goal]:
             LEAVE_ENTRY,
             1.5,
         ),
+        Goal(  # both ways: O(1) whatever the exit order
+            f"{LIVE:,} live holds leaving in entry order <= 1.5x reverse order",
+            LEAVE_ENTRY,
+            LEAVE_REVERSE,
+            1.5,
+        ),
         Goal(
             f"a hold change with {LIVE:,} live holds <= 2x with 1 live hold",
             CHANGE_MANY,

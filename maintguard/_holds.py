@@ -215,7 +215,7 @@ class MaintenanceHold:
     def _unmark(self) -> None:
         # The entry this context runs inside (the innermost, if several), else -- an exit
         # in another task or thread than the entry's -- the newest. O(1) when the object
-        # has one entry or its entry is the newest link here.
+        # has one entry (whatever the links above it) or its entry is the newest link here.
         marks = self._marks
         chain = held.get()
         if chain is not None:
@@ -232,7 +232,9 @@ class MaintenanceHold:
                 if below is not Token.MISSING and below is not None and not below[0][1]:
                     unmark_held(below[0], below)  # ended links below it, linked here
                 return
-            link = chain[1]
+            # Several entries of this object: this context's own, if it linked one (the
+            # walk is as deep as this context's own links). One entry: that one, at once.
+            link = chain[1] if len(marks) > 1 else None
             while link is not None:
                 found = marks.pop(id(link[0]), None)
                 if found is not None:
