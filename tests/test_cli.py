@@ -1279,6 +1279,14 @@ def start_run(state: Path, tmp_path: Path) -> Iterator[Callable[..., subprocess.
             proc.wait(10)
 
 
+def pid_written(pidfile: Path) -> bool:
+    """The pid file exists and holds its pid (a file is created before it is written)."""
+    try:
+        return pidfile.read_text().strip().isdigit()
+    except FileNotFoundError:
+        return False
+
+
 def wait_for(ready: Callable[[], bool], proc: Any = None, limit: float = 20) -> None:
     """Until ``ready()``; ``proc``, when given, must not end meanwhile."""
     deadline = time.monotonic() + limit
@@ -1436,7 +1444,7 @@ def start_looper(state: Path, tmp_path: Path) -> Iterator[Callable[..., subproce
         proc.pidfile = pidfile  # type: ignore[attr-defined]
         proc.errfile = err  # type: ignore[attr-defined]
         if argv is None:
-            wait_for(pidfile.exists, proc)
+            wait_for(lambda: pid_written(pidfile), proc)
         return proc
 
     yield start
@@ -1515,7 +1523,7 @@ def test_sigterm_to_a_command_that_ignores_it_keeps_the_hold_until_it_ends(
     flag.write_text("")
     script = "import signal; signal.signal(signal.SIGTERM, signal.SIG_IGN)\n" + LOOPER
     proc = start_looper(argv=[sys.executable, "-c", script, str(flag), str(pidfile)])
-    wait_for(pidfile.exists, proc)
+    wait_for(lambda: pid_written(pidfile), proc)
     time.sleep(0.2)  # let it install its SIG_IGN (it writes its pid file first)
     for _ in range(3):
         os.kill(proc.pid, signal.SIGTERM)
@@ -1690,7 +1698,7 @@ def test_a_signal_to_the_jobs_group_still_reaches_the_commands_children(
     flag, pidfile = tmp_path / "flag", tmp_path / "grandchild.pid"
     flag.write_text("")
     proc = start_looper(argv=[sys.executable, "-c", GRANDPARENT, LOOPER, str(flag), str(pidfile)])
-    wait_for(pidfile.exists, proc)
+    wait_for(lambda: pid_written(pidfile), proc)
     grandchild = int(pidfile.read_text())
     try:
         os.killpg(proc.pid, signal.SIGTERM)  # the job's whole group, as a CI runner does

@@ -345,15 +345,17 @@ async def test_blocking_backend_callers_in_threads_and_loops_share_one_writer(
     assert json.loads((tmp_path / "m.json").read_text())["holds"] == []
 
 
-def _blocked_in(thread: threading.Thread, func: str, self_is: object) -> bool:
+def _waiting_at(thread: threading.Thread, func: str, self_is: object, line: str) -> bool:
+    import linecache
     import sys
 
     frame = sys._current_frames().get(thread.ident or -1)
-    while frame is not None:
-        if frame.f_code.co_name == func and frame.f_locals.get("self") is self_is:
-            return True
-        frame = frame.f_back
-    return False
+    return (
+        frame is not None
+        and frame.f_code.co_name == func
+        and frame.f_locals.get("self") is self_is
+        and linecache.getline(frame.f_code.co_filename, frame.f_lineno).strip() == line
+    )
 
 
 def _wait_for(condition: Any) -> None:
@@ -382,7 +384,7 @@ def test_snapshot_computed_before_a_hold_entered_is_not_kept_after_it(tmp_path: 
     backend = LocalFileBackend(path, refresh_interval=3600)
     anyio.run(get_state, backend)  # the global scope is read: fresh for an hour
     store = store_of(backend)
-    root, scoped = store.root, store.controller("s")
+    scoped = store.controller("s")
     z_in_clock, z_go = threading.Event(), threading.Event()
     z_leave = threading.Event()
     z_thread: list[threading.Thread] = []
@@ -408,7 +410,9 @@ def test_snapshot_computed_before_a_hold_entered_is_not_kept_after_it(tmp_path: 
     try:
         assert z_in_clock.wait(DEADLINE)  # Z is inside the global scope's lock
         x.start()
-        _wait_for(lambda: _blocked_in(x, "level", root))  # X read "s", waits for global
+        # X read "s" and waits for the global scope's lock (held by Z): its innermost frame
+        # stays the snapshot's own, on the line taking the parent's lock.
+        _wait_for(lambda: _waiting_at(x, "_resnapshot", scoped, "with parent._lock:"))
         hold = under_maintenance(backend=backend, scope="s", reason="mine")
         hold.__enter__()
         try:
