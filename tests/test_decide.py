@@ -221,12 +221,6 @@ async def test_a_forced_route_swapped_in_deep_in_a_list_is_forced_while_off() ->
 
 
 @pytest.mark.anyio
-@pytest.mark.xfail(
-    strict=True,
-    reason="a middleware inside a Mount (Mount(middleware=...) or wrapping a Router) learns "
-    "the routes of scope['app'], the outer app, not its own: its requests find no route and "
-    "pass during maintenance, and its forced routes are served while off",
-)
 @pytest.mark.parametrize("how", ["mount-middleware", "wrapped-router"])
 async def test_a_middleware_inside_a_mount_decides_on_its_own_routes(how: str) -> None:
     # README, "The rules" / the middleware: the endpoint the request reaches is found
@@ -254,12 +248,6 @@ async def test_a_middleware_inside_a_mount_decides_on_its_own_routes(how: str) -
 
 
 @pytest.mark.anyio
-@pytest.mark.xfail(
-    strict=True,
-    reason="a forced or scoped answer kept per (method, path) is refused on without asking "
-    "whether the routes changed (only answers that let a request through are checked), so a "
-    "route replaced inside a Mount keeps its old marks: 503 while maintenance is off",
-)
 @pytest.mark.parametrize("mark", ["forced", "scoped"])
 async def test_a_marked_route_replaced_inside_a_mount_loses_its_marks(mark: str) -> None:
     # README, the middleware: routes changed later are noticed; only forced routes answer

@@ -241,7 +241,12 @@ def _segment_of(route: Any) -> tuple[bool, str | None]:
 def _router_of(route: Mount | Host) -> tuple[Any, list[Any]] | None:
     """The router inside a Mount or Host (looking through middleware wrapping it) and its
     routes; None for a plain ASGI app."""
-    app = getattr(route, "_base_app", None) or route.app
+    return _router_within(getattr(route, "_base_app", None) or route.app)
+
+
+def _router_within(app: Any) -> tuple[Any, list[Any]] | None:
+    """The first router found going in from ``app`` through the ``.app`` of the middleware
+    wrapping it, and its routes; None when a plain ASGI app comes first."""
     for _ in range(_MAX_WRAPPERS):
         router = getattr(app, "router", app)
         routes = getattr(router, "routes", None)
@@ -264,8 +269,13 @@ def _same_end(holder: Any, attr: str, routes: list[Any], size: int, last: Any) -
 
 
 def _top_router(scope: Any, app: Any) -> tuple[Any, list[Any]] | None:
+    # The routes the middleware's own app routes by: inside a Mount, scope["app"] is the
+    # outer app, whose routes are not the ones this request will reach.
+    found = _router_within(app)
+    if found is not None:
+        return found
     owner = scope.get("app")
-    for candidate in (getattr(owner, "router", None), owner, app):
+    for candidate in (getattr(owner, "router", None), owner):
         routes = getattr(candidate, "routes", None)
         if isinstance(routes, list):
             return candidate, routes

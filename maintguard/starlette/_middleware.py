@@ -409,9 +409,10 @@ class MaintenanceModeMiddleware:
             await self._bypass.grant(scope, send, time.time())
             return None
         verdict, shown, state, names = decide(scope, routes, self._rules, self)
-        if verdict < REFUSE and not routes.unchanged():
-            # Let through on the word of routes that changed since: learned again, decided
-            # again (a drain's question would wait instead: _would_refuse).
+        if (verdict < REFUSE or not ctrl.active) and not routes.unchanged():
+            # Decided on the word of routes that changed since (let through; or refused by a
+            # route's own mark, forced or scoped, while the global scope is off): learned
+            # again, decided again (a drain's question would wait instead: _would_refuse).
             routes = self._learn(scope, ctrl)
             verdict, shown, state, names = decide(scope, routes, self._rules, self)
         if verdict == OFF:
