@@ -23,7 +23,17 @@ from ._core import ScopeController, coerce, controller, resolve_backend
 from ._core.controller import refresh_stale
 from ._core.defaults import default_root
 from ._core.drain import wait_drained, wait_drained_blocking
-from ._core.inflight import HeldMark, held, held_mark, mark_held, own_keys, unmark_held
+from ._core.inflight import (
+    HeldMark,
+    current_work,
+    ended,
+    entered_in_work,
+    held,
+    held_mark,
+    mark_held,
+    own_keys,
+    unmark_held,
+)
 from ._core.registry import root_controller
 from ._core.stack import Presents
 from ._options import named_options
@@ -205,7 +215,9 @@ class MaintenanceHold:
     def _mark(self, ctrl: ScopeController, keys: list[int]) -> None:
         # The block runs inside this entry (guards let its helpers work) until its exit:
         # core.inflight.mark_held, written out on this hot path.
-        mark: HeldMark = [ctrl.stack.frames, keys[-1], None]
+        mark: HeldMark = [ctrl.stack.frames, keys[-1], None, 0]
+        if current_work.get() is not None:
+            entered_in_work(mark)  # code of that work elsewhere runs inside it too
         self._marks[id(mark)] = mark
         chain = held.get()
         while chain is not None and chain[0][1] not in chain[0][0]:
@@ -222,7 +234,7 @@ class MaintenanceHold:
             mark = chain[0]
             if marks.pop(id(mark), None) is not None:  # on top here: the common case
                 token = mark[2]
-                mark[1] = 0
+                ended(mark)
                 try:
                     held.reset(token)
                 except (ValueError, RuntimeError):  # linked in the context this one copies

@@ -1558,12 +1558,6 @@ async def test_a_task_still_inside_a_shared_hold_keeps_running_its_helpers() -> 
     assert not await get_maintenance_mode(b)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a sync `yield` dependency runs its first half in a worker thread's copy of the "
-    "request's context: the hold's mark is lost with the copy, so the endpoint's guarded "
-    "helpers are refused (with policy='wait' the request waits for its own hold)",
-)
 @pytest.mark.parametrize("form", ["decorated", "with"])
 def test_an_endpoint_inside_a_sync_yield_dependencys_hold_runs_its_helpers(form: str) -> None:
     # README: `def dep(): with maintenance_mode_on(): yield` works; a guarded call made

@@ -165,19 +165,55 @@ class Work:
 
 
 HeldMark: TypeAlias = "list[Any]"
-"""One entry of a hold, as the contexts that run inside it see it: ``[frames, key, token]``.
+"""One entry of a hold, as the contexts that run inside it see it: ``[frames, key, token,
+work]``.
 
 ``frames`` is the frame table of the hold's stack (not its controller: a mark left behind
 keeps no controller alive), ``key`` the entry's frame there, 0 once the entry has ended
 (wherever its exit ran): from then on the mark counts for nothing in any context that still
 links it (a copy of the context, or the context of an entry left elsewhere). ``token`` is
-that of the :func:`mark_held` set, until the link is taken off. A list: made and changed at
+that of the :func:`mark_held` set, until the link is taken off; ``work`` the key of the
+work the entry was made in (0: none; see :data:`marks_of_work`). A list: made and changed at
 every entry and exit, where a class would cost more than the rest of the mark.
 """
 
 
 def held_mark(ctrl: Any, key: int) -> HeldMark:
-    return [ctrl.stack.frames, key, None]
+    mark: HeldMark = [ctrl.stack.frames, key, None, 0]
+    entered_in_work(mark)
+    return mark
+
+
+marks_of_work: dict[int, dict[int, HeldMark]] = {}
+"""Hold entries made inside a piece of work (a request, a guarded call), by the work's key.
+
+Code of that work runs inside them even where the entering context's mark does not reach:
+FastAPI runs a sync ``yield`` dependency's first half in a worker thread, in a copy of the
+request's context, so a hold it enters marks only that copy; the endpoint, run in the
+request's own context afterwards, is inside the hold all the same."""
+
+
+def entered_in_work(mark: HeldMark) -> None:
+    """Record ``mark`` against the work this context runs inside (if any)."""
+    work = current_work.get()
+    if work is not None:
+        mark[3] = key = work[0]
+        found = marks_of_work.get(key)
+        if found is None:
+            found = marks_of_work[key] = {}
+        found[id(mark)] = mark
+
+
+def ended(mark: HeldMark) -> None:
+    """``mark``'s entry ended (wherever its exit runs): it counts for nothing from now on."""
+    mark[1] = 0
+    key = mark[3]
+    if key:
+        found = marks_of_work.get(key)
+        if found is not None:
+            found.pop(id(mark), None)
+            if not found:
+                marks_of_work.pop(key, None)
 
 
 HeldChain: TypeAlias = "tuple[HeldMark, HeldChain | None]"
@@ -203,7 +239,7 @@ def unmark_held(mark: HeldMark, chain: HeldChain | None) -> None:
     read). In the context that linked it, its link is taken off when nothing live was linked
     since, and so are ended links below it that were linked here (an exit out of order
     leaves its link, which counts for nothing, until then). O(1) for each link taken off."""
-    mark[1] = 0
+    ended(mark)
     while chain is not None:
         link = chain[0]
         token = link[2]
@@ -224,7 +260,8 @@ def inside_hold(store: Any, scope: str | None) -> bool:
     of ``scope`` (the global scope's, or that scope's own): guards then let the maintenance
     job's own helpers work. A hold of another named scope lets nothing through."""
     chain = held.get()
-    if chain is None:
+    work = current_work.get()
+    if chain is None and (work is None or not marks_of_work):
         return False
     tables = {
         id(ctrl.stack.frames)
@@ -235,4 +272,11 @@ def inside_hold(store: Any, scope: str | None) -> bool:
         mark, chain = chain
         if mark[1] in mark[0] and id(mark[0]) in tables:
             return True
+    while work is not None:  # entries made inside this context's work, elsewhere
+        key, work = work
+        found = marks_of_work.get(key)
+        if found:
+            for mark in list(found.values()):
+                if mark[1] in mark[0] and id(mark[0]) in tables:
+                    return True
     return False
