@@ -16,13 +16,13 @@ from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any, TypeVar, cast, overload
 
-import anyio
 import wrapt
 
 from ._core import ScopeController, coerce, controller, resolve_backend
 from ._core.controller import refresh_stale
 from ._core.defaults import default_root
-from ._core.drain import wait_drained, wait_drained_blocking
+from ._core.drain import drained
+from ._core.drive import ASYNC, BLOCKING, Runtime, drive
 from ._core.inflight import HeldMark, held, held_mark, mark_held, own_keys, unmark_held
 from ._core.registry import root_controller
 from ._core.stack import Presents
@@ -250,13 +250,7 @@ class MaintenanceHold:
     # -- async with -----------------------------------------------------------------
 
     async def __aenter__(self) -> MaintenanceHold:
-        ctrl, keys = self._fixed or self._entry()
-        if self._drain is not None:
-            await self._enter_drained(ctrl, keys)
-        else:
-            key = ctrl.enter(self._presents, keys)
-            if key is not None:
-                await _write_entry(ctrl, key, keys)
+        ctrl, keys = await self._enter_async(self._fixed or self._entry())
         self._mark(ctrl, keys)
         return self
 
@@ -270,20 +264,14 @@ class MaintenanceHold:
         self._unmark()
         write = ctrl.leave(keys)
         if write:
-            await _write_release(ctrl)
+            await _write_release(ASYNC, ctrl)
         elif write is None:
             raise self._exited_too_often()
 
     # -- with -----------------------------------------------------------------------
 
     def __enter__(self) -> MaintenanceHold:
-        ctrl, keys = self._fixed or self._entry()
-        if self._drain is not None:
-            self._enter_drained_blocking(ctrl, keys)
-        else:
-            key = ctrl.enter(self._presents, keys)
-            if key is not None:
-                _write_entry_blocking(ctrl, key, keys)
+        ctrl, keys = self._enter_blocking(self._fixed or self._entry())
         self._mark(ctrl, keys)
         return self
 
@@ -297,93 +285,73 @@ class MaintenanceHold:
         self._unmark()
         write = ctrl.leave(keys)
         if write:
-            _write_release_blocking(ctrl)
+            drive(_write_release(BLOCKING, ctrl))
         elif write is None:
             raise self._exited_too_often()
 
-    # -- the decorators' entries: each call holds its own and marks its context itself --
+    # -- one entry: the part that is done at once, then (one body) what waits ----------------
+    #
+    # The faces above and the decorators' wrappers enter the same way: `_enter_now` in the
+    # caller (on memory and the environment that is all: no coroutine, no thread hop), then,
+    # only when it says so, `_enter_rest` driven by the caller's runtime. The decorators'
+    # calls each hold an entry of their own (a new key list) and mark their context
+    # themselves.
 
-    def _enter_sync(self) -> Entry:
-        ctrl = self._controller()
-        keys: list[int] = []
-        if self._drain is not None:
-            self._enter_drained_blocking(ctrl, keys)
-        else:
-            key = ctrl.enter(self._presents, keys)
-            if key is not None:
-                _write_entry_blocking(ctrl, key, keys)
-        return ctrl, keys
+    def _enter_blocking(self, entry: Entry) -> Entry:
+        pending = self._enter_now(*entry)
+        if pending is not None:
+            drive(self._enter_rest(BLOCKING, entry, pending))
+        return entry
 
-    async def _enter_async(self) -> Entry:
-        ctrl = self._controller()
-        keys: list[int] = []
+    async def _enter_async(self, entry: Entry) -> Entry:
+        pending = self._enter_now(*entry)
+        if pending is not None:
+            await self._enter_rest(ASYNC, entry, pending)
+        return entry
+
+    def _enter_now(self, ctrl: ScopeController, keys: list[int]) -> int | None:
+        """Enter one frame if nothing needs writing or waiting: None. Else what
+        :meth:`_enter_rest` must do: the key of the frame whose record is written first,
+        or :data:`_DRAIN`."""
         if self._drain is not None:
-            await self._enter_drained(ctrl, keys)
+            return _DRAIN
+        return ctrl.enter(self._presents, keys)
+
+    async def _enter_rest(self, rt: Runtime, entry: Entry, pending: int) -> None:
+        if pending == _DRAIN:
+            await self._enter_drained(rt, *entry)
         else:
-            key = ctrl.enter(self._presents, keys)
-            if key is not None:
-                await _write_entry(ctrl, key, keys)
-        return ctrl, keys
+            await _write_entry(rt, entry[0], pending, entry[1])
 
     # -- drains: enter (maintenance on at once), wait for in-flight work, then the body ------
 
-    async def _enter_drained(self, ctrl: ScopeController, keys: list[int]) -> None:
+    async def _enter_drained(self, rt: Runtime, ctrl: ScopeController, keys: list[int]) -> None:
         exclude = own_keys()  # the holder's own request or job
         token = ctrl.begin_drain()
         try:
             key = ctrl.enter(self._presents, keys, drain=True)
             if key is not None:
-                await _write_entry(ctrl, key, keys)
+                await _write_entry(rt, ctrl, key, keys)
             elif ctrl.sync_record():  # counted on a frame already stored: store the drain
-                await _write_release(ctrl)
+                await _write_release(rt, ctrl)
         except BaseException:
             if ctrl.end_drain():
-                await _write_release(ctrl)
+                await _write_release(rt, ctrl)
             raise
         frame = keys[-1]
         try:
             assert self._drain is not None
-            pending = await wait_drained(ctrl, token, self._presents.mode, exclude, self._drain)
+            pending = await drained(rt, ctrl, token, self._presents.mode, exclude, self._drain)
         except BaseException:  # cancelled while draining: nothing of the hold remains
             if ctrl.end_drain(frame):
-                await _write_release(ctrl)
-            await _leave((ctrl, keys))
+                await _write_release(rt, ctrl)
+            await _leave(rt, (ctrl, keys))
             raise
         runs = self._drained(ctrl, pending)
         if not runs:  # left while still draining: DRAINING -> OFF, never ON
-            await _leave((ctrl, keys))
+            await _leave(rt, (ctrl, keys))
         if ctrl.end_drain(frame):
-            await _write_release(ctrl)
-        if not runs:
-            raise self._timed_out(ctrl, pending)
-
-    def _enter_drained_blocking(self, ctrl: ScopeController, keys: list[int]) -> None:
-        exclude = own_keys()
-        token = ctrl.begin_drain()
-        try:
-            key = ctrl.enter(self._presents, keys, drain=True)
-            if key is not None:
-                _write_entry_blocking(ctrl, key, keys)
-            elif ctrl.sync_record():
-                _write_release_blocking(ctrl)
-        except BaseException:
-            if ctrl.end_drain():
-                _write_release_blocking(ctrl)
-            raise
-        frame = keys[-1]
-        try:
-            assert self._drain is not None
-            pending = wait_drained_blocking(ctrl, token, self._presents.mode, exclude, self._drain)
-        except BaseException:
-            if ctrl.end_drain(frame):
-                _write_release_blocking(ctrl)
-            _leave_blocking((ctrl, keys))
-            raise
-        runs = self._drained(ctrl, pending)
-        if not runs:
-            _leave_blocking((ctrl, keys))
-        if ctrl.end_drain(frame):
-            _write_release_blocking(ctrl)
+            await _write_release(rt, ctrl)
         if not runs:
             raise self._timed_out(ctrl, pending)
 
@@ -434,53 +402,42 @@ def _seconds(value: float | None) -> str:
     return f"{value:g}" if value is not None else "?"
 
 
-async def _write_entry(ctrl: ScopeController, key: int, keys: list[int]) -> None:
+_DRAIN = -1
+"""What :meth:`MaintenanceHold._enter_now` returns for a drained hold (frame keys are > 0)."""
+
+
+async def _write_entry(rt: Runtime, ctrl: ScopeController, key: int, keys: list[int]) -> None:
     # All or nothing: whatever interrupts the entry's write, nothing of it remains.
     try:
-        await ctrl.write()
+        await ctrl.write(rt)
     except BaseException:
         ctrl.abort(key)
-        await _write_release(ctrl, entering=True)
+        await _write_release(rt, ctrl, entering=True)
         raise
     ctrl.commit(key, keys)
 
 
-def _write_entry_blocking(ctrl: ScopeController, key: int, keys: list[int]) -> None:
-    try:
-        ctrl.write_blocking()
-    except BaseException:
-        ctrl.abort(key)
-        _write_release_blocking(ctrl, entering=True)
-        raise
-    ctrl.commit(key, keys)
-
-
-async def _leave(entry: Entry) -> None:
+async def _leave(rt: Runtime, entry: Entry) -> None:
     if entry[0].leave(entry[1]):
-        await _write_release(entry[0])
+        await _write_release(rt, entry[0])
 
 
 def _leave_blocking(entry: Entry) -> None:
+    # (a coroutine only when a write follows: none on the memory and environment backends)
     if entry[0].leave(entry[1]):
-        _write_release_blocking(entry[0])
+        drive(_write_release(BLOCKING, entry[0]))
 
 
-async def _write_release(ctrl: ScopeController, *, entering: bool = False) -> None:
+async def _write_release(rt: Runtime, ctrl: ScopeController, *, entering: bool = False) -> None:
     # Cleanup runs to the end even when the holder is being cancelled; the write itself
-    # runs outside this task, so even a native asyncio cancel cannot stop it halfway.
-    # `entering`: the cleanup of a failed entry, whose own error the holder sees.
-    with anyio.CancelScope(shield=True):
+    # runs outside this task (the runtime hands it over), so even a native asyncio cancel
+    # cannot stop it halfway. `entering`: the cleanup of a failed entry, whose own error
+    # the holder sees.
+    with rt.shield():
         try:
-            await ctrl.write()
+            await ctrl.write(rt)
         except Exception as exc:
             ctrl.release_failed(exc, entering)
-
-
-def _write_release_blocking(ctrl: ScopeController, *, entering: bool = False) -> None:
-    try:
-        ctrl.write_blocking()
-    except Exception as exc:
-        ctrl.release_failed(exc, entering)
 
 
 def _caller() -> str:
@@ -562,7 +519,7 @@ Kwargs = dict[str, Any]
 
 def _sync_wrapper(hold: MaintenanceHold) -> Callable[..., Any]:
     def wrapper(wrapped: Callable[..., Any], instance: Any, args: Args, kwargs: Kwargs) -> Any:
-        entry = hold._enter_sync()
+        entry = hold._enter_blocking((hold._controller(), []))
         mark = held_mark(entry[0], entry[1][-1])
         mark_held(mark)
         try:
@@ -578,14 +535,14 @@ def _async_wrapper(hold: MaintenanceHold) -> Callable[..., Any]:
     async def wrapper(
         wrapped: Callable[..., Any], instance: Any, args: Args, kwargs: Kwargs
     ) -> Any:
-        entry = await hold._enter_async()
+        entry = await hold._enter_async((hold._controller(), []))
         mark = held_mark(entry[0], entry[1][-1])
         mark_held(mark)
         try:
             return await wrapped(*args, **kwargs)
         finally:
             unmark_held(mark, held.get())
-            await _leave(entry)
+            await _leave(ASYNC, entry)
 
     return wrapper
 
@@ -594,7 +551,7 @@ def _gen_wrapper(hold: MaintenanceHold) -> Callable[..., Any]:
     def wrapper(
         wrapped: Callable[..., Any], instance: Any, args: Args, kwargs: Kwargs
     ) -> Generator[Any, Any, Any]:
-        entry = hold._enter_sync()
+        entry = hold._enter_blocking((hold._controller(), []))
         mark = held_mark(entry[0], entry[1][-1])
         mark_held(mark)
         try:
@@ -613,14 +570,14 @@ def _async_gen_wrapper(hold: MaintenanceHold) -> Callable[..., Any]:
         return relay(wrapped(*args, **kwargs), enter, leave, held)  # (marks no step)
 
     async def enter() -> tuple[tuple[Entry, HeldMark], None]:
-        entry = await hold._enter_async()
+        entry = await hold._enter_async((hold._controller(), []))
         mark = held_mark(entry[0], entry[1][-1])
         mark_held(mark)
         return (entry, mark), None
 
     async def leave(entered: tuple[Entry, HeldMark]) -> None:
         unmark_held(entered[1], held.get())
-        await _leave(entered[0])
+        await _leave(ASYNC, entered[0])
 
     return wrapper
 
