@@ -13,20 +13,18 @@ from contextvars import Token
 from types import TracebackType
 from typing import Any, Literal, TypeVar, cast, overload
 
-import anyio
-
 from ._core import (
     ScopeController,
     coerce,
     controller,
     dispatch,
-    io,
     presence,
     resolve_backend,
     watch,
 )
-from ._core.changes import wait_until, wait_until_blocking
+from ._core.changes import until
 from ._core.controller import refresh_stale
+from ._core.drive import ASYNC, BLOCKING, Runtime, drive
 from ._core.inflight import current_work, inside_hold, new_key
 from ._core.registry import Store
 from ._holds import SKIP, Decorated, relay, stepped
@@ -118,69 +116,57 @@ class NotDuringMaintenance:
             self._allow_read_only and mode is Mode.READ_ONLY
         )
 
-    async def _admit(self, what: str) -> Admission | None:
-        """Admit one call: its work entry (end it with :func:`_end` when the call ends),
-        or None: skip it. Raises UnderMaintenance to refuse it."""
-        ctrl = self._controller()
+    def _fresh(self, ctrl: ScopeController) -> bool:
+        # Read inline now (memory, the environment), or kept fresh by this guard's watch.
         store = ctrl.store
-        if not ctrl.refresh_inline() and (
-            ctrl.stored is None or store not in self._watched or not store.present
-        ):
-            await self._keep_fresh(ctrl)
+        return ctrl.refresh_inline() or (
+            ctrl.stored is not None and store in self._watched and store.present
+        )
+
+    def _admit_now(self) -> Admission | None:
+        """The common case, without a coroutine: the controller is fresh and maintenance
+        is off for this call. Its admission, or None: not decided here (:meth:`_admit`)."""
+        ctrl = self._fixed or self._controller()
+        if not self._fresh(ctrl):
+            return None
+        store = ctrl.store
         work = store.work
         key = new_key()
-        entry = self._entry
-        work.live[key] = entry  # counted first, then the look: see core.inflight
+        work.live[key] = self._entry  # counted first, then the look: see core.inflight
         state = ctrl.snapshot
         if not state.active or self._free(state):
             return store, key
-        work.end(key)  # not counted while it waits: a drain must not wait for it
-        if inside_hold(store, self._scope):
-            return store, 0  # the maintenance job's own helper: runs, uncounted
-        if self.policy != "wait":
-            self._refuse(ctrl, state, what)
-            return None
-        with anyio.move_on_after(math.inf if self.timeout is None else self.timeout):
-            while True:
-                stop = watch(ctrl.backend)  # changes by other processes must reach the wait
-                try:
-                    await wait_until(ctrl, self._free)
-                finally:
-                    stop()
-                work.live[key] = entry
-                if self._free(ctrl.snapshot):
-                    return store, key
-                work.end(key)  # on again before it could start: wait again
-        raise UnderMaintenance(ctrl.snapshot)
+        work.end(key)
+        return None
 
-    def _admit_blocking(self, what: str) -> Admission | None:
+    async def _admit(self, rt: Runtime, what: str) -> Admission | None:
+        """Admit one call: its work entry (end it with :func:`_end` when the call ends),
+        or None: skip it. Raises UnderMaintenance to refuse it. Waits as ``rt`` does."""
         ctrl = self._controller()
         store = ctrl.store
-        if not ctrl.refresh_inline() and (
-            ctrl.stored is None or store not in self._watched or not store.present
-        ):
-            io.run_sync(self._keep_fresh(ctrl))
+        if not self._fresh(ctrl):
+            await rt.io(self._keep_fresh(ctrl))
         work = store.work
         key = new_key()
         entry = self._entry
         end = math.inf if self.timeout is None else time.monotonic() + self.timeout
         while True:
-            work.live[key] = entry
+            work.live[key] = entry  # counted first, then the look: see core.inflight
             state = ctrl.snapshot
             if self._free(state):
                 return store, key
-            work.end(key)
+            work.end(key)  # not counted while it waits: a drain must not wait for it
             if inside_hold(store, self._scope):
-                return store, 0
+                return store, 0  # the maintenance job's own helper: runs, uncounted
             if self.policy != "wait":
                 self._refuse(ctrl, state, what)
                 return None
             left = end - time.monotonic()
             if left <= 0:
                 raise UnderMaintenance(state)
-            stop = watch(ctrl.backend)
+            stop = watch(ctrl.backend)  # changes by other processes must reach the wait
             try:
-                wait_until_blocking(ctrl, self._free, None if left == math.inf else left)
+                await until(rt, ctrl, self._free, None if left == math.inf else left)
             finally:
                 stop()
 
@@ -257,7 +243,8 @@ class NotDuringMaintenance:
         _end(*found[0])
 
     async def __aenter__(self) -> NotDuringMaintenance:
-        return self._entered(await self._admit(self._block()))
+        what = self._block()
+        return self._entered(self._admit_now() or await self._admit(ASYNC, what))
 
     async def __aexit__(
         self,
@@ -268,7 +255,8 @@ class NotDuringMaintenance:
         self._exited()
 
     def __enter__(self) -> NotDuringMaintenance:
-        return self._entered(self._admit_blocking(self._block()))
+        what = self._block()
+        return self._entered(self._admit_now() or drive(self._admit(BLOCKING, what)))
 
     def __exit__(
         self,
@@ -305,7 +293,7 @@ class NotDuringMaintenance:
 
     def _sync_wrapper(self, what: str) -> Callable[..., Any]:
         def wrapper(wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any) -> Any:
-            admission = self._admit_blocking(what)
+            admission = self._admit_now() or drive(self._admit(BLOCKING, what))
             if admission is None:
                 return None
             store, key = admission
@@ -324,7 +312,7 @@ class NotDuringMaintenance:
         async def wrapper(
             wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any
         ) -> Any:
-            admission = await self._admit(what)
+            admission = self._admit_now() or await self._admit(ASYNC, what)
             if admission is None:
                 return None
             store, key = admission
@@ -343,7 +331,7 @@ class NotDuringMaintenance:
         def wrapper(
             wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any
         ) -> Generator[Any, Any, Any]:
-            admission = self._admit_blocking(what)
+            admission = self._admit_now() or drive(self._admit(BLOCKING, what))
             if admission is None:
                 return None
             store, key = admission
@@ -360,7 +348,7 @@ class NotDuringMaintenance:
 
     def _async_gen_wrapper(self, what: str) -> Callable[..., Any]:
         async def enter() -> object:
-            admission = await self._admit(what)
+            admission = self._admit_now() or await self._admit(ASYNC, what)
             if admission is None:
                 return SKIP
             return admission, admission[1] or None  # each step runs inside its work
