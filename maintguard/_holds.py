@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import importlib
+import enum
+import functools
 import inspect
 import logging
 import math
-import pickle
 import sys
 import threading
 from collections.abc import AsyncGenerator, Awaitable, Callable, Generator
@@ -15,8 +15,6 @@ from contextvars import ContextVar, Token
 from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any, TypeVar, cast, overload
-
-import wrapt
 
 from ._core import ScopeController, coerce, controller, resolve_backend
 from ._core.controller import refresh_stale
@@ -385,7 +383,15 @@ class MaintenanceHold:
     # -- decorator ------------------------------------------------------------------
 
     def __call__(self, func: F) -> F:
-        return cast(F, _decorate(self, func))
+        return cast(
+            F,
+            decorate(
+                func,
+                _holding(self),
+                "under_maintenance decorates functions and methods, not {!r}; pass options "
+                "as keywords, e.g. @under_maintenance(reason='nightly reindex')",
+            ),
+        )
 
     def _for(self, owner: str) -> MaintenanceHold:
         clone = object.__new__(MaintenanceHold)
@@ -451,65 +457,69 @@ def _caller() -> str:
 
 
 # -- decorating ---------------------------------------------------------------------------
+#
+# A decorated function is a plain closure (functools.update_wrapper: name, docs, __wrapped__,
+# so inspect.signature follows it), not an object proxy: calling a closure costs a fraction
+# of calling a proxy. A closure is a function, so it binds as a method; it pickles and
+# copies as a module function does, by its module and qualified name (those of the
+# function it wraps); an async one is a coroutine function to inspect, a generator one a
+# generator function, an async generator one an async generator function.
 
 
-_FunctionWrapper: Any = wrapt.FunctionWrapper  # (typed by some wrapt versions, not others)
+class Kind(enum.Enum):
+    """What a decorated callable is, which decides the closure around it."""
+
+    ASYNC_GEN = "an async generator function: held or guarded for its whole iteration"
+    GEN = "a generator function: held or guarded for its whole iteration"
+    ASYNC = "a coroutine function, or an object whose __call__ is one"
+    SYNC = "anything else callable"
 
 
-class Decorated(_FunctionWrapper):  # type: ignore[misc]
-    """A function under a maintguard decorator. Pickled and copied as a plain function is,
-    by its module and qualified name, so process pools and task queues can run it."""
-
-    def __reduce_ex__(self, protocol: object) -> tuple[Any, tuple[str, str]]:
-        wrapped = self.__wrapped__
-        module = getattr(wrapped, "__module__", None)
-        qualname = getattr(wrapped, "__qualname__", None)
-        if not isinstance(module, str) or not isinstance(qualname, str) or "<locals>" in qualname:
-            raise pickle.PicklingError(f"cannot pickle {wrapped!r}: not found by name")
-        return _by_name, (module, qualname)
-
-    def __reduce__(self) -> tuple[Any, tuple[str, str]]:
-        return self.__reduce_ex__(2)
-
-    def __copy__(self) -> Decorated:
-        return self
-
-    def __deepcopy__(self, memo: object) -> Decorated:
-        return self
+Make = Callable[[Kind, Callable[..., Any], str], Callable[..., Any]]
+"""``make(kind, target, what)``: the closure that calls ``target``; ``what`` names it."""
 
 
-def _by_name(module: str, qualname: str) -> Any:
-    found: Any = importlib.import_module(module)
-    for part in qualname.split("."):
-        found = getattr(found, part)
-    return found
-
-
-def _decorate(hold: MaintenanceHold, func: Any) -> Any:
-    target = func.__func__ if isinstance(func, classmethod | staticmethod) else func
+def decorate(func: Any, make: Make, refusal: str) -> Any:
+    """``func`` under the closure ``make`` gives for it. A ``classmethod`` or
+    ``staticmethod`` object is opened (inspect cannot see a coroutine function inside one)
+    and made again around the closure. ``refusal`` (``{!r}``: ``func``) is raised as a
+    :class:`ConfigurationError` for what is not a function (a class, options passed
+    positionally)."""
+    again = type(func) if isinstance(func, classmethod | staticmethod) else None
+    target = func.__func__ if again is not None else func
     if isinstance(target, type) or not callable(target):
-        raise ConfigurationError(
-            f"under_maintenance decorates functions and methods, not {func!r}; pass options "
-            "as keywords, e.g. @under_maintenance(reason='nightly reindex')"
-        )
+        raise ConfigurationError(refusal.format(func))
     name = getattr(target, "__qualname__", None) or repr(target)
-    hold = hold._for(f"{getattr(target, '__module__', '?')}.{name}")
-    call = type(target).__call__ if not inspect.isfunction(target) else None
+    what = f"{getattr(target, '__module__', '?')}.{name}"
     if inspect.isasyncgenfunction(target):
-        wrapper: Callable[..., Any] = _async_gen_wrapper(hold)
+        kind = Kind.ASYNC_GEN
     elif inspect.isgeneratorfunction(target):
-        wrapper = _gen_wrapper(hold)
-    elif inspect.iscoroutinefunction(target) or inspect.iscoroutinefunction(call):
-        wrapper = _async_wrapper(hold)
+        kind = Kind.GEN
+    elif inspect.iscoroutinefunction(target) or (
+        not inspect.isfunction(target) and inspect.iscoroutinefunction(type(target).__call__)
+    ):
+        kind = Kind.ASYNC
     else:
-        wrapper = _sync_wrapper(hold)
-    return Decorated(func, wrapper)
+        kind = Kind.SYNC
+    call = functools.update_wrapper(make(kind, target, what), target)
+    return call if again is None else again(call)
 
 
-Args = tuple[Any, ...]
-Kwargs = dict[str, Any]
+def _holding(hold: MaintenanceHold) -> Make:
+    def make(kind: Kind, target: Callable[..., Any], what: str) -> Callable[..., Any]:
+        each = hold._for(what)
+        if kind is Kind.ASYNC_GEN:
+            return relayed(target, functools.partial(_enter_marked, each), _leave_marked, held)
+        if kind is Kind.GEN:
+            return _gen_call(each, target)
+        if kind is Kind.ASYNC:
+            return _async_call(each, target)
+        return _sync_call(each, target)
 
-# The wrappers hold their entry themselves: the exit pairs with it wherever it runs (a
+    return make
+
+
+# The closures hold their entry themselves: the exit pairs with it wherever it runs (a
 # generator closed by the garbage collector, or from another task or thread). The context
 # that enters runs inside the entry (core.inflight.held) until the exit, as with a `with`
 # block around the body: for a generator, the context of its first step, so the code that
@@ -517,69 +527,58 @@ Kwargs = dict[str, Any]
 # guarded helpers too.
 
 
-def _sync_wrapper(hold: MaintenanceHold) -> Callable[..., Any]:
-    def wrapper(wrapped: Callable[..., Any], instance: Any, args: Args, kwargs: Kwargs) -> Any:
+def _sync_call(hold: MaintenanceHold, target: Callable[..., Any]) -> Callable[..., Any]:
+    def call(*args: Any, **kwargs: Any) -> Any:
         entry = hold._enter_blocking((hold._controller(), []))
         mark = held_mark(entry[0], entry[1][-1])
         mark_held(mark)
         try:
-            return wrapped(*args, **kwargs)
+            return target(*args, **kwargs)
         finally:
             unmark_held(mark, held.get())
             _leave_blocking(entry)
 
-    return wrapper
+    return call
 
 
-def _async_wrapper(hold: MaintenanceHold) -> Callable[..., Any]:
-    async def wrapper(
-        wrapped: Callable[..., Any], instance: Any, args: Args, kwargs: Kwargs
-    ) -> Any:
+def _async_call(hold: MaintenanceHold, target: Callable[..., Any]) -> Callable[..., Any]:
+    async def call(*args: Any, **kwargs: Any) -> Any:
         entry = await hold._enter_async((hold._controller(), []))
         mark = held_mark(entry[0], entry[1][-1])
         mark_held(mark)
         try:
-            return await wrapped(*args, **kwargs)
+            return await target(*args, **kwargs)
         finally:
             unmark_held(mark, held.get())
             await _leave(ASYNC, entry)
 
-    return wrapper
+    return call
 
 
-def _gen_wrapper(hold: MaintenanceHold) -> Callable[..., Any]:
-    def wrapper(
-        wrapped: Callable[..., Any], instance: Any, args: Args, kwargs: Kwargs
-    ) -> Generator[Any, Any, Any]:
+def _gen_call(hold: MaintenanceHold, target: Callable[..., Any]) -> Callable[..., Any]:
+    def call(*args: Any, **kwargs: Any) -> Generator[Any, Any, Any]:
         entry = hold._enter_blocking((hold._controller(), []))
         mark = held_mark(entry[0], entry[1][-1])
         mark_held(mark)
         try:
-            return (yield from wrapped(*args, **kwargs))
+            return (yield from target(*args, **kwargs))
         finally:
             unmark_held(mark, held.get())
             _leave_blocking(entry)
 
-    return wrapper
+    return call
 
 
-def _async_gen_wrapper(hold: MaintenanceHold) -> Callable[..., Any]:
-    def wrapper(
-        wrapped: Callable[..., Any], instance: Any, args: Args, kwargs: Kwargs
-    ) -> AsyncGenerator[Any, Any]:
-        return relay(wrapped(*args, **kwargs), enter, leave, held)  # (marks no step)
+async def _enter_marked(hold: MaintenanceHold) -> tuple[tuple[Entry, HeldMark], None]:
+    entry = await hold._enter_async((hold._controller(), []))
+    mark = held_mark(entry[0], entry[1][-1])
+    mark_held(mark)
+    return (entry, mark), None  # (marks no step)
 
-    async def enter() -> tuple[tuple[Entry, HeldMark], None]:
-        entry = await hold._enter_async((hold._controller(), []))
-        mark = held_mark(entry[0], entry[1][-1])
-        mark_held(mark)
-        return (entry, mark), None
 
-    async def leave(entered: tuple[Entry, HeldMark]) -> None:
-        unmark_held(entered[1], held.get())
-        await _leave(ASYNC, entered[0])
-
-    return wrapper
+async def _leave_marked(entered: tuple[Entry, HeldMark]) -> None:
+    unmark_held(entered[1], held.get())
+    await _leave(ASYNC, entered[0])
 
 
 SKIP = object()
@@ -618,55 +617,60 @@ def stepped(
             step = gen.send
 
 
-async def relay(
-    agen: AsyncGenerator[Any, Any],
+def relayed(
+    target: Callable[..., AsyncGenerator[Any, Any]],
     enter: Callable[[], Awaitable[Any]],
     leave: Callable[[Any], Awaitable[None]],
     var: ContextVar[Any],
-) -> AsyncGenerator[Any, Any]:
-    """Iterate ``agen`` between ``enter()`` and ``leave(what)``, passing values sent and
-    exceptions thrown on: a decorator's span over a whole iteration. ``enter`` returns
-    ``(what, link)``, or :data:`SKIP`; unless ``link`` is None, ``(link, outer)`` is set in
-    ``var`` while each step of ``agen`` runs, as :func:`stepped` does."""
-    entered = await enter()
-    if entered is SKIP:
-        await agen.aclose()
-        return
-    what, link = entered
-    try:
+) -> Callable[..., AsyncGenerator[Any, Any]]:
+    """An async generator function that iterates ``target(...)`` between ``enter()`` and
+    ``leave(what)``, passing values sent and exceptions thrown on: a decorator's span over
+    a whole iteration. ``enter`` returns ``(what, link)``, or :data:`SKIP` (``target`` is
+    not called); unless ``link`` is None, ``(link, outer)`` is set in ``var`` while each
+    step of the generator runs, as :func:`stepped` does."""
+
+    async def call(*args: Any, **kwargs: Any) -> AsyncGenerator[Any, Any]:
+        entered = await enter()
+        if entered is SKIP:
+            return
+        what, link = entered
         try:
-            token = None if link is None else var.set((link, var.get()))
+            agen = target(*args, **kwargs)
             try:
-                value = await agen.__anext__()
-            finally:
-                if token is not None:
-                    var.reset(token)
-            while True:
-                try:
-                    sent = yield value
-                except GeneratorExit:
-                    raise
-                except BaseException as exc:
-                    step = agen.athrow(exc)
-                else:
-                    step = agen.asend(sent)
                 token = None if link is None else var.set((link, var.get()))
                 try:
-                    value = await step
+                    value = await agen.__anext__()
                 finally:
                     if token is not None:
                         var.reset(token)
-        except StopAsyncIteration:
-            return
-        finally:
-            token = None if link is None else var.set((link, var.get()))
-            try:
-                await agen.aclose()
+                while True:
+                    try:
+                        sent = yield value
+                    except GeneratorExit:
+                        raise
+                    except BaseException as exc:
+                        step = agen.athrow(exc)
+                    else:
+                        step = agen.asend(sent)
+                    token = None if link is None else var.set((link, var.get()))
+                    try:
+                        value = await step
+                    finally:
+                        if token is not None:
+                            var.reset(token)
+            except StopAsyncIteration:
+                return
             finally:
-                if token is not None:
-                    var.reset(token)
-    finally:
-        await leave(what)
+                token = None if link is None else var.set((link, var.get()))
+                try:
+                    await agen.aclose()
+                finally:
+                    if token is not None:
+                        var.reset(token)
+        finally:
+            await leave(what)
+
+    return call
 
 
 # -- public constructors --------------------------------------------------------------------
