@@ -248,7 +248,10 @@ class MaintenanceHold:
     # -- async with -----------------------------------------------------------------
 
     async def __aenter__(self) -> MaintenanceHold:
-        ctrl, keys = await self._enter_async(self._fixed or self._entry())
+        ctrl, keys = entry = self._fixed or self._entry()
+        pending = _DRAIN if self._drain is not None else ctrl.enter(self._presents, keys)
+        if pending is not None:  # (inline, as _enter_now: no coroutine on this hot path)
+            await self._enter_rest(ASYNC, entry, pending)
         self._mark(ctrl, keys)
         return self
 
@@ -269,7 +272,10 @@ class MaintenanceHold:
     # -- with -----------------------------------------------------------------------
 
     def __enter__(self) -> MaintenanceHold:
-        ctrl, keys = self._enter_blocking(self._fixed or self._entry())
+        ctrl, keys = entry = self._fixed or self._entry()
+        pending = _DRAIN if self._drain is not None else ctrl.enter(self._presents, keys)
+        if pending is not None:  # (inline, as _enter_now)
+            drive(self._enter_rest(BLOCKING, entry, pending))
         self._mark(ctrl, keys)
         return self
 
