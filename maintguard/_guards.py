@@ -3,33 +3,31 @@
 from __future__ import annotations
 
 import contextlib
-import inspect
+import functools
 import logging
 import math
 import time
 import weakref
-from collections.abc import AsyncGenerator, Callable, Generator
+from collections.abc import Callable, Generator
 from contextvars import Token
 from types import TracebackType
 from typing import Any, Literal, TypeVar, cast, overload
-
-import anyio
 
 from ._core import (
     ScopeController,
     coerce,
     controller,
     dispatch,
-    io,
     presence,
     resolve_backend,
     watch,
 )
-from ._core.changes import wait_until, wait_until_blocking
+from ._core.changes import until
 from ._core.controller import refresh_stale
+from ._core.drive import ASYNC, BLOCKING, Runtime, drive
 from ._core.inflight import current_work, inside_hold, new_key
 from ._core.registry import Store
-from ._holds import SKIP, Decorated, relay, stepped
+from ._holds import SKIP, Kind, decorate, relayed, stepped
 from ._options import named_options
 from ._state import EventKind, MaintenanceEvent, MaintenanceState, Mode, check_scope
 from .backends import Backend
@@ -118,69 +116,57 @@ class NotDuringMaintenance:
             self._allow_read_only and mode is Mode.READ_ONLY
         )
 
-    async def _admit(self, what: str) -> Admission | None:
-        """Admit one call: its work entry (end it with :func:`_end` when the call ends),
-        or None: skip it. Raises UnderMaintenance to refuse it."""
-        ctrl = self._controller()
+    def _fresh(self, ctrl: ScopeController) -> bool:
+        # Read inline now (memory, the environment), or kept fresh by this guard's watch.
         store = ctrl.store
-        if not ctrl.refresh_inline() and (
-            ctrl.stored is None or store not in self._watched or not store.present
-        ):
-            await self._keep_fresh(ctrl)
+        return ctrl.refresh_inline() or (
+            ctrl.stored is not None and store in self._watched and store.present
+        )
+
+    def _admit_now(self) -> Admission | None:
+        """The common case, without a coroutine: the controller is fresh and maintenance
+        is off for this call. Its admission, or None: not decided here (:meth:`_admit`)."""
+        ctrl = self._fixed or self._controller()
+        if not self._fresh(ctrl):
+            return None
+        store = ctrl.store
         work = store.work
         key = new_key()
-        entry = self._entry
-        work.live[key] = entry  # counted first, then the look: see core.inflight
+        work.live[key] = self._entry  # counted first, then the look: see core.inflight
         state = ctrl.snapshot
         if not state.active or self._free(state):
             return store, key
-        work.end(key)  # not counted while it waits: a drain must not wait for it
-        if inside_hold(store, self._scope):
-            return store, 0  # the maintenance job's own helper: runs, uncounted
-        if self.policy != "wait":
-            self._refuse(ctrl, state, what)
-            return None
-        with anyio.move_on_after(math.inf if self.timeout is None else self.timeout):
-            while True:
-                stop = watch(ctrl.backend)  # changes by other processes must reach the wait
-                try:
-                    await wait_until(ctrl, self._free)
-                finally:
-                    stop()
-                work.live[key] = entry
-                if self._free(ctrl.snapshot):
-                    return store, key
-                work.end(key)  # on again before it could start: wait again
-        raise UnderMaintenance(ctrl.snapshot)
+        work.end(key)
+        return None
 
-    def _admit_blocking(self, what: str) -> Admission | None:
+    async def _admit(self, rt: Runtime, what: str) -> Admission | None:
+        """Admit one call: its work entry (end it with :func:`_end` when the call ends),
+        or None: skip it. Raises UnderMaintenance to refuse it. Waits as ``rt`` does."""
         ctrl = self._controller()
         store = ctrl.store
-        if not ctrl.refresh_inline() and (
-            ctrl.stored is None or store not in self._watched or not store.present
-        ):
-            io.run_sync(self._keep_fresh(ctrl))
+        if not self._fresh(ctrl):
+            await rt.io(self._keep_fresh(ctrl))
         work = store.work
         key = new_key()
         entry = self._entry
         end = math.inf if self.timeout is None else time.monotonic() + self.timeout
         while True:
-            work.live[key] = entry
+            work.live[key] = entry  # counted first, then the look: see core.inflight
             state = ctrl.snapshot
             if self._free(state):
                 return store, key
-            work.end(key)
+            work.end(key)  # not counted while it waits: a drain must not wait for it
             if inside_hold(store, self._scope):
-                return store, 0
+                return store, 0  # the maintenance job's own helper: runs, uncounted
             if self.policy != "wait":
                 self._refuse(ctrl, state, what)
                 return None
             left = end - time.monotonic()
             if left <= 0:
                 raise UnderMaintenance(state)
-            stop = watch(ctrl.backend)
+            stop = watch(ctrl.backend)  # changes by other processes must reach the wait
             try:
-                wait_until_blocking(ctrl, self._free, None if left == math.inf else left)
+                await until(rt, ctrl, self._free, None if left == math.inf else left)
             finally:
                 stop()
 
@@ -257,7 +243,8 @@ class NotDuringMaintenance:
         _end(*found[0])
 
     async def __aenter__(self) -> NotDuringMaintenance:
-        return self._entered(await self._admit(self._block()))
+        what = self._block()
+        return self._entered(self._admit_now() or await self._admit(ASYNC, what))
 
     async def __aexit__(
         self,
@@ -268,7 +255,8 @@ class NotDuringMaintenance:
         self._exited()
 
     def __enter__(self) -> NotDuringMaintenance:
-        return self._entered(self._admit_blocking(self._block()))
+        what = self._block()
+        return self._entered(self._admit_now() or drive(self._admit(BLOCKING, what)))
 
     def __exit__(
         self,
@@ -281,99 +269,98 @@ class NotDuringMaintenance:
     # -- decorator --------------------------------------------------------------------------
 
     def __call__(self, func: F) -> F:
-        target = func.__func__ if isinstance(func, classmethod | staticmethod) else func
-        if isinstance(target, type) or not callable(target):
-            raise ConfigurationError(
-                f"not_during_maintenance decorates functions and methods, not {func!r}; pass "
-                "options as keywords, e.g. @not_during_maintenance(policy='skip')"
+        return cast(
+            F,
+            decorate(
+                func,
+                self._make,
+                "not_during_maintenance decorates functions and methods, not {!r}; pass "
+                "options as keywords, e.g. @not_during_maintenance(policy='skip')",
+            ),
+        )
+
+    def _make(self, kind: Kind, target: Callable[..., Any], what: str) -> Callable[..., Any]:
+        if kind is Kind.ASYNC_GEN:
+            return relayed(
+                target, functools.partial(self._enter_steps, what), _leave_steps, current_work
             )
-        what = f"{getattr(target, '__module__', '?')}.{getattr(target, '__qualname__', target)}"
-        call = type(target).__call__ if not inspect.isfunction(target) else None
-        if inspect.isasyncgenfunction(target):
-            wrapper: Callable[..., Any] = self._async_gen_wrapper(what)
-        elif inspect.isgeneratorfunction(target):
-            wrapper = self._gen_wrapper(what)
-        elif inspect.iscoroutinefunction(target) or inspect.iscoroutinefunction(call):
-            wrapper = self._async_wrapper(what)
-        else:
-            wrapper = self._sync_wrapper(what)
-        return cast(F, Decorated(func, wrapper))
+        if kind is Kind.GEN:
+            return self._gen_call(target, what)
+        if kind is Kind.ASYNC:
+            return self._async_call(target, what)
+        return self._sync_call(target, what)
 
     # While the call runs, its context runs inside its work (core.inflight.current_work):
     # a drained hold entered there, or in a worker thread or task it starts, does not wait
-    # for it. A call let through uncounted (a hold's own helper) marks nothing.
+    # for it. A call let through uncounted (a hold's own helper) marks nothing. The common
+    # case (maintenance off, the controller fresh) is _admit_now: no coroutine, no await.
 
-    def _sync_wrapper(self, what: str) -> Callable[..., Any]:
-        def wrapper(wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any) -> Any:
-            admission = self._admit_blocking(what)
+    def _sync_call(self, target: Callable[..., Any], what: str) -> Callable[..., Any]:
+        admit_now, admit = self._admit_now, self._admit
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            admission = admit_now() or drive(admit(BLOCKING, what))
             if admission is None:
                 return None
             store, key = admission
             if not key:
-                return wrapped(*args, **kwargs)
+                return target(*args, **kwargs)
             token = current_work.set((key, current_work.get()))
             try:
-                return wrapped(*args, **kwargs)
+                return target(*args, **kwargs)
             finally:
                 current_work.reset(token)
                 store.work.end(key)
 
-        return wrapper
+        return call
 
-    def _async_wrapper(self, what: str) -> Callable[..., Any]:
-        async def wrapper(
-            wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any
-        ) -> Any:
-            admission = await self._admit(what)
+    def _async_call(self, target: Callable[..., Any], what: str) -> Callable[..., Any]:
+        admit_now, admit = self._admit_now, self._admit
+
+        async def call(*args: Any, **kwargs: Any) -> Any:
+            admission = admit_now() or await admit(ASYNC, what)
             if admission is None:
                 return None
             store, key = admission
             if not key:
-                return await wrapped(*args, **kwargs)
+                return await target(*args, **kwargs)
             token = current_work.set((key, current_work.get()))
             try:
-                return await wrapped(*args, **kwargs)
+                return await target(*args, **kwargs)
             finally:
                 current_work.reset(token)
                 store.work.end(key)
 
-        return wrapper
+        return call
 
-    def _gen_wrapper(self, what: str) -> Callable[..., Any]:
-        def wrapper(
-            wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any
-        ) -> Generator[Any, Any, Any]:
-            admission = self._admit_blocking(what)
+    def _gen_call(self, target: Callable[..., Any], what: str) -> Callable[..., Any]:
+        admit_now, admit = self._admit_now, self._admit
+
+        def call(*args: Any, **kwargs: Any) -> Generator[Any, Any, Any]:
+            admission = admit_now() or drive(admit(BLOCKING, what))
             if admission is None:
                 return None
             store, key = admission
             if not key:
-                return (yield from wrapped(*args, **kwargs))
+                return (yield from target(*args, **kwargs))
             try:
                 # The body runs across yields, each step in the context of whoever resumes
                 # it: inside the work during each step only.
-                return (yield from stepped(wrapped(*args, **kwargs), current_work, key))
+                return (yield from stepped(target(*args, **kwargs), current_work, key))
             finally:
                 store.work.end(key)
 
-        return wrapper
+        return call
 
-    def _async_gen_wrapper(self, what: str) -> Callable[..., Any]:
-        async def enter() -> object:
-            admission = await self._admit(what)
-            if admission is None:
-                return SKIP
-            return admission, admission[1] or None  # each step runs inside its work
+    async def _enter_steps(self, what: str) -> object:
+        admission = self._admit_now() or await self._admit(ASYNC, what)
+        if admission is None:
+            return SKIP
+        return admission, admission[1] or None  # each step runs inside its work
 
-        async def leave(admission: Any) -> None:
-            _end(*admission)
 
-        def wrapper(
-            wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any
-        ) -> AsyncGenerator[Any, Any]:
-            return relay(wrapped(*args, **kwargs), enter, leave, current_work)
-
-        return wrapper
+async def _leave_steps(admission: Admission) -> None:
+    _end(*admission)
 
 
 Admission = tuple[Store, int]

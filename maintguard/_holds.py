@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import importlib
+import enum
+import functools
 import inspect
 import logging
 import math
-import pickle
 import sys
 import threading
 from collections.abc import AsyncGenerator, Awaitable, Callable, Generator
@@ -16,13 +16,11 @@ from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any, TypeVar, cast, overload
 
-import anyio
-import wrapt
-
 from ._core import ScopeController, coerce, controller, resolve_backend
 from ._core.controller import refresh_stale
 from ._core.defaults import default_root
-from ._core.drain import wait_drained, wait_drained_blocking
+from ._core.drain import drained
+from ._core.drive import ASYNC, BLOCKING, Runtime, drive
 from ._core.inflight import (
     HeldMark,
     current_work,
@@ -262,13 +260,10 @@ class MaintenanceHold:
     # -- async with -----------------------------------------------------------------
 
     async def __aenter__(self) -> MaintenanceHold:
-        ctrl, keys = self._fixed or self._entry()
-        if self._drain is not None:
-            await self._enter_drained(ctrl, keys)
-        else:
-            key = ctrl.enter(self._presents, keys)
-            if key is not None:
-                await _write_entry(ctrl, key, keys)
+        ctrl, keys = entry = self._fixed or self._entry()
+        pending = _DRAIN if self._drain is not None else ctrl.enter(self._presents, keys)
+        if pending is not None:  # (inline, as _enter_now: no coroutine on this hot path)
+            await self._enter_rest(ASYNC, entry, pending)
         self._mark(ctrl, keys)
         return self
 
@@ -282,20 +277,17 @@ class MaintenanceHold:
         self._unmark()
         write = ctrl.leave(keys)
         if write:
-            await _write_release(ctrl)
+            await _write_release(ASYNC, ctrl)
         elif write is None:
             raise self._exited_too_often()
 
     # -- with -----------------------------------------------------------------------
 
     def __enter__(self) -> MaintenanceHold:
-        ctrl, keys = self._fixed or self._entry()
-        if self._drain is not None:
-            self._enter_drained_blocking(ctrl, keys)
-        else:
-            key = ctrl.enter(self._presents, keys)
-            if key is not None:
-                _write_entry_blocking(ctrl, key, keys)
+        ctrl, keys = entry = self._fixed or self._entry()
+        pending = _DRAIN if self._drain is not None else ctrl.enter(self._presents, keys)
+        if pending is not None:  # (inline, as _enter_now)
+            drive(self._enter_rest(BLOCKING, entry, pending))
         self._mark(ctrl, keys)
         return self
 
@@ -309,93 +301,73 @@ class MaintenanceHold:
         self._unmark()
         write = ctrl.leave(keys)
         if write:
-            _write_release_blocking(ctrl)
+            drive(_write_release(BLOCKING, ctrl))
         elif write is None:
             raise self._exited_too_often()
 
-    # -- the decorators' entries: each call holds its own and marks its context itself --
+    # -- one entry: the part that is done at once, then (one body) what waits ----------------
+    #
+    # The faces above and the decorators' wrappers enter the same way: `_enter_now` in the
+    # caller (on memory and the environment that is all: no coroutine, no thread hop), then,
+    # only when it says so, `_enter_rest` driven by the caller's runtime. The decorators'
+    # calls each hold an entry of their own (a new key list) and mark their context
+    # themselves.
 
-    def _enter_sync(self) -> Entry:
-        ctrl = self._controller()
-        keys: list[int] = []
-        if self._drain is not None:
-            self._enter_drained_blocking(ctrl, keys)
-        else:
-            key = ctrl.enter(self._presents, keys)
-            if key is not None:
-                _write_entry_blocking(ctrl, key, keys)
-        return ctrl, keys
+    def _enter_blocking(self, entry: Entry) -> Entry:
+        pending = self._enter_now(*entry)
+        if pending is not None:
+            drive(self._enter_rest(BLOCKING, entry, pending))
+        return entry
 
-    async def _enter_async(self) -> Entry:
-        ctrl = self._controller()
-        keys: list[int] = []
+    async def _enter_async(self, entry: Entry) -> Entry:
+        pending = self._enter_now(*entry)
+        if pending is not None:
+            await self._enter_rest(ASYNC, entry, pending)
+        return entry
+
+    def _enter_now(self, ctrl: ScopeController, keys: list[int]) -> int | None:
+        """Enter one frame if nothing needs writing or waiting: None. Else what
+        :meth:`_enter_rest` must do: the key of the frame whose record is written first,
+        or :data:`_DRAIN`."""
         if self._drain is not None:
-            await self._enter_drained(ctrl, keys)
+            return _DRAIN
+        return ctrl.enter(self._presents, keys)
+
+    async def _enter_rest(self, rt: Runtime, entry: Entry, pending: int) -> None:
+        if pending == _DRAIN:
+            await self._enter_drained(rt, *entry)
         else:
-            key = ctrl.enter(self._presents, keys)
-            if key is not None:
-                await _write_entry(ctrl, key, keys)
-        return ctrl, keys
+            await _write_entry(rt, entry[0], pending, entry[1])
 
     # -- drains: enter (maintenance on at once), wait for in-flight work, then the body ------
 
-    async def _enter_drained(self, ctrl: ScopeController, keys: list[int]) -> None:
+    async def _enter_drained(self, rt: Runtime, ctrl: ScopeController, keys: list[int]) -> None:
         exclude = own_keys()  # the holder's own request or job
         token = ctrl.begin_drain()
         try:
             key = ctrl.enter(self._presents, keys, drain=True)
             if key is not None:
-                await _write_entry(ctrl, key, keys)
+                await _write_entry(rt, ctrl, key, keys)
             elif ctrl.sync_record():  # counted on a frame already stored: store the drain
-                await _write_release(ctrl)
+                await _write_release(rt, ctrl)
         except BaseException:
             if ctrl.end_drain():
-                await _write_release(ctrl)
+                await _write_release(rt, ctrl)
             raise
         frame = keys[-1]
         try:
             assert self._drain is not None
-            pending = await wait_drained(ctrl, token, self._presents.mode, exclude, self._drain)
+            pending = await drained(rt, ctrl, token, self._presents.mode, exclude, self._drain)
         except BaseException:  # cancelled while draining: nothing of the hold remains
             if ctrl.end_drain(frame):
-                await _write_release(ctrl)
-            await _leave((ctrl, keys))
+                await _write_release(rt, ctrl)
+            await _leave(rt, (ctrl, keys))
             raise
         runs = self._drained(ctrl, pending)
         if not runs:  # left while still draining: DRAINING -> OFF, never ON
-            await _leave((ctrl, keys))
+            await _leave(rt, (ctrl, keys))
         if ctrl.end_drain(frame):
-            await _write_release(ctrl)
-        if not runs:
-            raise self._timed_out(ctrl, pending)
-
-    def _enter_drained_blocking(self, ctrl: ScopeController, keys: list[int]) -> None:
-        exclude = own_keys()
-        token = ctrl.begin_drain()
-        try:
-            key = ctrl.enter(self._presents, keys, drain=True)
-            if key is not None:
-                _write_entry_blocking(ctrl, key, keys)
-            elif ctrl.sync_record():
-                _write_release_blocking(ctrl)
-        except BaseException:
-            if ctrl.end_drain():
-                _write_release_blocking(ctrl)
-            raise
-        frame = keys[-1]
-        try:
-            assert self._drain is not None
-            pending = wait_drained_blocking(ctrl, token, self._presents.mode, exclude, self._drain)
-        except BaseException:
-            if ctrl.end_drain(frame):
-                _write_release_blocking(ctrl)
-            _leave_blocking((ctrl, keys))
-            raise
-        runs = self._drained(ctrl, pending)
-        if not runs:
-            _leave_blocking((ctrl, keys))
-        if ctrl.end_drain(frame):
-            _write_release_blocking(ctrl)
+            await _write_release(rt, ctrl)
         if not runs:
             raise self._timed_out(ctrl, pending)
 
@@ -429,7 +401,15 @@ class MaintenanceHold:
     # -- decorator ------------------------------------------------------------------
 
     def __call__(self, func: F) -> F:
-        return cast(F, _decorate(self, func))
+        return cast(
+            F,
+            decorate(
+                func,
+                _holding(self),
+                "under_maintenance decorates functions and methods, not {!r}; pass options "
+                "as keywords, e.g. @under_maintenance(reason='nightly reindex')",
+            ),
+        )
 
     def _for(self, owner: str) -> MaintenanceHold:
         clone = object.__new__(MaintenanceHold)
@@ -446,53 +426,42 @@ def _seconds(value: float | None) -> str:
     return f"{value:g}" if value is not None else "?"
 
 
-async def _write_entry(ctrl: ScopeController, key: int, keys: list[int]) -> None:
+_DRAIN = -1
+"""What :meth:`MaintenanceHold._enter_now` returns for a drained hold (frame keys are > 0)."""
+
+
+async def _write_entry(rt: Runtime, ctrl: ScopeController, key: int, keys: list[int]) -> None:
     # All or nothing: whatever interrupts the entry's write, nothing of it remains.
     try:
-        await ctrl.write()
+        await ctrl.write(rt)
     except BaseException:
         ctrl.abort(key)
-        await _write_release(ctrl, entering=True)
+        await _write_release(rt, ctrl, entering=True)
         raise
     ctrl.commit(key, keys)
 
 
-def _write_entry_blocking(ctrl: ScopeController, key: int, keys: list[int]) -> None:
-    try:
-        ctrl.write_blocking()
-    except BaseException:
-        ctrl.abort(key)
-        _write_release_blocking(ctrl, entering=True)
-        raise
-    ctrl.commit(key, keys)
-
-
-async def _leave(entry: Entry) -> None:
+async def _leave(rt: Runtime, entry: Entry) -> None:
     if entry[0].leave(entry[1]):
-        await _write_release(entry[0])
+        await _write_release(rt, entry[0])
 
 
 def _leave_blocking(entry: Entry) -> None:
+    # (a coroutine only when a write follows: none on the memory and environment backends)
     if entry[0].leave(entry[1]):
-        _write_release_blocking(entry[0])
+        drive(_write_release(BLOCKING, entry[0]))
 
 
-async def _write_release(ctrl: ScopeController, *, entering: bool = False) -> None:
+async def _write_release(rt: Runtime, ctrl: ScopeController, *, entering: bool = False) -> None:
     # Cleanup runs to the end even when the holder is being cancelled; the write itself
-    # runs outside this task, so even a native asyncio cancel cannot stop it halfway.
-    # `entering`: the cleanup of a failed entry, whose own error the holder sees.
-    with anyio.CancelScope(shield=True):
+    # runs outside this task (the runtime hands it over), so even a native asyncio cancel
+    # cannot stop it halfway. `entering`: the cleanup of a failed entry, whose own error
+    # the holder sees.
+    with rt.shield():
         try:
-            await ctrl.write()
+            await ctrl.write(rt)
         except Exception as exc:
             ctrl.release_failed(exc, entering)
-
-
-def _write_release_blocking(ctrl: ScopeController, *, entering: bool = False) -> None:
-    try:
-        ctrl.write_blocking()
-    except Exception as exc:
-        ctrl.release_failed(exc, entering)
 
 
 def _caller() -> str:
@@ -506,65 +475,69 @@ def _caller() -> str:
 
 
 # -- decorating ---------------------------------------------------------------------------
+#
+# A decorated function is a plain closure (functools.update_wrapper: name, docs, __wrapped__,
+# so inspect.signature follows it), not an object proxy: calling a closure costs a fraction
+# of calling a proxy. A closure is a function, so it binds as a method; it pickles and
+# copies as a module function does, by its module and qualified name (those of the
+# function it wraps); an async one is a coroutine function to inspect, a generator one a
+# generator function, an async generator one an async generator function.
 
 
-_FunctionWrapper: Any = wrapt.FunctionWrapper  # (typed by some wrapt versions, not others)
+class Kind(enum.Enum):
+    """What a decorated callable is, which decides the closure around it."""
+
+    ASYNC_GEN = "an async generator function: held or guarded for its whole iteration"
+    GEN = "a generator function: held or guarded for its whole iteration"
+    ASYNC = "a coroutine function, or an object whose __call__ is one"
+    SYNC = "anything else callable"
 
 
-class Decorated(_FunctionWrapper):  # type: ignore[misc]
-    """A function under a maintguard decorator. Pickled and copied as a plain function is,
-    by its module and qualified name, so process pools and task queues can run it."""
-
-    def __reduce_ex__(self, protocol: object) -> tuple[Any, tuple[str, str]]:
-        wrapped = self.__wrapped__
-        module = getattr(wrapped, "__module__", None)
-        qualname = getattr(wrapped, "__qualname__", None)
-        if not isinstance(module, str) or not isinstance(qualname, str) or "<locals>" in qualname:
-            raise pickle.PicklingError(f"cannot pickle {wrapped!r}: not found by name")
-        return _by_name, (module, qualname)
-
-    def __reduce__(self) -> tuple[Any, tuple[str, str]]:
-        return self.__reduce_ex__(2)
-
-    def __copy__(self) -> Decorated:
-        return self
-
-    def __deepcopy__(self, memo: object) -> Decorated:
-        return self
+Make = Callable[[Kind, Callable[..., Any], str], Callable[..., Any]]
+"""``make(kind, target, what)``: the closure that calls ``target``; ``what`` names it."""
 
 
-def _by_name(module: str, qualname: str) -> Any:
-    found: Any = importlib.import_module(module)
-    for part in qualname.split("."):
-        found = getattr(found, part)
-    return found
-
-
-def _decorate(hold: MaintenanceHold, func: Any) -> Any:
-    target = func.__func__ if isinstance(func, classmethod | staticmethod) else func
+def decorate(func: Any, make: Make, refusal: str) -> Any:
+    """``func`` under the closure ``make`` gives for it. A ``classmethod`` or
+    ``staticmethod`` object is opened (inspect cannot see a coroutine function inside one)
+    and made again around the closure. ``refusal`` (``{!r}``: ``func``) is raised as a
+    :class:`ConfigurationError` for what is not a function (a class, options passed
+    positionally)."""
+    again = type(func) if isinstance(func, classmethod | staticmethod) else None
+    target = func.__func__ if again is not None else func
     if isinstance(target, type) or not callable(target):
-        raise ConfigurationError(
-            f"under_maintenance decorates functions and methods, not {func!r}; pass options "
-            "as keywords, e.g. @under_maintenance(reason='nightly reindex')"
-        )
+        raise ConfigurationError(refusal.format(func))
     name = getattr(target, "__qualname__", None) or repr(target)
-    hold = hold._for(f"{getattr(target, '__module__', '?')}.{name}")
-    call = type(target).__call__ if not inspect.isfunction(target) else None
+    what = f"{getattr(target, '__module__', '?')}.{name}"
     if inspect.isasyncgenfunction(target):
-        wrapper: Callable[..., Any] = _async_gen_wrapper(hold)
+        kind = Kind.ASYNC_GEN
     elif inspect.isgeneratorfunction(target):
-        wrapper = _gen_wrapper(hold)
-    elif inspect.iscoroutinefunction(target) or inspect.iscoroutinefunction(call):
-        wrapper = _async_wrapper(hold)
+        kind = Kind.GEN
+    elif inspect.iscoroutinefunction(target) or (
+        not inspect.isfunction(target) and inspect.iscoroutinefunction(type(target).__call__)
+    ):
+        kind = Kind.ASYNC
     else:
-        wrapper = _sync_wrapper(hold)
-    return Decorated(func, wrapper)
+        kind = Kind.SYNC
+    call = functools.update_wrapper(make(kind, target, what), target)
+    return call if again is None else again(call)
 
 
-Args = tuple[Any, ...]
-Kwargs = dict[str, Any]
+def _holding(hold: MaintenanceHold) -> Make:
+    def make(kind: Kind, target: Callable[..., Any], what: str) -> Callable[..., Any]:
+        each = hold._for(what)
+        if kind is Kind.ASYNC_GEN:
+            return relayed(target, functools.partial(_enter_marked, each), _leave_marked, held)
+        if kind is Kind.GEN:
+            return _gen_call(each, target)
+        if kind is Kind.ASYNC:
+            return _async_call(each, target)
+        return _sync_call(each, target)
 
-# The wrappers hold their entry themselves: the exit pairs with it wherever it runs (a
+    return make
+
+
+# The closures hold their entry themselves: the exit pairs with it wherever it runs (a
 # generator closed by the garbage collector, or from another task or thread). The context
 # that enters runs inside the entry (core.inflight.held) until the exit, as with a `with`
 # block around the body: for a generator, the context of its first step, so the code that
@@ -572,69 +545,58 @@ Kwargs = dict[str, Any]
 # guarded helpers too.
 
 
-def _sync_wrapper(hold: MaintenanceHold) -> Callable[..., Any]:
-    def wrapper(wrapped: Callable[..., Any], instance: Any, args: Args, kwargs: Kwargs) -> Any:
-        entry = hold._enter_sync()
+def _sync_call(hold: MaintenanceHold, target: Callable[..., Any]) -> Callable[..., Any]:
+    def call(*args: Any, **kwargs: Any) -> Any:
+        entry = hold._enter_blocking((hold._controller(), []))
         mark = held_mark(entry[0], entry[1][-1])
         mark_held(mark)
         try:
-            return wrapped(*args, **kwargs)
+            return target(*args, **kwargs)
         finally:
             unmark_held(mark, held.get())
             _leave_blocking(entry)
 
-    return wrapper
+    return call
 
 
-def _async_wrapper(hold: MaintenanceHold) -> Callable[..., Any]:
-    async def wrapper(
-        wrapped: Callable[..., Any], instance: Any, args: Args, kwargs: Kwargs
-    ) -> Any:
-        entry = await hold._enter_async()
+def _async_call(hold: MaintenanceHold, target: Callable[..., Any]) -> Callable[..., Any]:
+    async def call(*args: Any, **kwargs: Any) -> Any:
+        entry = await hold._enter_async((hold._controller(), []))
         mark = held_mark(entry[0], entry[1][-1])
         mark_held(mark)
         try:
-            return await wrapped(*args, **kwargs)
+            return await target(*args, **kwargs)
         finally:
             unmark_held(mark, held.get())
-            await _leave(entry)
+            await _leave(ASYNC, entry)
 
-    return wrapper
+    return call
 
 
-def _gen_wrapper(hold: MaintenanceHold) -> Callable[..., Any]:
-    def wrapper(
-        wrapped: Callable[..., Any], instance: Any, args: Args, kwargs: Kwargs
-    ) -> Generator[Any, Any, Any]:
-        entry = hold._enter_sync()
+def _gen_call(hold: MaintenanceHold, target: Callable[..., Any]) -> Callable[..., Any]:
+    def call(*args: Any, **kwargs: Any) -> Generator[Any, Any, Any]:
+        entry = hold._enter_blocking((hold._controller(), []))
         mark = held_mark(entry[0], entry[1][-1])
         mark_held(mark)
         try:
-            return (yield from wrapped(*args, **kwargs))
+            return (yield from target(*args, **kwargs))
         finally:
             unmark_held(mark, held.get())
             _leave_blocking(entry)
 
-    return wrapper
+    return call
 
 
-def _async_gen_wrapper(hold: MaintenanceHold) -> Callable[..., Any]:
-    def wrapper(
-        wrapped: Callable[..., Any], instance: Any, args: Args, kwargs: Kwargs
-    ) -> AsyncGenerator[Any, Any]:
-        return relay(wrapped(*args, **kwargs), enter, leave, held)  # (marks no step)
+async def _enter_marked(hold: MaintenanceHold) -> tuple[tuple[Entry, HeldMark], None]:
+    entry = await hold._enter_async((hold._controller(), []))
+    mark = held_mark(entry[0], entry[1][-1])
+    mark_held(mark)
+    return (entry, mark), None  # (marks no step)
 
-    async def enter() -> tuple[tuple[Entry, HeldMark], None]:
-        entry = await hold._enter_async()
-        mark = held_mark(entry[0], entry[1][-1])
-        mark_held(mark)
-        return (entry, mark), None
 
-    async def leave(entered: tuple[Entry, HeldMark]) -> None:
-        unmark_held(entered[1], held.get())
-        await _leave(entered[0])
-
-    return wrapper
+async def _leave_marked(entered: tuple[Entry, HeldMark]) -> None:
+    unmark_held(entered[1], held.get())
+    await _leave(ASYNC, entered[0])
 
 
 SKIP = object()
@@ -673,55 +635,60 @@ def stepped(
             step = gen.send
 
 
-async def relay(
-    agen: AsyncGenerator[Any, Any],
+def relayed(
+    target: Callable[..., AsyncGenerator[Any, Any]],
     enter: Callable[[], Awaitable[Any]],
     leave: Callable[[Any], Awaitable[None]],
     var: ContextVar[Any],
-) -> AsyncGenerator[Any, Any]:
-    """Iterate ``agen`` between ``enter()`` and ``leave(what)``, passing values sent and
-    exceptions thrown on: a decorator's span over a whole iteration. ``enter`` returns
-    ``(what, link)``, or :data:`SKIP`; unless ``link`` is None, ``(link, outer)`` is set in
-    ``var`` while each step of ``agen`` runs, as :func:`stepped` does."""
-    entered = await enter()
-    if entered is SKIP:
-        await agen.aclose()
-        return
-    what, link = entered
-    try:
+) -> Callable[..., AsyncGenerator[Any, Any]]:
+    """An async generator function that iterates ``target(...)`` between ``enter()`` and
+    ``leave(what)``, passing values sent and exceptions thrown on: a decorator's span over
+    a whole iteration. ``enter`` returns ``(what, link)``, or :data:`SKIP` (``target`` is
+    not called); unless ``link`` is None, ``(link, outer)`` is set in ``var`` while each
+    step of the generator runs, as :func:`stepped` does."""
+
+    async def call(*args: Any, **kwargs: Any) -> AsyncGenerator[Any, Any]:
+        entered = await enter()
+        if entered is SKIP:
+            return
+        what, link = entered
         try:
-            token = None if link is None else var.set((link, var.get()))
+            agen = target(*args, **kwargs)
             try:
-                value = await agen.__anext__()
-            finally:
-                if token is not None:
-                    var.reset(token)
-            while True:
-                try:
-                    sent = yield value
-                except GeneratorExit:
-                    raise
-                except BaseException as exc:
-                    step = agen.athrow(exc)
-                else:
-                    step = agen.asend(sent)
                 token = None if link is None else var.set((link, var.get()))
                 try:
-                    value = await step
+                    value = await agen.__anext__()
                 finally:
                     if token is not None:
                         var.reset(token)
-        except StopAsyncIteration:
-            return
-        finally:
-            token = None if link is None else var.set((link, var.get()))
-            try:
-                await agen.aclose()
+                while True:
+                    try:
+                        sent = yield value
+                    except GeneratorExit:
+                        raise
+                    except BaseException as exc:
+                        step = agen.athrow(exc)
+                    else:
+                        step = agen.asend(sent)
+                    token = None if link is None else var.set((link, var.get()))
+                    try:
+                        value = await step
+                    finally:
+                        if token is not None:
+                            var.reset(token)
+            except StopAsyncIteration:
+                return
             finally:
-                if token is not None:
-                    var.reset(token)
-    finally:
-        await leave(what)
+                token = None if link is None else var.set((link, var.get()))
+                try:
+                    await agen.aclose()
+                finally:
+                    if token is not None:
+                        var.reset(token)
+        finally:
+            await leave(what)
+
+    return call
 
 
 # -- public constructors --------------------------------------------------------------------

@@ -90,3 +90,44 @@ def test_blocking_io_runs_on_the_io_loop_and_returns_its_result() -> None:
         return await rt.io(io_call())
 
     assert drive(body(BLOCKING)) == "read"
+
+
+def test_offload_blocks_this_thread_for_a_blocking_body_and_a_worker_for_an_async_one() -> None:
+    async def body(rt: Runtime) -> int:
+        return await rt.offload(threading.get_ident)
+
+    here = threading.get_ident()
+    assert drive(body(BLOCKING)) == here  # a sync face's file write: no thread hop
+    assert anyio.run(body, ASYNC) != here  # an event loop is never blocked
+
+
+def test_on_loop_runs_on_the_io_loop_for_both() -> None:
+    from maintguard import _ioloop
+
+    async def where() -> bool:
+        return _ioloop.on_io_thread()
+
+    async def body(rt: Runtime) -> bool:
+        return await rt.on_loop(where())
+
+    assert drive(body(BLOCKING))
+    assert anyio.run(body, ASYNC)
+
+
+@pytest.mark.anyio
+async def test_a_shielded_cleanup_runs_to_its_end_when_the_caller_is_cancelled() -> None:
+    log: list[str] = []
+
+    async def cleanup(rt: Runtime) -> None:
+        with rt.shield():
+            signal, _ = rt.signal()
+            await rt.wait(signal, 0.05)  # (a cancelled wait would end at once)
+            log.append("cleaned up")
+
+    with anyio.CancelScope() as scope:
+        scope.cancel()
+        started = time.monotonic()
+        await cleanup(ASYNC)
+    assert time.monotonic() - started >= 0.04
+    await anyio.to_thread.run_sync(drive, cleanup(BLOCKING))
+    assert log == ["cleaned up", "cleaned up"]

@@ -241,6 +241,45 @@ async def test_decorated_function_keeps_metadata(backend: Backend) -> None:
     assert await documented(2, "y") == "yy"
 
 
+async def test_decorated_callables_stay_what_they_were_to_inspect(backend: Backend) -> None:
+    # Decorators make plain closures (not object proxies): each must still look like what
+    # it wraps to inspect (FastAPI picks how to call an endpoint or a dependency by it).
+    import inspect
+
+    class Fetch:
+        async def __call__(self, x: int) -> int:
+            return x + 1
+
+    guarded = not_during_maintenance(backend=backend, policy="raise")(Fetch())
+    held = under_maintenance(backend=backend)(Fetch())
+    assert inspect.iscoroutinefunction(guarded) and inspect.iscoroutinefunction(held)
+    assert str(inspect.signature(guarded)) == "(x: 'int') -> 'int'"
+    assert await guarded(1) == 2 and await held(2) == 3
+
+    @not_during_maintenance(backend=backend)
+    async def pages() -> AsyncIterator[int]:
+        yield 1
+
+    @under_maintenance(backend=backend)
+    def rows() -> Iterator[int]:
+        yield 1
+
+    assert inspect.isasyncgenfunction(pages) and inspect.isgeneratorfunction(rows)
+    assert [p async for p in pages()] == [1] and list(rows()) == [1]
+    assert pages.__wrapped__.__name__ == "pages"  # type: ignore[attr-defined]
+
+    class Jobs:
+        @not_during_maintenance(backend=backend)
+        @classmethod
+        async def build(cls) -> str:
+            return cls.__name__
+
+    assert isinstance(vars(Jobs)["build"], classmethod)
+    assert inspect.iscoroutinefunction(vars(Jobs)["build"].__func__)
+    assert await Jobs.build() == "Jobs"
+    assert await get_maintenance_mode(backend) is False
+
+
 # -- ending on every path ---------------------------------------------------------------------
 
 

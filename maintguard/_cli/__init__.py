@@ -22,6 +22,7 @@ from .. import __version__
 from .. import _holds as guards
 from .. import _ioloop as ioloop
 from .._core import controller, io, store_of
+from .._core.drive import ASYNC
 from .._state import STORED_LOGGER, ExplicitState, MaintenanceState, Mode, StoredState
 from ..backends import Backend, EnvVarBackend, LocalFileBackend, MemoryBackend, backend_from_url
 from ..backends._env import getenv
@@ -270,7 +271,7 @@ def _warn_if_unwatched(backend: Backend) -> None:
     if not backend.stores_holds:
         return  # (the environment variable: no records; memory: refused)
     try:
-        scopes = ioloop.run_sync(io.read_scopes(backend, [None]))
+        scopes = ioloop.run_sync(io.read_scopes(ASYNC, backend, [None]))
     except Exception:  # read a moment ago: a failure now has nothing to add
         return
     now = _now()

@@ -12,13 +12,14 @@ One body (:func:`until`) serves async and blocking callers (:mod:`.drive`).
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
 
 from .._state import MaintenanceState
 from .controller import ScopeController
-from .drive import ASYNC, BLOCKING, Runtime, drive
+from .drive import ASYNC, Runtime
 
-__all__ = ["until", "wait_until", "wait_until_blocking"]
+__all__ = ["until", "wait_until"]
 
 Predicate = Callable[[MaintenanceState], bool]
 
@@ -36,7 +37,7 @@ async def until(
 ) -> MaintenanceState | None:
     """Wait until ``predicate(ctrl.snapshot)`` holds and return that state; None once
     ``timeout`` seconds have passed first."""
-    clock = ctrl.store.clock
+    clock = time.monotonic  # a timeout is a duration: not the store's (wall, faked) clock
     end = math.inf if timeout is None else clock() + timeout
     while True:
         state = ctrl.snapshot
@@ -61,10 +62,3 @@ async def wait_until(ctrl: ScopeController, predicate: Predicate) -> Maintenance
     state = await until(ASYNC, ctrl, predicate)
     assert state is not None  # no timeout
     return state
-
-
-def wait_until_blocking(
-    ctrl: ScopeController, predicate: Predicate, timeout: float | None = None
-) -> MaintenanceState | None:
-    """Block this thread until ``predicate(ctrl.snapshot)`` holds; None after ``timeout``."""
-    return drive(until(BLOCKING, ctrl, predicate, timeout))

@@ -17,10 +17,10 @@ from collections.abc import Callable
 from .._state import Mode
 from . import presence
 from .controller import ScopeController, refresh_store
-from .drive import ASYNC, BLOCKING, Runtime, drive
+from .drive import Runtime
 from .watcher import watch
 
-__all__ = ["drained", "wait_drained", "wait_drained_blocking"]
+__all__ = ["drained"]
 
 
 def _left(
@@ -83,17 +83,3 @@ async def drained(
         work.resume(own)
         if stop is not None:
             stop()
-
-
-async def wait_drained(
-    ctrl: ScopeController, token: str, mode: Mode, exclude: frozenset[int], seconds: float
-) -> int:
-    """:func:`drained`, waiting from asyncio or trio."""
-    return await drained(ASYNC, ctrl, token, mode, exclude, seconds)
-
-
-def wait_drained_blocking(
-    ctrl: ScopeController, token: str, mode: Mode, exclude: frozenset[int], seconds: float
-) -> int:
-    """:func:`drained`, blocking this thread."""
-    return drive(drained(BLOCKING, ctrl, token, mode, exclude, seconds))

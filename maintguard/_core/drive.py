@@ -10,15 +10,20 @@ coroutine that waits only through a :class:`Runtime` it is given:
   memory is answered in the caller's thread.
 
 A sync face calls ``drive(operation(BLOCKING, ...))``; an async face awaits
-``operation(ASYNC, ...)``. The two cannot drift: there is one body.
+``operation(ASYNC, ...)``. The two cannot drift: there is one body. Where the two differ at
+the bottom (a backend call in a worker thread or here, cleanup shielded from cancellation
+or not), the body asks its runtime (:meth:`Runtime.offload`, :meth:`Runtime.on_loop`,
+:meth:`Runtime.shield`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import threading
 from collections.abc import Callable, Coroutine, Generator
+from contextlib import AbstractContextManager
 from typing import Any, Protocol, TypeVar
 
 import anyio
@@ -51,6 +56,21 @@ class Runtime(Protocol):
         """Backend I/O: awaited here (async) or run on the I/O loop (blocking)."""
         ...
 
+    async def on_loop(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run ``coro`` on the I/O loop: waited for without blocking (async; it finishes
+        there even if the caller is cancelled) or blocking this thread."""
+        ...
+
+    async def offload(self, fn: Callable[..., T], *args: Any) -> T:
+        """A blocking call: started at once in a worker thread and waited for (async; it
+        finishes even if the caller is cancelled), or made right here (blocking)."""
+        ...
+
+    def shield(self) -> AbstractContextManager[Any]:
+        """Where cleanup must run to its end even when the caller is being cancelled
+        (async: a shielded cancel scope; blocking: nothing cancels a thread's call)."""
+        ...
+
 
 class _Async:
     """Waits with anyio, under asyncio or trio."""
@@ -77,6 +97,15 @@ class _Async:
 
     async def io(self, coro: Coroutine[Any, Any, T]) -> T:
         return await coro
+
+    async def on_loop(self, coro: Coroutine[Any, Any, T]) -> T:
+        return await ioloop.run(coro)
+
+    async def offload(self, fn: Callable[..., T], *args: Any) -> T:
+        return await ioloop.wait(ioloop.offload(fn, *args))
+
+    def shield(self) -> AbstractContextManager[Any]:
+        return anyio.CancelScope(shield=True)
 
 
 class _Request:
@@ -111,6 +140,18 @@ class _Blocking:
         result: T = await _Request(ioloop.run_sync, coro)
         return result
 
+    async def on_loop(self, coro: Coroutine[Any, Any, T]) -> T:
+        result: T = await _Request(ioloop.run_sync, coro)
+        return result
+
+    async def offload(self, fn: Callable[..., T], *args: Any) -> T:
+        return fn(*args)  # drive() runs this body in the caller's thread: block it here
+
+    def shield(self) -> AbstractContextManager[Any]:
+        return _NOTHING
+
+
+_NOTHING = contextlib.nullcontext()
 
 ASYNC: Runtime = _Async()
 BLOCKING: Runtime = _Blocking()

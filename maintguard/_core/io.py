@@ -36,6 +36,7 @@ from .._state import StoredState
 from ..backends import Backend
 from ..backends._base import PUBLIC_IO, overrides
 from . import lifecycle
+from .drive import BLOCKING, Runtime, drive
 
 __all__ = [
     "InlineRead",
@@ -123,22 +124,21 @@ def _decide(cls: type[Backend]) -> Way:
 
 
 async def read_scopes(
-    backend: Backend, scopes: Collection[str | None]
+    rt: Runtime, backend: Backend, scopes: Collection[str | None]
 ) -> Mapping[str | None, StoredState]:
+    """Read ``scopes`` the way :func:`way` says, waiting as ``rt`` does."""
     how = way(backend)
     if how is Way.INLINE:
         return backend._read_scopes_blocking(scopes)
     if how is Way.BLOCKING:
-        return await wait(offload(backend._read_scopes_blocking, scopes))
-    return await run(backend.read_scopes(scopes))
+        return await rt.offload(backend._read_scopes_blocking, scopes)
+    return await rt.on_loop(_read(backend, scopes))
 
 
 def read_scopes_blocking(
     backend: Backend, scopes: Collection[str | None]
 ) -> Mapping[str | None, StoredState]:
-    if way(backend) is not Way.LOOP:
-        return backend._read_scopes_blocking(scopes)
-    return run_sync(_read(backend, scopes))
+    return drive(read_scopes(BLOCKING, backend, scopes))
 
 
 async def _read(
@@ -148,23 +148,21 @@ async def _read(
 
 
 async def update(
-    backend: Backend, scope: str | None, build: Build, owner: Serialised
+    rt: Runtime, backend: Backend, scope: str | None, build: Build, owner: Serialised
 ) -> StoredState:
     """Make one write to one scope, serialised with the store's other writes."""
     how = way(backend)
     if how is Way.INLINE:
         return _locked_update(backend, scope, build, owner)
     if how is Way.BLOCKING:
-        return await wait(offload(_locked_update, backend, scope, build, owner))
-    return await run(_async_update(backend, scope, build, owner))
+        return await rt.offload(_locked_update, backend, scope, build, owner)
+    return await rt.on_loop(_async_update(backend, scope, build, owner))
 
 
 def update_blocking(
     backend: Backend, scope: str | None, build: Build, owner: Serialised
 ) -> StoredState:
-    if way(backend) is not Way.LOOP:
-        return _locked_update(backend, scope, build, owner)
-    return run_sync(_async_update(backend, scope, build, owner))
+    return drive(update(BLOCKING, backend, scope, build, owner))
 
 
 def _locked_update(

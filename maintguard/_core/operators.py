@@ -14,6 +14,7 @@ from .._state import ExplicitState
 from ..backends._writes import PutHold, SetExplicit, Write
 from ..exceptions import MaintGuardError, ReadOnlyBackendError
 from . import io
+from .drive import ASYNC
 from .persist import Persisting
 from .reading import as_backend_error
 from .stack import to_datetime
@@ -52,7 +53,7 @@ class Operators(Persisting):
             raise read_only_error(self.backend, self.scope)
         turn, build = self._numbered(make)
         try:
-            new = await io.update(self.backend, self.scope, build, self.store)
+            new = await io.update(ASYNC, self.backend, self.scope, build, self.store)
         except MaintGuardError:
             raise
         except Exception as exc:

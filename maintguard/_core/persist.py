@@ -23,6 +23,7 @@ from .._state import EventKind, StoredState
 from ..backends._writes import PutHold, Write
 from . import dispatch, io
 from .decide import Change
+from .drive import ASYNC, BLOCKING, Runtime, drive
 from .identity import HOST, pid
 from .reading import as_backend_error
 from .shared import Scope
@@ -49,11 +50,12 @@ class Persisting(Scope):
             held = self.hold_record(now, ttl, HOST, pid())
         return PutHold(self.hold_id, held, to_datetime(now), ttl, renewal and held is not None)
 
-    async def write(self, *, renewal: bool = False) -> None:
-        """Write this process's record as the stack has it (one counted write)."""
+    async def write(self, rt: Runtime, *, renewal: bool = False) -> None:
+        """Write this process's record as the stack has it (one counted write), waiting
+        as ``rt`` does."""
         try:
             turn, build = self._numbered(functools.partial(self._hold_write, renewal))
-            new = await io.update(self.backend, self.scope, build, self.store)
+            new = await io.update(rt, self.backend, self.scope, build, self.store)
         except BaseException as exc:
             self._write_failed()
             if isinstance(exc, Exception):
@@ -63,15 +65,7 @@ class Persisting(Scope):
 
     def write_blocking(self) -> None:
         """The same from a thread that may block (sync faces)."""
-        try:
-            turn, build = self._numbered(functools.partial(self._hold_write, False))
-            new = io.update_blocking(self.backend, self.scope, build, self.store)
-        except BaseException as exc:
-            self._write_failed()
-            if isinstance(exc, Exception):
-                raise as_backend_error(exc, f"{self.label}: writing the hold failed") from exc
-            raise
-        self._write_done(new, turn)
+        drive(self.write(BLOCKING))
 
     def _write_failed(self) -> None:
         with self._lock:
@@ -205,7 +199,7 @@ async def _renew(ref: weakref.ref[Persisting], renewal: object, period: float) -
                     ctrl._renewal = None  # decided with the lock: a new hold starts anew
                     return
             try:
-                await ctrl.write(renewal=True)
+                await ctrl.write(ASYNC, renewal=True)
             except Exception as exc:
                 logger.warning("%s; retrying in %.1fs", exc, period)
                 dispatch.emit(

@@ -22,6 +22,7 @@ import anyio
 from .._state import Mode, WorkerRecord
 from ..backends._writes import PutWorker
 from . import io, lifecycle
+from .drive import ASYNC
 from .identity import HOST, pid
 from .registry import Store, all_stores
 from .stack import to_datetime
@@ -127,7 +128,7 @@ async def join(store: Store) -> None:
     if not _shared(store) or store.reported is not None:
         return
     write = _Write(store, _reports(store))
-    await io.update(store.backend, None, write, store)
+    await io.update(ASYNC, store.backend, None, write, store)
     write.written()
 
 
@@ -141,7 +142,7 @@ async def tick(store: Store) -> None:
         return
     write = _Write(store, reports, watched=True)
     try:
-        await io.update(store.backend, None, write, store)
+        await io.update(ASYNC, store.backend, None, write, store)
     except RuntimeError:  # the interpreter is exiting: its workers are gone
         return
     except Exception as exc:
@@ -166,7 +167,7 @@ async def leave(store: Store) -> None:
     if not _shared(store) or store.reported is None or io.exiting():  # (at exit: blocking)
         return
     try:
-        await io.update(store.backend, None, _Write(store, None), store)
+        await io.update(ASYNC, store.backend, None, _Write(store, None), store)
     except Exception as exc:
         _not_removed(store, exc)
     store.reported = None

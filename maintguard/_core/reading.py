@@ -17,6 +17,7 @@ from .._state import EventKind, ExplicitState, StoredState
 from ..exceptions import BackendError, PartialReadError
 from . import dispatch, io
 from .decide import Change
+from .drive import ASYNC
 from .shared import Scope, StoreView
 from .stored import EMPTY, frozen
 
@@ -138,7 +139,7 @@ async def refresh_store(
     try:
         found = _checked(
             store.backend,
-            await io.read_scopes(store.backend, [c.scope for c in ctrls]),
+            await io.read_scopes(ASYNC, store.backend, [c.scope for c in ctrls]),
             [c.scope for c in ctrls],
         )
     except PartialReadError as exc:  # the scopes read are taken; the others follow on_error

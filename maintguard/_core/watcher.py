@@ -20,6 +20,7 @@ from .. import _ioloop as ioloop
 from ..backends import Backend
 from . import io, lifecycle, presence
 from .controller import Store, plug_watcher
+from .drive import ASYNC
 from .reading import refresh_store
 from .registry import all_stores, store_of
 
@@ -84,7 +85,7 @@ async def _watch(store: Store, changes: AsyncIterator[object] | None) -> None:
                     lost = False
                     if ctrl.claim_release() or (lost := ctrl.claim_lost()):
                         with contextlib.suppress(Exception):  # (said when it failed)
-                            await ctrl.write(renewal=lost)  # (a renewal says it was gone)
+                            await ctrl.write(ASYNC, renewal=lost)  # (a renewal says it was gone)
                 await presence.tick(store)
                 # Read again when a lease in a copy runs out (its holder may have renewed
                 # it unheard): until that read, the copy keeps counting it.
