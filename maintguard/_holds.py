@@ -222,40 +222,45 @@ class MaintenanceHold:
             chain = chain[1]
         mark[2] = held.set((mark, chain))
 
-    def _unmark(self) -> None:
+    def _unmark(self, ctrl: ScopeController) -> int:
         # The entry this context runs inside (the innermost, if several), else -- an exit
         # in another task or thread than the entry's -- the newest. O(1) when the object
         # has one entry (whatever the links above it) or its entry is the newest link here.
+        # Returns the frame that entry counts on when it is this context's own (the exit
+        # then ends that frame, not another task's newer one), else 0.
         marks = self._marks
         chain = held.get()
         if chain is not None:
             mark = chain[0]
             if marks.pop(id(mark), None) is not None:  # on top here: the common case
                 token = mark[2]
+                frame = mark[1] if mark[0] is ctrl.stack.frames else 0
                 ended(mark)
                 try:
                     held.reset(token)
                 except (ValueError, RuntimeError):  # linked in the context this one copies
-                    return
+                    return frame
                 mark[2] = None
                 below = token.old_value
                 if below is not Token.MISSING and below is not None and not below[0][1]:
                     unmark_held(below[0], below)  # ended links below it, linked here
-                return
+                return frame
             # Several entries of this object: this context's own, if it linked one (the
             # walk is as deep as this context's own links). One entry: that one, at once.
             link = chain[1] if len(marks) > 1 else None
             while link is not None:
                 found = marks.pop(id(link[0]), None)
                 if found is not None:
+                    frame = found[1] if found[0] is ctrl.stack.frames else 0
                     unmark_held(found, chain)
-                    return
+                    return frame
                 link = link[1]
         try:
             mark = marks.popitem()[1]
         except KeyError:
-            return  # exited too often: the exit raises
+            return 0  # exited too often: the exit raises
         unmark_held(mark, chain)
+        return 0
 
     # -- async with -----------------------------------------------------------------
 
@@ -274,8 +279,7 @@ class MaintenanceHold:
         tb: TracebackType | None,
     ) -> None:
         ctrl, keys = self._fixed or self._claim()
-        self._unmark()
-        write = ctrl.leave(keys)
+        write = ctrl.leave(keys, self._unmark(ctrl))
         if write:
             await _write_release(ASYNC, ctrl)
         elif write is None:
@@ -298,8 +302,7 @@ class MaintenanceHold:
         tb: TracebackType | None,
     ) -> None:
         ctrl, keys = self._fixed or self._claim()
-        self._unmark()
-        write = ctrl.leave(keys)
+        write = ctrl.leave(keys, self._unmark(ctrl))
         if write:
             drive(_write_release(BLOCKING, ctrl))
         elif write is None:

@@ -1508,12 +1508,6 @@ async def test_a_hold_left_in_another_task_leaves_no_live_mark_behind() -> None:
         await set_maintenance_mode(False, b)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="an exit of a shared hold object ends its newest frame, which may be another "
-    "task's that is still inside: that task's own mark then names a frame that has left, "
-    "so its guarded helpers are refused (policy='wait': it waits for itself)",
-)
 async def test_a_task_still_inside_a_shared_hold_keeps_running_its_helpers() -> None:
     # README, Holding maintenance: one hold object can be entered by many tasks at once;
     # Background jobs: a guarded call made inside a hold's own context runs.

@@ -323,11 +323,6 @@ def test_default_backend_switched_while_entered_exit_ends_the_right_frame() -> N
     assert (b1_on, b2_on) == (True, True), "b1's hold ended while its holder still runs"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known limit: one hold object shared by tasks ends its newest frame on any exit; "
-    "the count is exact, the details shown may be another task's",
-)
 @pytest.mark.anyio
 async def test_shared_hold_exit_in_one_task_keeps_the_newer_task_details() -> None:
     # An exit of a shared hold object always ends the object's *newest* frame, not

@@ -143,8 +143,9 @@ class ScopeController(Snapshots, Reading, Operators):
         with self._lock:
             self.decide_abort(key)
 
-    def leave(self, keys: list[int]) -> bool | None:
-        """Count the newest entry of ``keys`` out; True when the stored record must follow.
+    def leave(self, keys: list[int], frame_key: int = 0) -> bool | None:
+        """Count the newest entry of ``keys`` out (of frame ``frame_key`` when given: see
+        :meth:`decide_leave`); True when the stored record must follow.
 
         ``None`` when ``keys`` is empty (exited more often than entered). A frame that is
         not here (entered before this process forked) changes nothing.
@@ -155,9 +156,9 @@ class ScopeController(Snapshots, Reading, Operators):
         lock.acquire()
         try:
             if parent is None:
-                left = self.decide_leave(keys, store.clock, None)
+                left = self.decide_leave(keys, store.clock, None, frame_key)
             else:
-                left = self.decide_leave(keys, store.clock, parent.phase)
+                left = self.decide_leave(keys, store.clock, parent.phase, frame_key)
                 if (
                     left is not None
                     and left[0] is not None

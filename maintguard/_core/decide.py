@@ -167,10 +167,16 @@ class Book:
         self._inflight += 1
 
     def decide_leave(
-        self, keys: list[int], clock: Callable[[], float], parent: Phase | None
+        self,
+        keys: list[int],
+        clock: Callable[[], float],
+        parent: Phase | None,
+        frame_key: int = 0,
     ) -> tuple[Frame | None, bool, Change] | None:
-        """Count the newest entry of ``keys`` out. ``parent``: the global scope's phase for
-        a named scope, ``None`` for the global scope itself.
+        """Count the newest entry of ``keys`` out (of frame ``frame_key`` when given and
+        among ``keys``: the exiting task's own, for an object entered by several tasks).
+        ``parent``: the global scope's phase for a named scope, ``None`` for the global
+        scope itself.
 
         ``None`` when ``keys`` is empty (exited more often than entered). Else
         ``(frame, write, change)``: the frame counted (``None`` when it is not here,
@@ -180,6 +186,11 @@ class Book:
         if not keys:
             return None
         key = keys[-1]
+        if frame_key and frame_key != key and frame_key in keys:  # (rare: shared objects)
+            keys.reverse()
+            keys.remove(frame_key)  # its newest entry
+            keys.reverse()
+            keys.append(key := frame_key)
         stack = self.stack
         frame = stack.remove(key)
         if frame is None:
