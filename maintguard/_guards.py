@@ -28,7 +28,7 @@ from ._core.drive import ASYNC, BLOCKING, Runtime, drive
 from ._core.inflight import current_work, inside_hold, new_key
 from ._core.registry import Store
 from ._holds import SKIP, Kind, decorate, relayed, stepped
-from ._options import named_options
+from ._options import named_options, seconds_or_none
 from ._state import EventKind, MaintenanceEvent, MaintenanceState, Mode, check_scope
 from .backends import Backend
 from .exceptions import ConfigurationError, UnderMaintenance
@@ -70,15 +70,7 @@ class NotDuringMaintenance:
             raise ConfigurationError(
                 f"policy must be one of {', '.join(repr(p) for p in _POLICIES)}, not {policy!r}"
             )
-        if timeout is not None and (
-            isinstance(timeout, bool)
-            or not isinstance(timeout, int | float)
-            or not math.isfinite(timeout)
-            or timeout < 0
-        ):
-            raise ConfigurationError(
-                f"timeout must be None or a number of seconds >= 0, not {timeout!r}"
-            )
+        seconds_or_none("timeout", timeout)
         if not isinstance(allow_read_only, bool):
             raise ConfigurationError(
                 f"allow_read_only must be True or False, not {allow_read_only!r}"

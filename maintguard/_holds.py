@@ -7,7 +7,6 @@ import enum
 import functools
 import inspect
 import logging
-import math
 import sys
 import threading
 from collections.abc import AsyncGenerator, Awaitable, Callable, Generator
@@ -34,7 +33,7 @@ from ._core.inflight import (
 )
 from ._core.registry import root_controller
 from ._core.stack import Presents
-from ._options import named_options
+from ._options import named_options, seconds_or_none
 from ._state import (
     EventKind,
     ExplicitState,
@@ -111,16 +110,7 @@ class MaintenanceHold:
     ) -> None:
         if backend is not None and not isinstance(backend, Backend | str):
             raise ConfigurationError(f"backend must be a Backend or a URL string, not {backend!r}")
-        if drain is not None and (
-            isinstance(drain, bool)
-            or not isinstance(drain, int | float)
-            or not math.isfinite(drain)
-            or drain < 0
-        ):
-            raise ConfigurationError(
-                f"drain must be None or a number of seconds >= 0 to wait for in-flight work, "
-                f"not {drain!r}"
-            )
+        drain = seconds_or_none("drain", drain, limit="to wait for in-flight work")
         if on_drain_timeout not in _ON_DRAIN_TIMEOUT:
             raise ConfigurationError(
                 f"on_drain_timeout must be 'proceed' or 'raise', not {on_drain_timeout!r}"

@@ -9,7 +9,7 @@ import math
 from collections.abc import Callable, Iterable
 from typing import Any, ParamSpec, TypeVar, cast
 
-from .exceptions import ConfigurationError
+from ._errors import ConfigurationError
 
 __all__ = ["UnknownOption", "named_options", "seconds", "seconds_or_none"]
 

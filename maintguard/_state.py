@@ -16,6 +16,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from ._errors import ConfigurationError
+from ._options import seconds
 
 __all__ = [
     "EventKind",
@@ -490,9 +491,7 @@ def check_retry_after(value: float | timedelta | datetime | None) -> RetryAfter 
         raise ConfigurationError(
             f"retry_after must be seconds, a timedelta or an aware datetime, not {value!r}"
         )
-    if not math.isfinite(value) or value < 0:
-        raise ConfigurationError(f"retry_after must be zero or more seconds, not {value!r}")
-    return float(value)
+    return seconds("retry_after", value)
 
 
 def check_until(value: float | timedelta | datetime | None, now: datetime) -> datetime | None:

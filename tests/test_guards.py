@@ -530,7 +530,7 @@ def test_decorating_non_callables_is_a_clear_error() -> None:
     ("options", "message"),
     [
         ({"mode": "partial"}, "unknown maintenance mode 'partial'"),
-        ({"retry_after": -1}, "zero or more seconds"),
+        ({"retry_after": -1}, "retry_after must be a number of seconds >= 0"),
         ({"retry_after": "soon"}, "retry_after must be seconds"),
         ({"scope": ""}, "scope must be None"),
         ({"backend": 3}, "backend must be a Backend or a URL"),

@@ -14,6 +14,7 @@ from urllib.parse import quote
 
 from starlette.types import Scope, Send
 
+from .._options import seconds
 from ..exceptions import ConfigurationError
 
 __all__ = ["Address", "Bypass", "ClientRule"]
@@ -154,15 +155,13 @@ class Bypass:
                 f"bypass_cookie must be a cookie name (letters, digits, '_' or '-'), such as "
                 f"'maintguard_bypass', not {cookie!r}"
             )
-        if (
-            not isinstance(max_age, int | float)
-            or isinstance(max_age, bool)
-            or not 0 < max_age <= _MAX_AGE_LIMIT
-        ):
-            raise ConfigurationError(
-                "bypass_max_age must be a number of seconds above 0 and at most 400 days "
-                f"({_MAX_AGE_LIMIT}, the longest a browser keeps a cookie), not {max_age!r}"
-            )
+        max_age = seconds(
+            "bypass_max_age",
+            max_age,
+            positive=True,
+            at_most=_MAX_AGE_LIMIT,
+            limit=f"at most 400 days, {_MAX_AGE_LIMIT}: the longest a browser keeps a cookie",
+        )
         self._header = header.lower().encode()
         self._prefix = path.rstrip("/") + "/"
         self._cookie = cookie.encode()
