@@ -49,19 +49,17 @@ def check_response_handler(handler: object) -> AsyncResponseHandler | None:
     if handler is None:
         return None
     fix = "write def handler(request, state): ..."
-    if not callable(handler):
-        raise ConfigurationError(f"response_handler must be callable, not {handler!r}: {fix}")
-    signature = _signature(handler)
+    call, signature = _callable("response_handler", handler, fix)
     if _fits(signature, 2):
 
         async def both(request: Request, state: MaintenanceState) -> Any:
-            return await _settled(handler(request, state))
+            return await _settled(call(request, state))
 
         return both
     if _fits(signature, 1):
 
         async def request_only(request: Request, state: MaintenanceState) -> Any:
-            return await _settled(handler(request))
+            return await _settled(call(request))
 
         return request_only
     raise ConfigurationError(
@@ -78,9 +76,7 @@ def check_exempt_handler(handler: object) -> AsyncExemptHandler | None:
     if handler is None:
         return None
     fix = "write def handler(request): ... returning True to let the request through"
-    if not callable(handler):
-        raise ConfigurationError(f"exempt_handler must be callable, not {handler!r}: {fix}")
-    signature = _signature(handler)
+    call, signature = _callable("exempt_handler", handler, fix)
     if not _fits(signature, 1):
         raise ConfigurationError(
             f"exempt_handler cannot be called as handler(request): its signature is {signature}: "
@@ -88,9 +84,18 @@ def check_exempt_handler(handler: object) -> AsyncExemptHandler | None:
         )
 
     async def exempt(request: Request) -> Any:
-        return await _settled(handler(request))
+        return await _settled(call(request))
 
     return exempt
+
+
+def _callable(
+    option: str, handler: object, fix: str
+) -> tuple[Callable[..., Any], inspect.Signature | None]:
+    # The handler and its signature (None: it cannot be inspected), or the error with the fix.
+    if not callable(handler):
+        raise ConfigurationError(f"{option} must be callable, not {handler!r}: {fix}")
+    return handler, _signature(handler)
 
 
 async def respond_with(
