@@ -203,11 +203,19 @@ class MaintenanceHold:
     def _mark(self, ctrl: ScopeController, keys: list[int]) -> None:
         # The block runs inside this entry (guards let its helpers work) until its exit:
         # core.inflight.mark_held, written out on this hot path.
-        mark: HeldMark = [ctrl.stack.frames, keys[-1], None, 0]
+        key = keys[-1]
+        chain = held.get()
+        if chain is not None:
+            head = chain[0]
+            if head[1] == key and id(head) in self._marks:
+                # Entered again, counted on its own frame, by the context already inside
+                # that frame through this object: counted on the mark too (no new link).
+                head[4] += 1
+                return
+        mark: HeldMark = [ctrl.stack.frames, key, None, 0, 0]
         if current_work.get() is not None:
             entered_in_work(mark)  # code of that work elsewhere runs inside it too
         self._marks[id(mark)] = mark
-        chain = held.get()
         while chain is not None and chain[0][1] not in chain[0][0]:
             chain = chain[1]
         mark[2] = held.set((mark, chain))
@@ -222,6 +230,9 @@ class MaintenanceHold:
         chain = held.get()
         if chain is not None:
             mark = chain[0]
+            if mark[4] and id(mark) in marks:  # an entry counted again on this mark
+                mark[4] -= 1
+                return mark[1] if mark[0] is ctrl.stack.frames else 0
             if marks.pop(id(mark), None) is not None:  # on top here: the common case
                 token = mark[2]
                 frame = mark[1] if mark[0] is ctrl.stack.frames else 0
@@ -242,6 +253,10 @@ class MaintenanceHold:
                 found = marks.pop(id(link[0]), None)
                 if found is not None:
                     frame = found[1] if found[0] is ctrl.stack.frames else 0
+                    if found[4]:  # counted again on it: one count less, the mark stays
+                        found[4] -= 1
+                        marks[id(found)] = found
+                        return frame
                     unmark_held(found, chain)
                     return frame
                 link = link[1]
@@ -249,6 +264,10 @@ class MaintenanceHold:
             mark = marks.popitem()[1]
         except KeyError:
             return 0  # exited too often: the exit raises
+        if mark[4]:  # counted again on it: one count less, the mark stays
+            mark[4] -= 1
+            marks[id(mark)] = mark
+            return 0
         unmark_held(mark, chain)
         return 0
 

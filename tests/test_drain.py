@@ -798,6 +798,42 @@ async def test_a_hold_marks_the_context_that_entered_it_until_its_exit() -> None
         await set_maintenance_mode(False, b)
 
 
+async def test_an_object_entered_again_in_its_own_context_keeps_it_marked_to_the_last_exit() -> (
+    None
+):
+    # Entries counted on the object's own frame by the context already inside it are
+    # counted on that context's mark too (no new link): every level runs the helpers, the
+    # last exit takes the mark off, and another task's exit of one level leaves it on.
+    from maintguard._core.inflight import held
+
+    b = MemoryBackend()
+    hold = under_maintenance(backend=b)
+
+    @not_during_maintenance(backend=b, policy="raise")
+    async def helper() -> str:
+        return "ran"
+
+    before = held.get()
+    await set_maintenance_mode(True, b)  # so that only the mark lets the helper run
+    try:
+        async with hold:
+            async with hold:
+                async with hold:
+                    assert await helper() == "ran"
+                assert await helper() == "ran"
+                async with anyio.create_task_group() as tg:  # one level, left elsewhere
+                    await hold.__aenter__()
+                    tg.start_soon(hold.__aexit__, None, None, None)
+                assert await helper() == "ran"
+            assert await helper() == "ran"
+        assert held.get() is before
+        with pytest.raises(UnderMaintenance):
+            await helper()
+    finally:
+        await set_maintenance_mode(False, b)
+    assert not await get_maintenance_mode(b)
+
+
 async def test_holds_left_out_of_order_in_one_task_keep_the_newer_one_marked() -> None:
     b = MemoryBackend()
     first, second = under_maintenance(backend=b), under_maintenance(backend=b, reason="2")

@@ -166,20 +166,22 @@ class Work:
 
 HeldMark: TypeAlias = "list[Any]"
 """One entry of a hold, as the contexts that run inside it see it: ``[frames, key, token,
-work]``.
+work, again]``.
 
 ``frames`` is the frame table of the hold's stack (not its controller: a mark left behind
 keeps no controller alive), ``key`` the entry's frame there, 0 once the entry has ended
 (wherever its exit ran): from then on the mark counts for nothing in any context that still
 links it (a copy of the context, or the context of an entry left elsewhere). ``token`` is
 that of the :func:`mark_held` set, until the link is taken off; ``work`` the key of the
-work the entry was made in (0: none; see :data:`marks_of_work`). A list: made and changed at
-every entry and exit, where a class would cost more than the rest of the mark.
+work the entry was made in (0: none; see :data:`marks_of_work`); ``again`` how many more
+entries of the same object the context inside it made on its frame (each exit there counts
+one down before the link is taken off: no link per nesting level). A list: made and
+changed at every entry and exit, where a class would cost more than the rest of the mark.
 """
 
 
 def held_mark(ctrl: Any, key: int) -> HeldMark:
-    mark: HeldMark = [ctrl.stack.frames, key, None, 0]
+    mark: HeldMark = [ctrl.stack.frames, key, None, 0, 0]
     entered_in_work(mark)
     return mark
 
