@@ -82,6 +82,7 @@ def _token() -> object:
     return threading.get_ident()
 
 
+_MISSING = Token.MISSING
 _running_loop = asyncio._get_running_loop
 _current_task = asyncio.current_task
 
@@ -212,38 +213,41 @@ class MaintenanceHold:
                 # that frame through this object: counted on the mark too (no new link).
                 head[4] += 1
                 return
+            while chain is not None and chain[0][1] not in chain[0][0]:
+                chain = chain[1]  # entries that ended elsewhere: their links go
         mark: HeldMark = [ctrl.stack.frames, key, None, 0, 0]
         if current_work.get() is not None:
             entered_in_work(mark)  # code of that work elsewhere runs inside it too
         self._marks[id(mark)] = mark
-        while chain is not None and chain[0][1] not in chain[0][0]:
-            chain = chain[1]
         mark[2] = held.set((mark, chain))
 
-    def _unmark(self, ctrl: ScopeController) -> int:
+    def _unmark(self) -> int:
         # The entry this context runs inside (the innermost, if several), else -- an exit
         # in another task or thread than the entry's -- the newest. O(1) when the object
         # has one entry (whatever the links above it) or its entry is the newest link here.
         # Returns the frame that entry counts on when it is this context's own (the exit
-        # then ends that frame, not another task's newer one), else 0.
+        # then ends that frame, not another task's newer one), else 0. (Frame keys are
+        # unique in the process: the controller's leave ignores a key not among its own.)
         marks = self._marks
         chain = held.get()
         if chain is not None:
             mark = chain[0]
             if mark[4] and id(mark) in marks:  # an entry counted again on this mark
                 mark[4] -= 1
-                return mark[1] if mark[0] is ctrl.stack.frames else 0
+                return mark[1]  # type: ignore[no-any-return]
             if marks.pop(id(mark), None) is not None:  # on top here: the common case
                 token = mark[2]
-                frame = mark[1] if mark[0] is ctrl.stack.frames else 0
-                ended(mark)
+                frame: int = mark[1]
+                mark[1] = 0  # core.inflight.ended, written out on this hot path
+                if mark[3]:
+                    ended(mark)
                 try:
                     held.reset(token)
                 except (ValueError, RuntimeError):  # linked in the context this one copies
                     return frame
                 mark[2] = None
                 below = token.old_value
-                if below is not Token.MISSING and below is not None and not below[0][1]:
+                if below is not _MISSING and below is not None and not below[0][1]:
                     unmark_held(below[0], below)  # ended links below it, linked here
                 return frame
             # Several entries of this object: this context's own, if it linked one (the
@@ -252,7 +256,7 @@ class MaintenanceHold:
             while link is not None:
                 found = marks.pop(id(link[0]), None)
                 if found is not None:
-                    frame = found[1] if found[0] is ctrl.stack.frames else 0
+                    frame = found[1]
                     if found[4]:  # counted again on it: one count less, the mark stays
                         found[4] -= 1
                         marks[id(found)] = found
@@ -288,7 +292,7 @@ class MaintenanceHold:
         tb: TracebackType | None,
     ) -> None:
         ctrl, keys = self._fixed or self._claim()
-        write = ctrl.leave(keys, self._unmark(ctrl))
+        write = ctrl.leave(keys, self._unmark())
         if write:
             await _write_release(ASYNC, ctrl)
         elif write is None:
@@ -311,7 +315,7 @@ class MaintenanceHold:
         tb: TracebackType | None,
     ) -> None:
         ctrl, keys = self._fixed or self._claim()
-        write = ctrl.leave(keys, self._unmark(ctrl))
+        write = ctrl.leave(keys, self._unmark())
         if write:
             drive(_write_release(BLOCKING, ctrl))
         elif write is None:

@@ -149,6 +149,20 @@ def test_backend_options_are_checked(tmp_path: Path, options: dict[str, Any], me
 # -- env ---------------------------------------------------------------------------------------
 
 
+async def test_env_is_read_where_os_environ_was_replaced_by_a_plain_mapping(
+    monkeypatch: pytest.MonkeyPatch, anyio_backend: str
+) -> None:
+    # The fast path reads os.environ's own bytes; a test suite that swaps os.environ for a
+    # dict must still be obeyed, and a swap back seen at the next read.
+    var = f"ENV_SWAPPED_{anyio_backend.upper()}"
+    backend = EnvVarBackend(var)
+    assert await get_maintenance_mode(backend) is False
+    monkeypatch.setattr(os, "environ", {**os.environ, var: "on"})
+    assert await get_maintenance_mode(backend) is True
+    monkeypatch.undo()
+    assert await get_maintenance_mode(backend) is False
+
+
 async def test_env_unknown_value_warns_once_and_follows_on_error(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, anyio_backend: str
 ) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any, cast
+from typing import Any
 
 from .._state import EventKind, ExplicitState, StoredState
 from ..exceptions import BackendError, PartialReadError
@@ -22,6 +22,8 @@ from .shared import Scope, StoreView
 from .stored import EMPTY, frozen
 
 __all__ = ["Reading", "as_backend_error", "refresh_store"]
+
+_NEVER = math.inf  # a refresh interval under which a copy is never read again
 
 
 class Reading(Scope):
@@ -41,11 +43,14 @@ class Reading(Scope):
         read = io.inline_reads[type(backend)]
         if read is None:
             return False
-        parent = cast("Reading | None", self.parent)
+        interval = backend.refresh_interval
+        if interval == _NEVER:  # (memory: what is stored is what this process wrote)
+            return True
+        parent: Reading | None = self.parent  # type: ignore[assignment]
         now = time.monotonic()
-        if parent is not None and now - parent.read_at >= backend.refresh_interval:
+        if parent is not None and now - parent.read_at >= interval:
             parent._read_now(read, now)
-        if now - self.read_at >= backend.refresh_interval:
+        if now - self.read_at >= interval:
             self._read_now(read, now)
         return True
 

@@ -19,38 +19,36 @@ ACCEPTED = "1, 0, on, off, true, false, yes, no, read_only (any case)"
 
 
 def getenv(name: str) -> str:
-    """``os.environ.get(name, "")``, at a fraction of its cost on POSIX.
-
-    os.environ keeps its contents as bytes in ``_data`` and decodes on every lookup; the
-    state of maintenance is asked on hot paths, so look there directly when it exists.
-    """
-    data = getattr(os.environ, "_data", None)
-    if type(data) is dict:
-        key = _keys.get(name)
-        if key is None:
-            if len(_keys) > 1024:  # per-tenant scopes: stay bounded
-                _keys.clear()
-            key = _keys[name] = os.fsencode(name)
-        raw = data.get(key)
-        if raw is None:
-            return ""
-        text = _texts.get(raw)
-        if text is None:
-            if len(_texts) > 256:
-                _texts.clear()
-            text = _texts[raw] = os.fsdecode(raw)
-        return text
-    return os.environ.get(name, "")
+    """``os.environ.get(name, "")``, decoded once per distinct value (see
+    :func:`environ_token`)."""
+    raw = environ_token(name)
+    if raw is None:
+        return ""
+    if not isinstance(raw, bytes):
+        return str(raw)
+    text = _texts.get(raw)
+    if text is None:
+        if len(_texts) > 256:
+            _texts.clear()
+        text = _texts[raw] = os.fsdecode(raw)
+    return text
 
 
 def environ_token(name: str) -> object:
     """What ``name`` holds, undecoded (bytes on POSIX; None when unset): a cache key that
-    changes exactly when the value does, at less than :func:`getenv`'s cost."""
-    data = getattr(os.environ, "_data", None)
-    if type(data) is dict:
+    changes exactly when the value does.
+
+    os.environ keeps its contents as bytes in ``_data`` and decodes on every lookup; the
+    state of maintenance is asked on hot paths, so look there directly when it exists.
+    """
+    try:
+        data = os.environ._data  # type: ignore[attr-defined]
+    except AttributeError:  # replaced by a plain mapping
+        return os.environ.get(name)
+    if _BYTES_KEYS:
         key = _keys.get(name)
         if key is None:
-            if len(_keys) > 1024:
+            if len(_keys) > 1024:  # per-tenant scopes: stay bounded
                 _keys.clear()
             key = _keys[name] = os.fsencode(name)
         return data.get(key)
@@ -58,6 +56,7 @@ def environ_token(name: str) -> object:
 
 
 _keys: dict[str, bytes] = {}
+_BYTES_KEYS = os.name == "posix" and type(getattr(os.environ, "_data", None)) is dict
 _texts: dict[bytes, str] = {}
 
 
