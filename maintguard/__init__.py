@@ -22,7 +22,16 @@ from ._holds import (
     set_maintenance_mode,
     under_maintenance,
 )
-from ._state import EventKind, HoldRecord, MaintenanceEvent, MaintenanceState, Mode, Phase
+from ._schedule import cancel_window, list_windows, schedule_maintenance
+from ._state import (
+    EventKind,
+    HoldRecord,
+    MaintenanceEvent,
+    MaintenanceState,
+    Mode,
+    Phase,
+    Window,
+)
 from .backends import Backend
 from .exceptions import (
     BackendError,
@@ -87,15 +96,19 @@ __all__ = [
     "Phase",
     "ReadOnlyBackendError",
     "UnderMaintenance",
+    "Window",
     "__version__",
     "add_listener",
+    "cancel_window",
     "configure",
     "flush_listeners",
     "get_maintenance_mode",
     "get_state",
+    "list_windows",
     "maintenance_mode_on",
     "not_during_maintenance",
     "remove_listener",
+    "schedule_maintenance",
     "set_maintenance_mode",
     "sync",
     "under_maintenance",

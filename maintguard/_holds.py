@@ -34,6 +34,7 @@ from ._core.inflight import (
 from ._core.registry import root_controller
 from ._core.stack import Presents
 from ._options import named_options, seconds_or_none
+from ._schedule import end_windows_now
 from ._state import (
     EventKind,
     ExplicitState,
@@ -857,7 +858,8 @@ async def set_maintenance_mode(
 
     ``until`` (an aware datetime, a timedelta or seconds from now) makes it switch itself
     off. Turning it off never removes the holds of running jobs: maintenance stays on
-    until they end.
+    until they end. Turning it off during a planned window ends that window's occurrence
+    (a one-off window is removed, a recurring one skips this occurrence; logged).
 
     >>> async def announce() -> None:
     ...     await set_maintenance_mode(True, reason="DB upgrade", until=timedelta(minutes=30))
@@ -880,3 +882,5 @@ async def set_maintenance_mode(
     else:
         explicit = ExplicitState()
     await ctrl.set_explicit(explicit)
+    if not value:
+        await end_windows_now(ctrl)  # a window in force ends now (a recurring one skips it)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import enum
 import logging
 import math
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -28,6 +28,8 @@ __all__ = [
     "Phase",
     "RetryAfter",
     "StoredState",
+    "Window",
+    "WindowRecord",
     "WorkerRecord",
     "derive",
     "phase_of",
@@ -85,11 +87,15 @@ def strictest(modes: Iterable[Mode]) -> Mode:
 
 
 class Phase(str, enum.Enum):
-    """The state machine one process sees: ``OFF → DRAINING → ON → OFF`` (or ``OFF → ON``)."""
+    """The state machine one process sees: ``OFF → DRAINING → ON → OFF`` (or ``OFF → ON``);
+    readers also see ``ANNOUNCED`` while off before a planned window."""
 
     OFF = "off"
     DRAINING = "draining"
     ON = "on"
+    ANNOUNCED = "announced"
+    """Off, and a planned window starts within its ``announce`` (readers only: the
+    controller's own machine stays ``OFF → DRAINING → ON → OFF``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,6 +174,97 @@ class WorkerRecord:
         return None
 
 
+Occurrence = tuple[datetime, datetime]
+"""One occurrence of a window: ``[start, end)``, aware UTC."""
+
+
+@dataclass(frozen=True, slots=True)
+class WindowRecord:
+    """A planned maintenance window as stored with a scope's explicit state.
+
+    A one-off window has ``start`` and ``end``. A recurring one has ``every`` (a 5-field
+    cron expression evaluated in the IANA zone ``tz``), ``duration`` (seconds each
+    occurrence lasts) and ``start``, the earliest time an occurrence may begin.
+    ``skip`` lists the starts of occurrences ended early (``maintguard off`` during
+    one). ``announce``: seconds before a start during which readers see
+    :attr:`Phase.ANNOUNCED`.
+
+    ``upcoming`` is not stored: the occurrences that have not ended as of the last
+    planning, earliest first, computed ahead (by the reader that took the state in, or
+    the watcher at a boundary) so that deciding needs no cron evaluation.
+    """
+
+    id: str
+    start: datetime
+    end: datetime | None = None
+    duration: float | None = None
+    every: str | None = None
+    tz: str | None = None
+    announce: float | None = None
+    reason: str | None = None
+    retry_after: RetryAfter | None = None
+    mode: Mode = Mode.FULL
+    created: datetime | None = None
+    by: str | None = None
+    skip: tuple[datetime, ...] = ()
+    upcoming: tuple[Occurrence, ...] = field(default=(), compare=False, repr=False)
+
+    def current(self, now: datetime) -> Occurrence | None:
+        """The occurrence in force at ``now`` or the next one (as last planned)."""
+        for occurrence in self.upcoming:
+            if occurrence[1] > now:
+                return occurrence
+        return None
+
+    def view(self, occurrence: Occurrence) -> Window:
+        return Window(
+            id=self.id,
+            start=occurrence[0],
+            end=occurrence[1],
+            every=self.every,
+            tz=self.tz,
+            announce=None if self.announce is None else timedelta(seconds=self.announce),
+            reason=self.reason,
+            retry_after=self.retry_after,
+            mode=self.mode,
+            created=self.created,
+            by=self.by,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    """A planned maintenance window as readers see it: ``start`` and ``end`` (aware UTC)
+    are those of the occurrence in force, or else of the next one."""
+
+    id: str
+    start: datetime
+    end: datetime
+    every: str | None = None
+    """The cron expression of a recurring window (None: one-off)."""
+    tz: str | None = None
+    announce: timedelta | None = None
+    reason: str | None = None
+    retry_after: RetryAfter | None = None
+    mode: Mode = Mode.FULL
+    created: datetime | None = None
+    by: str | None = None
+    """Who scheduled it (``user@host``, or the program)."""
+
+
+def windows_in_force(
+    levels: Iterable[StoredState], now: datetime
+) -> list[tuple[WindowRecord, Occurrence]]:
+    """The windows of ``levels`` whose planned occurrence covers ``now``."""
+    found = []
+    for level in levels:
+        for window in level.windows:
+            occurrence = window.current(now)
+            if occurrence is not None and occurrence[0] <= now:
+                found.append((window, occurrence))
+    return found
+
+
 @dataclass(frozen=True, slots=True)
 class StoredState:
     """What a backend stores for one scope: the explicit state and the hold records.
@@ -179,6 +276,8 @@ class StoredState:
     explicit: ExplicitState = field(default_factory=ExplicitState)
     holds: tuple[HoldRecord, ...] = ()
     workers: tuple[WorkerRecord, ...] = ()
+    windows: tuple[WindowRecord, ...] = ()
+    """Planned maintenance windows of this scope (see :class:`WindowRecord`)."""
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict; :meth:`from_dict` reads it back (for user-written backends)."""
@@ -186,6 +285,8 @@ class StoredState:
         data["holds"] = [hold_to_dict(h) for h in self.holds]
         if self.workers:
             data["workers"] = [worker_to_dict(w) for w in self.workers]
+        if self.windows:
+            data["windows"] = [window_to_dict(w) for w in self.windows]
         return data
 
     @classmethod
@@ -231,10 +332,15 @@ def stored_from_dict(data: Any, problems: list[str]) -> StoredState:
             raise ValueError("'workers' must be a list")
         problems.append(f"'workers' is ignored: a list of presence records, not {workers!r}")
         workers = []
+    windows = data.get("windows", [])
+    if not isinstance(windows, list):
+        problems.append(f"'windows' is ignored: a list of windows, not {windows!r}")
+        windows = []
     return StoredState(
         explicit,
         tuple(hold_from_dict(h, problems) for h in holds),
         tuple(w for w in (worker_from_dict(w, problems) for w in workers) if w is not None),
+        tuple(w for w in (window_from_dict(w, problems) for w in windows) if w is not None),
     )
 
 
@@ -328,6 +434,95 @@ def worker_to_dict(w: WorkerRecord) -> dict[str, Any]:
         "expires": _dump_time(w.expires),
         "reports": dict(w.reports),
     }
+
+
+def window_to_dict(w: WindowRecord) -> dict[str, Any]:
+    data: dict[str, Any] = {"id": w.id, "start": _dump_time(w.start)}
+    if w.every is not None:
+        data.update(every=w.every, tz=w.tz, duration=w.duration)
+    else:
+        data["end"] = _dump_time(w.end)
+    data.update(
+        announce=w.announce,
+        reason=w.reason,
+        retry_after=_dump_retry_after(w.retry_after),
+        mode=w.mode.value,
+        created=_dump_time(w.created),
+        by=w.by,
+    )
+    if w.skip:
+        data["skip"] = [_dump_time(t) for t in w.skip]
+    return data
+
+
+def window_from_dict(data: Any, problems: list[str] | None = None) -> WindowRecord | None:
+    """A stored window. What says when it is in force (``id``, ``start``, and ``end`` or
+    ``every`` with ``duration``) must be readable: a window that cannot be evaluated is
+    dropped and noted in ``problems`` (it is never taken for "no maintenance" by
+    switching anything off: the rest of the state is read as usual). An invalid detail is
+    dropped as for a hold. Without ``problems`` it raises ``ValueError``."""
+    label = "a window"
+    try:
+        if not isinstance(data, Mapping):
+            raise ValueError(f"expected an object, found {data!r}")
+        window_id = _get(data, "id", str)
+        if not window_id:
+            raise ValueError("'id' is missing")
+        label = f"window {window_id!r}"
+        start = _load_time(data.get("start"))
+        if start is None:
+            raise ValueError("'start' is missing")
+        every, tz, end, duration = data.get("every"), data.get("tz"), None, None
+        if every is not None:
+            if not isinstance(every, str) or (tz is not None and not isinstance(tz, str)):
+                raise ValueError(f"'every' and 'tz' must be text, found {every!r}, {tz!r}")
+            duration = data.get("duration")
+            if isinstance(duration, bool) or not isinstance(duration, int | float):
+                raise ValueError(f"'duration' must be seconds, found {duration!r}")
+            if not math.isfinite(duration) or duration <= 0:
+                raise ValueError(f"'duration' must be more than 0 seconds, found {duration!r}")
+            duration = float(duration)
+        else:
+            end = _load_time(data.get("end"))
+            if end is None or end <= start:
+                raise ValueError(f"'end' must be a time after 'start', found {data.get('end')!r}")
+    except (ValueError, TypeError, OverflowError) as exc:
+        if problems is None:
+            raise
+        problems.append(f"{label} is ignored: {exc}")
+        return None
+    detail = _Details(data, problems, f"{label}: ")
+    skip = data.get("skip") or []
+    return WindowRecord(
+        id=window_id,
+        start=start,
+        end=end,
+        duration=duration,
+        every=every,
+        tz=tz,
+        announce=detail("announce", _load_seconds),
+        reason=detail("reason", _text),
+        retry_after=detail("retry_after", _load_retry_after),
+        mode=detail("mode", _load_mode, Mode.FULL),
+        created=detail("created", _load_time),
+        by=detail("by", _text),
+        skip=detail("skip", _load_times, ()) if skip else (),
+    )
+
+
+def _load_seconds(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"must be seconds, found {value!r}")
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"must be zero or more seconds, found {value!r}")
+    return float(value)
+
+
+def _load_times(value: Any) -> tuple[datetime, ...]:
+    if not isinstance(value, list):
+        raise ValueError(f"must be a list of times, found {value!r}")
+    times = tuple(_load_time(v) for v in value)
+    return tuple(t for t in times if t is not None)
 
 
 def _get(data: Mapping[str, Any], key: str, kind: type, default: Any = None) -> Any:
@@ -551,8 +746,9 @@ def _aware(value: datetime, name: str) -> datetime:
 class MaintenanceState:
     """What readers of one (backend, scope) see.
 
-    ``active`` is true while the operator's explicit state is on (and not past ``until``)
-    or at least one live hold exists, in this scope or the global scope.
+    ``active`` is true while the operator's explicit state is on (and not past ``until``),
+    at least one live hold exists, or a planned window is in force, in this scope or the
+    global scope.
     """
 
     active: bool = False
@@ -568,6 +764,9 @@ class MaintenanceState:
     """True when the operator's explicit state is what keeps maintenance on (or helps)."""
     holders: tuple[HoldRecord, ...] = ()
     """The live hold records, newest first."""
+    next_window: Window | None = None
+    """The planned window in force, or else the next to start (in every phase), for a
+    banner; None when none is planned."""
 
     def retry_after_seconds(self, now: datetime | None = None) -> int | None:
         """Whole seconds a client should wait, from ``retry_after`` or else ``until``."""
@@ -588,49 +787,94 @@ def derive(
     """The effective state of ``scope`` from its own stored state and the global one.
 
     ``levels`` lists the scope's stored state first, then the global scope's. Details come
-    from the newest live hold that sets them, else from an explicit state in force;
-    the mode is the strictest in force. ``leases=False``: the levels' holds were judged
-    live already (by the read that found them), and ``now`` does not judge them again.
+    from the newest live hold that sets them, else from an explicit state in force, else
+    from a window in force; the mode is the strictest in force; ``until`` is the explicit
+    state's, or a window's end when windows alone keep maintenance on. ``leases=False``:
+    the levels' holds were judged live already (by the read that found them), and ``now``
+    does not judge them again. Windows are judged by their planned occurrences (no cron
+    evaluation here).
     """
+    levels = tuple(levels)
     holds: list[HoldRecord] = []
     explicits: list[ExplicitState] = []
     for level in levels:
         holds.extend(h for h in level.holds if not leases or h.live(now))
         if level.explicit.in_force(now):
             explicits.append(level.explicit)
-    phase = phase_of(bool(explicits), [h.draining for h in holds])
+    planned = any(level.windows for level in levels)
+    in_force = windows_in_force(levels, now) if planned else []
+    phase = phase_of(bool(explicits) or bool(in_force), [h.draining for h in holds])
+    next_window = _next_window(levels, in_force, now) if planned else None
     if phase is Phase.OFF:
-        return MaintenanceState(scope=scope) if scope is not None else OFF
+        if next_window is None:
+            return MaintenanceState(scope=scope) if scope is not None else OFF
+        announced = any(
+            w.announce is not None and o[0] - timedelta(seconds=w.announce) <= now < o[0]
+            for level in levels
+            for w in level.windows
+            if (o := w.current(now)) is not None
+        )
+        return MaintenanceState(
+            scope=scope, phase=Phase.ANNOUNCED if announced else Phase.OFF, next_window=next_window
+        )
     holds.sort(key=lambda h: h.started, reverse=True)
-    sources: list[HoldRecord | ExplicitState] = [*holds, *explicits]
+    in_force.sort(key=lambda found: found[1][0], reverse=True)  # the newest occurrence first
+    sources: list[HoldRecord | ExplicitState | WindowRecord] = [
+        *holds,
+        *explicits,
+        *(window for window, _ in in_force),
+    ]
 
     def first(attr: str) -> Any:
         return next((v for s in sources if (v := getattr(s, attr)) is not None), None)
 
     starts = [h.acquired for h in holds] + [e.since for e in explicits if e.since]
+    starts += [occurrence[0] for _, occurrence in in_force]
+    until = next((e.until for e in explicits if e.until is not None), None)
+    if until is None and in_force and not holds and not explicits:
+        until = max(occurrence[1] for _, occurrence in in_force)
     return MaintenanceState(
         active=True,
         mode=strictest({s.mode for s in sources}),
         reason=first("reason"),
         retry_after=first("retry_after"),
         since=min(starts) if starts else None,
-        until=next((e.until for e in explicits if e.until is not None), None),
+        until=until,
         holds=len(holds),
         scope=scope,
         phase=phase,
         explicit=bool(explicits),
         holders=tuple(holds),
+        next_window=next_window,
     )
+
+
+def _next_window(
+    levels: Sequence[StoredState], in_force: list[tuple[WindowRecord, Occurrence]], now: datetime
+) -> Window | None:
+    # The window in force that ends last, else the one that starts first.
+    if in_force:
+        longest = max(in_force, key=lambda found: found[1][1])
+        return longest[0].view(longest[1])
+    best: tuple[WindowRecord, Occurrence] | None = None
+    for level in levels:
+        for record in level.windows:
+            upcoming = record.current(now)
+            if upcoming is not None and (best is None or upcoming[0] < best[1][0]):
+                best = (record, upcoming)
+    return None if best is None else best[0].view(best[1])
 
 
 def phase_of(explicit: bool, holds: Iterable[bool]) -> Phase:
     """The phase rule, the one place it is stated.
 
-    ``explicit``: an operator's state is in force; ``holds``: for each live hold (a record,
-    this process's frames, or the global scope a named one follows), whether it still
-    waits for in-flight work before its body runs. ON while the operator's state or any
-    hold whose body runs keeps maintenance on; DRAINING while only holds still draining
-    do; OFF when nothing does. Maintenance is active exactly when the phase is not OFF.
+    ``explicit``: an operator's state or a planned window is in force; ``holds``: for each
+    live hold (a record, this process's frames, or the global scope a named one follows),
+    whether it still waits for in-flight work before its body runs. ON while the
+    operator's state, a window or any hold whose body runs keeps maintenance on; DRAINING
+    while only holds still draining do; OFF when nothing does. Maintenance is active
+    exactly when the phase is ON or DRAINING (readers see OFF as ANNOUNCED before a
+    window: :func:`derive`).
     """
     if explicit:
         return Phase.ON

@@ -1,7 +1,9 @@
 """Blocking state functions, for scripts, operator tools and sync frameworks.
 
 The same signatures as :func:`maintguard.get_maintenance_mode`,
-:func:`maintguard.set_maintenance_mode` and :func:`maintguard.get_state`, without ``await``.
+:func:`maintguard.set_maintenance_mode`, :func:`maintguard.get_state` and the planned
+windows' :func:`maintguard.schedule_maintenance`, :func:`maintguard.cancel_window` and
+:func:`maintguard.list_windows`, without ``await``.
 They run on maintguard's I/O loop and block the calling thread until done, in any thread
 that does not run an event loop (a worker thread of one is fine). In a loop's own thread
 they raise :class:`~maintguard.exceptions.ConfigurationError` naming the function to await
@@ -17,16 +19,25 @@ from __future__ import annotations
 import asyncio
 import sys
 from collections.abc import Coroutine
+from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 from . import _holds as guards
 from . import _ioloop as ioloop
+from . import _schedule as schedule
 from ._holds import BackendArg, Seconds
 from ._options import named_options
-from ._state import MaintenanceState, Mode
+from ._state import MaintenanceState, Mode, Window
 from .exceptions import ConfigurationError
 
-__all__ = ["get_maintenance_mode", "get_state", "set_maintenance_mode"]
+__all__ = [
+    "cancel_window",
+    "get_maintenance_mode",
+    "get_state",
+    "list_windows",
+    "schedule_maintenance",
+    "set_maintenance_mode",
+]
 
 T = TypeVar("T")
 
@@ -67,6 +78,51 @@ def set_maintenance_mode(
             mode=mode,
         ),
     )
+
+
+def schedule_maintenance(
+    start: datetime | timedelta | float | None = None,
+    *,
+    end: datetime | timedelta | float | None = None,
+    duration: timedelta | float | None = None,
+    every: str | None = None,
+    tz: str | None = None,
+    announce: timedelta | float | None = None,
+    reason: str | None = None,
+    retry_after: Seconds | None = None,
+    mode: Mode | str = "full",
+    backend: BackendArg = None,
+    scope: str | None = None,
+) -> Window:
+    """Plan maintenance (blocking); see :func:`maintguard.schedule_maintenance`."""
+    return _blocking(
+        "schedule_maintenance",
+        schedule.schedule_maintenance(
+            start,
+            end=end,
+            duration=duration,
+            every=every,
+            tz=tz,
+            announce=announce,
+            reason=reason,
+            retry_after=retry_after,
+            mode=mode,
+            backend=backend,
+            scope=scope,
+        ),
+    )
+
+
+def cancel_window(window_id: str, *, backend: BackendArg = None, scope: str | None = None) -> bool:
+    """Remove a planned window (blocking); False when there is no such window."""
+    return _blocking(
+        "cancel_window", schedule.cancel_window(window_id, backend=backend, scope=scope)
+    )
+
+
+def list_windows(*, backend: BackendArg = None, scope: str | None = None) -> list[Window]:
+    """The planned windows of ``scope`` (blocking); see :func:`maintguard.list_windows`."""
+    return _blocking("list_windows", schedule.list_windows(backend=backend, scope=scope))
 
 
 def _blocking(name: str, coro: Coroutine[Any, Any, T]) -> T:

@@ -377,7 +377,7 @@ def test_newer_version_is_read_but_never_written(tmp_path: Path) -> None:
         with pytest.raises(BackendError) as info:
             backend._update_blocking(scope, mutate)
         message = str(info.value)
-        assert "99" in message and "version 1" in message and "Upgrade maintguard" in message
+        assert "99" in message and "version 2" in message and "Upgrade maintguard" in message
 
     async def async_writes() -> None:
         with pytest.raises(BackendError, match="99"):
@@ -395,8 +395,8 @@ def test_newer_version_is_read_but_never_written(tmp_path: Path) -> None:
 
 def test_newer_version_we_cannot_understand_says_to_upgrade(tmp_path: Path) -> None:
     path = tmp_path / "m.json"
-    path.write_text('{"version": 2, "active": "emergency"}')
-    with pytest.raises(BackendError, match=r"format version 2.*Upgrade maintguard"):
+    path.write_text('{"version": 3, "active": "emergency"}')
+    with pytest.raises(BackendError, match=r"format version 3.*Upgrade maintguard"):
         LocalFileBackend(path)._read_scopes_blocking([None])
 
 
@@ -416,13 +416,13 @@ def test_newer_version_with_a_detail_we_do_not_know_is_on_and_says_to_upgrade(
 ) -> None:
     # On is on: the unknown mode is read as the strictest one, with a warning to upgrade.
     path = tmp_path / "m.json"
-    path.write_text('{"version": 2, "active": true, "mode": "emergency"}')
+    path.write_text('{"version": 3, "active": true, "mode": "emergency"}')
     with caplog.at_level("WARNING", logger="maintguard"):
         state = LocalFileBackend(path)._read_scopes_blocking([None])[None]
     assert (state.explicit.active, state.explicit.mode) == (True, Mode.FULL)
     [warning] = [r.getMessage() for r in caplog.records]
     assert "'mode'" in warning and "'emergency'" in warning
-    assert "format version 2: upgrade maintguard" in warning
+    assert "format version 3: upgrade maintguard" in warning
 
 
 @pytest.mark.parametrize("version", ['"2"', "0", "-1", "true", "1.5", "null"])

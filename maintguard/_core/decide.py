@@ -20,7 +20,8 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator
 
-from .._state import HoldRecord, Phase, StoredState, phase_of
+from .._state import HoldRecord, Phase, StoredState, phase_of, windows_in_force
+from .._windows import planned
 from .stack import Details, Frame, HoldStack, Presents, details_of, new_key, record, to_datetime
 from .stored import judged, lease_due, sane
 
@@ -62,6 +63,8 @@ class Book:
     (:data:`UNKNOWN` after a failed write); ``inflight`` counts writes claimed and not
     finished.
     """
+
+    label = "a stored maintenance state"  # what warnings about the stored copy name
 
     def __init__(self, stores_holds: bool, hold_id: str) -> None:
         self._stores_holds = stores_holds
@@ -379,7 +382,7 @@ class Book:
         """Take ``stored`` as what the store holds. ``at``: when the read (or write) that
         found it began, which judges other processes' leases in it; ``None``: not found in
         the store (``on_error``'s stand-in), no lease judged. ``mono``: monotonic now."""
-        stored = sane(stored)
+        stored = planned(sane(stored), to_datetime(now), self.label)  # (windows, if any)
         if at is None:
             self.lease_due = math.inf
         else:
@@ -398,8 +401,9 @@ class Book:
         stored = self.stored
         explicit = False
         others: tuple[HoldRecord, ...] = ()
-        if stored is not None and (stored.explicit.active or stored.holds):
-            explicit = stored.explicit.in_force(to_datetime(now))
+        if stored is not None and (stored.explicit.active or stored.holds or stored.windows):
+            at = to_datetime(now)
+            explicit = stored.explicit.in_force(at) or bool(windows_in_force((stored,), at))
             others = stored.holds
         own_phase = phase_of(explicit, self._sources(others))
         own = own_phase is not _OFF
@@ -449,7 +453,7 @@ class Book:
                     drain=drain,
                 ),
             )
-        return StoredState(stored.explicit, holds, stored.workers)
+        return StoredState(stored.explicit, holds, stored.workers, stored.windows)
 
 
 _EMPTY = StoredState()

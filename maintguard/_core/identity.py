@@ -6,13 +6,14 @@ process, with hold and presence records of its own.
 
 from __future__ import annotations
 
+import getpass
 import os
 import socket
 import uuid
 
 from . import lifecycle
 
-__all__ = ["HOST", "new_id", "pid"]
+__all__ = ["HOST", "new_id", "pid", "who"]
 
 HOST = socket.gethostname()
 _pid = os.getpid()
@@ -26,6 +27,15 @@ def pid() -> int:
 def new_id() -> str:
     """A new record id, unique across hosts, processes and time: ``host:pid:random``."""
     return f"{HOST}:{_pid}:{uuid.uuid4().hex[:12]}"
+
+
+def who() -> str:
+    """``user@host``: who made a change, as records of it say."""
+    try:
+        user = getpass.getuser()
+    except Exception:  # no user name in the environment nor the password database
+        user = f"uid {os.getuid()}" if hasattr(os, "getuid") else "unknown"
+    return f"{user}@{HOST}"
 
 
 def _after_fork_in_child() -> None:

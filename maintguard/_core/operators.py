@@ -10,8 +10,9 @@ import functools
 from collections.abc import Callable, Collection
 from typing import Any
 
-from .._state import ExplicitState
-from ..backends._writes import PutHold, SetExplicit, Write
+from .._state import ExplicitState, WindowRecord
+from .._windows import LIMIT
+from ..backends._writes import PutHold, PutWindow, SetExplicit, Write
 from ..exceptions import MaintGuardError, ReadOnlyBackendError
 from . import io
 from .drive import ASYNC
@@ -44,6 +45,15 @@ class Operators(Persisting):
                 await self._operator_write(
                     functools.partial(self._removal, hold_id), f"removing hold {hold_id}"
                 )
+
+    async def put_window(self, window_id: str, record: WindowRecord | None) -> bool:
+        """Store window ``record`` (``None``: remove window ``window_id``); whether the
+        window was there before."""
+        write = PutWindow(window_id, record, LIMIT)
+        await self._operator_write(
+            lambda: write, f"{'removing' if record is None else 'storing'} window {window_id}"
+        )
+        return write.found
 
     def _removal(self, hold_id: str) -> PutHold:
         return PutHold(hold_id, None, to_datetime(self.store.clock()), self.backend.lease_ttl)

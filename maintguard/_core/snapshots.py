@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 
 from .._state import MaintenanceState, derive
+from .._windows import plan_due, planned
 from .decide import NO_CHANGE
 from .identity import HOST, pid
 from .shared import Scope
@@ -74,5 +75,15 @@ class Snapshots(Scope):
         return snap
 
     def tick(self) -> None:
-        """Let time-based changes (leases, ``until``) show, and their transitions be heard."""
+        """Let time-based changes (leases, ``until``, windows) show, and their transitions
+        be heard; plan recurring windows ahead when their planned occurrences run low (the
+        watcher calls this at every boundary: deciding never evaluates cron)."""
+        stored = self.stored
+        if stored is not None and stored.windows:
+            now = to_datetime(self.store.clock())
+            if plan_due((stored,), now):
+                with self._lock:
+                    if self.stored is stored:
+                        self.stored = planned(stored, now, self.label)
+                        self.version += 1
         _ = self.snapshot

@@ -4,7 +4,8 @@ Pure functions over values (the clock passed in): a user-written store may hand 
 naive or missing times (:func:`sane`); another process's lease is judged only by the read
 that found it (:func:`judged`), which says when the copy must be read again
 (:func:`lease_due`); while the store cannot be read, the holds last read keep counting
-(:func:`frozen`); an explicit state's ``until`` ends it by time alone (:func:`deadline`).
+(:func:`frozen`); an explicit state's ``until`` and a window's boundaries change it by time
+alone (:func:`deadline`).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import replace
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from .._state import EPOCH, StoredState
@@ -42,7 +43,7 @@ def sane(stored: StoredState) -> StoredState:
         )
     if explicit is stored.explicit and holds is stored.holds:
         return stored
-    return StoredState(explicit, holds, stored.workers)
+    return replace(stored, explicit=explicit, holds=holds)
 
 
 def _odd(value: object) -> bool:
@@ -69,9 +70,20 @@ def frozen(stored: StoredState) -> StoredState:
 
 
 def deadline(levels: Sequence[StoredState], now: datetime) -> float:
-    """When the state derived from ``levels`` changes by time alone: an ``until`` (a lease
-    ends only by a read)."""
+    """When the state derived from ``levels`` changes by time alone: an ``until``, or a
+    window's next boundary (its announcement, start or end, as planned); a lease ends
+    only by a read."""
     times = [e.until for lv in levels if (e := lv.explicit).active and e.until and e.until > now]
+    for level in levels:
+        for window in level.windows:
+            occurrence = window.current(now)
+            if occurrence is None:
+                continue
+            start, end = occurrence
+            if window.announce is not None:
+                times.append(start - timedelta(seconds=window.announce))
+            times += (start, end)
+    times = [t for t in times if t > now]
     if not times:
         return math.inf
     return min(times).timestamp()
@@ -89,7 +101,7 @@ def judged(stored: StoredState, own_hold: str, own_worker: str, at: datetime) ->
         workers = tuple(w for w in workers if w.id == own_worker or w.live(at))
     if holds is stored.holds and workers is stored.workers:
         return stored
-    return StoredState(stored.explicit, holds, workers)
+    return replace(stored, holds=holds, workers=workers)
 
 
 def lease_due(stored: StoredState, own_hold: str, own_worker: str) -> float:

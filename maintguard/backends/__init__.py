@@ -5,14 +5,14 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
-from .._state import ExplicitState, HoldRecord, StoredState, WorkerRecord
+from .._state import ExplicitState, HoldRecord, StoredState, WindowRecord, WorkerRecord
 from ..exceptions import ConfigurationError
 from ._base import Backend, OnError
 from ._env import EnvVarBackend
 from ._file import LocalFileBackend
 from ._memory import MemoryBackend
 from ._redis import RedisBackend, redact
-from ._writes import PutHold, PutWorker, SetExplicit, Write
+from ._writes import PutHold, PutWindow, PutWorker, SetExplicit, Write
 
 __all__ = [
     "Backend",
@@ -23,10 +23,12 @@ __all__ = [
     "MemoryBackend",
     "OnError",
     "PutHold",
+    "PutWindow",
     "PutWorker",
     "RedisBackend",
     "SetExplicit",
     "StoredState",
+    "WindowRecord",
     "WorkerRecord",
     "Write",
     "backend_from_url",

@@ -34,10 +34,12 @@ __all__ = ["LocalFileBackend"]
 
 _Scopes = dict[str | None, StoredState]
 
-VERSION = 1
-"""The format version this maintguard reads and writes."""
+VERSION = 2
+"""The newest format version this maintguard reads and writes: 2 stores planned windows.
+A file without windows is written as version 1, which older maintguard still writes."""
+_WITHOUT_WINDOWS = 1
 
-_STATE_KEYS = frozenset(StoredState().to_dict()) | {"workers"}
+_STATE_KEYS = frozenset(StoredState().to_dict()) | {"workers", "windows"}
 _TOP_KEYS = _STATE_KEYS | {"version", "plain", "scopes"}
 _NEW_FILE_MODE = 0o644  # a new file: readable by every process that checks it
 _READ_SIZE = 65536
@@ -210,7 +212,7 @@ class LocalFileBackend(Backend):
         target = self._target()
         with self._locked(target + ".lock"):
             loaded = self._parse(*self._read(target, stat=True))
-            if loaded.version != VERSION:
+            if loaded.version > VERSION:
                 raise self._newer(loaded.version)
             current = loaded.scopes.get(scope, StoredState())
             new = mutate(current)
@@ -436,7 +438,8 @@ def _render(loaded: _Loaded) -> tuple[str, int | None]:
         and (text := _plain(loaded.scopes)) is not None
     ):
         return text, loaded.mode  # nothing more to store: back to the form other tools wrote
-    document: dict[str, Any] = {"version": VERSION}
+    windows = any(state.windows for state in loaded.scopes.values())
+    document: dict[str, Any] = {"version": VERSION if windows else _WITHOUT_WINDOWS}
     if loaded.plain:
         document["plain"] = True  # "return to plain form when possible", for every process
     merged = _merge(raw, loaded.scopes.get(None, StoredState()))
@@ -462,7 +465,7 @@ def _dumps(obj: Mapping[str, Any], indent: str) -> str:
     inner = indent + "  "
     fields = []
     for key, value in obj.items():
-        if key in ("holds", "workers") and value and isinstance(value, list):
+        if key in ("holds", "workers", "windows") and value and isinstance(value, list):
             text = ",\n".join(f"{inner}  {json.dumps(h)}" for h in value)
             text = f"[\n{text}\n{inner}]"
         elif key == "scopes" and not indent and value and isinstance(value, dict):
@@ -481,6 +484,7 @@ def _merge(raw: Mapping[str, Any] | None, state: StoredState) -> dict[str, Any]:
     """``state`` as JSON, keeping the fields of ``raw`` (and of its holds, by id) we don't know."""
     out = dict(raw) if raw else {}
     out.pop("workers", None)  # known, and written only when there are some
+    out.pop("windows", None)
     new = state.to_dict()
     if raw and new["holds"]:
         old = {h.get("id"): h for h in raw.get("holds", ()) if isinstance(h, Mapping)}
@@ -503,6 +507,7 @@ def _plain(scopes: _Scopes) -> str | None:
     if (
         state.holds
         or state.workers
+        or state.windows
         or any(v != StoredState() for k, v in scopes.items() if k is not None)
     ):
         return None

@@ -1,7 +1,8 @@
 """The writes the core asks of a store, as values a backend can apply natively.
 
-Every read-modify-write maintguard makes is one of three: put (or remove) this process's
-hold record in a scope, put (or remove) its presence record, set the explicit state. Each is
+Every read-modify-write maintguard makes is one of four: put (or remove) this process's
+hold record in a scope, put (or remove) its presence record, set the explicit state, put
+(or remove) a planned window. Each is
 callable on a :class:`~maintguard.backends.StoredState`, so a backend that knows only
 ``update_state(scope, mutate)`` applies it as any mutation; a backend whose store runs code
 of its own (Redis scripts) looks at the fields and makes the change there, atomically and
@@ -14,9 +15,10 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Protocol, TypeVar
 
-from .._state import ExplicitState, HoldRecord, StoredState, WorkerRecord
+from .._errors import ConfigurationError
+from .._state import ExplicitState, HoldRecord, StoredState, WindowRecord, WorkerRecord
 
-__all__ = ["PutHold", "PutWorker", "SetExplicit", "Write"]
+__all__ = ["PutHold", "PutWindow", "PutWorker", "SetExplicit", "Write"]
 
 
 class Write:
@@ -84,6 +86,33 @@ class SetExplicit(Write):
             if old.in_force(self.now) and old.since is not None:
                 new = replace(new, since=old.since)
         return stored if new == stored.explicit else replace(stored, explicit=new)
+
+
+@dataclass(slots=True, eq=False)
+class PutWindow(Write):
+    """Store ``record`` as window ``window_id`` of the scope (``None``: remove it). A window
+    added beyond ``limit`` in the scope raises :class:`~maintguard.exceptions.ConfigurationError`
+    and changes nothing. ``found`` is set by the backend: whether the window was there."""
+
+    window_id: str
+    record: WindowRecord | None
+    limit: int = 100
+    found: bool = False
+
+    def __call__(self, stored: StoredState) -> StoredState:
+        windows = stored.windows
+        self.found = any(w.id == self.window_id for w in windows)
+        if self.record is None and not self.found:
+            return stored
+        kept = tuple(w for w in windows if w.id != self.window_id)
+        if self.record is not None:
+            if not self.found and len(kept) >= self.limit:
+                raise ConfigurationError(
+                    f"a scope keeps at most {self.limit} windows: cancel some first "
+                    "(maintguard schedule list / schedule cancel ID)"
+                )
+            kept += (self.record,)
+        return replace(stored, windows=kept)
 
 
 class _Leased(Protocol):

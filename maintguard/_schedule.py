@@ -1,0 +1,127 @@
+"""The faces of planned maintenance: schedule, cancel and list windows; end one early.
+
+Windows are stored with a scope's explicit state, so every process that reads the store
+sees them; nobody needs to run at a window's start or end (see :mod:`._windows`).
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timedelta
+
+from ._core import ScopeController, controller, resolve_backend
+from ._core.controller import refresh_stale
+from ._core.identity import who
+from ._state import Mode, Occurrence, StoredState, Window, WindowRecord, check_scope, utcnow
+from ._windows import ended_early, planned, window
+from .backends import Backend
+from .exceptions import ConfigurationError
+
+__all__ = ["cancel_window", "end_windows_now", "list_windows", "schedule_maintenance"]
+
+logger = logging.getLogger("maintguard")
+
+BackendArg = Backend | str | None
+Seconds = float | timedelta | datetime
+
+
+async def schedule_maintenance(
+    start: datetime | timedelta | float | None = None,
+    *,
+    end: datetime | timedelta | float | None = None,
+    duration: timedelta | float | None = None,
+    every: str | None = None,
+    tz: str | None = None,
+    announce: timedelta | float | None = None,
+    reason: str | None = None,
+    retry_after: Seconds | None = None,
+    mode: Mode | str = "full",
+    backend: BackendArg = None,
+    scope: str | None = None,
+) -> Window:
+    """Plan maintenance: on in every process from ``start`` until ``end``, by the clock
+    alone (nothing is written then, and no process needs to be running).
+
+    One-off: ``start`` an aware datetime, or a timedelta or seconds from now (default:
+    now), and ``end`` (a datetime, or a timedelta/seconds after ``start``) or
+    ``duration``. Recurring: ``every`` a 5-field cron expression evaluated in ``tz`` (an
+    IANA zone, default UTC), ``duration`` required, ``start`` the earliest first run.
+    ``announce``: how long before each start readers see ``Phase.ANNOUNCED`` (and
+    ``MaintenanceState.next_window`` always names the window in force or next). Returns
+    the window with its current or next occurrence. Bad input raises
+    ``ConfigurationError`` naming the field.
+
+    >>> async def plan() -> None:
+    ...     await schedule_maintenance(every="0 3 * * SUN", tz="Europe/Berlin",
+    ...                                duration=timedelta(hours=1), announce=3600)
+    """
+    record = window(
+        start=start,
+        end=end,
+        duration=duration,
+        every=every,
+        tz=tz,
+        announce=announce,
+        reason=reason,
+        retry_after=retry_after,
+        mode=mode,
+        by=who(),
+        now=utcnow(),
+    )
+    ctrl = _writer(backend, scope)
+    await ctrl.put_window(record.id, record)
+    return record.view(record.upcoming[0])
+
+
+async def cancel_window(
+    window_id: str, *, backend: BackendArg = None, scope: str | None = None
+) -> bool:
+    """Remove window ``window_id`` (every occurrence); False when there is no such window."""
+    if not isinstance(window_id, str) or not window_id:
+        raise ConfigurationError(f"window_id must be a window's id, not {window_id!r}")
+    return await _writer(backend, scope).put_window(window_id, None)
+
+
+async def list_windows(*, backend: BackendArg = None, scope: str | None = None) -> list[Window]:
+    """The windows of ``scope`` (not those of the global scope), each with its current or
+    next occurrence, earliest first; windows that have ended for good are left out."""
+    ctrl = _writer(backend, scope)
+    await refresh_stale(ctrl)
+    now = utcnow()
+    found = []
+    for record in planned(_stored_windows(ctrl), now).windows:
+        occurrence = record.current(now)
+        if occurrence is not None:
+            found.append(record.view(occurrence))
+    return sorted(found, key=lambda w: (w.start, w.id))
+
+
+async def end_windows_now(
+    ctrl: ScopeController,
+) -> list[tuple[WindowRecord, WindowRecord | None, Occurrence]]:
+    """Maintenance turned off by an operator: end the occurrence of every window of
+    ``ctrl``'s scope in force now (a one-off window is removed, a recurring one skips this
+    occurrence). Returns what was ended, each logged."""
+    await refresh_stale(ctrl)
+    now = utcnow()
+    ended = ended_early(planned(_stored_windows(ctrl), now).windows, now)
+    for record, replacement, occurrence in ended:
+        await ctrl.put_window(record.id, replacement)
+        logger.info(
+            "maintguard: %s: window %s ended early (the occurrence %s to %s)%s",
+            ctrl.label,
+            record.id,
+            occurrence[0].isoformat(),
+            occurrence[1].isoformat(),
+            "; it recurs" if replacement is not None else "; it is removed",
+        )
+    return ended
+
+
+def _stored_windows(ctrl: ScopeController) -> StoredState:
+    stored = ctrl.stored
+    return stored if stored is not None else StoredState()
+
+
+def _writer(backend: BackendArg, scope: str | None) -> ScopeController:
+    return controller(resolve_backend(backend), check_scope(scope))
