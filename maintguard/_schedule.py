@@ -12,7 +12,8 @@ from datetime import datetime, timedelta
 from ._core import ScopeController, controller, resolve_backend
 from ._core.controller import refresh_stale
 from ._core.identity import who
-from ._state import Mode, Occurrence, StoredState, Window, WindowRecord, check_scope, utcnow
+from ._core.stack import to_datetime
+from ._state import Mode, Occurrence, StoredState, Window, WindowRecord, check_scope
 from ._windows import ended_early, planned, window
 from .backends import Backend
 from .exceptions import ConfigurationError
@@ -55,6 +56,7 @@ async def schedule_maintenance(
     ...     await schedule_maintenance(every="0 3 * * SUN", tz="Europe/Berlin",
     ...                                duration=timedelta(hours=1), announce=3600)
     """
+    ctrl = _writer(backend, scope)
     record = window(
         start=start,
         end=end,
@@ -66,9 +68,8 @@ async def schedule_maintenance(
         retry_after=retry_after,
         mode=mode,
         by=who(),
-        now=utcnow(),
+        now=_now(ctrl),
     )
-    ctrl = _writer(backend, scope)
     await ctrl.put_window(record.id, record)
     return record.view(record.upcoming[0])
 
@@ -87,7 +88,7 @@ async def list_windows(*, backend: BackendArg = None, scope: str | None = None) 
     next occurrence, earliest first; windows that have ended for good are left out."""
     ctrl = _writer(backend, scope)
     await refresh_stale(ctrl)
-    now = utcnow()
+    now = _now(ctrl)
     found = []
     for record in planned(_stored_windows(ctrl), now).windows:
         occurrence = record.current(now)
@@ -103,7 +104,7 @@ async def end_windows_now(
     ``ctrl``'s scope in force now (a one-off window is removed, a recurring one skips this
     occurrence). Returns what was ended, each logged."""
     await refresh_stale(ctrl)
-    now = utcnow()
+    now = _now(ctrl)
     ended = ended_early(planned(_stored_windows(ctrl), now).windows, now)
     for record, replacement, occurrence in ended:
         await ctrl.put_window(record.id, replacement)
@@ -121,6 +122,10 @@ async def end_windows_now(
 def _stored_windows(ctrl: ScopeController) -> StoredState:
     stored = ctrl.stored
     return stored if stored is not None else StoredState()
+
+
+def _now(ctrl: ScopeController) -> datetime:
+    return to_datetime(ctrl.store.clock())  # the store's clock, as every decision takes it
 
 
 def _writer(backend: BackendArg, scope: str | None) -> ScopeController:
