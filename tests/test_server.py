@@ -14,10 +14,10 @@ from typing import Any
 import httpx
 import pytest
 
-from maintguard import under_maintenance
+from maintguard import sync, under_maintenance
 from maintguard._core import io
 from maintguard._state import WorkerRecord
-from tests.stores import free_port, new_spec, open_store
+from tests.stores import REDIS_URL, free_port, new_spec, open_store
 
 pytestmark = pytest.mark.processes
 
@@ -233,3 +233,92 @@ def test_allow_ips_under_uvicorns_proxy_headers_is_warned_about_once(
     assert len(warned) == 1, warned
     assert "the server took it from the request's forwarding header" in warned[0]
     assert "--no-proxy-headers" in warned[0] and "--forwarded-allow-ips" in warned[0]
+
+
+# -- planned windows: every worker switches by the clock alone --------------------------------
+
+
+def store_url(store: str) -> str:
+    """The backend URL the CLI takes for a test store."""
+    kind, _, where = store.partition(":")
+    if kind == "redis":
+        return f"{REDIS_URL}?key_prefix={where}"
+    return f"file:{where}"
+
+
+def writes_so_far(store: str) -> object:
+    """What changes with every write to ``store``: the Redis store's version counter, the
+    state file's inode and modification time (every write replaces the file)."""
+    kind, _, where = store.partition(":")
+    if kind == "redis":
+        import redis
+
+        return redis.Redis.from_url(REDIS_URL).get("{" + where + "}:version")
+    stat = os.stat(where)
+    return (stat.st_ino, stat.st_mtime_ns)
+
+
+def watch_statuses(urls: list[str], until: float) -> dict[str, list[tuple[float, float, int]]]:
+    """Ask every worker again and again until wall time ``until``: per worker, each
+    request's (sent, answered, status), wall-clock seconds."""
+    seen: dict[str, list[tuple[float, float, int]]] = {url: [] for url in urls}
+    with httpx.Client() as client:
+        while time.time() < until:
+            for url in urls:
+                sent = time.time()
+                status = client.get(url + "/").status_code
+                seen[url].append((sent, time.time(), status))
+    return seen
+
+
+def switched_at(seen: list[tuple[float, float, int]], status: int, after: float) -> float:
+    """The answer time of the first request sent after ``after`` - 0.5 s that got
+    ``status``, having checked that no request answered before ``after`` got it."""
+    early = [s for s in seen if s[1] < after and s[0] > after - 0.5 and s[2] == status]
+    assert not early, f"{status} before the boundary: {early[:3]}"
+    return min(answered for sent, answered, code in seen if code == status and sent >= after - 0.5)
+
+
+@pytest.fixture
+def window_workers(tmp_path: Path, store: str) -> Iterator[list[str]]:
+    env = {
+        "MAINTGUARD_TEST_FILE": str(tmp_path / "maintenance.json"),
+        "MAINTGUARD_TEST_STORE": store,
+        # Polling as for any change (a boundary is not one: the watcher wakes for it), and
+        # presence leases long enough that no renewal falls in the window.
+        "MAINTGUARD_TEST_REFRESH": "1.0" if store.startswith("file:") else "30",
+        "MAINTGUARD_TEST_LEASE": "300",
+    }
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        started = start_uvicorn(env, 2)
+        procs = [proc for _, proc in started]
+        yield [url for url, _ in started]
+    finally:
+        stop_all(procs)
+
+
+@pytest.mark.slow
+def test_a_window_scheduled_from_the_cli_switches_every_worker_on_time(
+    window_workers: list[str], store: str
+) -> None:
+    # DESIGN: nothing is written at a window's start or end, and every process switches by
+    # the clock alone, within 50 ms (its watcher wakes at the boundary; it polls no faster).
+    urls = window_workers
+    assert {httpx.get(url + "/").status_code for url in urls} == {200}
+    subprocess.run(
+        [sys.executable, "-m", "maintguard", "--backend", store_url(store),
+         "schedule", "--in", "2s", "--for", "1s", "--reason", "planned"],
+        check=True, cwd=ROOT, capture_output=True,
+    )  # fmt: skip
+    [window] = sync.list_windows(backend=open_store(store))
+    written = writes_so_far(store)
+    start, end = window.start.timestamp(), window.end.timestamp()
+    assert start - time.time() > 1.0  # the workers must be ready well before it
+    seen = watch_statuses(urls, until=end + 0.5)
+    assert writes_so_far(store) == written  # nothing was written at the start or the end
+    for url in urls:
+        on = switched_at(seen[url], 503, start) - start
+        off = switched_at(seen[url], 200, end) - end
+        assert on <= 0.05, f"{url} answered 503 only {on * 1000:.0f} ms after the start"
+        assert off <= 0.05, f"{url} answered 200 only {off * 1000:.0f} ms after the end"
