@@ -504,3 +504,21 @@ def test_planned_occurrences_agree_with_cron_at_every_moment(
         assert derive(None, [stored], at).active == model_active(
             expression, zone, duration, first, at
         ), at
+
+
+def test_a_hand_edited_bad_window_in_a_state_file_never_switches_maintenance_off(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "state.json"
+    data: dict[str, object] = {"version": 2, "active": True, "reason": "operator", "holds": []}
+    data["windows"] = [
+        {"id": "x", "start": "2027-01-01T00:00:00+00:00", "every": "every day", "duration": 60},
+        {"id": "y", "start": "2027-01-01T00:00:00+00:00", "every": "0 3 * * *", "duration": -1},
+    ]
+    path.write_text(json.dumps(data))
+    reader = LocalFileBackend(path)
+    with caplog.at_level(logging.WARNING, logger="maintguard.stored"):
+        state = sync.get_state(reader)
+    assert state.active and state.reason == "operator" and state.next_window is None
+    said = " ".join(r.getMessage() for r in caplog.records)
+    assert "window 'x' is ignored" in said and "window 'y' is ignored" in said
