@@ -340,6 +340,30 @@ def test_a_corrupt_named_scope_does_not_blind_readers_of_the_global_scope(
     assert state_of(reader).active is True
 
 
+@pytest.mark.parametrize("damage", ["junk hold", "windows key of another type"])
+def test_a_named_scope_that_cannot_be_read_follows_on_error_not_off(
+    raw: redis.Redis, damage: str
+) -> None:
+    # Asked for by name and listed, but unreadable: never taken for a scope that stores
+    # nothing (off). A first read raises; later ones follow on_error.
+    prefix = redis_prefix()
+    t = tag(prefix)
+    reader = backend_at(prefix, on_error="closed")
+    assert state_of(reader, "junk").active is False  # read once
+    if damage == "junk hold":
+        raw.hset(f"{t}:scope:junk:holds", "x", "{not json")
+        raw.zadd(f"{t}:scope:junk:leases", {"x": float("inf")})
+    else:
+        raw.set(f"{t}:scope:junk:windows", "oops")
+    raw.sadd(f"{t}:scopes", "junk")
+    state = state_of(reader, "junk")
+    assert (state.active, state.reason) == (True, "maintenance state unavailable")
+    assert state_of(reader, "other").active is False  # the others are read as usual
+    assert state_of(reader).active is False
+    with pytest.raises(BackendError, match="did not write"):
+        state_of(elsewhere(prefix), "junk")  # a first read raises
+
+
 @pytest.mark.parametrize("version", ["abc", str(2**63 - 1)])
 def test_a_write_that_reports_failure_changed_nothing(raw: redis.Redis, version: str) -> None:
     prefix = redis_prefix()

@@ -433,17 +433,7 @@ class RedisBackend(Backend):
 
     async def _read_scopes(self, *scopes: str | None) -> dict[str | None, StoredState]:
         # The whole store in one script (what read_state and read_scopes both are).
-        try:
-            found = await ioloop.run(self._read_all())
-        except PartialReadError as exc:
-            if exc.complete:  # every named scope was listed: the others store nothing
-                for scope in scopes:
-                    if scope is not None:
-                        exc.found.setdefault(scope, StoredState())
-            raise
-        for scope in scopes:
-            found.setdefault(scope, StoredState())
-        return found
+        return await ioloop.run(self._read_all(scopes))
 
     async def write_state(self, scope: str | None, state: StoredState) -> None:
         await ioloop.run(self._replace(scope, state))
@@ -535,7 +525,7 @@ class RedisBackend(Backend):
         offset = server - (sent + time.time()) / 2
         self._offset = offset if abs(offset) >= SKEW else 0.0
 
-    async def _read_all(self) -> dict[str | None, StoredState]:
+    async def _read_all(self, asked: tuple[str | None, ...]) -> dict[str | None, StoredState]:
         base = self._base
         reply = await self._call(
             "read",
@@ -565,6 +555,12 @@ class RedisBackend(Backend):
                 )
             except _UNREADABLE as exc:
                 failed[scope] = repr(exc)
+        # A scope asked for that the reply left out stores nothing, when every named scope
+        # was listed; one that failed is not one of them (it follows on_error).
+        if reply[3] is None:
+            for scope in asked:
+                if scope not in failed:
+                    found.setdefault(scope, StoredState())
         if failed or reply[3] is not None:
             raise PartialReadError(
                 self._bad_data(
