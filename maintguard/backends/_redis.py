@@ -56,8 +56,8 @@ are within what one round trip can measure, and writes then round-trip exactly."
 # for a named one): 1 B:explicit, 2 B:holds, 3 B:leases, 4 {prefix}:scopes,
 # 5 {prefix}:version, 6 {prefix}:workers, 7 {prefix}:worker-leases, 8 B:windows.
 # ARGV[1] is the channel, ARGV[2] the scope ('' = global). Times are the server's, but
-# for windows': B:windows maps a window's id to its JSON, times as the operator planned
-# them (see RedisBackend._apply).
+# a window's: B:windows maps each window's id to its JSON, with the times as planned (see
+# RedisBackend._apply).
 
 _PRELUDE = """
 local t = redis.call('TIME')
@@ -697,9 +697,9 @@ class RedisBackend(Backend):
             if not math.isinf(expires):
                 hold = replace(hold, expires=datetime.fromtimestamp(expires, timezone.utc))
             records.append(_shift_hold(hold, -offset))
-        planned = _windows(windows, problems)
+        readable = _windows(windows, problems)
         warn_invalid(self.describe() + ("" if scope is None else f" scope {scope!r}"), problems)
-        return StoredState(state, tuple(records), workers, planned)
+        return StoredState(state, tuple(records), workers, readable)
 
     def _workers(self, flat: Any, offset: float) -> tuple[WorkerRecord, ...]:
         # A presence record that cannot be read is dropped with a warning: whether
