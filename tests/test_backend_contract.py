@@ -11,7 +11,7 @@ here runs the same body both ways, on every built-in backend:
   that the core calls those and nothing else (the calls are counted to prove it).
 
 What they must agree on: holds, the explicit state on and off, named scopes, leases,
-writes from concurrent threads losing nothing, and what ends up stored.
+planned windows, writes from concurrent threads losing nothing, and what ends up stored.
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import itertools
+import json
+import logging
 import os
 import threading
 from collections.abc import Callable, Iterator
@@ -32,7 +34,9 @@ import pytest
 
 import maintguard.sync
 from maintguard import (
+    ConfigurationError,
     Mode,
+    Phase,
     ReadOnlyBackendError,
     get_state,
     set_maintenance_mode,
@@ -40,13 +44,22 @@ from maintguard import (
 )
 from maintguard._core import io
 from maintguard._core.registry import store_of
-from maintguard._state import ExplicitState, HoldRecord, MaintenanceState, StoredState
+from maintguard._state import (
+    ExplicitState,
+    HoldRecord,
+    MaintenanceState,
+    StoredState,
+    WindowRecord,
+    window_to_dict,
+)
+from maintguard._windows import LIMIT
 from maintguard.backends import (
     Backend,
     EnvVarBackend,
     LocalFileBackend,
     MemoryBackend,
     PutHold,
+    PutWindow,
     RedisBackend,
     SetExplicit,
 )
@@ -454,6 +467,357 @@ def test_concurrent_public_update_state_calls_lose_no_write(contract: Contract) 
         worker.join()
     assert not errors
     assert len(contract.stored("jobs")["jobs"].holds) == threads * each
+
+
+# -- planned windows -------------------------------------------------------------------------
+
+T0 = datetime(2031, 3, 2, 1, 2, 3, 456789, tzinfo=timezone.utc)  # a Sunday, years ahead
+
+
+def _one_off(window_id: str = "once", reason: str = "migration") -> WindowRecord:
+    """A one-off window with every field it can have set to something not the default."""
+    return WindowRecord(
+        id=window_id,
+        start=T0,
+        end=T0 + timedelta(hours=2, microseconds=7),
+        announce=1800.5,
+        reason=reason,
+        retry_after=T0 + timedelta(hours=3),
+        mode=Mode.READ_ONLY,
+        created=T0 - timedelta(days=1),
+        by="ops@db1",
+    )
+
+
+def _recurring(window_id: str = "weekly") -> WindowRecord:
+    """A recurring window with every field it can have set to something not the default."""
+    return WindowRecord(
+        id=window_id,
+        start=T0,
+        duration=3600.25,
+        every="0 3 * * SUN",
+        tz="Europe/Berlin",
+        announce=600.0,
+        reason="weekly reindex",
+        retry_after=120.5,
+        mode=Mode.READ_ONLY,
+        created=T0 - timedelta(days=2),
+        by="cron@db1",
+        skip=(T0 + timedelta(days=7, minutes=58), T0 + timedelta(days=14, minutes=58)),
+    )
+
+
+def _put_window(
+    backend: Backend,
+    scope: str | None,
+    window_id: str,
+    record: WindowRecord | None,
+    limit: int = LIMIT,
+    owner: Any = None,
+) -> PutWindow:
+    """Store (or remove) a window the way the core's operator writes do; the write, to
+    look at what the backend set on it."""
+    write = PutWindow(window_id, record, limit)
+    io.update_blocking(backend, scope, lambda: write, owner or store_of(backend))
+    return write
+
+
+def _window_ids(contract: Contract, scope: str | None) -> list[str]:
+    return sorted(w.id for w in contract.stored(scope)[scope].windows)
+
+
+def _by_id(windows: tuple[WindowRecord, ...]) -> dict[str, dict[str, Any]]:
+    return {w.id: window_to_dict(w) for w in windows}
+
+
+def _writable_only(contract: Contract) -> None:
+    if not contract.writable:
+        backend = contract.new()
+        with pytest.raises(ReadOnlyBackendError):
+            _put_window(backend, None, "once", _one_off())
+        with pytest.raises(ReadOnlyBackendError):
+            maintguard.sync.schedule_maintenance(3600, duration=60, backend=backend)
+        pytest.skip("the env backend stores no windows (it refuses them: above)")
+
+
+@pytest.mark.parametrize("scope", [None, "billing"])
+def test_windows_round_trip_with_every_field(contract: Contract, scope: str | None) -> None:
+    _writable_only(contract)
+    backend = contract.new()
+    for record in (_one_off(), _recurring()):
+        assert _put_window(backend, scope, record.id, record).found is False
+    stored = contract.stored(scope)[scope]
+    assert _by_id(stored.windows) == _by_id((_one_off(), _recurring()))
+    assert sorted(stored.windows, key=lambda w: w.id) == [_one_off(), _recurring()]
+    state = maintguard.sync.get_state(contract.new(), scope)
+    assert state.active is False
+    assert state.next_window is not None
+    assert (state.next_window.id, state.next_window.start) == ("once", T0)
+    contract.served_by("update_state", "read_scopes")
+
+
+def test_put_window_adds_replaces_and_removes_and_says_what_it_found(contract: Contract) -> None:
+    _writable_only(contract)
+    backend = contract.new()
+    assert _put_window(backend, "billing", "once", _one_off()).found is False
+    assert _by_id(contract.stored("billing")["billing"].windows) == _by_id((_one_off(),))
+    moved = _one_off(reason="moved")
+    assert _put_window(backend, "billing", "once", moved).found is True
+    [stored] = contract.stored("billing")["billing"].windows
+    assert (stored.id, stored.reason) == ("once", "moved")
+    assert _put_window(backend, "billing", "weekly", _recurring()).found is False
+    assert _window_ids(contract, "billing") == ["once", "weekly"]
+    assert _put_window(backend, "billing", "once", None).found is True
+    assert _window_ids(contract, "billing") == ["weekly"]
+    assert _put_window(backend, "billing", "once", None).found is False  # gone already
+    assert _put_window(backend, "billing", "weekly", None).found is True
+    assert contract.stored("billing", None) == {"billing": StoredState(), None: StoredState()}
+    contract.served_by("update_state")
+
+
+def test_windows_through_the_faces(contract: Contract) -> None:
+    _writable_only(contract)
+    backend = contract.new()
+    window = maintguard.sync.schedule_maintenance(
+        timedelta(hours=1), duration=600, reason="reindex", backend=backend, scope="billing"
+    )
+    listed = maintguard.sync.list_windows(backend=contract.new(), scope="billing")
+    assert [(w.id, w.reason) for w in listed] == [(window.id, "reindex")]
+    assert maintguard.sync.list_windows(backend=contract.new()) == []  # its scope only
+    state = maintguard.sync.get_state(contract.new(), "billing")
+    assert state.next_window is not None
+    assert (state.active, state.next_window.id) == (False, window.id)
+    assert maintguard.sync.cancel_window(window.id, backend=backend, scope="billing") is True
+    assert maintguard.sync.cancel_window(window.id, backend=backend, scope="billing") is False
+    assert maintguard.sync.list_windows(backend=contract.new(), scope="billing") == []
+    assert contract.stored("billing")["billing"].windows == ()
+    contract.served_by("update_state", "read_scopes")
+
+
+def test_a_scope_keeps_at_most_the_limit_of_windows(contract: Contract) -> None:
+    _writable_only(contract)
+    backend = contract.new()
+    names = [f"w{i:03}" for i in range(LIMIT)]
+    for name in names:
+        _put_window(backend, "jobs", name, _one_off(name))
+    full = StoredState(windows=tuple(_one_off(name) for name in names))
+    with pytest.raises(ConfigurationError) as own:  # what PutWindow itself says
+        PutWindow("one-too-many", _one_off("one-too-many"))(full)
+    with pytest.raises(ConfigurationError) as refused:
+        _put_window(backend, "jobs", "one-too-many", _one_off("one-too-many"))
+    assert str(refused.value) == str(own.value)
+    assert _window_ids(contract, "jobs") == names  # nothing changed
+    # A full scope still takes a window it has (a replacement), and a new one once there
+    # is room.
+    assert _put_window(backend, "jobs", "w007", _one_off("w007", reason="moved")).found is True
+    assert _put_window(backend, "jobs", "w000", None).found is True
+    assert _put_window(backend, "jobs", "one-more", _one_off("one-more")).found is False
+    stored = {w.id: w for w in contract.stored("jobs")["jobs"].windows}
+    assert sorted(stored) == sorted([*names[1:], "one-more"])
+    assert stored["w007"].reason == "moved"
+    contract.served_by("update_state")
+
+
+@pytest.mark.parametrize("scope", [None, "billing"])
+def test_windows_survive_the_explicit_state_and_holds(
+    contract: Contract, scope: str | None
+) -> None:
+    _writable_only(contract)
+    backend = contract.new()
+    both = _by_id((_one_off(), _recurring()))
+    for record in (_one_off(), _recurring()):
+        _put_window(backend, scope, record.id, record)
+    maintguard.sync.set_maintenance_mode(True, backend, scope=scope, reason="op")
+    assert _by_id(contract.stored(scope)[scope].windows) == both
+    maintguard.sync.set_maintenance_mode(True, backend, scope=scope, reason="op again")
+    assert _by_id(contract.stored(scope)[scope].windows) == both
+    maintguard.sync.set_maintenance_mode(False, backend, scope=scope)
+    assert _by_id(contract.stored(scope)[scope].windows) == both
+    with under_maintenance(backend=contract.new(), scope=scope, reason="job"):
+        assert _by_id(contract.stored(scope)[scope].windows) == both
+        state = maintguard.sync.get_state(contract.new(), scope)
+        assert state.next_window is not None
+        assert (state.active, state.reason, state.next_window.id) == (True, "job", "once")
+    stored = contract.stored(scope)[scope]
+    assert (stored.explicit.active, stored.holds, _by_id(stored.windows)) == (False, (), both)
+    state = maintguard.sync.get_state(contract.new(), scope)
+    assert state.next_window is not None
+    assert (state.active, state.next_window.id) == (False, "once")
+    contract.served_by("update_state", "read_scopes")
+
+
+def test_a_scope_that_only_has_windows_is_read_back(contract: Contract) -> None:
+    _writable_only(contract)
+    backend = contract.new()
+    now = datetime.now(timezone.utc)
+    current = WindowRecord(
+        id="now", start=now - timedelta(minutes=1), end=now + timedelta(hours=1), reason="window"
+    )
+    _put_window(backend, "jobs", "later", _one_off("later"))
+    _put_window(backend, "jobs", "now", current)
+    stored = contract.stored(None, "jobs")
+    assert stored[None] == StoredState()
+    assert sorted(w.id for w in stored["jobs"].windows) == ["later", "now"]
+    state = maintguard.sync.get_state(contract.new(), "jobs")
+    assert state.next_window is not None
+    assert (state.active, state.phase, state.reason, state.next_window.id) == (
+        True,
+        Phase.ON,
+        "window",
+        "now",
+    )
+    assert maintguard.sync.get_state(contract.new()).active is False  # its scope only
+    # An operator's off ends the window in force (it is removed); the planned one stays.
+    maintguard.sync.set_maintenance_mode(False, contract.new(), scope="jobs")
+    assert _window_ids(contract, "jobs") == ["later"]
+    state = maintguard.sync.get_state(contract.new(), "jobs")
+    assert state.next_window is not None
+    assert (state.active, state.next_window.id) == (False, "later")
+    contract.served_by("update_state", "read_scopes")
+
+
+def test_write_state_stores_the_windows_it_is_given_and_no_others(contract: Contract) -> None:
+    if not contract.writable:
+        pytest.skip("the env backend refuses every write")
+    backend = contract.new()
+    anyio.run(backend.write_state, "billing", StoredState(windows=(_one_off(), _recurring())))
+    assert _by_id(contract.stored("billing")["billing"].windows) == _by_id(
+        (_one_off(), _recurring())
+    )
+    on = ExplicitState(active=True, reason="op")
+    anyio.run(backend.write_state, "billing", StoredState(on, windows=(_recurring("other"),)))
+    stored = contract.stored("billing")["billing"]
+    assert (stored.explicit.reason, _by_id(stored.windows)) == (
+        "op",
+        _by_id((_recurring("other"),)),
+    )
+    anyio.run(backend.write_state, "billing", StoredState(windows=(_one_off(),)))
+    stored = contract.stored("billing")["billing"]
+    assert (stored.explicit.active, _by_id(stored.windows)) == (False, _by_id((_one_off(),)))
+    anyio.run(backend.write_state, "billing", StoredState())
+    assert contract.stored("billing")["billing"] == StoredState()
+
+
+UNREADABLE_WINDOW = {"start": "2031-01-01T00:00:00+00:00", "end": "the day after"}
+
+
+def _store_by_hand(contract: Contract, window_id: str, data: dict[str, Any]) -> None:
+    """Add a window to the global scope as a hand edit would, unchecked."""
+    if contract.kind == "file":
+        path = Path(contract.where)
+        document = json.loads(path.read_text())
+        document.setdefault("windows", []).append(data | {"id": window_id})
+        path.write_text(json.dumps(document))
+        return
+    import redis
+
+    client = redis.Redis.from_url(REDIS_URL, decode_responses=True)
+    try:
+        client.hset("{" + contract.where + "}:windows", window_id, json.dumps(data))
+    finally:
+        client.close()
+
+
+def test_a_window_that_cannot_be_read_is_dropped_with_a_warning(
+    contract: Contract, caplog: pytest.LogCaptureFixture
+) -> None:
+    _writable_only(contract)
+    if contract.kind == "memory":
+        pytest.skip("a memory store holds only what maintguard put there")
+    backend = contract.new()
+    maintguard.sync.set_maintenance_mode(True, backend, reason="op")
+    _put_window(backend, None, "once", _one_off())
+    _store_by_hand(contract, "bad", UNREADABLE_WINDOW)
+    with caplog.at_level(logging.WARNING, logger="maintguard"):
+        stored = contract.stored(None)[None]
+        state = maintguard.sync.get_state(contract.new())
+    assert _by_id(stored.windows) == _by_id((_one_off(),))  # the rest is read
+    assert (stored.explicit.active, stored.explicit.reason) == (True, "op")
+    assert (state.active, state.reason) == (True, "op")  # never switched off
+    assert state.next_window is not None and state.next_window.id == "once"
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("window 'bad' is ignored" in w for w in warnings), warnings
+    # The next write leaves it where it is (an operator mends or removes it), and works.
+    assert _put_window(backend, None, "weekly", _recurring()).found is False
+    assert _window_ids(contract, None) == ["once", "weekly"]
+
+
+@pytest.mark.parametrize("owners", ["one process", "a process per thread"])
+def test_concurrent_window_and_hold_writers_lose_nothing(contract: Contract, owners: str) -> None:
+    # Threads each putting windows and holds of their own into one scope at once: each
+    # kind of write leaves the other's records alone, and none is lost (see
+    # test_concurrent_writers_lose_no_write for what "a process per thread" asks).
+    if not contract.writable:
+        pytest.skip("the env backend refuses every write (see above)")
+    if (contract.kind, contract.mode, owners) == ("redis", "public", "a process per thread"):
+        pytest.skip("documented: a read then a write (see above)")
+    threads, each = 6, 6
+    shared = _Owner() if owners == "one process" else None
+    now = datetime.now(timezone.utc)
+    errors: list[BaseException] = []
+    start = threading.Barrier(threads)
+
+    def writer(n: int) -> None:
+        backend = contract.new()
+        owner = shared or _Owner()
+        try:
+            start.wait()
+            for i in range(each):
+                name = f"t{n}-{i}"
+                _put_window(backend, "jobs", name, _one_off(name), owner=owner)
+                hold = PutHold(name, _record(name, now + timedelta(seconds=60)), now, 60.0)
+                io.update_blocking(backend, "jobs", lambda hold=hold: hold, owner)  # type: ignore[misc]
+        except BaseException as exc:
+            errors.append(exc)
+
+    workers = [threading.Thread(target=writer, args=(n,)) for n in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    assert not errors
+    expected = sorted(f"t{n}-{i}" for n in range(threads) for i in range(each))
+    stored = contract.stored("jobs")["jobs"]
+    assert sorted(w.id for w in stored.windows) == expected
+    assert sorted(h.id for h in stored.holds) == expected
+    contract.served_by("update_state")
+
+
+def test_concurrent_writers_never_pass_the_window_limit(contract: Contract) -> None:
+    # Writers that each believe there is room: the check and the write are one step.
+    if not contract.writable:
+        pytest.skip("the env backend refuses every write (see above)")
+    if (contract.kind, contract.mode) == ("redis", "public"):
+        pytest.skip("documented: a read then a write (see above)")
+    threads, each, limit = 4, 5, 10
+    refused: list[str] = []
+    errors: list[BaseException] = []
+    start = threading.Barrier(threads)
+
+    def writer(n: int) -> None:
+        backend, owner = contract.new(), _Owner()
+        try:
+            start.wait()
+            for i in range(each):
+                name = f"t{n}-{i}"
+                try:
+                    _put_window(backend, "jobs", name, _one_off(name), limit, owner)
+                except ConfigurationError:
+                    refused.append(name)
+        except BaseException as exc:
+            errors.append(exc)
+
+    workers = [threading.Thread(target=writer, args=(n,)) for n in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    assert not errors
+    stored = _window_ids(contract, "jobs")
+    assert len(stored) == limit
+    assert sorted(stored + refused) == sorted(
+        f"t{n}-{i}" for n in range(threads) for i in range(each)
+    )
 
 
 # -- both ways store the same ----------------------------------------------------------------

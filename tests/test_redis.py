@@ -10,17 +10,21 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import json
 import logging
 import os
 import shlex
 import signal
 import socket
+import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import anyio
@@ -41,8 +45,9 @@ from maintguard import (
 from maintguard._core import presence, watcher
 from maintguard._core.controller import ScopeController
 from maintguard._core.registry import controller, store_of
-from maintguard._state import HoldRecord, StoredState
-from maintguard.backends import RedisBackend, backend_from_url
+from maintguard._state import HoldRecord, StoredState, WindowRecord, window_to_dict
+from maintguard.backends import PutWindow, RedisBackend, backend_from_url
+from maintguard.exceptions import PartialReadError
 from tests.asgi import request
 from tests.conftest import redis_backend
 from tests.stores import REDIS_URL, RedisServer, redis_prefix
@@ -338,6 +343,30 @@ def test_a_corrupt_named_scope_does_not_blind_readers_of_the_global_scope(
         raw.set(f"{t}:scopes", "oops")
     sync.set_maintenance_mode(True, operator, reason="DB upgrade")
     assert state_of(reader).active is True
+
+
+@pytest.mark.parametrize("damage", ["junk hold", "windows key of another type"])
+def test_a_named_scope_that_cannot_be_read_follows_on_error_not_off(
+    raw: redis.Redis, damage: str
+) -> None:
+    # Asked for by name and listed, but unreadable: never taken for a scope that stores
+    # nothing (off). A first read raises; later ones follow on_error.
+    prefix = redis_prefix()
+    t = tag(prefix)
+    reader = backend_at(prefix, on_error="closed")
+    assert state_of(reader, "junk").active is False  # read once
+    if damage == "junk hold":
+        raw.hset(f"{t}:scope:junk:holds", "x", "{not json")
+        raw.zadd(f"{t}:scope:junk:leases", {"x": float("inf")})
+    else:
+        raw.set(f"{t}:scope:junk:windows", "oops")
+    raw.sadd(f"{t}:scopes", "junk")
+    state = state_of(reader, "junk")
+    assert (state.active, state.reason) == (True, "maintenance state unavailable")
+    assert state_of(reader, "other").active is False  # the others are read as usual
+    assert state_of(reader).active is False
+    with pytest.raises(BackendError, match="did not write"):
+        state_of(elsewhere(prefix), "junk")  # a first read raises
 
 
 @pytest.mark.parametrize("version", ["abc", str(2**63 - 1)])
@@ -752,6 +781,242 @@ def test_a_child_forked_mid_hold_sees_it_and_does_not_end_it() -> None:
     assert state_of(elsewhere(prefix)).active is False
 
 
+# -- planned windows ------------------------------------------------------------------------------
+
+
+def _window(window_id: str, reason: str = "planned") -> WindowRecord:
+    start = datetime(2031, 3, 2, 1, 2, 3, 456789, tzinfo=timezone.utc)
+    return WindowRecord(
+        id=window_id,
+        start=start,
+        end=start + timedelta(hours=1),
+        reason=reason,
+        created=start - timedelta(days=1),
+        by="ops@db1",
+    )
+
+
+def _put_window(
+    backend: RedisBackend, scope: str | None, window_id: str, record: WindowRecord | None, **kw: Any
+) -> PutWindow:
+    write = PutWindow(window_id, record, **kw)
+    anyio.run(backend.update_state, scope, write)
+    return write
+
+
+def _windows_read(backend: RedisBackend, scope: str | None) -> dict[str, WindowRecord]:
+    return {w.id: w for w in anyio.run(backend.read_state, scope).windows}
+
+
+def test_windows_live_in_a_hash_of_their_scope_that_keeps_it_listed(raw: redis.Redis) -> None:
+    prefix = redis_prefix()
+    t = tag(prefix)
+    backend = backend_at(prefix)
+    record = _window("w1")
+    assert _put_window(backend, "billing", "w1", record).found is False
+    keys = set(raw.scan_iter(match=t + "*"))
+    assert keys == {f"{t}:scope:billing:windows", f"{t}:scopes", f"{t}:version"}
+    assert len({key_slot(k.encode()) for k in keys}) == 1  # Redis Cluster takes the scripts
+    assert {k: json.loads(v) for k, v in raw.hgetall(f"{t}:scope:billing:windows").items()} == {
+        "w1": window_to_dict(record)
+    }
+    assert raw.smembers(f"{t}:scopes") == {"billing"}  # listed: readers find the scope
+    # The explicit hash is deleted and written again on every switch: the windows stay,
+    # and so does the listing once the explicit state is off.
+    sync.set_maintenance_mode(True, backend, scope="billing", reason="op")
+    sync.set_maintenance_mode(False, backend, scope="billing")
+    assert raw.hkeys(f"{t}:scope:billing:windows") == ["w1"]
+    assert raw.smembers(f"{t}:scopes") == {"billing"}
+    assert [w.id for w in sync.list_windows(backend=elsewhere(prefix), scope="billing")] == ["w1"]
+    # The last window gone, the scope stores nothing: its key and listing go.
+    assert _put_window(backend, "billing", "w1", None).found is True
+    assert set(raw.scan_iter(match=t + "*")) == {f"{t}:version"}
+
+
+def test_the_global_scopes_windows_sit_beside_its_other_keys(raw: redis.Redis) -> None:
+    prefix = redis_prefix()
+    t = tag(prefix)
+    backend = backend_at(prefix)
+    _put_window(backend, None, "w1", _window("w1"))
+    with under_maintenance(backend=backend, reason="job"):
+        assert raw.hkeys(f"{t}:windows") == ["w1"]
+        assert not raw.exists(f"{t}:scopes")  # (the global scope is always read)
+    assert [w.id for w in sync.list_windows(backend=elsewhere(prefix))] == ["w1"]
+
+
+def test_write_state_replaces_the_windows_key(raw: redis.Redis) -> None:
+    prefix = redis_prefix()
+    t = tag(prefix)
+    backend = backend_at(prefix)
+    _put_window(backend, "jobs", "old", _window("old"))
+    anyio.run(backend.write_state, "jobs", StoredState(windows=(_window("a"), _window("b"))))
+    assert sorted(raw.hkeys(f"{t}:scope:jobs:windows")) == ["a", "b"]
+    assert raw.smembers(f"{t}:scopes") == {"jobs"}
+    anyio.run(backend.write_state, "jobs", StoredState())
+    assert set(raw.scan_iter(match=t + "*")) == {f"{t}:version"}
+
+
+def test_a_refused_window_changes_nothing_and_wakes_nobody(raw: redis.Redis) -> None:
+    prefix = redis_prefix()
+    t = tag(prefix)
+    backend = backend_at(prefix)
+    for name in ("a", "b", "c"):
+        _put_window(backend, "jobs", name, _window(name), limit=3)
+    version = raw.get(f"{t}:version")
+    pubsub = raw.pubsub()
+    pubsub.subscribe(f"{t}:changes")
+    try:
+        assert pubsub.get_message(timeout=1)["type"] == "subscribe"  # type: ignore[index]
+        refused = PutWindow("d", _window("d"), limit=3)
+        with pytest.raises(ConfigurationError, match="at most 3 windows") as info:
+            anyio.run(backend.update_state, "jobs", refused)
+        with pytest.raises(ConfigurationError) as own:  # PutWindow's own words
+            PutWindow("d", _window("d"), limit=3)(
+                StoredState(windows=(_window("a"), _window("b"), _window("c")))
+            )
+        assert str(info.value) == str(own.value)
+        assert refused.found is False
+        assert sorted(raw.hkeys(f"{t}:scope:jobs:windows")) == ["a", "b", "c"]
+        assert raw.get(f"{t}:version") == version
+        assert pubsub.get_message(timeout=0.2) is None  # nobody re-reads for nothing
+        # A window the full scope has is replaced, and that is heard.
+        assert _put_window(backend, "jobs", "b", _window("b", "moved"), limit=3).found is True
+        message = pubsub.get_message(timeout=1)
+        assert message is not None and message["type"] == "message"
+        assert json.loads(raw.hget(f"{t}:scope:jobs:windows", "b") or "")["reason"] == "moved"
+    finally:
+        pubsub.close()
+
+
+def test_windows_are_stored_as_planned_not_moved_to_the_servers_clock(
+    raw: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # This process's clock an hour behind the server's: the explicit state's times are
+    # stored on the server's clock, a window's as planned (a skipped occurrence must stay
+    # equal to the start cron gives every reader).
+    import maintguard.backends._redis as module
+
+    real = time.time
+    monkeypatch.setattr(module, "time", SimpleNamespace(time=lambda: real() - 3600))
+    prefix = redis_prefix()
+    t = tag(prefix)
+    backend = backend_at(prefix)
+    sync.set_maintenance_mode(True, backend, reason="op")
+    since = float(raw.hget(f"{t}:explicit", "since") or "nan")
+    assert abs(since - real() - 3600) < 60  # moved by the hour it measured
+    record = replace(_window("w1"), skip=(datetime(2031, 3, 9, 2, tzinfo=timezone.utc),))
+    _put_window(backend, None, "w1", record)
+    assert json.loads(raw.hget(f"{t}:windows", "w1") or "") == window_to_dict(record)
+    assert _windows_read(backend, None) == {"w1": record}
+
+
+@pytest.mark.parametrize(
+    "junk",
+    ["{not json", "[1, 2]", '"text"', "[" * 100_000, '{"start": "2031-01-01T00:00:00+00:00"}'],
+    ids=["not json", "a list", "a string", "nested deep", "no end"],
+)
+def test_a_junk_window_is_dropped_with_a_warning_and_the_rest_read(
+    raw: redis.Redis, caplog: pytest.LogCaptureFixture, junk: str
+) -> None:
+    prefix = redis_prefix()
+    t = tag(prefix)
+    backend, reader = backend_at(prefix), elsewhere(prefix)
+    sync.set_maintenance_mode(True, backend, reason="op")
+    _put_window(backend, None, "good", _window("good"))
+    raw.hset(f"{t}:windows", "junk", junk)
+    with caplog.at_level(logging.WARNING, logger="maintguard"):
+        state = state_of(reader)
+        assert (state.active, state.reason) == (True, "op")  # never switched off
+        assert state.next_window is not None and state.next_window.id == "good"
+        # A write's reply carries the windows too: read the same way, never raised.
+        with under_maintenance(backend=backend, reason="job"):
+            assert state_of(reader).holds == 1
+        assert _put_window(backend, None, "more", _window("more")).found is False
+    assert sorted(_windows_read(reader, None)) == ["good", "more"]
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("window 'junk' is ignored" in w for w in warnings), warnings
+    assert raw.hexists(f"{t}:windows", "junk")  # left for the operator to see and mend
+
+
+def test_a_windows_key_of_another_type_blinds_its_scope_only(raw: redis.Redis) -> None:
+    prefix = redis_prefix()
+    t = tag(prefix)
+    reader, operator = backend_at(prefix), elsewhere(prefix)
+    assert state_of(reader).active is False  # read once: last_known is "off"
+    raw.set(f"{t}:scope:junk:windows", "oops")
+    raw.sadd(f"{t}:scopes", "junk")
+    sync.set_maintenance_mode(True, operator, reason="DB upgrade")
+    assert state_of(reader).active is True  # the other scopes are read as usual
+    with pytest.raises(PartialReadError, match="did not write") as info:
+        anyio.run(reader.read_scopes, [None, "junk"])
+    assert "junk" not in info.value.found  # that scope follows on_error ...
+    assert info.value.found[None].explicit.reason == "DB upgrade"  # ... the others are read
+    # Writes to that scope fail before they change anything.
+    with pytest.raises(BackendError, match="WRONGTYPE"):
+        _put_window(operator, "junk", "w1", _window("w1"))
+    with pytest.raises(BackendError), under_maintenance(backend=operator, scope="junk"):
+        pass
+    assert set(raw.scan_iter(match=f"{t}:scope:junk:*")) == {f"{t}:scope:junk:windows"}
+    assert raw.get(f"{t}:scope:junk:windows") == "oops"
+
+
+_ADDER = """
+import sys, time
+from pathlib import Path
+from maintguard import sync, under_maintenance
+from tests.stores import open_store
+
+prefix, name, count, go = sys.argv[1], sys.argv[2], int(sys.argv[3]), Path(sys.argv[4])
+backend = open_store("redis:" + prefix, refresh_interval=0)
+with under_maintenance(backend=backend, scope="jobs", reason=name):
+    while not go.exists():
+        time.sleep(0.005)
+    for i in range(count):
+        sync.schedule_maintenance(3600 + i, duration=60, reason=f"{name}-{i}", backend=backend,
+                                  scope="jobs")
+    (go.parent / f"done-{name}").touch()
+    while not (go.parent / "leave").exists():
+        time.sleep(0.005)
+"""
+
+
+@pytest.mark.processes
+def test_processes_adding_windows_at_once_lose_none_and_keep_each_others_holds(
+    raw: redis.Redis, tmp_path: Path
+) -> None:
+    prefix = redis_prefix()
+    t = tag(prefix)
+    procs, each = 4, 12
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
+    go = tmp_path / "go"
+    started = [
+        subprocess.Popen(
+            [sys.executable, "-c", _ADDER, prefix, f"p{n}", str(each), str(go)], env=env
+        )
+        for n in range(procs)
+    ]
+    try:
+        eventually(lambda: raw.hlen(f"{t}:scope:jobs:holds") == procs, 60)
+        go.touch()  # all at once
+        eventually(lambda: all((tmp_path / f"done-p{n}").exists() for n in range(procs)), 60)
+        reasons = sorted(
+            w.reason or "" for w in sync.list_windows(backend=elsewhere(prefix), scope="jobs")
+        )
+        assert reasons == sorted(f"p{n}-{i}" for n in range(procs) for i in range(each))
+        state = state_of(elsewhere(prefix), "jobs")
+        assert sorted(h.reason or "" for h in state.holders) == [f"p{n}" for n in range(procs)]
+        (tmp_path / "leave").touch()
+        for proc in started:
+            assert proc.wait(60) == 0
+    finally:
+        for proc in started:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert raw.hlen(f"{t}:scope:jobs:windows") == procs * each
+    assert state_of(elsewhere(prefix), "jobs").holds == 0
+
+
 # -- interrupted entries and exits, on a server of the test's own -------------------------------
 
 
@@ -874,6 +1139,9 @@ def test_the_readmes_acl_user_can_do_everything_maintguard_needs(raw: redis.Redi
         anyio.run(presence.join, store_of(backend))  # ... and records its presence
         try:
             sync.set_maintenance_mode(True, backend, scope="billing", reason="x")
+            window = sync.schedule_maintenance(3600, duration=60, backend=backend, scope="jobs")
+            assert [w.id for w in sync.list_windows(backend=backend, scope="jobs")] == [window.id]
+            assert sync.cancel_window(window.id, backend=backend, scope="jobs") is True
             with under_maintenance(backend=backend, reason="job", drain=1):
                 assert sync.get_state(backend).holds == 1
             sync.set_maintenance_mode(False, backend, scope="billing")

@@ -20,21 +20,25 @@ from urllib.parse import urlsplit
 
 from .. import _ioloop as ioloop
 from .._state import (
+    EPOCH,
     ExplicitState,
     HoldRecord,
     StoredState,
+    WindowRecord,
     WorkerRecord,
     explicit_from_dict,
     explicit_to_dict,
     hold_from_dict,
     hold_to_dict,
     warn_invalid,
+    window_from_dict,
+    window_to_dict,
     worker_from_dict,
     worker_to_dict,
 )
 from ..exceptions import BackendError, ConfigurationError, PartialReadError
 from ._base import Backend, OnError, overrides
-from ._writes import PutHold, PutWorker, SetExplicit
+from ._writes import PutHold, PutWindow, PutWorker, SetExplicit
 
 __all__ = ["RedisBackend"]
 
@@ -50,8 +54,10 @@ are within what one round trip can measure, and writes then round-trip exactly."
 #
 # KEYS of a write, for scope S (B = "{prefix}" for the global scope, "{prefix}:scope:S"
 # for a named one): 1 B:explicit, 2 B:holds, 3 B:leases, 4 {prefix}:scopes,
-# 5 {prefix}:version, 6 {prefix}:workers, 7 {prefix}:worker-leases.
-# ARGV[1] is the channel, ARGV[2] the scope ('' = global). Times are the server's.
+# 5 {prefix}:version, 6 {prefix}:workers, 7 {prefix}:worker-leases, 8 B:windows.
+# ARGV[1] is the channel, ARGV[2] the scope ('' = global). Times are the server's, but
+# a window's: B:windows maps each window's id to its JSON, with the times as planned (see
+# RedisBackend._apply).
 
 _PRELUDE = """
 local t = redis.call('TIME')
@@ -85,8 +91,7 @@ _WRITE = (
 local scope = ARGV[2]
 
 -- All or nothing: a key of another type (written by something else) fails the script
--- before it changes anything. The version counter only numbers messages: a broken one
--- starts again.
+-- before it changes anything.
 local function expect(key, kind)
   local found = redis.call('TYPE', key).ok
   if found ~= 'none' and found ~= kind then
@@ -96,19 +101,18 @@ end
 expect(KEYS[1], 'hash')
 expect(KEYS[2], 'hash')
 expect(KEYS[3], 'zset')
+expect(KEYS[8], 'hash')
 if scope ~= '' then expect(KEYS[4], 'set') else
   expect(KEYS[6], 'hash')
   expect(KEYS[7], 'zset')
 end
-local version = redis.pcall('INCR', KEYS[5])
-if type(version) ~= 'number' then
-  redis.call('SET', KEYS[5], 1)
-  version = 1
-end
 
+-- A named scope is listed while it stores something readers must see: the explicit
+-- state, a live lease or a window (the read script reads the listed scopes only).
 local function tidy()
   if scope ~= '' then
-    if redis.call('ZCARD', KEYS[3]) == 0 and redis.call('EXISTS', KEYS[1]) == 0 then
+    if redis.call('ZCARD', KEYS[3]) == 0 and redis.call('EXISTS', KEYS[1]) == 0
+        and redis.call('EXISTS', KEYS[8]) == 0 then
       redis.call('SREM', KEYS[4], scope)
     else
       redis.call('SADD', KEYS[4], scope)
@@ -116,12 +120,20 @@ local function tidy()
   end
 end
 
+-- The version is taken here, once the write is made: a write refused before it changes
+-- anything takes none. The counter only numbers messages: a broken one starts again.
 local function finish(extra)
   tidy()
+  local version = redis.pcall('INCR', KEYS[5])
+  if type(version) ~= 'number' then
+    redis.call('SET', KEYS[5], 1)
+    version = 1
+  end
   redis.call('PUBLISH', ARGV[1], version)
   local workers = {}
   if scope == '' then workers = live(KEYS[6], KEYS[7]) end
-  return {t[1], t[2], extra, redis.call('HGETALL', KEYS[1]), live(KEYS[2], KEYS[3]), workers}
+  return {t[1], t[2], extra, redis.call('HGETALL', KEYS[1]), live(KEYS[2], KEYS[3]), workers,
+    redis.call('HGETALL', KEYS[8])}
 end
 """
 )
@@ -177,11 +189,31 @@ else
 end
 return finish(0)
 """,
+    # ARGV 3 window id, 4 record ('' = remove), 5 the most windows a scope keeps. Returns
+    # whether the window was there; -1 (and nothing changed) for a new one past the limit.
+    "window": _WRITE
+    + """
+local there = redis.call('HGET', KEYS[8], ARGV[3]) and 1 or 0
+if ARGV[4] == '' then
+  redis.call('HDEL', KEYS[8], ARGV[3])  -- (Redis deletes the hash with its last field)
+else
+  -- Counted in the script that adds: writers in other processes cannot both take the
+  -- last place. HGETALL, not HLEN: it is among the commands the README's ACL user is
+  -- granted, and a full scope is a hundred small values.
+  if there == 0 and #redis.call('HGETALL', KEYS[8]) / 2 >= tonumber(ARGV[5]) then
+    return {t[1], t[2], -1}
+  end
+  redis.call('HSET', KEYS[8], ARGV[3], ARGV[4])
+end
+return finish(there)
+""",
     # `write_state`: ARGV 3 state ('' = off), 4 since ('' = none), 5 until, then the
-    # number of holds and (id, record, expiry) each, then (global scope) the same of workers.
+    # number of holds and (id, record, expiry) each, then the number of windows and
+    # (id, record) each, then (global scope) the number of workers and (id, record,
+    # expiry) each.
     "replace": _WRITE
     + """
-redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[8])
 if ARGV[3] ~= '' then
   redis.call('HSET', KEYS[1], 'state', ARGV[3])
   if ARGV[4] ~= '' then redis.call('HSET', KEYS[1], 'since', ARGV[4]) end
@@ -193,6 +225,11 @@ for _ = 1, tonumber(ARGV[6]) do
   redis.call('ZADD', KEYS[3], ARGV[i + 2], ARGV[i])
   i = i + 3
 end
+for _ = 1, tonumber(ARGV[i]) do
+  redis.call('HSET', KEYS[8], ARGV[i + 1], ARGV[i + 2])
+  i = i + 2
+end
+i = i + 1
 if scope == '' then
   redis.call('DEL', KEYS[6], KEYS[7])
   for _ = 1, tonumber(ARGV[i]) do
@@ -204,9 +241,9 @@ end
 return finish(0)
 """,
     # The whole store: KEYS 1 {prefix}:scopes, 2 {prefix}:workers, 3 {prefix}:worker-leases;
-    # ARGV 1 "{prefix}". Returns the time, the live workers, then (scope, explicit, live
-    # holds) for the global scope and every named scope that stores something.
-    # A scope whose keys cannot be read (another type) comes as (scope, false, error).
+    # ARGV 1 "{prefix}". Returns the time, the live workers, then (scope, (explicit, live
+    # holds, windows)) for the global scope and every named scope that stores something.
+    # A scope whose keys cannot be read (another type) comes as (scope, (false, error)).
     "read": _PRELUDE
     + """
 local function try(f, ...)
@@ -217,7 +254,11 @@ end
 local function scope_of(scope)
   local base = ARGV[1]
   if scope ~= '' then base = base .. ':scope:' .. scope end
-  return {redis.call('HGETALL', base .. ':explicit'), live(base .. ':holds', base .. ':leases')}
+  return {
+    redis.call('HGETALL', base .. ':explicit'),
+    live(base .. ':holds', base .. ':leases'),
+    redis.call('HGETALL', base .. ':windows'),
+  }
 end
 local scopes = redis.pcall('SMEMBERS', KEYS[1])
 local listed = false  -- or why the named scopes are not known
@@ -377,6 +418,7 @@ class RedisBackend(Backend):
             f"{base}:version",
             f"{base}:workers",
             f"{base}:worker-leases",
+            f"{at}:windows",
         ]
 
     # -- the backend face: every call runs on maintguard's I/O loop -------------------------
@@ -391,17 +433,7 @@ class RedisBackend(Backend):
 
     async def _read_scopes(self, *scopes: str | None) -> dict[str | None, StoredState]:
         # The whole store in one script (what read_state and read_scopes both are).
-        try:
-            found = await ioloop.run(self._read_all())
-        except PartialReadError as exc:
-            if exc.complete:  # every named scope was listed: the others store nothing
-                for scope in scopes:
-                    if scope is not None:
-                        exc.found.setdefault(scope, StoredState())
-            raise
-        for scope in scopes:
-            found.setdefault(scope, StoredState())
-        return found
+        return await ioloop.run(self._read_all(scopes))
 
     async def write_state(self, scope: str | None, state: StoredState) -> None:
         await ioloop.run(self._replace(scope, state))
@@ -412,7 +444,7 @@ class RedisBackend(Backend):
         """maintguard's own writes run as one script each; any other ``mutate`` reads,
         applies and writes the scope (not atomic against other processes), as do all writes
         of a subclass that overrides ``read_state`` or ``write_state``."""
-        if isinstance(mutate, PutHold | PutWorker | SetExplicit) and not overrides(
+        if isinstance(mutate, PutHold | PutWorker | SetExplicit | PutWindow) and not overrides(
             type(self), RedisBackend, "read_state", "write_state"
         ):
             return await ioloop.run(self._apply(scope, mutate))
@@ -493,7 +525,7 @@ class RedisBackend(Backend):
         offset = server - (sent + time.time()) / 2
         self._offset = offset if abs(offset) >= SKEW else 0.0
 
-    async def _read_all(self) -> dict[str | None, StoredState]:
+    async def _read_all(self, asked: tuple[str | None, ...]) -> dict[str | None, StoredState]:
         base = self._base
         reply = await self._call(
             "read",
@@ -517,12 +549,18 @@ class RedisBackend(Backend):
             if scope in failed:
                 continue
             try:
-                explicit, holds = _unless_failed(rest[i + 1])
+                explicit, holds, windows = _unless_failed(rest[i + 1])
                 found[scope] = self._scope(
-                    scope, explicit, holds, workers if scope is None else (), offset
+                    scope, explicit, holds, windows, workers if scope is None else (), offset
                 )
             except _UNREADABLE as exc:
                 failed[scope] = repr(exc)
+        # A scope asked for that the reply left out stores nothing, when every named scope
+        # was listed; one that failed is not one of them (it follows on_error).
+        if reply[3] is None:
+            for scope in asked:
+                if scope not in failed:
+                    found.setdefault(scope, StoredState())
         if failed or reply[3] is not None:
             raise PartialReadError(
                 self._bad_data(
@@ -534,7 +572,7 @@ class RedisBackend(Backend):
         return found
 
     async def _apply(
-        self, scope: str | None, write: PutHold | PutWorker | SetExplicit
+        self, scope: str | None, write: PutHold | PutWorker | SetExplicit | PutWindow
     ) -> StoredState:
         keys = self.keys(scope)
         args: list[object] = [self._channel, scope or ""]
@@ -553,12 +591,24 @@ class RedisBackend(Backend):
             worker = write.record
             data = "" if worker is None else _dump(worker_to_dict(worker) | {"expires": None})
             args += [write.worker_id, data, write.lease_ttl]
+        elif isinstance(write, PutWindow):
+            # A window's times are stored as planned, not moved to the server's clock as a
+            # lease's are: they name moments on the wall clock ("Sunday 03:00"), and a
+            # skipped occurrence must stay equal to the start cron gives every reader.
+            name, doing = "window", "writing the window"
+            window = write.record
+            data = "" if window is None else _dump(window_to_dict(window))
+            args += [write.window_id, data, write.limit]
         else:
             name, doing = "explicit", "writing the state"
             args += self._explicit_args(write.explicit, await self._offset_now(doing))
         reply = await self._call(name, keys, args, doing)
         if isinstance(write, PutHold) and write.renewal and write.record is not None:
             write.lost = not reply[2]
+        elif isinstance(write, PutWindow):
+            if reply[2] == -1:
+                raise _refusal(write)
+            write.found = bool(reply[2])
         return self._reply(scope, reply)
 
     async def _replace(self, scope: str | None, state: StoredState) -> None:
@@ -576,6 +626,9 @@ class RedisBackend(Backend):
                 _dump(hold_to_dict(replace(shifted, expires=None))),
                 _score(shifted.expires),
             ]
+        args.append(len(state.windows))
+        for window in state.windows:  # (as planned: see _apply)
+            args += [window.id, _dump(window_to_dict(window))]
         if scope is None:
             args.append(len(state.workers))
             for worker in state.workers:
@@ -604,7 +657,7 @@ class RedisBackend(Backend):
         try:
             offset = self._offset or 0.0
             workers = self._workers(reply[5], offset) if scope is None else ()
-            return self._scope(scope, reply[3], reply[4], workers, offset)
+            return self._scope(scope, reply[3], reply[4], reply[6], workers, offset)
         except _UNREADABLE as exc:
             raise self._bad_data(repr(exc)) from exc
 
@@ -613,13 +666,14 @@ class RedisBackend(Backend):
         scope: str | None,
         explicit: Any,
         holds: Any,
+        windows: Any,
         workers: tuple[WorkerRecord, ...],
         offset: float,
     ) -> StoredState:
         # The explicit hash is there only while the operator's state is on, and a hold
         # counts while its lease runs: those must be readable (or the scope follows
         # on_error). An invalid detail is dropped with a warning, and stays in Redis until
-        # that part is written again.
+        # that part is written again; so is a window that cannot be read.
         problems: list[str] = []
         fields = {_text(explicit[i]): _text(explicit[i + 1]) for i in range(0, len(explicit), 2)}
         state = ExplicitState()
@@ -643,8 +697,9 @@ class RedisBackend(Backend):
             if not math.isinf(expires):
                 hold = replace(hold, expires=datetime.fromtimestamp(expires, timezone.utc))
             records.append(_shift_hold(hold, -offset))
+        readable = _windows(windows, problems)
         warn_invalid(self.describe() + ("" if scope is None else f" scope {scope!r}"), problems)
-        return StoredState(state, tuple(records), workers)
+        return StoredState(state, tuple(records), workers, readable)
 
     def _workers(self, flat: Any, offset: float) -> tuple[WorkerRecord, ...]:
         # A presence record that cannot be read is dropped with a warning: whether
@@ -795,6 +850,37 @@ def _unless_failed(entry: Any) -> Any:
     if isinstance(entry, list) and len(entry) == 2 and entry[0] is None:
         raise ValueError(_text(entry[1]))
     return entry
+
+
+def _windows(flat: Any, problems: list[str]) -> tuple[WindowRecord, ...]:
+    # Whether maintenance is on never hangs on one window: one that cannot be read is
+    # dropped and noted (see window_from_dict), the rest of the scope read as usual. A hash
+    # has no order: by id, so that one store reads alike every time.
+    found = []
+    for i in range(0, len(flat), 2):
+        window_id = _text(flat[i])
+        try:
+            data = json.loads(_text(flat[i + 1]))
+        except (ValueError, RecursionError):
+            data = None
+        if not isinstance(data, dict):
+            problems.append(f"window {window_id!r} is ignored: not a JSON object")
+            continue
+        record = window_from_dict(data | {"id": window_id}, problems)
+        if record is not None:
+            found.append(record)
+    return tuple(sorted(found, key=lambda w: w.id))
+
+
+def _refusal(write: PutWindow) -> ConfigurationError:
+    # The script found the scope full: PutWindow says so in its own words, applied to a
+    # scope as full (of windows other than the one it adds).
+    other = WindowRecord(id=write.window_id + "-", start=EPOCH, end=EPOCH)
+    try:
+        write(StoredState(windows=(other,) * write.limit))
+    except ConfigurationError as exc:
+        return exc
+    raise AssertionError("PutWindow took a window past its limit")  # pragma: no cover
 
 
 def _dump(data: Mapping[str, Any]) -> str:
