@@ -10,6 +10,7 @@ import time
 import weakref
 from collections.abc import Callable, Generator
 from contextvars import Token
+from datetime import timedelta
 from types import TracebackType
 from typing import Any, Literal, TypeVar, cast, overload
 
@@ -55,6 +56,13 @@ class NotDuringMaintenance:
     :class:`UnderMaintenance`. ``"skip"`` (decorators only) returns ``None`` without
     running the call; ``"raise"`` raises :class:`UnderMaintenance` at once. In read-only
     mode work is refused as in full mode unless ``allow_read_only=True``.
+
+    ``lead`` (seconds or a timedelta) keeps long work from starting just before a planned
+    window: a call is also refused while the next window
+    (:attr:`MaintenanceState.next_window`) starts within ``lead``, and ``"wait"`` then
+    waits until that window has ended. A read-only window does not count when
+    ``allow_read_only=True``. Refused so, :class:`UnderMaintenance` carries the state
+    (off or announced) whose ``next_window`` is the window ahead.
     """
 
     def __init__(
@@ -65,6 +73,7 @@ class NotDuringMaintenance:
         backend: Backend | str | None = None,
         scope: str | None = None,
         allow_read_only: bool = False,
+        lead: float | timedelta | None = None,
     ) -> None:
         if policy not in _POLICIES:
             raise ConfigurationError(
@@ -77,6 +86,7 @@ class NotDuringMaintenance:
             )
         self.policy = policy
         self.timeout = timeout
+        self.lead = seconds_or_none("lead", lead, spans=True)
         self._backend = None if backend is None else coerce(backend)  # a URL: once
         self._scope = check_scope(scope)
         self._allow_read_only = allow_read_only
@@ -84,9 +94,13 @@ class NotDuringMaintenance:
         self._blocks: dict[int, tuple[Admission, Token[Any]]] = {}  # with / async with entries
         self._entry = (self, self._scope)  # this guard's work entries (see core.inflight)
         self._watched: dict[Store, Callable[[], None]] = {}  # stores this guard keeps fresh
+        if self.lead is not None:
+            # The lead's rule on the common path; without a lead that path stays as it is.
+            self._admit_now = self._admit_ahead  # type: ignore[method-assign]
 
     def __repr__(self) -> str:
-        return f"not_during_maintenance(policy={self.policy!r}, scope={self._scope!r})"
+        lead = "" if self.lead is None else f", lead={self.lead:g}"
+        return f"not_during_maintenance(policy={self.policy!r}, scope={self._scope!r}{lead})"
 
     # -- deciding -----------------------------------------------------------------------
 
@@ -101,6 +115,25 @@ class NotDuringMaintenance:
 
     def _free(self, state: MaintenanceState) -> bool:
         return not state.active or (self._allow_read_only and state.mode is Mode.READ_ONLY)
+
+    def _ahead(self, state: MaintenanceState, now: float) -> bool:
+        """With a lead: the next window of ``state`` starts within the lead from ``now``
+        (clock seconds), or has started. A read-only window does not count for work that
+        read-only maintenance lets run."""
+        window = state.next_window
+        if window is None or (self._allow_read_only and window.mode is Mode.READ_ONLY):
+            return False
+        lead = self.lead
+        assert lead is not None
+        return window.start.timestamp() - now <= lead
+
+    def _admits(self, ctrl: ScopeController) -> Callable[[MaintenanceState], bool]:
+        """The rule a call is let in by: :meth:`_free`, and with a lead no window ahead
+        within it (judged by the store's clock, as the state's own times are)."""
+        if self.lead is None:
+            return self._free
+        free, ahead, clock = self._free, self._ahead, ctrl.store.clock
+        return lambda state: free(state) and not ahead(state, clock())
 
     def refused(self, entry: tuple[Any, ...], scope: str | None, mode: Mode) -> bool:
         """A drain of ``scope`` in ``mode`` waits for this guard's call (``entry``)."""
@@ -131,6 +164,18 @@ class NotDuringMaintenance:
         work.end(key)
         return None
 
+    def _admit_ahead(self) -> Admission | None:
+        """:meth:`_admit_now` with a lead: a call it lets in is looked at again (still
+        counted, so the look comes after) for a window ahead; one there is decided by
+        :meth:`_admit`, which refuses or waits."""
+        admission = NotDuringMaintenance._admit_now(self)
+        if admission is not None:
+            store, key = admission
+            if self._ahead((self._fixed or self._controller()).snapshot, store.clock()):
+                store.work.end(key)
+                return None
+        return admission
+
     async def _admit(self, rt: Runtime, what: str) -> Admission | None:
         """Admit one call: its work entry (end it with :func:`_end` when the call ends),
         or None: skip it. Raises UnderMaintenance to refuse it. Waits as ``rt`` does."""
@@ -142,10 +187,11 @@ class NotDuringMaintenance:
         key = new_key()
         entry = self._entry
         end = math.inf if self.timeout is None else time.monotonic() + self.timeout
+        admits = self._admits(ctrl)
         while True:
             work.live[key] = entry  # counted first, then the look: see core.inflight
             state = ctrl.snapshot
-            if self._free(state):
+            if admits(state):
                 return store, key
             work.end(key)  # not counted while it waits: a drain must not wait for it
             if inside_hold(store, self._scope):
@@ -155,10 +201,12 @@ class NotDuringMaintenance:
                 return None
             left = end - time.monotonic()
             if left <= 0:
-                raise UnderMaintenance(state)
+                raise self._refusal(state)
             stop = watch(ctrl.backend)  # changes by other processes must reach the wait
             try:
-                await until(rt, ctrl, self._free, None if left == math.inf else left)
+                # Woken by transitions and at the state's own boundaries (a window's start
+                # and end among them): a window ahead is waited out to its end.
+                await until(rt, ctrl, admits, None if left == math.inf else left)
             finally:
                 stop()
 
@@ -178,13 +226,29 @@ class NotDuringMaintenance:
                 stop()  # another thread started it first
         await refresh_stale(ctrl)
 
+    def _refusal(self, state: MaintenanceState) -> UnderMaintenance:
+        return UnderMaintenance(state, self._why(state))
+
+    def _why(self, state: MaintenanceState) -> str | None:
+        """What refused a call in ``state`` when it was a window ahead (None: maintenance
+        is on, as :class:`UnderMaintenance` says by itself)."""
+        window = state.next_window
+        if not self._free(state) or window is None:
+            return None
+        return (
+            f"maintenance window {window.id} starts at {window.start.isoformat()}, within "
+            f"lead={self.lead:g}s"
+        )
+
     def _refuse(self, ctrl: ScopeController, state: MaintenanceState, what: str) -> None:
         if self.policy == "raise":
-            raise UnderMaintenance(state)
+            raise self._refusal(state)
+        ahead = self._why(state)
         logger.info(
-            "maintguard: %s skipped: maintenance is on%s",
+            "maintguard: %s skipped: %s%s",
             what,
-            f" ({state.reason})" if state.reason else "",
+            ahead or "maintenance is on",
+            f" ({state.reason})" if state.reason and not ahead else "",
         )
         if dispatch.listeners:
             dispatch.emit(
@@ -376,6 +440,7 @@ def not_during_maintenance(
     backend: Backend | str | None = None,
     scope: str | None = None,
     allow_read_only: bool = False,
+    lead: float | timedelta | None = None,
 ) -> NotDuringMaintenance: ...
 @named_options
 def not_during_maintenance(
@@ -387,12 +452,16 @@ def not_during_maintenance(
     backend: Backend | str | None = None,
     scope: str | None = None,
     allow_read_only: bool = False,
+    lead: float | timedelta | None = None,
 ) -> Any:
     """Guard ordinary work against maintenance: bare ``@not_during_maintenance`` (waits),
-    called with options, or as a ``with`` / ``async with`` object.
+    called with options, or as a ``with`` / ``async with`` object. ``lead``: also refuse
+    (or wait) while a planned window starts within that many seconds (or timedelta).
 
     >>> @not_during_maintenance(policy="skip")
     ... async def send_newsletter() -> None: ...
+    >>> @not_during_maintenance(lead=timedelta(hours=2))  # no 2-hour job just before a window
+    ... def rebuild_index() -> None: ...
     """
     guard = NotDuringMaintenance(
         policy=policy,
@@ -400,5 +469,6 @@ def not_during_maintenance(
         backend=backend,
         scope=scope,
         allow_read_only=allow_read_only,
+        lead=lead,
     )
     return guard if func is None else guard(func)

@@ -7,6 +7,7 @@ import functools
 import inspect
 import math
 from collections.abc import Callable, Iterable
+from datetime import timedelta
 from typing import Any, ParamSpec, TypeVar, cast
 
 from ._errors import ConfigurationError
@@ -70,27 +71,31 @@ def seconds(
     infinite: bool = False,
     at_most: float = math.inf,
     limit: str = "",
+    spans: bool = False,
     _or_none: bool = False,
 ) -> float:
     """``value`` checked as a number of seconds (the one rule for every seconds option):
     a real number, not a bool, not NaN, at least 0 (above 0 when ``positive``), finite
-    unless ``infinite``, at most ``at_most`` (``limit`` says it in words). Otherwise a
+    unless ``infinite``, at most ``at_most`` (``limit`` says it in words); with ``spans``
+    a :class:`~datetime.timedelta` too, held to the same rule. Otherwise a
     :class:`ConfigurationError` saying what to give."""
+    number = value.total_seconds() if spans and isinstance(value, timedelta) else value
     if (
-        isinstance(value, bool)
-        or not isinstance(value, int | float)
-        or math.isnan(value)
-        or (value == math.inf and not infinite)
-        or value < 0
-        or (positive and value == 0)
-        or value > at_most
+        isinstance(number, bool)
+        or not isinstance(number, int | float)
+        or math.isnan(number)
+        or (number == math.inf and not infinite)
+        or number < 0
+        or (positive and number == 0)
+        or number > at_most
     ):
         what = "a positive number of seconds" if positive else "a number of seconds >= 0"
         raise ConfigurationError(
             f"{name} must be {'None or ' if _or_none else ''}{what}"
-            f"{f' ({limit})' if limit else ''}, not {value!r}"
+            f"{' or a timedelta' if spans else ''}{f' ({limit})' if limit else ''}, "
+            f"not {value!r}"
         )
-    return float(value)
+    return float(number)
 
 
 def seconds_or_none(
@@ -100,8 +105,11 @@ def seconds_or_none(
     positive: bool = False,
     at_most: float = math.inf,
     limit: str = "",
+    spans: bool = False,
 ) -> float | None:
     """:func:`seconds`, or None when ``value`` is None."""
     if value is None:
         return None
-    return seconds(name, value, positive=positive, at_most=at_most, limit=limit, _or_none=True)
+    return seconds(
+        name, value, positive=positive, at_most=at_most, limit=limit, spans=spans, _or_none=True
+    )

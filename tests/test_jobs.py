@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import nullcontext
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,7 @@ from maintguard import (
     flush_listeners,
     not_during_maintenance,
     remove_listener,
+    schedule_maintenance,
     set_maintenance_mode,
     sync,
     under_maintenance,
@@ -288,6 +290,11 @@ async def test_generators_methods_and_bare_form() -> None:
         ({"timeout": float("nan")}, "timeout must be None"),
         ({"allow_read_only": "yes"}, "allow_read_only must be True or False"),
         ({"scope": ""}, "scope must be None"),
+        ({"lead": -1}, "lead must be None or a number of seconds >= 0 or a timedelta, not -1"),
+        ({"lead": timedelta(seconds=-1)}, "lead must be None or a number of seconds >= 0"),
+        ({"lead": float("nan")}, "lead must be None or a number of seconds"),
+        ({"lead": "1h"}, "lead must be None or a number of seconds >= 0 or a timedelta"),
+        ({"lead": True}, "lead must be None"),
     ],
 )
 def test_bad_options_name_the_option_and_the_accepted_values(
@@ -512,3 +519,290 @@ async def test_nested_guarded_work_runs_inside_both_and_unwinds_in_order() -> No
     assert current_work.get() is None
     (job,), (job2, inner_key), (job3, block, thread), (job4,) = (sorted(s) for s in seen)
     assert job == job2 == job3 == job4 < inner_key < block < thread
+
+
+# -- lead: no work starting just before a planned window ------------------------------------
+
+UTC = timezone.utc
+
+
+class Planned:
+    """A memory store on a hand-moved clock (``Store.clock``, the documented test clock),
+    with a one-off window an hour ahead, for an hour."""
+
+    def __init__(self) -> None:
+        self.backend = MemoryBackend()
+        self.now = time.time()
+        store_of(self.backend).clock = lambda: self.now
+        self.start = datetime.fromtimestamp(self.now, UTC) + timedelta(hours=1)
+        self.end = self.start + timedelta(hours=1)
+        self.id = ""
+
+    async def schedule(self, **options: Any) -> None:
+        window = await schedule_maintenance(
+            start=self.start, end=self.end, backend=self.backend, **options
+        )
+        self.id = window.id
+
+    def at(self, moment: datetime) -> None:
+        self.now = moment.timestamp()
+
+
+@pytest.fixture
+def planned() -> Planned:
+    return Planned()
+
+
+async def test_lead_refuses_every_face_while_a_window_is_near_or_running(
+    planned: Planned,
+) -> None:
+    ran: list[str] = []
+    guard = not_during_maintenance(backend=planned.backend, policy="raise", lead=1800)
+
+    @guard
+    async def job() -> None:
+        ran.append("async")
+
+    @guard
+    def sync_job() -> None:
+        ran.append("sync")
+
+    async def every_face() -> list[UnderMaintenance]:
+        refusals = []
+        for face in ("async", "sync", "with", "async with"):
+            try:
+                if face == "async":
+                    await job()
+                elif face == "sync":
+                    await anyio.to_thread.run_sync(sync_job)
+                elif face == "with":
+                    with guard:
+                        ran.append(face)
+                else:
+                    async with guard:
+                        ran.append(face)
+            except UnderMaintenance as refused:
+                refusals.append(refused)
+        return refusals
+
+    await planned.schedule()
+    assert await every_face() == []  # an hour ahead: more than the lead
+    assert ran == ["async", "sync", "with", "async with"]
+    ran.clear()
+
+    planned.at(planned.start - timedelta(minutes=20))  # within the lead
+    refusals = await every_face()
+    assert ran == [] and len(refusals) == 4
+    for refused in refusals:
+        assert not refused.state.active  # refused by the window ahead, not by maintenance
+        assert refused.state.next_window is not None
+        assert refused.state.next_window.id == planned.id
+        assert f"maintenance window {planned.id} starts at" in str(refused)
+        assert "lead=1800s" in str(refused)
+
+    planned.at(planned.start + timedelta(minutes=10))  # running: the state says so itself
+    refusals = await every_face()
+    assert ran == [] and len(refusals) == 4 and all(r.state.active for r in refusals)
+    assert str(refusals[0]) == "maintenance is on"
+
+    planned.at(planned.end + timedelta(seconds=1))  # over
+    assert await every_face() == []
+    assert ran == ["async", "sync", "with", "async with"]
+
+
+async def test_lead_takes_a_timedelta_and_the_edge_counts(planned: Planned) -> None:
+    @not_during_maintenance(backend=planned.backend, policy="raise", lead=timedelta(minutes=30))
+    async def job() -> str:
+        return "ran"
+
+    await planned.schedule()
+    planned.at(planned.start - timedelta(minutes=30, microseconds=1))
+    assert await job() == "ran"
+    planned.at(planned.start - timedelta(minutes=30))  # start - now <= lead
+    with pytest.raises(UnderMaintenance):
+        await job()
+
+
+async def test_lead_skip_returns_none_for_every_kind_of_callable(
+    planned: Planned, caplog: pytest.LogCaptureFixture
+) -> None:
+    guard = not_during_maintenance(backend=planned.backend, policy="skip", lead=3600)
+
+    @guard
+    def report() -> str:
+        return "sent"
+
+    @guard
+    async def areport() -> str:
+        return "sent"
+
+    @guard
+    def rows() -> Iterator[int]:
+        yield from (1, 2, 3)
+
+    @guard
+    async def pages() -> AsyncIterator[int]:
+        for i in (1, 2):
+            yield i
+
+    await planned.schedule(reason="DB upgrade")
+    planned.at(planned.start - timedelta(minutes=59))
+    with caplog.at_level(logging.INFO, "maintguard"):
+        assert report() is None and await areport() is None
+        assert list(rows()) == [] and [p async for p in pages()] == []
+    lines = [r.getMessage() for r in caplog.records if "skipped" in r.getMessage()]
+    assert len(lines) == 4
+    assert all(f"maintenance window {planned.id} starts at" in line for line in lines)
+    planned.at(planned.start - timedelta(minutes=61))
+    assert report() == "sent" and list(rows()) == [1, 2, 3]
+
+
+async def test_lead_wait_waits_until_the_window_has_ended() -> None:
+    backend = MemoryBackend()
+    ran_at: list[datetime] = []
+    ticks = 0
+
+    @not_during_maintenance(backend=backend, lead=60)
+    async def job() -> None:
+        ran_at.append(datetime.now(UTC))
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await anyio.sleep(0.01)
+
+    window = await schedule_maintenance(start=0.3, duration=0.3, backend=backend)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(ticker)
+        with anyio.fail_after(5):
+            await job()  # the window starts within the lead: wait it out
+        tg.cancel_scope.cancel()
+    assert ran_at and ran_at[0] >= window.end
+    assert ticks >= 20  # the event loop ran meanwhile
+
+
+def test_lead_wait_in_a_thread_waits_until_the_window_has_ended() -> None:
+    backend = MemoryBackend()
+    ran_at: list[datetime] = []
+    window = sync.schedule_maintenance(start=0.3, duration=0.3, backend=backend)
+
+    def guarded() -> None:
+        with not_during_maintenance(backend=backend, lead=timedelta(minutes=1)):
+            ran_at.append(datetime.now(UTC))
+
+    worker = threading.Thread(target=guarded, daemon=True)  # (a broken wait: fails, not hangs)
+    worker.start()
+    worker.join(10)
+    assert ran_at and ran_at[0] >= window.end
+
+
+async def test_lead_wait_is_bounded_by_timeout(planned: Planned) -> None:
+    @not_during_maintenance(backend=planned.backend, lead=7200, timeout=0.1)
+    async def job() -> None:
+        raise AssertionError("must not run")
+
+    await planned.schedule()
+    with anyio.fail_after(10), pytest.raises(UnderMaintenance, match="within lead=7200s"):
+        await job()
+
+
+async def test_a_read_only_window_ahead_holds_back_only_what_it_would_refuse(
+    planned: Planned,
+) -> None:
+    @not_during_maintenance(backend=planned.backend, policy="raise", lead=7200)
+    async def writer() -> str:
+        return "wrote"
+
+    @not_during_maintenance(
+        backend=planned.backend, policy="raise", lead=7200, allow_read_only=True
+    )
+    async def reader() -> str:
+        return "read"
+
+    await planned.schedule(mode="read_only")
+    with pytest.raises(UnderMaintenance):
+        await writer()
+    assert await reader() == "read"
+    planned.at(planned.start + timedelta(minutes=1))
+    assert await reader() == "read"
+
+
+async def test_without_lead_a_window_ahead_changes_nothing(planned: Planned) -> None:
+    plain = not_during_maintenance(backend=planned.backend, policy="raise")
+    ahead = not_during_maintenance(backend=planned.backend, policy="raise", lead=60)
+    # The common path of a guard without a lead is the class's own, as it was.
+    assert "_admit_now" not in vars(plain) and plain.lead is None
+    assert vars(ahead)["_admit_now"] == ahead._admit_ahead
+
+    @plain
+    async def job() -> str:
+        return "ran"
+
+    await planned.schedule()
+    planned.at(planned.start - timedelta(seconds=1))
+    assert await job() == "ran"
+    with plain:
+        pass
+    with pytest.raises(UnderMaintenance), ahead:
+        raise AssertionError("must not run")
+    planned.at(planned.start + timedelta(seconds=1))
+    with pytest.raises(UnderMaintenance):
+        await job()
+
+
+def schedule_elsewhere(path: Path, start: datetime, **options: Any) -> None:
+    """``schedule_maintenance`` on the file store ``path``, run by another process."""
+    code = (
+        "import sys, datetime; from maintguard import sync; "
+        "from maintguard.backends import LocalFileBackend; "
+        "sync.schedule_maintenance(start=datetime.datetime.fromisoformat(sys.argv[2]), "
+        "backend=LocalFileBackend(sys.argv[1]), **eval(sys.argv[3]))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(path), start.isoformat(), repr(options)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])},
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.processes
+@pytest.mark.parametrize("face", ["sync", "async"])
+def test_lead_sees_a_window_another_process_scheduled_through_a_file(
+    tmp_path: Path, face: str
+) -> None:
+    path = tmp_path / "m.json"
+    backend = LocalFileBackend(path, refresh_interval=0.05)
+    ran: list[str] = []
+
+    @not_during_maintenance(backend=backend, policy="raise", lead=timedelta(hours=2))
+    def sync_job() -> None:
+        ran.append("sync")
+
+    @not_during_maintenance(backend=backend, policy="raise", lead=timedelta(hours=2))
+    async def async_job() -> None:
+        ran.append("async")
+
+    def call() -> None:
+        if face == "sync":
+            sync_job()
+        else:
+            anyio.run(async_job)
+
+    call()
+    assert ran == [face]
+    start = datetime.now(UTC).replace(microsecond=0) + timedelta(hours=1)
+    schedule_elsewhere(path, start, duration=600)
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            call()
+        except UnderMaintenance as refused:
+            window = refused.state.next_window
+            assert window is not None and window.start == start
+            break
+        assert time.monotonic() < deadline, "the window never reached the guard"
+        time.sleep(0.05)

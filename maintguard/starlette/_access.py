@@ -17,7 +17,7 @@ from starlette.types import Scope, Send
 from .._options import seconds
 from ..exceptions import ConfigurationError
 
-__all__ = ["Address", "Bypass", "ClientRule"]
+__all__ = ["Address", "Bypass", "ClientRule", "is_token"]
 
 logger = logging.getLogger("maintguard")
 
@@ -35,6 +35,11 @@ _EXPIRY = re.compile(rb"[0-9]{1,12}")
 _MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")
 _PATH_SAFE = "/:@!$&'()*+,="  # RFC 3986 path characters, less ";" (it would end Path=)
 _MAX_AGE_LIMIT = 400 * 24 * 3600  # browsers keep a cookie no longer (RFC 6265bis)
+
+
+def is_token(text: str) -> bool:
+    """Whether ``text`` is an HTTP token (RFC 9110): what a header or cookie name is."""
+    return _IS_TOKEN.fullmatch(text) is not None
 
 
 class ClientRule:
@@ -140,7 +145,7 @@ class Bypass:
             raise ConfigurationError(
                 "bypass_secret must be text that UTF-8 can encode (no lone surrogates)"
             ) from None
-        if not isinstance(header, str) or not _IS_TOKEN.fullmatch(header):
+        if not isinstance(header, str) or not is_token(header):
             raise ConfigurationError(
                 f"bypass_header must be a header name such as 'x-maintenance-bypass', "
                 f"not {header!r}"
@@ -150,7 +155,7 @@ class Bypass:
                 f"bypass_path must be a path starting with '/', such as "
                 f"'/_maintenance/bypass', not {path!r}"
             )
-        if not isinstance(cookie, str) or not _IS_TOKEN.fullmatch(cookie):
+        if not isinstance(cookie, str) or not is_token(cookie):
             raise ConfigurationError(
                 f"bypass_cookie must be a cookie name (letters, digits, '_' or '-'), such as "
                 f"'maintguard_bypass', not {cookie!r}"

@@ -36,6 +36,7 @@ from .._state import MaintenanceState, Mode, check_scope
 from ..backends import Backend, EnvVarBackend
 from ..exceptions import ConfigurationError, MaintGuardError
 from ._access import Bypass, ClientRule
+from ._announce import Announcer, announce_name
 from ._decide import (
     FORCED,
     OFF,
@@ -80,6 +81,14 @@ class MaintenanceModeMiddleware:
     mode is read-only and the method safe, the client is in ``allow_ips``, it carries the
     bypass secret (header or cookie), ``exempt_handler`` says so, or no route matches.
     Every option is checked here; at request time nothing it does answers 500.
+
+    ``announce_header`` (a header name such as ``"x-maintenance-window"``): while a planned
+    window is announced (within its ``announce`` before the start:
+    :attr:`~maintguard.Phase.ANNOUNCED` unless maintenance is on already) or in force, every
+    response carries ``<name>: <start>/<end>``, the window as an ISO 8601 interval in UTC,
+    the maintenance responses too. A request let through while maintenance is off is told of
+    the global scope's windows (its state read once, from memory); a request decided in
+    named scopes, of theirs too.
     """
 
     @named_options
@@ -105,6 +114,7 @@ class MaintenanceModeMiddleware:
         status_code: int = 503,
         template: Template | None = None,
         close_websockets: bool = False,
+        announce_header: str | None = None,
     ) -> None:
         self.app = app
         self._given = coerce(backend) if backend is not None else None
@@ -144,6 +154,11 @@ class MaintenanceModeMiddleware:
         self._status = status_code
         self._template = check_template(template)
         self._close_websockets = _flag(close_websockets, "close_websockets")
+        name = announce_name(announce_header)
+        self._announcer = None if name is None else Announcer(app, name)
+        # What a request let through while maintenance is off runs: the app itself, or
+        # with a header to announce, the app behind a look at the global scope's state.
+        self._pass: ASGIApp = self._announcer or app
         self._ctrl: Controller | None = None  # the global scope's, while started
         self._root: Controller | None = None  # the same, kept once stopped (for requests)
         self._work = Work()  # the store's in-flight work, and this middleware's table in it
@@ -181,7 +196,7 @@ class MaintenanceModeMiddleware:
             if off:
                 token = current_work.set((key, current_work.get()))  # see _general
                 try:
-                    await self.app(scope, receive, send)
+                    await self._pass(scope, receive, send)
                 finally:
                     current_work.reset(token)
                     live.pop(key, None)  # (a drain may hold it back while its holder waits)
@@ -200,7 +215,7 @@ class MaintenanceModeMiddleware:
             if not key:
                 key = new_key()
                 live[key] = (scope, scope.get("root_path", ""))  # counted, then the look
-            app = self.app
+            app = self._pass
             if (
                 ctrl.active
                 or ctrl.store.named_active
@@ -345,6 +360,8 @@ class MaintenanceModeMiddleware:
                 weakref.finalize(self, stop)  # started without a lifespan: stops when freed
                 self._scoped.update(scoped)
                 self._root = self._ctrl = ctrl
+                if self._announcer is not None:
+                    self._announcer.root = ctrl
         return self._ctrl
 
     def _warn_if_not_default(self, backend: Backend) -> None:
@@ -424,13 +441,15 @@ class MaintenanceModeMiddleware:
                 ):
                     watched = self._watched(ctrl, names)
                     return functools.partial(self._watched_websocket, watched=watched)
-            return self.app
-        if verdict == READ:
-            return self.app  # stays in flight: a full hold would refuse it
+            return self.app if self._announcer is None else self._announcer.app_for(scope, state)
+        if verdict == READ:  # stays in flight: a full hold would refuse it
+            return self.app if self._announcer is None else self._announcer.app_for(scope, state)
         self._end(key)
         if verdict < REFUSE or (
             verdict == REFUSE and self._by_client and await self._client_passes(scope)
         ):
+            if self._announcer is not None:
+                send = self._announcer.send(send, state)
             await self.app(scope, receive, send)
         elif websocket:
             await self._refuse_websocket(scope, receive, send, state, shown)
@@ -501,6 +520,8 @@ class MaintenanceModeMiddleware:
     async def _respond(
         self, scope: Scope, receive: Receive, send: Send, state: MaintenanceState, key: Any
     ) -> None:
+        if self._announcer is not None:
+            send = self._announcer.send(send, state)
         if self._response_handler is not None:
             response = await respond_with(self._response_handler, Request(scope, receive), state)
             if response is not None:
@@ -538,6 +559,8 @@ class MaintenanceModeMiddleware:
         if message["type"] != "websocket.connect":
             return
         if "websocket.http.response" in (scope.get("extensions") or {}):
+            if self._announcer is not None:
+                send = self._announcer.send(send, state)
             headers, body = self._prepared_for(key, state).pick("text")
             await send(
                 {

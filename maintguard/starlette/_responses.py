@@ -15,7 +15,7 @@ from datetime import datetime, timedelta, timezone
 from email.utils import format_datetime
 from http import HTTPStatus
 
-from .._state import MaintenanceState, Phase, utcnow
+from .._state import MaintenanceState, Phase, Window, utcnow
 from ..exceptions import ConfigurationError
 
 __all__ = [
@@ -27,6 +27,7 @@ __all__ = [
     "choose",
     "counting_second",
     "prepare",
+    "window_interval",
 ]
 
 logger = logging.getLogger("maintguard")
@@ -346,6 +347,73 @@ def _whole_seconds(value: object) -> int | None:
 
 def _http_date(value: datetime) -> bytes:
     return format_datetime(value, usegmt=True).encode()
+
+
+# -- the window a header announces -------------------------------------------------------------
+
+
+def window_interval(state: MaintenanceState, now: Callable[[], float]) -> bytes | None:
+    """``start/end`` of ``state``'s planned window, an ISO 8601 interval in UTC to the
+    second (``2027-01-10T03:00:00Z/2027-01-10T04:00:00Z``; the start rounded down, the end
+    up, so that it covers the window), while the window is announced or in force; else
+    None. Announced: the phase is ``ANNOUNCED``, or (maintenance being on for another
+    reason) ``now()``, clock seconds, is within the window's ``announce`` before its start;
+    the clock is read only when the phase does not tell.
+
+    A state keeps its answer while it lasts: the announcement, start and end of a window
+    are boundaries at which a new state is derived. Never raises: a window whose times
+    cannot be written (what a user-written store may hold) gives None, logged once.
+    """
+    window = state.next_window
+    if window is None or not (state.phase is Phase.ANNOUNCED or _due(window, now)):
+        return None
+    try:
+        start, end = _utc(window.start), _utc(window.end)
+        if start is None or end is None:
+            raise ValueError("not a time")
+        if end.microsecond:
+            end = end.replace(microsecond=0) + timedelta(seconds=1)
+        return f"{_zulu(start)}/{_zulu(end)}".encode("ascii")
+    except Exception as exc:
+        _unwritable(window, exc)
+        return None
+
+
+def _due(window: Window, now: Callable[[], float]) -> bool:
+    # Within its announcement before the start, or started (then in force: the planned
+    # window in force is the one a state names).
+    try:
+        ahead = window.announce.total_seconds() if window.announce is not None else 0.0
+        return bool(window.start.timestamp() - ahead <= now())
+    except Exception as exc:  # a time that is no time, or out of range
+        _unwritable(window, exc)
+        return False
+
+
+def _zulu(value: datetime) -> str:
+    return value.replace(microsecond=0, tzinfo=None).isoformat() + "Z"
+
+
+_logged: set[str] = set()  # windows whose times could not be written, said once each
+
+
+def _unwritable(window: Window, exc: Exception) -> None:
+    try:
+        what = repr((window.id, window.start, window.end))
+    except Exception:  # pragma: no cover - a repr that raises too
+        what = "?"
+    if what in _logged:
+        return
+    if len(_logged) > 256:
+        _logged.clear()
+    _logged.add(what)
+    logger.warning(
+        "maintguard: the planned window %s cannot be announced (%s: %s); responses go "
+        "without its header. Fix or cancel the window in the store.",
+        what,
+        type(exc).__name__,
+        exc,
+    )
 
 
 # -- negotiating the content -------------------------------------------------------------------
