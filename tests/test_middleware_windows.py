@@ -531,3 +531,28 @@ def test_a_bad_header_name_is_refused_with_the_fix(name: object, message: str) -
 def test_a_misspelled_announce_header_option_names_it() -> None:
     with pytest.raises(ConfigurationError, match="announce_header"):
         MaintenanceModeMiddleware(says("home"), MemoryBackend(), anounce_header="x-w")  # type: ignore[call-arg]
+
+
+@pytest.mark.parametrize("kind", ["memory", "file"])
+async def test_a_window_scheduled_here_switches_the_middleware_by_itself(
+    tmp_path: Path, kind: str
+) -> None:
+    # Found: a window this process scheduled to start before its watcher's next wake-up
+    # (up to 1 s later) was seen late, or not at all when it ended first: the watcher did
+    # not look at the times again. Nothing reads the state here but the middleware itself.
+    backend: Backend = (
+        MemoryBackend() if kind == "memory" else LocalFileBackend(tmp_path / "state.json")
+    )
+    app = app_with(backend)
+    async with served(app):
+        assert (await request(app)).status == 200
+        window = await schedule_maintenance(start=0.3, duration=0.3, backend=backend)
+        seen: list[tuple[float, int]] = []
+        while time.time() < window.end.timestamp() + 0.2:
+            seen.append((time.time(), (await request(app)).status))
+            await anyio.sleep(0.005)
+    start, end = window.start.timestamp(), window.end.timestamp()
+    on = [t for t, status in seen if status == 503]
+    assert on, "the middleware never answered 503 during the window"
+    assert start <= on[0] <= start + 0.05 and end - 0.05 <= on[-1] < end
+    assert all(status == 200 for t, status in seen if t < start or t >= end + 0.05)

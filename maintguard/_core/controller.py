@@ -281,6 +281,9 @@ class Store:
         self.has_children = False  # a named scope was ever asked for
         self.watchers = 0
         self.watching = False
+        # Set by a running watcher: wakes it (from any thread) to look at the times again,
+        # e.g. after this process scheduled a window that starts before its next wake-up.
+        self.wake_watcher: Callable[[], None] | None = None
         self.work = Work()  # this process's in-flight work on the store
         self.seen: Mapping[str | None, StoredState] = {}  # every scope the last read returned
         # Presence (see .presence): this process's record in a shared store.

@@ -6,6 +6,7 @@ so a result that lands late never undoes a newer one.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from collections.abc import Callable, Collection
 from typing import Any
@@ -72,6 +73,10 @@ class Operators(Persisting):
         with self._lock:
             change = self._apply_write(new, turn)
         self._announce(change, None)
+        wake = self.store.wake_watcher
+        if wake is not None:  # its next wake-up may now come too late (a window, an until)
+            with contextlib.suppress(RuntimeError):  # its loop has just closed
+                wake()
 
 
 def read_only_error(backend: Any, scope: str | None) -> ReadOnlyBackendError:

@@ -40,6 +40,7 @@ class StoreView(Protocol):
     noted_error: str | None
     read_error: Exception | None
     worker_id: str
+    wake_watcher: Callable[[], None] | None
 
     def children(self) -> Sequence[Any]: ...
     def named_changed(self) -> None: ...

@@ -1,8 +1,9 @@
 """The watcher: one background task per watched store keeps every scope's snapshot fresh.
 
 Each ``refresh_interval`` it reads the whole store once (every scope at once, through
-``Backend.read_scopes``) and republishes; at once when the store notifies a change; and at
-the next lease expiry or ``until`` of any scope, so that transitions are heard on time. A
+``Backend.read_scopes``) and republishes; at once when the store notifies a change or this
+process changed it (``Store.wake_watcher``); and at the next lease expiry, ``until`` or
+window boundary of any scope, so that transitions are heard on time. A
 store that never changes behind maintguard's back (memory) is only re-derived. Hot paths
 then read snapshots and never a backend.
 """
@@ -61,6 +62,12 @@ async def _watch(store: Store, changes: AsyncIterator[object] | None) -> None:
     due = math.inf  # the next lease expiry or `until` of any scope (store clock)
     wake = asyncio.Event()
     notifier = _notifier(store, changes, wake)
+    loop = asyncio.get_running_loop()
+
+    def wake_up() -> None:
+        loop.call_soon_threadsafe(wake.set)
+
+    store.wake_watcher = wake_up
     try:
         while True:
             with store.lock:
@@ -103,6 +110,7 @@ async def _watch(store: Store, changes: AsyncIterator[object] | None) -> None:
             store.watching = False
         raise
     finally:
+        store.wake_watcher = None
         if notifier is not None:
             notifier.cancel()
     if store.watchers <= 0:

@@ -41,10 +41,10 @@ class Backend(abc.ABC):
     maintguard calls ``update_state`` for every read-modify-write, under a lock that
     serialises writers in this process. ``mutate`` is one of the writes in
     :mod:`maintguard.backends` (put a hold record, put a presence record, set the
-    explicit state, put a planned window): callable on the scope's state, and plain data a store that runs code
-    of its own can apply natively. Override ``update_state`` when several processes share
-    the store and it offers a lock or a transaction; the default reads, applies ``mutate``
-    and writes when something changed.
+    explicit state, put a planned window): callable on the scope's state, and plain data
+    a store that runs code of its own can apply natively. Override ``update_state`` when
+    several processes share the store and it offers a lock or a transaction; the default
+    reads, applies ``mutate`` and writes when something changed.
 
     A subclass of a built-in backend (to add logging, latency, encryption...) is called
     through every public method it overrides: the built-ins' shortcuts (the file read from
