@@ -58,11 +58,11 @@ class NotDuringMaintenance:
     mode work is refused as in full mode unless ``allow_read_only=True``.
 
     ``lead`` (seconds or a timedelta) keeps long work from starting just before a planned
-    window: a call is also refused while the next window
-    (:attr:`MaintenanceState.next_window`) starts within ``lead``, and ``"wait"`` then
-    waits until that window has ended. A read-only window does not count when
-    ``allow_read_only=True``. Refused so, :class:`UnderMaintenance` carries the state
-    (off or announced) whose ``next_window`` is the window ahead.
+    window: a call is also refused while a window (:attr:`MaintenanceState.windows`)
+    starts within ``lead``, and ``"wait"`` then waits until that window has ended. A
+    read-only window does not count when ``allow_read_only=True``. Refused so,
+    :class:`UnderMaintenance` carries the state (off or announced) and its message names
+    the window ahead.
     """
 
     def __init__(
@@ -117,15 +117,17 @@ class NotDuringMaintenance:
         return not state.active or (self._allow_read_only and state.mode is Mode.READ_ONLY)
 
     def _ahead(self, state: MaintenanceState, now: float) -> bool:
-        """With a lead: the next window of ``state`` starts within the lead from ``now``
-        (clock seconds), or has started. A read-only window does not count for work that
-        read-only maintenance lets run."""
-        window = state.next_window
-        if window is None or (self._allow_read_only and window.mode is Mode.READ_ONLY):
-            return False
+        """With a lead: a window of ``state`` starts within the lead from ``now`` (clock
+        seconds), or has started. A read-only window does not count for work that
+        read-only maintenance lets run (a full one right after it still does)."""
         lead = self.lead
         assert lead is not None
-        return window.start.timestamp() - now <= lead
+        for window in state.windows:  # earliest start first
+            if window.start.timestamp() - now > lead:
+                return False
+            if not (self._allow_read_only and window.mode is Mode.READ_ONLY):
+                return True
+        return False
 
     def _admits(self, ctrl: ScopeController) -> Callable[[MaintenanceState], bool]:
         """The rule a call is let in by: :meth:`_free`, and with a lead no window ahead
@@ -232,7 +234,10 @@ class NotDuringMaintenance:
     def _why(self, state: MaintenanceState) -> str | None:
         """What refused a call in ``state`` when it was a window ahead (None: maintenance
         is on, as :class:`UnderMaintenance` says by itself)."""
-        window = state.next_window
+        window = next(
+            (w for w in state.windows if not (self._allow_read_only and w.mode is Mode.READ_ONLY)),
+            None,
+        )
         if not self._free(state) or window is None:
             return None
         return (

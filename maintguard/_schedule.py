@@ -70,6 +70,7 @@ async def schedule_maintenance(
         by=who(),
         now=_now(ctrl),
     )
+    await _drop_ended(ctrl)
     await ctrl.put_window(record.id, record)
     return record.view(record.upcoming[0])
 
@@ -80,7 +81,9 @@ async def cancel_window(
     """Remove window ``window_id`` (every occurrence); False when there is no such window."""
     if not isinstance(window_id, str) or not window_id:
         raise ConfigurationError(f"window_id must be a window's id, not {window_id!r}")
-    return await _writer(backend, scope).put_window(window_id, None)
+    ctrl = _writer(backend, scope)
+    await _drop_ended(ctrl)
+    return await ctrl.put_window(window_id, None)
 
 
 async def list_windows(*, backend: BackendArg = None, scope: str | None = None) -> list[Window]:
@@ -103,7 +106,7 @@ async def end_windows_now(
     """Maintenance turned off by an operator: end the occurrence of every window of
     ``ctrl``'s scope in force now (a one-off window is removed, a recurring one skips this
     occurrence). Returns what was ended, each logged."""
-    await refresh_stale(ctrl)
+    await _drop_ended(ctrl)
     now = _now(ctrl)
     ended = ended_early(planned(_stored_windows(ctrl), now).windows, now)
     for record, replacement, occurrence in ended:
@@ -117,6 +120,17 @@ async def end_windows_now(
             "; it recurs" if replacement is not None else "; it is removed",
         )
     return ended
+
+
+async def _drop_ended(ctrl: ScopeController) -> None:
+    # One-off windows whose end has passed are removed at the next change of windows (or
+    # `off`): they count for nothing, yet would count towards the limit of a scope, and
+    # keep a state file in the format older maintguard cannot write.
+    await refresh_stale(ctrl)
+    now = _now(ctrl)
+    for record in _stored_windows(ctrl).windows:
+        if record.every is None and record.end is not None and record.end <= now:
+            await ctrl.put_window(record.id, None)
 
 
 def _stored_windows(ctrl: ScopeController) -> StoredState:

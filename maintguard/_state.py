@@ -209,6 +209,15 @@ class WindowRecord:
     skip: tuple[datetime, ...] = ()
     upcoming: tuple[Occurrence, ...] = field(default=(), compare=False, repr=False)
 
+    def announced_from(self, start: datetime) -> datetime | None:
+        """When the occurrence starting at ``start`` is announced (None: never)."""
+        if self.announce is None:
+            return None
+        try:
+            return start - timedelta(seconds=self.announce)
+        except OverflowError:  # a start near year 1: announced since ever
+            return datetime.min.replace(tzinfo=timezone.utc)
+
     def current(self, now: datetime) -> Occurrence | None:
         """The occurrence in force at ``now`` or the next one (as last planned)."""
         for occurrence in self.upcoming:
@@ -479,8 +488,8 @@ def window_from_dict(data: Any, problems: list[str] | None = None) -> WindowReco
             duration = data.get("duration")
             if isinstance(duration, bool) or not isinstance(duration, int | float):
                 raise ValueError(f"'duration' must be seconds, found {duration!r}")
-            if not math.isfinite(duration) or duration <= 0:
-                raise ValueError(f"'duration' must be more than 0 seconds, found {duration!r}")
+            if not math.isfinite(duration) or not 0 < duration <= _YEAR:
+                raise ValueError(f"'duration' must be 0 to {_YEAR:g} seconds, found {duration!r}")
             duration = float(duration)
         else:
             end = _load_time(data.get("end"))
@@ -500,7 +509,7 @@ def window_from_dict(data: Any, problems: list[str] | None = None) -> WindowReco
         duration=duration,
         every=every,
         tz=tz,
-        announce=detail("announce", _load_seconds),
+        announce=detail("announce", _load_span),
         reason=detail("reason", _text),
         retry_after=detail("retry_after", _load_retry_after),
         mode=detail("mode", _load_mode, Mode.FULL),
@@ -510,12 +519,15 @@ def window_from_dict(data: Any, problems: list[str] | None = None) -> WindowReco
     )
 
 
-def _load_seconds(value: Any) -> float:
+def _load_span(value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ValueError(f"must be seconds, found {value!r}")
-    if not math.isfinite(value) or value < 0:
-        raise ValueError(f"must be zero or more seconds, found {value!r}")
+    if not math.isfinite(value) or not 0 <= value <= _YEAR:
+        raise ValueError(f"must be 0 to {_YEAR:g} seconds (a year), found {value!r}")
     return float(value)
+
+
+_YEAR = 366 * 86400.0
 
 
 def _load_times(value: Any) -> tuple[datetime, ...]:
@@ -767,6 +779,9 @@ class MaintenanceState:
     next_window: Window | None = None
     """The planned window in force, or else the next to start (in every phase), for a
     banner; None when none is planned."""
+    windows: tuple[Window, ...] = ()
+    """Every planned window of the scope (and of the global scope, for a named one), each
+    with its occurrence in force or else its next, earliest start first."""
 
     def retry_after_seconds(self, now: datetime | None = None) -> int | None:
         """Whole seconds a client should wait, from ``retry_after`` or else ``until``."""
@@ -805,17 +820,21 @@ def derive(
     in_force = windows_in_force(levels, now) if planned else []
     phase = phase_of(bool(explicits) or bool(in_force), [h.draining for h in holds])
     next_window = _next_window(levels, in_force, now) if planned else None
+    windows = _windows(levels, now) if planned else ()
     if phase is Phase.OFF:
         if next_window is None:
             return MaintenanceState(scope=scope) if scope is not None else OFF
         announced = any(
-            w.announce is not None and o[0] - timedelta(seconds=w.announce) <= now < o[0]
+            (at := w.announced_from(o[0])) is not None and at <= now < o[0]
             for level in levels
             for w in level.windows
             if (o := w.current(now)) is not None
         )
         return MaintenanceState(
-            scope=scope, phase=Phase.ANNOUNCED if announced else Phase.OFF, next_window=next_window
+            scope=scope,
+            phase=Phase.ANNOUNCED if announced else Phase.OFF,
+            next_window=next_window,
+            windows=windows,
         )
     holds.sort(key=lambda h: h.started, reverse=True)
     in_force.sort(key=lambda found: found[1][0], reverse=True)  # the newest occurrence first
@@ -832,7 +851,7 @@ def derive(
     starts += [occurrence[0] for _, occurrence in in_force]
     until = next((e.until for e in explicits if e.until is not None), None)
     if until is None and in_force and not holds and not explicits:
-        until = max(occurrence[1] for _, occurrence in in_force)
+        until = _chained_end(levels, max(occurrence[1] for _, occurrence in in_force))
     return MaintenanceState(
         active=True,
         mode=strictest({s.mode for s in sources}),
@@ -846,7 +865,29 @@ def derive(
         explicit=bool(explicits),
         holders=tuple(holds),
         next_window=next_window,
+        windows=windows,
     )
+
+
+def _windows(levels: Sequence[StoredState], now: datetime) -> tuple[Window, ...]:
+    found = [
+        (occurrence, w)
+        for level in levels
+        for w in level.windows
+        if (occurrence := w.current(now)) is not None
+    ]
+    found.sort(key=lambda pair: (pair[0][0], pair[1].id))
+    return tuple(w.view(occurrence) for occurrence, w in found)
+
+
+def _chained_end(levels: Sequence[StoredState], end: datetime) -> datetime:
+    # Windows back to back or overlapping keep maintenance on without a pause: the end is
+    # that of the last one in the chain (as far as occurrences are planned).
+    planned = sorted(o for level in levels for w in level.windows for o in w.upcoming)
+    for start, stop in planned:
+        if start <= end < stop:
+            end = stop
+    return end
 
 
 def _next_window(

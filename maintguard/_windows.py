@@ -57,6 +57,7 @@ LIMIT = 100
 """The most windows one scope keeps."""
 LONGEST = timedelta(days=366)
 """No window lasts longer than a year."""
+_HOST_ZONES = frozenset({"localtime", "posixrules"})  # names of this machine's own zone
 AHEAD = 3
 """Occurrences planned ahead for each recurring window (re-planned at each boundary)."""
 
@@ -86,6 +87,11 @@ def check_zone(name: object) -> tzinfo:
     if not isinstance(name, str) or not name.strip():
         raise ConfigurationError(
             f"tz must be an IANA zone name such as 'Europe/Berlin', not {name!r}"
+        )
+    if name in _HOST_ZONES:
+        raise ConfigurationError(
+            f"tz {name!r} is whatever zone each machine is set to, so processes on different "
+            "machines would switch at different times: name the zone, e.g. 'Europe/Berlin'"
         )
     try:
         return ZoneInfo(name)
@@ -189,7 +195,23 @@ def window(
         raise ConfigurationError(f"every {every!r}: {exc}") from None
     if not planned_record.upcoming:
         raise ConfigurationError(f"every {every!r} never occurs from {first.isoformat()} on")
+    if record.every is not None:
+        _no_overlap(record, now)
     return planned_record
+
+
+def _no_overlap(record: WindowRecord, now: datetime) -> None:
+    # An occurrence must end before the next begins (over the next few): a duration longer
+    # than the time between them would keep maintenance on for good.
+    previous = None
+    for occurrence in itertools.islice(occurrences(record, now), 20):
+        if previous is not None and occurrence[0] < previous[1]:
+            raise ConfigurationError(
+                f"duration ({record.duration:g}s) is longer than the time between two "
+                f"occurrences of every {record.every!r} ({previous[0].isoformat()} and "
+                f"{occurrence[0].isoformat()}): shorten it"
+            )
+        previous = occurrence
 
 
 def _new_id() -> str:
@@ -238,15 +260,36 @@ def _plan(record: WindowRecord, now: datetime) -> WindowRecord:
     return replace(record, upcoming=upcoming)
 
 
-def planned(stored: StoredState, now: datetime, where: str = "a stored state") -> StoredState:
+def planned(
+    stored: StoredState,
+    now: datetime,
+    where: str = "a stored state",
+    previous: StoredState | None = None,
+) -> StoredState:
     """``stored`` with each window's next occurrences planned from ``now``. A window that
     cannot be evaluated (a hand edit) is dropped with a warning naming it; the rest of the
-    state stands. The same object when there are no windows."""
+    state stands; beyond :data:`LIMIT` windows (more than any write stores) the rest are
+    dropped with a warning too. A window unchanged since ``previous`` (the copy read
+    before) keeps its plan while it has enough occurrences left: a store read every
+    second does not evaluate cron every second. The same object when there are no
+    windows."""
     if not stored.windows:
         return stored
+    known = {w.id: w for w in previous.windows} if previous is not None else {}
     kept = []
     problems = []
-    for record in stored.windows:
+    windows = stored.windows
+    if len(windows) > LIMIT:
+        problems.append(
+            f"{len(windows) - LIMIT} of its {len(windows)} windows are ignored: a scope keeps "
+            f"at most {LIMIT}"
+        )
+        windows = windows[:LIMIT]
+    for record in windows:
+        before = known.get(record.id)
+        if before is not None and before == record and not _low((before,), now):
+            kept.append(before)
+            continue
         try:
             kept.append(_plan(record, now))
         except (ValueError, OverflowError) as exc:
@@ -258,10 +301,12 @@ def planned(stored: StoredState, now: datetime, where: str = "a stored state") -
 def plan_due(levels: Sequence[StoredState], now: datetime) -> bool:
     """Whether a recurring window has fewer than two planned occurrences left after
     ``now`` (the watcher then plans ahead again)."""
+    return any(_low(level.windows, now) for level in levels)
+
+
+def _low(windows: Sequence[WindowRecord], now: datetime) -> bool:
     return any(
-        w.every is not None and sum(1 for o in w.upcoming if o[1] > now) < 2
-        for level in levels
-        for w in level.windows
+        w.every is not None and sum(1 for o in w.upcoming if o[1] > now) < 2 for w in windows
     )
 
 
@@ -278,8 +323,15 @@ def ended_early(
             continue
         if record.every is None:
             out.append((record, None, occurrence))
-        else:
-            length = timedelta(seconds=record.duration or 0)
-            skip = tuple(t for t in record.skip if t + length > now)  # past ones go
-            out.append((record, replace(record, skip=(*skip, occurrence[0])), occurrence))
+            continue
+        # Every occurrence in force now (they overlap when a hand-edited duration is
+        # longer than the time between them): skipping one would leave maintenance on.
+        in_force: list[datetime] = []
+        for found in occurrences(record, now):
+            if found[0] > now or len(in_force) >= LIMIT:
+                break
+            in_force.append(found[0])
+        length = timedelta(seconds=record.duration or 0)
+        skip = tuple(t for t in record.skip if t + length > now)  # past ones go
+        out.append((record, replace(record, skip=(*skip, *in_force)), occurrence))
     return out

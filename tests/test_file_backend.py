@@ -482,6 +482,34 @@ def test_missing_directory_is_a_clear_write_error(tmp_path: Path) -> None:
 # -- unknown fields ------------------------------------------------------------------------
 
 
+def test_a_windows_unknown_fields_survive_writes(tmp_path: Path) -> None:
+    # Found: windows were rewritten from their known fields only (holds keep theirs).
+    from maintguard._state import window_to_dict
+    from maintguard._windows import window as new_window
+    from maintguard.backends import SetExplicit
+    from maintguard.backends._file import _WINDOW_KEYS
+
+    path = tmp_path / "m.json"
+    window = {
+        "id": "w1",
+        "start": (NOW + timedelta(days=1)).isoformat(),
+        "end": (NOW + timedelta(days=1, hours=1)).isoformat(),
+        "ticket": "OPS-1234",
+        "notify": ["#ops"],
+    }
+    path.write_text(json.dumps({"version": 2, "active": False, "holds": [], "windows": [window]}))
+    write = SetExplicit(ExplicitState(active=True, reason="x"), NOW)
+    LocalFileBackend(path)._update_blocking(None, write)
+    [kept] = json.loads(path.read_text())["windows"]
+    assert (kept["ticket"], kept["notify"], kept["id"]) == ("OPS-1234", ["#ops"], "w1")
+    # Every field this version writes is one it knows (so none is kept twice).
+    recurring = new_window(
+        start=None, end=None, duration=60, every="0 3 * * *", tz="UTC", announce=5,
+        reason="r", retry_after=1, mode="full", by="me", now=NOW,
+    )  # fmt: skip
+    assert set(window_to_dict(recurring)) <= _WINDOW_KEYS
+
+
 def test_unknown_fields_survive_writes(tmp_path: Path) -> None:
     path = tmp_path / "m.json"
     hold = {

@@ -623,6 +623,32 @@ async def test_lead_takes_a_timedelta_and_the_edge_counts(planned: Planned) -> N
         await job()
 
 
+async def test_lead_with_read_only_allowed_still_sees_a_full_window_right_after(
+    planned: Planned,
+) -> None:
+    # Found: only the next window was looked at, so a read-only window (next, or in force)
+    # hid a full one starting within the lead right after it.
+    @not_during_maintenance(
+        backend=planned.backend, policy="raise", lead=1800, allow_read_only=True
+    )
+    async def job() -> str:
+        return "ran"
+
+    read_only_start = planned.start - timedelta(minutes=20)
+    await schedule_maintenance(
+        start=read_only_start, duration=600, mode="read_only", backend=planned.backend
+    )
+    planned.at(planned.start - timedelta(hours=2))
+    assert await job() == "ran"  # nothing within the lead
+    await planned.schedule()  # a full window 20 minutes after the read-only one starts
+    planned.at(read_only_start - timedelta(minutes=5))
+    with pytest.raises(UnderMaintenance, match=f"window {planned.id}"):
+        await job()
+    planned.at(read_only_start + timedelta(minutes=1))  # the read-only one in force
+    with pytest.raises(UnderMaintenance, match=f"window {planned.id}"):
+        await job()
+
+
 async def test_lead_skip_returns_none_for_every_kind_of_callable(
     planned: Planned, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -101,6 +101,8 @@ def local(*args: int, tz: ZoneInfo = BERLIN, fold: int = 0) -> datetime:
         ({"start": 60, "duration": 60, "mode": "sometimes"}, "mode"),
         ({"start": 60, "duration": 60, "retry_after": -3}, "retry_after"),
         ({"every": "* * */20 * 1L", "duration": 60}, "never occurs"),
+        ({"every": "0 3 * * *", "duration": 60, "tz": "localtime"}, "each machine"),
+        ({"every": "0 * * * *", "duration": 5400}, "longer than the time between"),
     ],
 )
 def test_bad_windows_are_refused_naming_the_field(options: dict[str, object], message: str) -> None:
@@ -481,20 +483,10 @@ def test_planned_occurrences_agree_with_cron_at_every_moment(
     # the state deciding sees with cron evaluated directly. Covers DST nights of every zone.
     now = datetime(2027, 1, 1, tzinfo=UTC) + timedelta(days=start_day)
     first = now + timedelta(seconds=first_offset)
-    record = window(
-        start=first if first > now else None,
-        end=None,
-        duration=duration,
-        every=expression,
-        tz=zone,
-        announce=None,
-        reason=None,
-        retry_after=None,
-        mode="full",
-        by="model",
-        now=now,
-    )
-    first = record.start
+    # Built as stored (schedule_maintenance refuses overlapping occurrences; a hand-edited
+    # store may hold them, and deciding must still agree with cron).
+    record = WindowRecord(id="m", start=first, duration=duration, every=expression, tz=zone)
+    record = planned(StoredState(windows=(record,)), now).windows[0]
     stored = StoredState(windows=(record,))
     at = now
     for step in steps:
@@ -522,3 +514,140 @@ def test_a_hand_edited_bad_window_in_a_state_file_never_switches_maintenance_off
     assert state.active and state.reason == "operator" and state.next_window is None
     said = " ".join(r.getMessage() for r in caplog.records)
     assert "window 'x' is ignored" in said and "window 'y' is ignored" in said
+
+
+# -- found by an outside attack -----------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_a_hold_ending_during_a_window_leaves_maintenance_on() -> None:
+    # Found: the last frame's exit took the global scope off without looking at windows, so
+    # the middleware (which trusts the controller's flag) let requests through until the
+    # watcher's next tick.
+    from starlette.applications import Starlette
+    from starlette.routing import Route
+
+    from maintguard import MaintenanceModeMiddleware
+    from tests.asgi import request, says
+
+    backend = MemoryBackend()
+    await schedule_maintenance(start=0, duration=600, backend=backend)
+    app = Starlette(routes=[Route("/", says("home"))])
+    app.add_middleware(MaintenanceModeMiddleware, backend=backend)
+    async with under_maintenance(backend=backend):
+        pass
+    assert store_of(backend).root.active
+    assert (await request(app)).status == 503
+
+
+@pytest.mark.anyio
+async def test_a_recurring_window_goes_on_occurring_with_nothing_but_reads() -> None:
+    # Found: three occurrences were planned and only a watcher or a store read planned
+    # more: a memory store read by get_state alone went off for good after the third.
+    backend = MemoryBackend()
+    now = fake_clock(backend, NOW)
+    await schedule_maintenance(every="*/10 * * * *", duration=120, backend=backend)
+    for minute in range(0, 100, 10):
+        now[0] = (NOW + timedelta(minutes=minute, seconds=30)).timestamp()
+        state = await get_state(backend)
+        assert state.active, minute
+        now[0] += 180
+        assert not (await get_state(backend)).active, minute
+
+
+@pytest.mark.parametrize(
+    ("window", "message"),
+    [
+        ({"announce": 1e12}, "'announce' is ignored"),
+        ({"announce": 1e300}, "'announce' is ignored"),
+        ({"start": "0001-01-01T00:00:00+00:00", "announce": 86400}, None),
+    ],
+)
+def test_an_announcement_out_of_range_is_dropped_not_raised(
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    window: dict[str, object],
+    message: str | None,
+) -> None:
+    # Found: start - announce overflowed in deriving the state and its deadline: get_state
+    # raised, and a valid window beside it switched late.
+    path = tmp_path / "state.json"
+    record: dict[str, object] = {"id": "bad", "start": "2027-01-01T00:00:00+00:00"}
+    record["end"] = "9000-01-01T00:00:00+00:00"
+    record.update(window)
+    good = {"id": "good", "start": "2027-01-01T00:00:00+00:00", "end": "9000-01-01T00:00:00+00:00"}
+    data = {"version": 2, "active": True, "reason": "on", "holds": [], "windows": [record, good]}
+    path.write_text(json.dumps(data))
+    with caplog.at_level(logging.WARNING, logger="maintguard.stored"):
+        state = sync.get_state(LocalFileBackend(path))
+    assert state.active and state.reason == "on"
+    assert {w.id for w in state.windows} == {"bad", "good"}
+    said = " ".join(r.getMessage() for r in caplog.records)
+    assert message is None or message in said
+
+
+def test_off_ends_every_occurrence_in_force_of_an_overlapping_window() -> None:
+    # Found: a (hand-edited) duration longer than the time between occurrences left
+    # maintenance on after `off`, which skipped only the first occurrence in force.
+    record = WindowRecord(
+        id="w", start=NOW - timedelta(days=1), every="0 * * * *", duration=3 * 3600.0
+    )
+    stored = planned(StoredState(windows=(record,)), NOW)
+    assert derive(None, [stored], NOW).active
+    [(_, replacement, _)] = ended_early(stored.windows, NOW)
+    assert replacement is not None and len(replacement.skip) == 3
+    after = planned(StoredState(windows=(replacement,)), NOW)
+    assert not derive(None, [after], NOW).active
+    assert derive(None, [after], NOW + timedelta(hours=1)).active  # the next one runs
+
+
+def test_until_is_the_end_of_windows_that_follow_each_other() -> None:
+    # Found: back-to-back windows said until 13:00 while maintenance lasted until 14:00.
+    first = make(start=NOW, end=NOW + timedelta(hours=1))
+    second = make(start=NOW + timedelta(hours=1), end=NOW + timedelta(hours=2))
+    state = derive(None, [StoredState(windows=(first, second))], NOW + timedelta(minutes=5))
+    assert state.until == NOW + timedelta(hours=2)
+
+
+@pytest.mark.anyio
+async def test_ended_one_off_windows_leave_room_and_the_old_file_format(tmp_path: Path) -> None:
+    # Found: one-off windows whose end had passed stayed stored for good: they filled the
+    # 100-window limit (with nothing to cancel in the list) and kept a file in format 2.
+    backend = LocalFileBackend(tmp_path / "state.json")
+    now = fake_clock(backend, NOW)
+    for i in range(LIMIT):
+        await schedule_maintenance(start=60 + i * 120, duration=60, backend=backend)
+    now[0] += LIMIT * 120 + 3600  # all of them have ended
+    assert await list_windows(backend=backend) == []
+    w = await schedule_maintenance(start=60, duration=60, backend=backend)
+    assert [x.id for x in await list_windows(backend=backend)] == [w.id]
+    assert len(json.loads((tmp_path / "state.json").read_text())["windows"]) == 1
+    now[0] += 3600
+    await set_maintenance_mode(False, backend)
+    assert json.loads((tmp_path / "state.json").read_text())["version"] == 1
+
+
+def test_ten_thousand_stored_windows_are_read_as_a_hundred(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Found: no cap on reading: 10,000 hand-written recurring windows cost a second of cron
+    # per read, every second.
+    path = tmp_path / "state.json"
+    windows = [
+        {"id": f"w{i}", "start": "2027-01-01T00:00:00+00:00", "every": "0 3 * * *", "duration": 60}
+        for i in range(10_000)
+    ]
+    path.write_text(json.dumps({"version": 2, "active": False, "holds": [], "windows": windows}))
+    with caplog.at_level(logging.WARNING, logger="maintguard.stored"):
+        state = sync.get_state(LocalFileBackend(path))
+    assert len(state.windows) == LIMIT
+    assert "9900 of its 10000 windows are ignored" in " ".join(
+        r.getMessage() for r in caplog.records
+    )
+
+
+def test_a_wildcard_hour_has_no_occurrence_in_the_hour_that_does_not_exist() -> None:
+    record = make(every="30 * * * *", tz="Europe/Berlin", duration=600, start=NOW)
+    after = datetime(2027, 3, 28, 0, 0, tzinfo=UTC)  # 01:00 CET
+    starts = [o[0] for o, _ in zip(occurrences(record, after), range(2), strict=False)]
+    assert starts == [local(2027, 3, 28, 1, 30), local(2027, 3, 28, 3, 30)]

@@ -211,7 +211,9 @@ class Book:
                 return frame, write, self.recompute(clock(), _OFF if parent is None else parent)
             return frame, write, NO_CHANGE
         stored = self.stored
-        if parent is None and (stored is None or not (stored.holds or stored.explicit.active)):
+        if parent is None and (
+            stored is None or not (stored.holds or stored.explicit.active or stored.windows)
+        ):
             # The global scope, and nothing else can hold it: off (the rule, no source).
             self.own_active = False
             if self.active:
@@ -382,7 +384,7 @@ class Book:
         """Take ``stored`` as what the store holds. ``at``: when the read (or write) that
         found it began, which judges other processes' leases in it; ``None``: not found in
         the store (``on_error``'s stand-in), no lease judged. ``mono``: monotonic now."""
-        stored = planned(sane(stored), to_datetime(now), self.label)  # (windows, if any)
+        stored = planned(sane(stored), to_datetime(now), self.label, self.stored)  # windows
         if at is None:
             self.lease_due = math.inf
         else:

@@ -15,9 +15,11 @@ import contextlib
 import itertools
 import threading
 from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
 from .._state import EventKind, MaintenanceEvent, MaintenanceState, Phase, StoredState
+from .._windows import plan_due, planned
 from ..backends import Backend
 from . import dispatch
 from .decide import Book, Change
@@ -68,6 +70,16 @@ class Scope(Book):
 
         @property
         def snapshot(self) -> MaintenanceState: ...
+
+    def plan_ahead(self, now: datetime) -> None:
+        """Plan recurring windows again when fewer than two planned occurrences are left
+        (the watcher calls this at every boundary, so deciding needs no cron)."""
+        stored = self.stored
+        if stored is not None and stored.windows and plan_due((stored,), now):
+            with self._lock:
+                if self.stored is stored:
+                    self.stored = planned(stored, now, self.label)
+                    self.version += 1
 
     def parent_phase(self) -> Phase:
         """The global scope's phase for a named scope (OFF for the global scope itself)."""

@@ -11,7 +11,6 @@ from __future__ import annotations
 import math
 
 from .._state import MaintenanceState, derive
-from .._windows import plan_due, planned
 from .decide import NO_CHANGE
 from .identity import HOST, pid
 from .shared import Scope
@@ -50,11 +49,16 @@ class Snapshots(Scope):
         return self._deadline
 
     def _resnapshot(self) -> MaintenanceState:
-        parent = self.parent
-        parent_version = parent.version if parent is not None else -1
-        version = self.version
         clock = self.store.clock()
         now = to_datetime(clock)
+        # Windows are planned ahead at reads, writes and the watcher's wake-ups; where
+        # nothing of that runs (a memory store, no watcher) a boundary passed here plans.
+        self.plan_ahead(now)
+        parent = self.parent
+        if parent is not None:
+            parent.plan_ahead(now)
+        parent_version = parent.version if parent is not None else -1
+        version = self.version
         with self._lock:
             levels = [self.level(clock, HOST, pid())]
         if parent is not None:
@@ -78,12 +82,5 @@ class Snapshots(Scope):
         """Let time-based changes (leases, ``until``, windows) show, and their transitions
         be heard; plan recurring windows ahead when their planned occurrences run low (the
         watcher calls this at every boundary: deciding never evaluates cron)."""
-        stored = self.stored
-        if stored is not None and stored.windows:
-            now = to_datetime(self.store.clock())
-            if plan_due((stored,), now):
-                with self._lock:
-                    if self.stored is stored:
-                        self.stored = planned(stored, now, self.label)
-                        self.version += 1
+        self.plan_ahead(to_datetime(self.store.clock()))
         _ = self.snapshot

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import replace
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from typing import Any
 
 from .._state import EPOCH, StoredState
@@ -80,8 +80,9 @@ def deadline(levels: Sequence[StoredState], now: datetime) -> float:
             if occurrence is None:
                 continue
             start, end = occurrence
-            if window.announce is not None:
-                times.append(start - timedelta(seconds=window.announce))
+            announced = window.announced_from(start)
+            if announced is not None:
+                times.append(announced)
             times += (start, end)
     times = [t for t in times if t > now]
     if not times:

@@ -481,7 +481,8 @@ def _dumps(obj: Mapping[str, Any], indent: str) -> str:
 
 
 def _merge(raw: Mapping[str, Any] | None, state: StoredState) -> dict[str, Any]:
-    """``state`` as JSON, keeping the fields of ``raw`` (and of its holds, by id) we don't know."""
+    """``state`` as JSON, keeping the fields of ``raw`` (and of its holds and windows, by id)
+    we don't know."""
     out = dict(raw) if raw else {}
     out.pop("workers", None)  # known, and written only when there are some
     out.pop("windows", None)
@@ -492,8 +493,21 @@ def _merge(raw: Mapping[str, Any] | None, state: StoredState) -> dict[str, Any]:
             {**{k: v for k, v in old.get(h["id"], {}).items() if k != "drain"}, **h}
             for h in new["holds"]
         ]
+    if raw and new.get("windows"):
+        old = {w.get("id"): w for w in raw.get("windows", ()) if isinstance(w, Mapping)}
+        new["windows"] = [
+            {**{k: v for k, v in old.get(w["id"], {}).items() if k not in _WINDOW_KEYS}, **w}
+            for w in new["windows"]
+        ]
     out.update(new)
     return out
+
+
+_WINDOW_KEYS = frozenset(
+    {"id", "start", "end", "every", "tz", "duration", "announce", "reason", "retry_after"}
+    | {"mode", "created", "by", "skip"}
+)
+"""A window's fields this version knows: others (a newer version's) are kept on rewrites."""
 
 
 def _unknown(raw: Mapping[str, Any] | None, known: frozenset[str]) -> bool:
