@@ -4,25 +4,29 @@ every command and flag, exit codes, output, the ``--json`` schema, bad input."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from datetime import datetime, timedelta, timezone
+from datetime import date, datetime, timedelta, timezone
+from datetime import time as daytime
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 
 import maintguard
 from maintguard import sync
 from maintguard.backends import LocalFileBackend
-from tests.cli import JOB_SCRIPT, ROOT, Run, environment, one_line, store_state
+from tests.cli import JOB_SCRIPT, ROOT, Result, Run, environment, one_line, store_state
 
 # A process that holds maintenance (on a scope: argv[4]) until its flag file is deleted.
 HOLD_SCRIPT = """
@@ -95,7 +99,7 @@ def test_version_and_help(mg: Run) -> None:
     assert (result.code, result.out.strip()) == (0, f"maintguard {maintguard.__version__}")
     result = mg("--help")
     assert result.code == 0
-    for command in ("on", "off", "status", "run"):
+    for command in ("on", "off", "status", "run", "schedule"):
         assert command in result.out
     assert "exit" in mg("status", "--help").out.lower()
 
@@ -118,7 +122,7 @@ def test_the_console_script_is_installed_and_is_the_same_command(tmp_path: Path)
 def test_no_command_says_what_to_do(mg: Run) -> None:
     result = mg()
     assert result.code == 2
-    assert "on, off, status or run" in one_line(result)
+    assert "on, off, status, run or schedule" in one_line(result)
 
 
 # -- on / status / off ------------------------------------------------------------------
@@ -2027,3 +2031,535 @@ def test_a_redis_store_with_its_own_key_prefix(mg: Run) -> None:
     assert result.code == 1 and len(json.loads(result.out)["holds"]) == 1
     assert mg("off", "--backend", url, env=environment()).code == 0
     assert not sync.get_maintenance_mode(app_side)
+
+
+# -- planned windows: schedule, schedule list, schedule cancel -----------------------------
+
+WINDOW_FIELDS = {f.name for f in dataclasses.fields(maintguard.Window)}
+BERLIN = ZoneInfo("Europe/Berlin")
+UTC = timezone.utc
+STAMP = "%Y-%m-%d %H:%M:%S"
+
+
+def scheduled(result: Result) -> str:
+    """The id of the window ``schedule`` just stored (its first line names it)."""
+    assert result.code == 0, result
+    found = re.match(r"window (\S+) scheduled", result.out)
+    assert found is not None, result
+    return found.group(1)
+
+
+def iso(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def shown(start: datetime, end: datetime, zone: ZoneInfo | None = None) -> str:
+    """An occurrence as ``schedule`` and ``schedule list`` print it: in UTC, and in the
+    window's zone when it has one."""
+    utc = f"{start.astimezone(UTC):{STAMP}} UTC to {end.astimezone(UTC):{STAMP}} UTC"
+    if zone is None:
+        return utc
+    there = f"{start.astimezone(zone):{STAMP} %Z} to {end.astimezone(zone):{STAMP} %Z}"
+    return f"{utc} ({there} in {zone.key})"
+
+
+def occurrence_lines(out: str, prefix: str) -> list[str]:
+    """The occurrences listed under a window (``prefix``: their indent), without the
+    "(starts in ...)" that ``schedule`` adds."""
+    lines = [line[len(prefix) :] for line in out.splitlines() if line.startswith(prefix)]
+    return [re.sub(r" \((starts in [^)]*|in force now)\)$", "", line) for line in lines]
+
+
+def stored_windows(state: Path, scope: str | None = None) -> list[maintguard.Window]:
+    """The windows an app reading the file sees."""
+    return sync.list_windows(backend=LocalFileBackend(state, refresh_interval=0), scope=scope)
+
+
+def test_schedule_a_one_off_window_then_list_it_as_text_and_json(mg: Run, state: Path) -> None:
+    before = datetime.now(UTC)
+    result = mg(
+        "schedule", "--at", "2099-01-09T22:00Z", "--for", "2h", "--announce", "1d",
+        "--reason", "DB migration", "--retry-after", "10m", "--mode", "read_only",
+    )  # fmt: skip
+    window_id = scheduled(result)
+    start, end = datetime(2099, 1, 9, 22, tzinfo=UTC), datetime(2099, 1, 10, 0, tzinfo=UTC)
+    assert f"once:        {shown(start, end)} (starts in " in result.out
+    assert "announce:    1 d before" in result.out and "reason:      DB migration" in result.out
+    assert f"cancel it with: maintguard schedule cancel {window_id}" in result.out
+    (seen,) = stored_windows(state)  # what an app reading the store sees
+    assert (seen.id, seen.start, seen.end, seen.every) == (window_id, start, end, None)
+    assert (seen.announce, seen.retry_after, seen.mode) == (timedelta(days=1), 600, "read_only")
+
+    listed = mg("schedule", "list")
+    assert listed.code == 0, listed
+    assert listed.out.startswith("1 window planned — LocalFileBackend(")
+    line = next(x for x in listed.out.splitlines() if x.startswith(window_id))
+    assert line.startswith(f"{window_id}  {shown(start, end)}  once  announce 1 d  by ")
+    assert "@" in line.split("  by ")[1] and line.endswith("  reason: DB migration")
+    assert not occurrence_lines(listed.out, "    - ")  # a one-off window has just the one
+
+    data = mg("schedule", "list", "--json").json()
+    assert isinstance(data, list) and len(data) == 1
+    (window,) = data
+    assert set(window) == WINDOW_FIELDS
+    assert window["id"] == window_id
+    assert (window["start"], window["end"]) == (
+        "2099-01-09T22:00:00+00:00",
+        "2099-01-10T00:00:00+00:00",
+    )
+    assert (window["every"], window["tz"], window["announce"]) == (None, None, 86400)
+    assert (window["reason"], window["retry_after"], window["mode"]) == (
+        "DB migration",
+        600,
+        "read_only",
+    )
+    created = datetime.fromisoformat(window["created"])
+    assert created.utcoffset() == timedelta(0)
+    assert before - timedelta(seconds=1) <= created <= datetime.now(UTC)
+    assert window["by"] == seen.by and "@" in window["by"]
+
+
+def test_schedule_in_a_duration_until_a_time(mg: Run, state: Path) -> None:
+    until = (datetime.now(UTC) + timedelta(hours=3)).replace(microsecond=0)
+    before = datetime.now(UTC)
+    window_id = scheduled(mg("schedule", "--in", "1h", "--until", iso(until)))
+    after = datetime.now(UTC)
+    (seen,) = stored_windows(state)
+    assert seen.id == window_id and seen.end == until
+    assert before + timedelta(hours=1) <= seen.start <= after + timedelta(hours=1)
+
+
+def test_schedule_in_zero_is_in_force_at_once(mg: Run, state: Path) -> None:
+    result = mg("schedule", "--in", "0", "--for", "1h", "--reason", "now")
+    window_id = scheduled(result)
+    assert "(in force now)" in result.out
+    assert store_state(state).active  # every app reading the store is in maintenance
+    assert store_state(state).next_window.id == window_id  # type: ignore[union-attr]
+
+
+def spring_forward_night(year: int) -> date:
+    """The March night of ``year`` when Berlin's clocks jump from 02:00 to 03:00."""
+    for day in range(25, 32):
+        wall = datetime(year, 3, day, 2, 30)
+        if (
+            wall.replace(tzinfo=BERLIN).astimezone(UTC).astimezone(BERLIN).replace(tzinfo=None)
+            != wall
+        ):
+            return wall.date()  # 02:30 does not exist that night
+    raise AssertionError(f"no spring-forward night in March {year}")
+
+
+def fall_back_night(year: int) -> date:
+    """The October night of ``year`` when Berlin's clocks go back from 03:00 to 02:00."""
+    for day in range(25, 32):
+        wall = datetime(year, 10, day, 2, 30, tzinfo=BERLIN)
+        if wall.utcoffset() != wall.replace(fold=1).utcoffset():
+            return wall.date()  # 02:30 happens twice that night
+    raise AssertionError(f"no fall-back night in October {year}")
+
+
+def test_a_recurring_window_over_the_spring_forward_night_in_berlin(mg: Run, state: Path) -> None:
+    # Next year's night (2027-03-28 when this was written): always ahead, never slept to.
+    night = spring_forward_night(datetime.now(UTC).year + 1)
+    days = [night + timedelta(days=n) for n in range(-1, 4)]
+    starts = [
+        datetime.combine(day, daytime(3, 0) if day == night else daytime(2, 30), tzinfo=BERLIN)
+        for day in days
+    ]  # that night 02:30 does not exist: cron runs at the first minute after the jump
+    utc_starts = [s.astimezone(UTC) for s in starts]
+    assert [s.time() for s in utc_starts] == [daytime(1, 30), daytime(1, 0)] + [daytime(0, 30)] * 3
+    expected = [shown(s, s + timedelta(hours=1), BERLIN) for s in utc_starts]
+    assert "03:00:00 CEST" in expected[1] and "01:00:00 UTC" in expected[1]
+
+    at = datetime.combine(days[0], daytime(0, 0), tzinfo=UTC)
+    result = mg(
+        "schedule", "--every", "30 2 * * *", "--tz", "Europe/Berlin", "--for", "1h",
+        "--at", iso(at), "--announce", "15m",
+    )  # fmt: skip
+    window_id = scheduled(result)
+    assert "recurs:      every '30 2 * * *' in Europe/Berlin, 1 h each" in result.out
+    assert occurrence_lines(result.out, "    ") == expected
+
+    listed = mg("schedule", "list")
+    assert listed.code == 0, listed
+    line = next(x for x in listed.out.splitlines() if x.startswith(window_id))
+    first = shown(utc_starts[0], utc_starts[0] + timedelta(hours=1))
+    assert line.startswith(
+        f"{window_id}  {first}  every '30 2 * * *' in Europe/Berlin  announce 15 min  by "
+    )
+    assert line.endswith("  reason: -")
+    assert occurrence_lines(listed.out, "    - ") == expected
+
+    (window,) = mg("schedule", "list", "--json").json()
+    assert (window["every"], window["tz"], window["announce"]) == (
+        "30 2 * * *",
+        "Europe/Berlin",
+        900,
+    )
+    assert window["start"] == utc_starts[0].isoformat()
+    data = mg("status", "--json").json()
+    assert data["phase"] == "off" and data["next_window"]["id"] == window_id
+    assert [w.start for w in stored_windows(state)] == [utc_starts[0]]
+
+
+def test_a_recurring_window_over_the_fall_back_night_in_berlin(mg: Run) -> None:
+    night = fall_back_night(datetime.now(UTC).year + 1)
+    days = [night + timedelta(days=n) for n in (-1, 0, 1)]
+    # 02:30 happens twice that night (CEST, then CET): cron runs at the first one only
+    starts = [datetime.combine(d, daytime(2, 30), tzinfo=BERLIN).astimezone(UTC) for d in days]
+    assert [s.time() for s in starts] == [daytime(0, 30), daytime(0, 30), daytime(1, 30)]
+    second = datetime.combine(night, daytime(2, 30), tzinfo=BERLIN).replace(fold=1).astimezone(UTC)
+    assert second.time() == daytime(1, 30)
+    at = datetime.combine(days[0], daytime(0, 0), tzinfo=UTC)
+    result = mg(
+        "schedule", "--every", "30 2 * * *", "--tz", "Europe/Berlin", "--for", "30m",
+        "--at", iso(at),
+    )  # fmt: skip
+    scheduled(result)
+    listed = occurrence_lines(result.out, "    ")
+    assert listed[:3] == [shown(s, s + timedelta(minutes=30), BERLIN) for s in starts]
+    assert f"{second:%Y-%m-%d %H:%M:%S} UTC" not in result.out  # the repeated 02:30: no run
+
+
+def test_status_shows_an_announced_window_and_exits_0(mg: Run) -> None:
+    window_id = scheduled(
+        mg("schedule", "--in", "1h", "--for", "30m", "--announce", "2h", "--reason", "DB upgrade")
+    )
+    status = mg("status")
+    assert status.code == 0, status  # announced: not on yet
+    assert status.out.startswith("maintenance is off, ANNOUNCED: a planned window starts in ")
+    assert f"  next window: {window_id}, announced" in status.out
+    assert "    reason:    DB upgrade" in status.out
+    assert "    announce:  2 h before" in status.out
+    assert re.search(r"    start: +\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC \(in ", status.out)
+    assert re.search(r"    end: +\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC \(in ", status.out)
+
+    result = mg("status", "--json")
+    assert result.code == 0
+    data = result.json()
+    assert (data["active"], data["phase"]) == (False, "announced")
+    window = data["next_window"]
+    assert set(window) == WINDOW_FIELDS
+    assert (window["id"], window["reason"], window["announce"]) == (window_id, "DB upgrade", 7200)
+    start, end = datetime.fromisoformat(window["start"]), datetime.fromisoformat(window["end"])
+    assert start.utcoffset() == timedelta(0) and end - start == timedelta(minutes=30)
+    assert timedelta(minutes=58) < start - datetime.now(UTC) <= timedelta(hours=1)
+
+
+def test_status_shows_the_next_window_before_its_announcement(mg: Run) -> None:
+    window_id = scheduled(mg("schedule", "--in", "3h", "--for", "30m", "--announce", "1h"))
+    status = mg("status")
+    assert status.code == 0, status
+    assert status.out.startswith("maintenance is off — ")
+    assert f"  next window: {window_id}\n" in status.out
+    data = mg("status", "--json").json()
+    assert data["phase"] == "off" and data["next_window"]["id"] == window_id
+
+
+def test_status_json_has_no_next_window_when_none_is_planned(mg: Run) -> None:
+    data = mg("status", "--json").json()
+    assert data["next_window"] is None and data["phase"] == "off"
+    assert "window" not in mg("status").out
+
+
+def test_status_while_a_window_keeps_maintenance_on_exits_1(mg: Run) -> None:
+    window_id = scheduled(mg("schedule", "--in", "0", "--for", "1h", "--reason", "planned"))
+    status = mg("status")
+    assert status.code == 1, status
+    assert status.out.startswith("maintenance is ON — ")
+    assert f"on through:  the planned window {window_id}" in status.out
+    assert f"  window:      {window_id}, in force" in status.out
+    result = mg("status", "--json")
+    assert result.code == 1
+    data = result.json()
+    assert (data["active"], data["phase"], data["reason"]) == (True, "on", "planned")
+    assert data["explicit"] is False and data["holds"] == []
+    assert data["next_window"]["id"] == window_id
+    assert data["until"] == data["next_window"]["end"]  # windows alone: until their end
+
+
+def test_off_during_a_one_off_window_removes_it(mg: Run, state: Path) -> None:
+    window_id = scheduled(mg("schedule", "--in", "0", "--for", "1h"))
+    result = mg("off")
+    assert result.code == 0, result
+    line = result.out.splitlines()[0]
+    assert line.startswith(f"window {window_id} removed (it was in force from "), result
+    assert "maintenance is off — " in result.out
+    assert mg("status").code == 0
+    assert mg("schedule", "list", "--json").json() == []
+    assert mg("status", "--json").json()["next_window"] is None
+    assert not store_state(state).active and stored_windows(state) == []
+
+
+def test_off_during_a_recurring_window_ends_this_occurrence_and_it_recurs(
+    mg: Run, state: Path
+) -> None:
+    # Daily from midnight UTC, a day long: an occurrence is always in force.
+    midnight = datetime.combine(datetime.now(UTC).date(), daytime(0, 0), tzinfo=UTC)
+    result = mg("schedule", "--every", "0 0 * * *", "--for", "1d", "--at", iso(midnight))
+    window_id = scheduled(result)
+    assert "(in force now)" in result.out
+    assert mg("status").code == 1
+
+    result = mg("off")
+    assert result.code == 0, result
+    found = re.search(
+        rf"^window {window_id}: this occurrence \((.+) UTC to (.+) UTC\) ended; "
+        r"it recurs at (.+) UTC$",
+        result.out,
+        re.MULTILINE,
+    )
+    assert found is not None, result
+    start, end, recurs = (
+        datetime.strptime(t, "%Y-%m-%d %H:%M:%S").replace(tzinfo=UTC) for t in found.groups()
+    )
+    assert start <= datetime.now(UTC) < end == recurs == start + timedelta(days=1)
+    assert start.time() == daytime(0, 0)
+
+    status = mg("status", "--json")
+    assert status.code == 0, status
+    assert status.json()["next_window"]["start"] == recurs.isoformat()
+    assert [w["start"] for w in mg("schedule", "list", "--json").json()] == [recurs.isoformat()]
+    assert not store_state(state).active  # the apps too
+
+
+def test_off_still_says_when_holds_keep_maintenance_on_during_a_window(
+    mg: Run, holder: Callable[..., subprocess.Popen[str]]
+) -> None:
+    holder(reason="nightly reindex")
+    window_id = scheduled(mg("schedule", "--in", "0", "--for", "1h"))
+    result = mg("off")
+    assert result.code == 1, result
+    assert f"window {window_id} removed" in result.out
+    assert "maintenance stays on: 1 hold is live" in result.err
+    assert mg("schedule", "list", "--json").json() == []
+
+
+def test_off_on_a_scope_during_a_global_window_says_why_it_stays_on(mg: Run, state: Path) -> None:
+    window_id = scheduled(mg("schedule", "--in", "0", "--for", "1h"))
+    assert mg("status", "--scope", "billing").code == 1  # a named scope follows the global
+    result = mg("off", "--scope", "billing")
+    assert result.code == 1, result
+    assert f"maintenance stays on: window {window_id} is in force until " in result.err
+    assert "a window of the global scope: `maintguard off` ends it" in result.err
+    assert [w.id for w in stored_windows(state)] == [window_id]  # left alone
+    assert mg("off").code == 0
+    assert mg("status", "--scope", "billing").code == 0
+
+
+def test_schedule_cancel(mg: Run, state: Path) -> None:
+    window_id = scheduled(mg("schedule", "--at", "2099-01-09T22:00Z", "--for", "2h"))
+    other = scheduled(mg("schedule", "--at", "2099-02-09T22:00Z", "--for", "2h"))
+    result = mg("schedule", "cancel", window_id)
+    assert result.code == 0, result
+    assert result.out.startswith(f"window {window_id} cancelled — LocalFileBackend(")
+    assert [w["id"] for w in mg("schedule", "list", "--json").json()] == [other]
+    assert [w.id for w in stored_windows(state)] == [other]
+
+    again = mg("schedule", "cancel", window_id)
+    assert again.code == 1, again
+    line = one_line(again)
+    assert f"no window {window_id} in LocalFileBackend(" in line
+    assert "`maintguard schedule list` lists the windows planned" in line
+    assert [w.id for w in stored_windows(state)] == [other]
+
+
+def test_schedule_cancel_in_the_wrong_scope_says_where_the_window_is(mg: Run) -> None:
+    window_id = scheduled(mg("schedule", "--at", "2099-01-09T22:00Z", "--for", "2h"))
+    result = mg("schedule", "cancel", window_id, "--scope", "billing")
+    assert result.code == 1, result
+    line = one_line(result)
+    assert f"no window {window_id} (scope billing)" in line
+    assert "the global scope has it: leave out --scope" in line
+    assert "`maintguard schedule list --scope billing`" in line
+    assert len(mg("schedule", "list", "--json").json()) == 1
+
+
+def test_windows_of_a_named_scope(mg: Run, state: Path) -> None:
+    window_id = scheduled(
+        mg("schedule", "--scope", "billing", "--in", "1h", "--for", "1h", "--announce", "2h")
+    )
+    assert mg("schedule", "list", "--json").json() == []  # the global scope has none
+    assert [w["id"] for w in mg("schedule", "list", "--scope", "billing", "--json").json()] == [
+        window_id
+    ]
+    # --scope before `list` counts too
+    before = mg("schedule", "--scope", "billing", "list", "--json")
+    assert [w["id"] for w in before.json()] == [window_id]
+    assert "(scope billing)" in mg("schedule", "list", "--scope", "billing").out
+    assert mg("status", "--scope", "billing", "--json").json()["phase"] == "announced"
+    assert mg("status", "--json").json()["next_window"] is None
+    assert [w.id for w in stored_windows(state, "billing")] == [window_id]
+    assert mg("schedule", "cancel", window_id, "--scope", "billing").code == 0
+    assert stored_windows(state, "billing") == []
+
+
+def test_schedule_backend_before_or_after_the_command(mg: Run, tmp_path: Path) -> None:
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    plain = environment()
+    window_id = scheduled(
+        mg("--backend", f"file:{a}", "schedule", "--in", "1h", "--for", "1h", env=plain)
+    )
+    assert len(mg("schedule", "list", "--json", "--backend", f"file:{a}", env=plain).json()) == 1
+    assert len(mg("schedule", "--backend", f"file:{a}", "list", "--json", env=plain).json()) == 1
+    assert mg("schedule", "list", "--json", "--backend", f"file:{b}", env=plain).json() == []
+    result = mg("schedule", "cancel", window_id, "--backend", f"file:{b}", env=plain)
+    assert result.code == 1 and f"--backend file:{b}" in one_line(result)  # how to list there
+    result = mg("schedule", "cancel", window_id, "--backend", f"file:{a}", env=plain)
+    assert result.code == 0, result
+    assert stored_windows(a) == []
+
+
+def windows_document(count: int) -> list[dict[str, Any]]:
+    return [
+        {"id": f"w{i:03}", "start": "2099-01-01T00:00:00+00:00", "end": "2099-01-01T01:00:00+00:00"}
+        for i in range(count)
+    ]
+
+
+def test_a_scope_keeps_at_most_100_windows(mg: Run, state: Path) -> None:
+    write_store(state, version=2, windows=windows_document(100))
+    assert len(stored_windows(state)) == 100
+    result = mg("schedule", "--in", "1h", "--for", "1h")
+    assert result.code == 2, result
+    line = one_line(result)
+    assert "at most 100 windows" in line and "schedule cancel" in line
+    assert len(stored_windows(state)) == 100
+    scheduled(mg("schedule", "--scope", "billing", "--in", "1h", "--for", "1h"))  # its own 100
+    assert mg("schedule", "cancel", "w000").code == 0
+    scheduled(mg("schedule", "--in", "1h", "--for", "1h"))
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--for", "1h"], "a one-off window needs its start: --at TIME"),
+        (["--reason", "x"], "--in DURATION"),
+        (["--in", "1h"], "--for DURATION (e.g. 1h) or --until TIME"),
+        (["--at", "2099-01-01T00:00", "--for", "1h"],
+         "--at 2099-01-01T00:00:00 has no time zone"),
+        (["--in", "1h", "--until", "2099-01-01T03:00"], "--until 2099-01-01T03:00:00 has no"),
+        (["--at", "tomorrow", "--for", "1h"], "argument --at: 'tomorrow' is not an ISO 8601 time"),
+        (["--at", "2099-01-01T00:00Z", "--in", "1h", "--for", "1h"], "not allowed with argument"),
+        (["--in", "1h", "--for", "1h", "--until", "2099-01-01T00:00Z"], "not allowed with"),
+        (["--in", "1h", "--for", "0s"], "argument --for: '0s' is not a duration longer than zero"),
+        (["--in", "1h", "--for", "5x"], "argument --for: '5x' is not a duration"),
+        (["--in", "-5m", "--for", "1h"], "argument --in: "),
+        (["--every", "61 * * * *", "--for", "1h"],
+         "--every '61 * * * *' is not a valid cron expression"),
+        (["--every", "0 3 * *", "--for", "1h"], "--every must be a 5-field cron expression"),
+        (["--every", "0 0 0 3 * *", "--for", "1h"], "--every must be a 5-field cron expression"),
+        (["--every", "0 3 * * *", "--tz", "Mars/Olympus", "--for", "1h"],
+         "--tz 'Mars/Olympus' is not a known IANA time zone"),
+        (["--in", "1h", "--for", "1h", "--tz", "Europe/Berlin"], "--tz goes with --every"),
+        (["--every", "0 3 * * *"], "--every needs --for DURATION"),
+        (["--every", "0 3 * * *", "--until", "2099-01-01T00:00Z"],
+         "--until goes with a one-off window"),
+        (["--at", "2099-01-02T00:00Z", "--until", "2099-01-01T00:00Z"],
+         "--until (2099-01-01T00:00:00+00:00) must be after --at (2099-01-02T00:00:00+00:00)"),
+        (["--at", "2099-01-01T00:00Z", "--until", "2099-01-01T00:00Z"], "must be after --at"),
+        (["--at", "2020-01-01T00:00Z", "--for", "1h"],
+         "--at and --for: the window is in the past: it ended at 2020-01-01T01:00:00+00:00"),
+        (["--at", "2020-01-01T00:00Z", "--until", "2020-01-02T00:00Z"],
+         "--at and --until: the window is in the past"),
+        (["--at", "2099-01-01T00:00Z", "--until", "2100-06-01T00:00Z"],
+         "--until: a window must last at most a year"),
+        (["--in", "1h", "--for", "400d"], "argument --for: '400d' is longer than a year"),
+        (["--every", "0 3 * * *", "--for", "400d"], "argument --for: '400d' is longer than a year"),
+        (["--in", "400d", "--for", "1h"], "argument --in: '400d' is longer than a year"),
+        (["--in", "1h", "--for", "1h", "--announce", "400d"], "argument --announce: "),
+        (["--at", "9999-12-31T23:59Z", "--for", "1h"], "--at: out of range"),
+        (["--in", "1h", "--for", "1h", "--mode", "sideways"], "'sideways' is not a mode"),
+        (["--in", "1h", "--for", "1h", "--retry-after", "-3"], "argument --retry-after: "),
+        (["--in", "1h", "--for", "1h", "--scope", " "], "a scope is a non-empty name"),
+        (["--at", "2099-01-01T00:00Z", "list"], "--at plans a window: it does not go with"),
+        (["--every", "0 3 * * *", "cancel", "abc"], "--every plans a window: it does not go"),
+        (["list", "--at", "2099-01-01T00:00Z"], "unrecognized arguments: --at"),
+        (["list", "extra"], "unrecognized arguments: extra"),
+        (["cancel"], "the following arguments are required: ID"),
+        (["cancel", " "], "a window id is a name such as"),
+        (["frobnicate"], "invalid choice: 'frobnicate'"),
+    ],
+)  # fmt: skip
+def test_bad_schedule_input_is_one_line_exit_2_and_writes_nothing(
+    mg: Run, state: Path, args: list[str], message: str
+) -> None:
+    result = mg("schedule", *args)
+    assert result.code == 2, result
+    line = one_line(result)
+    assert message in line, line
+    assert not state.exists()  # nothing was written
+
+
+@pytest.mark.parametrize(
+    ("args", "tz", "suggested"),
+    [
+        ([], "UTC", "add one, e.g. 2099-07-01T00:00:00Z (UTC)"),
+        ([], "Asia/Tokyo", "or 2099-07-01T00:00:00+09:00 (this machine's local time, JST)"),
+        (["--every", "30 2 * * *", "--tz", "Europe/Berlin"], "UTC",
+         "or 2099-07-01T00:00:00+02:00 (Europe/Berlin)"),
+    ],
+)  # fmt: skip
+def test_an_at_without_a_zone_says_how_to_write_it(
+    mg: Run, args: list[str], tz: str, suggested: str
+) -> None:
+    result = mg("schedule", "--at", "2099-07-01T00:00", "--for", "1h", *args, tz=tz)
+    assert result.code == 2, result
+    line = one_line(result)
+    assert line.startswith("maintguard: --at 2099-07-01T00:00:00 has no time zone"), line
+    assert suggested in line, line
+    given = re.findall(r"(2099-\S+) \(", line)[-1]  # the time to paste: taken as it is
+    window_id = scheduled(mg("schedule", "--at", given, "--for", "1h", *args, tz=tz))
+    (window,) = mg("schedule", "list", "--json").json()
+    assert window["id"] == window_id
+    first = datetime(2099, 7, 1, 2, 30, tzinfo=BERLIN) if args else datetime.fromisoformat(given)
+    assert datetime.fromisoformat(window["start"]) == first  # (recurring: its first run after)
+
+
+def test_the_env_backend_cannot_store_windows_and_says_what_to(mg: Run) -> None:
+    for args in (["schedule", "--in", "1h", "--for", "1h"], ["schedule", "list"],
+                 ["schedule", "cancel", "abc"]):  # fmt: skip
+        result = mg(*args, "--backend", "env:APP_MODE", env=environment())
+        assert result.code == 2, result
+        line = one_line(result)
+        assert line.startswith("maintguard: --backend: EnvVarBackend(APP_MODE) cannot store")
+        assert "use a file or Redis store" in line
+        assert "--backend file:" in line and "MAINTGUARD_BACKEND" in line
+        result = mg(*args, env=environment(MAINTGUARD_BACKEND="env:APP_MODE"))
+        assert result.code == 2 and "MAINTGUARD_BACKEND: EnvVarBackend" in one_line(result)
+        result = mg(*args, env=environment())  # no store chosen: the default is the env
+        assert result.code == 2, result
+        line = one_line(result)
+        assert "no store chosen" in line and "cannot store windows" in line
+    # status reads the environment variable as before: no window there
+    data = mg("status", "--json", "--backend", "env:APP_MODE", env=environment()).json()
+    assert data["next_window"] is None
+
+
+def test_schedule_on_a_store_that_cannot_be_read_is_exit_3(mg: Run, state: Path) -> None:
+    state.write_text("{not json")
+    for args in (["schedule", "--in", "1h", "--for", "1h"], ["schedule", "list"],
+                 ["schedule", "list", "--json"], ["schedule", "cancel", "abc"]):  # fmt: skip
+        result = mg(*args)
+        assert (result.code, result.out) == (3, ""), result
+        assert "does not hold a maintenance state" in one_line(result)
+    assert state.read_text() == "{not json"  # never overwritten
+
+
+def test_schedule_list_with_no_windows(mg: Run) -> None:
+    result = mg("schedule", "list")
+    assert result.code == 0, result
+    assert result.out.startswith("no windows planned — LocalFileBackend(")
+    assert mg("schedule", "list", "--json").json() == []
+
+
+def test_schedule_help(mg: Run) -> None:
+    text = " ".join(mg("schedule", "--help").out.split())
+    for option in ("--at TIME", "--in DURATION", "--for DURATION", "--until TIME",
+                   "--every CRON", "--tz ZONE", "--announce DURATION", "--reason",
+                   "--retry-after", "--mode", "--scope", "list", "cancel"):  # fmt: skip
+        assert option in text, option
+    assert "a time without one is refused" in text
+    assert "env:VAR cannot store windows" in text
+    assert "--json" in mg("schedule", "list", "--help").out
+    assert "ID" in mg("schedule", "cancel", "--help").out

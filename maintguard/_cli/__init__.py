@@ -1,21 +1,25 @@
-"""The ``maintguard`` command (also ``python -m maintguard``): on, off, status, run.
+"""The ``maintguard`` command (also ``python -m maintguard``): on, off, status, run, and
+schedule (planned maintenance windows: schedule, schedule list, schedule cancel ID).
 
-Exit codes: 0 done (``status``: off); 1 maintenance is (still) on; 2 bad usage; 3 the
-state could not be read or written. ``run`` returns the command's own code, 128+N when a
-signal N ended it, 125 when maintguard itself failed (no hold taken), 126 and 127 when the
-command cannot be run or is not found. Every failure is one line on stderr.
+Exit codes: 0 done (``status``: off, or a window only announced); 1 maintenance is (still)
+on (``schedule cancel``: no such window); 2 bad usage; 3 the state could not be read or
+written. ``run`` returns the command's own code, 128+N when a signal N ended it, 125 when
+maintguard itself failed (no hold taken), 126 and 127 when the command cannot be run or is
+not found. Every failure is one line on stderr.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import json
 import logging
 import os
+import shlex
 import sys
 from collections.abc import Sequence
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone, tzinfo
 from typing import Any, NoReturn, TextIO
 
 from .. import __version__
@@ -23,7 +27,18 @@ from .. import _holds as guards
 from .. import _ioloop as ioloop
 from .._core import controller, io, store_of
 from .._core.drive import ASYNC
-from .._state import STORED_LOGGER, ExplicitState, MaintenanceState, Mode, StoredState
+from .._schedule import cancel_window, end_windows_now, list_windows, schedule_maintenance
+from .._state import (
+    STORED_LOGGER,
+    ExplicitState,
+    MaintenanceState,
+    Mode,
+    Occurrence,
+    StoredState,
+    Window,
+    WindowRecord,
+)
+from .._windows import check_zone, occurrences
 from ..backends import Backend, EnvVarBackend, LocalFileBackend, MemoryBackend, backend_from_url
 from ..backends._env import getenv
 from ..exceptions import ConfigurationError, MaintGuardError, ReadOnlyBackendError
@@ -33,6 +48,8 @@ from . import show, values
 __all__ = ["main"]
 
 USAGE, BACKEND, RUN_FAILED = 2, 3, 125
+NEXT = 5
+"""How many occurrences of a recurring window ``schedule`` and ``schedule list`` show."""
 _ENV = "MAINTGUARD_BACKEND"
 _CHOOSE = (
     "choose the store your app uses: --backend file:/path/to/state.json (or redis://host/0), "
@@ -63,7 +80,8 @@ def _parser() -> _Parser:
     parser = _Parser(
         prog="maintguard",
         description="Switch maintenance mode, show it, or hold it while a command runs.",
-        epilog="Exit codes: 0 done (status: off), 1 on, 2 bad usage, 3 store unreadable.",
+        epilog="Exit codes: 0 done (status: off or announced), 1 on, 2 bad usage, 3 store "
+        "unreadable.",
     )
     parser.add_argument("--version", action="version", version=f"maintguard {__version__}")
     parser.add_argument("--backend", metavar="URL", help=argparse.SUPPRESS)
@@ -106,7 +124,11 @@ def _parser() -> _Parser:
         "them again while they live)",
     )
 
-    status = commands.add_parser("status", help="show the state (exit 0 off, 1 on, 3 unreadable)")
+    status = commands.add_parser(
+        "status",
+        help="show the state and the next planned window (exit 0 off or announced, 1 on, 3 "
+        "unreadable)",
+    )
     _store(status, writes=False)
     _scope(status)
     status.add_argument("--json", action="store_true", help="print one JSON object")
@@ -132,19 +154,127 @@ def _parser() -> _Parser:
         help="when the drain time is up: run the command anyway (default), or not run it",
     )
     run.add_argument("argv", nargs=argparse.REMAINDER, metavar="COMMAND", help="what to run")
+    _schedule_parser(commands)
     return parser
 
 
-def _scope(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--scope", type=values.scope, help="a named scope such as billing (default: global)"
+def _schedule_parser(commands: Any) -> None:
+    schedule = commands.add_parser(
+        "schedule",
+        help="plan maintenance: a window at a time or a recurring one (schedule list, "
+        "schedule cancel ID)",
+        usage="maintguard schedule (--at TIME | --in DURATION) (--for DURATION | --until TIME)"
+        " [options]\n       maintguard schedule --every CRON [--tz ZONE] --for DURATION "
+        "[--at TIME | --in DURATION] [options]\n       maintguard schedule list [--json] "
+        "[--scope NAME]\n       maintguard schedule cancel ID [--scope NAME]",
+        description="Plan maintenance: every app that reads the store is in maintenance "
+        "during the window, by the clock alone (nothing needs to run at its start or end). "
+        "Prints the window's id and its next occurrences. `maintguard off` during a window "
+        "ends that occurrence (a recurring window goes on at its next one).",
+    )
+    _store(schedule, writes=True, windows=True)
+    start = schedule.add_mutually_exclusive_group()
+    start.add_argument(
+        "--at",
+        metavar="TIME",
+        type=values.moment,
+        help="start at this ISO 8601 time, with its zone: 2027-01-10T03:00Z or "
+        "2027-01-10T04:00+01:00 (a time without one is refused: every machine reading the "
+        "store must read the same moment); with --every, the earliest first run",
+    )
+    start.add_argument(
+        "--in",
+        dest="in_",
+        metavar="DURATION",
+        type=values.seconds,
+        help="start this long from now: 90s, 30m, 2h, 1d (0: now); with --every, the "
+        "earliest first run (default: now)",
+    )
+    end = schedule.add_mutually_exclusive_group()
+    end.add_argument(
+        "--for",
+        dest="for_",
+        metavar="DURATION",
+        type=values.duration,
+        help="how long it lasts: 90s, 30m, 2h, 1d (with --every: each occurrence)",
+    )
+    end.add_argument(
+        "--until",
+        metavar="TIME",
+        type=values.moment,
+        help="end at this ISO 8601 time, with its zone (a one-off window only)",
+    )
+    schedule.add_argument(
+        "--every",
+        metavar="CRON",
+        help="recur: a 5-field cron expression (minute hour day-of-month month day-of-week), "
+        "e.g. '0 3 * * SUN'",
+    )
+    schedule.add_argument(
+        "--tz",
+        metavar="ZONE",
+        help="the IANA zone --every is read in, e.g. Europe/Berlin (default: UTC); the "
+        "occurrences are shown in it too",
+    )
+    schedule.add_argument(
+        "--announce",
+        metavar="DURATION",
+        type=values.seconds,
+        help="how long before each start readers see the phase 'announced': 1h, 30m",
+    )
+    _details(schedule, again=False)
+    actions = schedule.add_subparsers(
+        dest="schedule_command",
+        metavar="list|cancel",
+        prog="maintguard schedule",
+        parser_class=_Parser,
+    )
+    listing = actions.add_parser(
+        "list",
+        help="list the windows planned, with the next occurrences of recurring ones",
+        description="List the windows planned in a scope (not those of the global scope "
+        "that a named scope also follows), earliest first; times in UTC.",
+    )
+    _store(listing, writes=False, windows=True)
+    _scope(listing, kept=True)
+    listing.add_argument(
+        "--json",
+        action="store_true",
+        help="print a JSON list: the Window fields, times in ISO 8601 UTC, announce in seconds",
+    )
+    cancel = actions.add_parser(
+        "cancel",
+        help="remove a window (every occurrence; exit 1: no such window)",
+        description="Remove a planned window, every occurrence of it. Exit 1 when the "
+        "scope has no window with that id.",
+    )
+    _store(cancel, writes=True, windows=True)
+    _scope(cancel, kept=True)
+    cancel.add_argument(
+        "id", metavar="ID", type=values.window_id, help="the window's id (see schedule list)"
     )
 
 
-def _store(parser: argparse.ArgumentParser, *, writes: bool) -> None:
+def _scope(parser: argparse.ArgumentParser, *, kept: bool = False) -> None:
+    # kept: a subcommand's own --scope leaves one given before it (`schedule --scope x list`)
+    parser.add_argument(
+        "--scope",
+        type=values.scope,
+        default=argparse.SUPPRESS if kept else None,
+        help="a named scope such as billing (default: global)",
+    )
+
+
+def _store(parser: argparse.ArgumentParser, *, writes: bool, windows: bool = False) -> None:
     # Each command says what it accepts: the environment variable can be read here but
     # written only where the app runs, and memory: is no other process's store.
-    if writes:
+    if windows:
+        accepted = (
+            f"the store of the windows: file:PATH or redis://HOST[:PORT]/DB[?key_prefix=NAME] "
+            f"(default: ${_ENV}); env:VAR cannot store windows, and memory: is no other "
+            "process's store"
+        )
+    elif writes:
         accepted = (
             f"the store to write: file:PATH or redis://HOST[:PORT]/DB[?key_prefix=NAME] "
             f"(default: ${_ENV}); env:VAR and memory: cannot be written from here"
@@ -188,10 +318,16 @@ def _details(parser: argparse.ArgumentParser, *, again: bool) -> None:
 # -- the commands ----------------------------------------------------------------------
 
 
-def _backend(args: argparse.Namespace, *, writes: bool) -> Backend:
+def _backend(args: argparse.Namespace, *, writes: bool, windows: bool = False) -> Backend:
     url = args.backend if args.backend is not None else getenv(_ENV) or None
     named = "--backend" if args.backend is not None else _ENV
     if url is None:
+        if windows:
+            raise Failure(
+                f"no store chosen: {_CHOOSE} (the default, the environment variable "
+                "MAINTGUARD_MODE, cannot store windows)",
+                USAGE,
+            )
         if writes:
             raise Failure(
                 f"no store chosen: {_CHOOSE} (the default, the environment variable "
@@ -207,6 +343,12 @@ def _backend(args: argparse.Namespace, *, writes: bool) -> Backend:
         raise Failure(
             f"{named}: memory: lives inside one process, so no app sees what this command "
             f"does; {_CHOOSE}",
+            USAGE,
+        )
+    if windows and backend.read_only:
+        raise Failure(
+            f"{named}: {backend.describe()} cannot store planned windows (an environment "
+            f"variable says on or off, nothing more): use a file or Redis store: {_CHOOSE}",
             USAGE,
         )
     if writes and backend.read_only:
@@ -332,7 +474,9 @@ def _switch_on(backend: Backend, args: argparse.Namespace, kept: ExplicitState) 
 def cmd_off(args: argparse.Namespace) -> int:
     backend = _backend(args, writes=True)
     scope = args.scope
-    ioloop.run_sync(guards.set_maintenance_mode(False, backend, scope=scope))
+    ended = ioloop.run_sync(_switch_off(backend, scope))
+    if ended:
+        _print([_ended(record, replacement, span) for record, replacement, span in ended])
     state = _state(backend, scope)
     if args.force and state.holds:
         outer = {h.id for h in _state(backend, None).holders} if scope is not None else set()
@@ -364,8 +508,44 @@ def cmd_off(args: argparse.Namespace) -> int:
         )
     if state.explicit and scope is not None:
         why.append("the global scope is switched on: `maintguard off` turns it off")
+    window = state.next_window
+    if window is not None and show.in_force(window, _now()):
+        why.append(_still_in_force(backend, args, window))
     _say("maintenance stays on: " + "; ".join(why))
     return 1
+
+
+async def _switch_off(
+    backend: Backend, scope: str | None
+) -> list[tuple[WindowRecord, WindowRecord | None, Occurrence]]:
+    # What set_maintenance_mode(False) does (the explicit state off, then the occurrence
+    # of each window in force ended), keeping what end_windows_now ended to print it.
+    ctrl = controller(backend, scope)
+    await ctrl.set_explicit(ExplicitState())
+    return await end_windows_now(ctrl)
+
+
+def _ended(record: WindowRecord, replacement: WindowRecord | None, span: Occurrence) -> str:
+    shown = f"{show.stamp(span[0])} to {show.stamp(span[1])}"
+    if replacement is None:
+        return f"window {show.text(record.id)} removed (it was in force from {shown})"
+    after = _occurrences(replacement, _now(), 1)
+    then = (
+        f"it recurs at {show.moment_in(after[0][0], record.tz)}"
+        if after
+        else "it does not occur again"
+    )
+    return f"window {show.text(record.id)}: this occurrence ({shown}) ended; {then}"
+
+
+def _still_in_force(backend: Backend, args: argparse.Namespace, window: Window) -> str:
+    until = f"window {show.text(window.id)} is in force until {show.stamp(window.end)}"
+    if args.scope is not None:
+        outer = _state(backend, None).next_window
+        if outer is not None and outer.id == window.id:
+            return f"{until}, a window of the global scope: `maintguard off` ends it"
+    cancel = _again(args, "schedule", "cancel", window.id)
+    return f"{until} (another of its occurrences): `{cancel}` removes the window"
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -418,7 +598,231 @@ def _released(backend: Backend, scope: str | None) -> str:
     return "hold released"
 
 
-_COMMANDS = {"on": cmd_on, "off": cmd_off, "status": cmd_status, "run": cmd_run}
+# -- planned windows ----------------------------------------------------------------------
+
+# What schedule's options are called in the messages of the core (which names them as
+# schedule_maintenance's parameters); `start` is --at or --in, whichever was given.
+_OPTIONS = {
+    "duration": "--for",
+    "end": "--until",
+    "every": "--every",
+    "tz": "--tz",
+    "announce": "--announce",
+    "retry_after": "--retry-after",
+    "reason": "--reason",
+}
+_SCHEDULING = (
+    ("at", "--at"),
+    ("in_", "--in"),
+    ("for_", "--for"),
+    ("until", "--until"),
+    ("every", "--every"),
+    ("tz", "--tz"),
+    ("announce", "--announce"),
+    ("reason", "--reason"),
+    ("retry_after", "--retry-after"),
+)
+
+
+def cmd_schedule(args: argparse.Namespace) -> int:
+    action = args.schedule_command
+    if action is not None:
+        given = [option for dest, option in _SCHEDULING if getattr(args, dest) is not None]
+        if given:
+            raise Failure(
+                f"{given[0]} plans a window: it does not go with schedule {action} "
+                f"(see maintguard schedule --help)",
+                USAGE,
+            )
+        return _schedule_list(args) if action == "list" else _schedule_cancel(args)
+    return _schedule(args)
+
+
+def _schedule(args: argparse.Namespace) -> int:
+    start_option = "--at" if args.at is not None else "--in" if args.in_ is not None else None
+    if args.every is None:
+        if args.tz is not None:
+            raise Failure(
+                "--tz goes with --every (the zone a recurring window's cron expression is "
+                "read in); a one-off window's --at and --until carry their own zone",
+                USAGE,
+            )
+        if start_option is None:
+            raise Failure(
+                "a one-off window needs its start: --at TIME (ISO 8601 with a zone, e.g. "
+                "2027-01-10T03:00Z) or --in DURATION (e.g. 2h; 0 for now); or --every CRON "
+                "for a recurring one",
+                USAGE,
+            )
+        if args.for_ is None and args.until is None:
+            raise Failure(
+                "say how long the window lasts: --for DURATION (e.g. 1h) or --until TIME", USAGE
+            )
+    else:
+        if args.until is not None:
+            raise Failure(
+                "--until goes with a one-off window: a recurring one (--every) lasts --for "
+                "DURATION each time, and ends only when cancelled (maintguard schedule cancel "
+                "ID)",
+                USAGE,
+            )
+        if args.for_ is None:
+            raise Failure(
+                "--every needs --for DURATION: how long each occurrence lasts (e.g. 1h)", USAGE
+            )
+    zone: tzinfo | None = None
+    try:
+        if args.tz is not None:
+            zone = check_zone(args.tz)
+        start: datetime | timedelta | None = None
+        if args.at is not None:
+            start = values.zoned(args.at, "--at", zone, args.tz)
+        elif args.in_ is not None:
+            start = timedelta(seconds=args.in_)
+        end = None if args.until is None else values.zoned(args.until, "--until", None, None)
+    except (ConfigurationError, ValueError) as exc:
+        raise Failure(_option_named(str(exc), args), USAGE) from None
+    backend = _backend(args, writes=True, windows=True)
+    try:
+        window = ioloop.run_sync(
+            schedule_maintenance(
+                start,
+                end=end,
+                duration=args.for_,
+                every=args.every,
+                tz=args.tz,
+                announce=args.announce,
+                reason=args.reason or None,  # '': none
+                retry_after=args.retry_after,
+                mode=args.mode,
+                backend=backend,
+                scope=args.scope,
+            )
+        )
+    except ConfigurationError as exc:
+        raise Failure(_option_named(str(exc), args), USAGE) from None
+    except OverflowError:  # a start or an end past the year 9999
+        option = "--at" if args.at is not None else "--until"
+        raise Failure(f"{option}: out of range: give a time before the year 9999", USAGE) from None
+    now = _now()
+    scope = "" if args.scope is None else f" (scope {show.text(args.scope)})"
+    lines = [f"window {show.text(window.id)} scheduled{scope} — {show.text(backend.describe())}"]
+    if window.every is None:
+        when = show.occurrence((window.start, window.end), None)
+        lines.append(f"  once:        {when}{_starts(window.start, now)}")
+    else:
+        each = show.length((window.end - window.start).total_seconds())
+        lines.append(f"  recurs:      {show.recurrence(window)}, {each} each")
+        lines.append("  next:")
+        for span in _occurrences(window, now):
+            lines.append(f"    {show.occurrence(span, window.tz)}{_starts(span[0], now)}")
+    if window.announce is not None:
+        lines.append(f"  announce:    {show.length(window.announce.total_seconds())} before")
+    if window.reason is not None:
+        lines.append(f"  reason:      {show.text(window.reason)}")
+    lines.append(f"cancel it with: {_again(args, 'schedule', 'cancel', window.id)}")
+    _print(lines)
+    _warn_if_unwatched(backend)
+    return 0
+
+
+def _starts(start: datetime, now: datetime) -> str:
+    return " (in force now)" if start <= now else f" (starts {show.ahead(start, now)})"
+
+
+def _option_named(message: str, args: argparse.Namespace) -> str:
+    """A message of the core, with schedule_maintenance's parameter names made the
+    options the operator typed (start: --at or --in; duration: --for...)."""
+    start = "--at" if args.at is not None else "--in" if args.in_ is not None else "the start"
+    length = "--until" if args.until is not None else "--for"
+    if message.startswith("the window is in the past"):
+        return f"{start} and {length}: {message}"
+    if message.startswith("a window must last at most a year"):
+        return f"{length}: {message}"
+    if message.startswith("end ("):
+        return "--until " + message[len("end ") :].replace("after start", f"after {start}")
+    first, _, rest = message.partition(" ")
+    option = start if first == "start" else _OPTIONS.get(first)
+    return message if option is None else f"{option} {rest}"
+
+
+def _occurrences(
+    window: Window | WindowRecord, now: datetime, count: int = NEXT
+) -> list[Occurrence]:
+    """The occurrences of ``window`` that end after ``now`` (at most ``count``)."""
+    if isinstance(window, Window):
+        if window.every is None:
+            return [(window.start, window.end)]
+        window = WindowRecord(
+            id=window.id,
+            start=window.start,  # its current or next occurrence: none before it counts
+            duration=(window.end - window.start).total_seconds(),
+            every=window.every,
+            tz=window.tz,
+        )
+    try:
+        return list(itertools.islice(occurrences(window, now), count))
+    except (ValueError, OverflowError):  # a hand-edited window that cannot be evaluated
+        return []
+
+
+def _again(args: argparse.Namespace, *words: str) -> str:
+    """The maintguard command line of ``words`` on the same store and scope."""
+    line = ["maintguard", *words]
+    if args.scope is not None:
+        line += ["--scope", args.scope]
+    if args.backend is not None:
+        line += ["--backend", args.backend]
+    return show.text(shlex.join(line))
+
+
+def _schedule_list(args: argparse.Namespace) -> int:
+    backend = _backend(args, writes=False, windows=True)
+    found = ioloop.run_sync(list_windows(backend=backend, scope=args.scope))
+    if args.json:
+        _write(sys.stdout, json.dumps([show.window_json(w) for w in found], indent=2))
+    else:
+        now = _now()
+        scope = "" if args.scope is None else f" (scope {show.text(args.scope)})"
+        count = f"{len(found)} window{'s' if len(found) != 1 else ''}" if found else "no windows"
+        lines = [f"{count} planned{scope} — {show.text(backend.describe())}"]
+        for window in found:
+            lines.append(show.window_line(window, now))
+            if window.every is not None:
+                lines += [
+                    f"    - {show.occurrence(o, window.tz)}" for o in _occurrences(window, now)
+                ]
+        _print(lines)
+    _warn_if_unwatched(backend)
+    return 0
+
+
+def _schedule_cancel(args: argparse.Namespace) -> int:
+    backend = _backend(args, writes=True, windows=True)
+    scope = "" if args.scope is None else f" (scope {show.text(args.scope)})"
+    if ioloop.run_sync(cancel_window(args.id, backend=backend, scope=args.scope)):
+        _print([f"window {show.text(args.id)} cancelled{scope} — {show.text(backend.describe())}"])
+        _warn_if_unwatched(backend)
+        return 0
+    elsewhere = ""
+    if args.scope is not None:
+        outer = ioloop.run_sync(list_windows(backend=backend, scope=None))
+        if any(w.id == args.id for w in outer):
+            elsewhere = " (the global scope has it: leave out --scope)"
+    _say(
+        f"no window {show.text(args.id)}{scope} in {show.text(backend.describe())}{elsewhere}: "
+        f"`{_again(args, 'schedule', 'list')}` lists the windows planned"
+    )
+    return 1
+
+
+_COMMANDS = {
+    "on": cmd_on,
+    "off": cmd_off,
+    "status": cmd_status,
+    "run": cmd_run,
+    "schedule": cmd_schedule,
+}
 
 
 # -- the entry point ---------------------------------------------------------------------
@@ -470,7 +874,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         is_run = args.command == "run"
         _log_to_stderr(logging.WARNING if is_run else logging.ERROR)
         if args.command is None:
-            raise Failure("say what to do: on, off, status or run (see maintguard --help)", USAGE)
+            raise Failure(
+                "say what to do: on, off, status, run or schedule (see maintguard --help)", USAGE
+            )
         if extra:
             raise Failure(
                 f"unrecognized arguments: {' '.join(extra)} (see maintguard {args.command} --help)",

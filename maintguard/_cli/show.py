@@ -9,23 +9,43 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Iterable
-from datetime import datetime, timezone
+from datetime import datetime, timezone, tzinfo
 from typing import Any
 from urllib.parse import urlencode
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from .._core.identity import HOST
-from .._state import HoldRecord, MaintenanceState, Phase, RetryAfter
+from .._state import HoldRecord, MaintenanceState, Occurrence, Phase, RetryAfter, Window
 from ..backends import Backend, EnvVarBackend, LocalFileBackend, MemoryBackend, RedisBackend
 from ..backends._redis import redact
 
-__all__ = ["as_json", "holds_lines", "local", "summary", "text", "url"]
+__all__ = [
+    "as_json",
+    "holds_lines",
+    "length",
+    "local",
+    "moment_in",
+    "occurrence",
+    "recurrence",
+    "stamp",
+    "summary",
+    "text",
+    "url",
+    "window_json",
+    "window_line",
+    "window_rows",
+]
 
 
 def summary(state: MaintenanceState, where: str, now: datetime) -> list[str]:
     """The lines of ``maintguard status``."""
     scope = "" if state.scope is None else f" (scope {text(state.scope)})"
+    window = state.next_window
     if not state.active:
-        return [f"maintenance is off{scope} — {text(where)}"]
+        if state.phase is Phase.ANNOUNCED and window is not None:
+            head = f"off, ANNOUNCED: a planned window starts {ahead(window.start, now)}"
+            return [f"maintenance is {head}{scope} — {text(where)}", *window_rows(window, now)]
+        return [f"maintenance is off{scope} — {text(where)}", *window_rows(window, now)]
     if state.phase is Phase.DRAINING:
         head = "DRAINING: on, new work refused; the holder waits for in-flight work to end"
     else:
@@ -45,10 +65,93 @@ def summary(state: MaintenanceState, where: str, now: datetime) -> list[str]:
         sources.append("the operator's switch (maintguard on / set_maintenance_mode)")
     if state.holds:
         sources.append(f"{state.holds} hold{'s' if state.holds != 1 else ''}")
+    if window is not None and in_force(window, now):
+        sources.append(f"the planned window {text(window.id)}")
     rows.append(("on through", " and ".join(sources)))
     lines += [f"  {name + ':':<12} {value}" for name, value in rows]
     lines += holds_lines(state.holders, now)
+    lines += window_rows(window, now)
     return lines
+
+
+def in_force(window: Window, now: datetime) -> bool:
+    return window.start <= now < window.end
+
+
+def window_rows(window: Window | None, now: datetime) -> list[str]:
+    """``status``'s lines about the window in force or the next one (none: no lines)."""
+    if window is None:
+        return []
+    if in_force(window, now):
+        rows = [
+            ("window", f"{text(window.id)}, in force"),
+            ("start", f"{local(window.start)} ({ago(window.start, now)})"),
+        ]
+    else:
+        announced = window.announce is not None and window.start - window.announce <= now
+        rows = [
+            ("next window", f"{text(window.id)}{', announced' if announced else ''}"),
+            ("start", f"{local(window.start)} ({ahead(window.start, now)})"),
+        ]
+    rows.append(("end", f"{local(window.end)} ({ahead(window.end, now)})"))
+    if window.every is not None:
+        rows.append(("recurs", recurrence(window)))
+    if window.announce is not None:
+        rows.append(("announce", f"{length(window.announce.total_seconds())} before"))
+    if window.reason is not None:
+        rows.append(("reason", text(window.reason)))
+    head, *rest = rows
+    return [f"  {head[0] + ':':<12} {head[1]}"] + [f"    {n + ':':<10} {v}" for n, v in rest]
+
+
+def window_line(window: Window, now: datetime) -> str:
+    """``schedule list``'s line of one window: id, start, end, every/tz, announce, reason,
+    by (times in UTC)."""
+    now_on = " (in force)" if in_force(window, now) else ""
+    recurs = "once" if window.every is None else recurrence(window)
+    announce = "-" if window.announce is None else length(window.announce.total_seconds())
+    reason = "-" if window.reason is None else text(window.reason)
+    by = "-" if window.by is None else text(window.by)
+    return (
+        f"{text(window.id)}  {stamp(window.start)} to {stamp(window.end)}{now_on}  {recurs}  "
+        f"announce {announce}  by {by}  reason: {reason}"
+    )
+
+
+def occurrence(span: Occurrence, zone_name: str | None) -> str:
+    """``start to end`` in UTC and, for a window with a zone, in that zone too."""
+    start, end = span
+    shown = f"{stamp(start)} to {stamp(end)}"
+    zone = _zone(zone_name)
+    if zone is None:
+        return shown
+    return f"{shown} ({stamp(start, zone)} to {stamp(end, zone)} in {text(zone_name)})"
+
+
+def moment_in(moment: datetime, zone_name: str | None) -> str:
+    """``moment`` in UTC and, for a window with a zone, in that zone too."""
+    zone = _zone(zone_name)
+    return stamp(moment) if zone is None else f"{stamp(moment)} ({stamp(moment, zone)})"
+
+
+def window_json(window: Window | None) -> dict[str, Any] | None:
+    """A window as JSON: the :class:`~maintguard.Window` field names, times in ISO 8601
+    UTC, ``announce`` in seconds."""
+    if window is None:
+        return None
+    return {
+        "id": window.id,
+        "start": _iso(window.start),
+        "end": _iso(window.end),
+        "every": window.every,
+        "tz": window.tz,
+        "announce": None if window.announce is None else window.announce.total_seconds(),
+        "reason": window.reason,
+        "retry_after": _json_retry_after(window.retry_after),
+        "mode": window.mode.value,
+        "created": _iso(window.created),
+        "by": window.by,
+    }
 
 
 def holds_lines(holds: Iterable[HoldRecord], now: datetime) -> list[str]:
@@ -80,6 +183,7 @@ def as_json(state: MaintenanceState, where: str) -> dict[str, Any]:
         "since": _iso(state.since),
         "until": _iso(state.until),
         "explicit": state.explicit,
+        "next_window": window_json(state.next_window),
         "holds": [
             {
                 "id": h.id,
@@ -124,6 +228,25 @@ def local(moment: datetime) -> str:
         return moment.astimezone().strftime("%Y-%m-%d %H:%M:%S %Z")
     except (OverflowError, ValueError):  # year 1 west of UTC, 9999 east of it
         return moment.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def stamp(moment: datetime, zone: tzinfo = timezone.utc) -> str:
+    """``moment`` in ``zone`` (default UTC), with the zone's abbreviation."""
+    try:
+        return moment.astimezone(zone).strftime("%Y-%m-%d %H:%M:%S %Z")
+    except (OverflowError, ValueError):
+        return moment.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def length(seconds: float) -> str:
+    """A span exactly, as ``--for`` takes it in words: ``1 h 30 min``, ``1 d``, ``45 s``."""
+    left = max(0, round(seconds))
+    parts = []
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60), ("s", 1)):
+        count, left = divmod(left, size)
+        if count:
+            parts.append(f"{count} {unit}")
+    return " ".join(parts) or "0 s"
 
 
 def text(value: object) -> str:
@@ -174,6 +297,21 @@ def _gone(hold: HoldRecord) -> str:
     except (OSError, OverflowError, ValueError):  # another user's; a pid out of range
         pass
     return ""
+
+
+def recurrence(window: Window) -> str:
+    """``every '0 3 * * SUN' in Europe/Berlin``."""
+    return f"every '{text(window.every)}' in {text(window.tz or 'UTC')}"
+
+
+def _zone(name: str | None) -> tzinfo | None:
+    # The window's zone, for showing its times there too (None: UTC, or unknown here).
+    if name is None or name in ("UTC", "Etc/UTC"):
+        return None
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        return None
 
 
 def _iso(moment: datetime | None) -> str | None:
