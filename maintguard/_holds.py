@@ -34,7 +34,7 @@ from ._core.inflight import (
 from ._core.registry import root_controller
 from ._core.stack import Presents
 from ._options import named_options, seconds_or_none
-from ._schedule import end_windows_now
+from ._schedule import turn_off
 from ._state import (
     EventKind,
     ExplicitState,
@@ -876,11 +876,8 @@ async def set_maintenance_mode(
     ctrl = controller(resolve_backend(backend), check_scope(scope))
 
     if value:
-        explicit = ExplicitState(
-            True, reason, checked_retry_after, checked_until, checked_mode, since=now
+        await ctrl.set_explicit(
+            ExplicitState(True, reason, checked_retry_after, checked_until, checked_mode, since=now)
         )
     else:
-        explicit = ExplicitState()
-    await ctrl.set_explicit(explicit)
-    if not value:
-        await end_windows_now(ctrl)  # a window in force ends now (a recurring one skips it)
+        await turn_off(ctrl)  # and a window in force ends now (a recurring one skips it)

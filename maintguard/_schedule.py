@@ -13,12 +13,18 @@ from ._core import ScopeController, controller, resolve_backend
 from ._core.controller import refresh_stale
 from ._core.identity import who
 from ._core.stack import to_datetime
-from ._state import Mode, Occurrence, StoredState, Window, WindowRecord, check_scope
+from ._state import ExplicitState, Mode, Occurrence, StoredState, Window, WindowRecord, check_scope
 from ._windows import ended_early, planned, window
 from .backends import Backend
 from .exceptions import ConfigurationError
 
-__all__ = ["cancel_window", "end_windows_now", "list_windows", "schedule_maintenance"]
+__all__ = [
+    "cancel_window",
+    "end_windows_now",
+    "list_windows",
+    "schedule_maintenance",
+    "turn_off",
+]
 
 logger = logging.getLogger("maintguard")
 
@@ -98,6 +104,16 @@ async def list_windows(*, backend: BackendArg = None, scope: str | None = None) 
         if occurrence is not None:
             found.append(record.view(occurrence))
     return sorted(found, key=lambda w: (w.start, w.id))
+
+
+async def turn_off(
+    ctrl: ScopeController,
+) -> list[tuple[WindowRecord, WindowRecord | None, Occurrence]]:
+    """An operator turns maintenance off in ``ctrl``'s scope: the explicit state off (holds
+    untouched), then the occurrence of every window in force ended
+    (:func:`end_windows_now`); what was ended."""
+    await ctrl.set_explicit(ExplicitState())
+    return await end_windows_now(ctrl)
 
 
 async def end_windows_now(

@@ -27,7 +27,7 @@ from .. import _holds as guards
 from .. import _ioloop as ioloop
 from .._core import controller, io, store_of
 from .._core.drive import ASYNC
-from .._schedule import cancel_window, end_windows_now, list_windows, schedule_maintenance
+from .._schedule import cancel_window, list_windows, schedule_maintenance, turn_off
 from .._state import (
     STORED_LOGGER,
     ExplicitState,
@@ -518,11 +518,8 @@ def cmd_off(args: argparse.Namespace) -> int:
 async def _switch_off(
     backend: Backend, scope: str | None
 ) -> list[tuple[WindowRecord, WindowRecord | None, Occurrence]]:
-    # What set_maintenance_mode(False) does (the explicit state off, then the occurrence
-    # of each window in force ended), keeping what end_windows_now ended to print it.
-    ctrl = controller(backend, scope)
-    await ctrl.set_explicit(ExplicitState())
-    return await end_windows_now(ctrl)
+    # What set_maintenance_mode(False) does, keeping what it ended to print it.
+    return await turn_off(controller(backend, scope))
 
 
 def _ended(record: WindowRecord, replacement: WindowRecord | None, span: Occurrence) -> str:
