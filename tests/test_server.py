@@ -271,12 +271,18 @@ def watch_statuses(urls: list[str], until: float) -> dict[str, list[tuple[float,
     return seen
 
 
-def switched_at(seen: list[tuple[float, float, int]], status: int, after: float) -> float:
-    """The answer time of the first request sent after ``after`` - 0.5 s that got
-    ``status``, having checked that no request answered before ``after`` got it."""
-    early = [s for s in seen if s[1] < after and s[0] > after - 0.5 and s[2] == status]
+def switched_by(seen: list[tuple[float, float, int]], status: int, boundary: float) -> None:
+    """Check a worker switched to ``status`` at ``boundary`` (wall-clock seconds): no
+    request answered before it got ``status`` (not early), and every request sent 50 ms or
+    more after it got ``status`` (a request sent then was handled later still: an old
+    answer would mean the worker had not switched 50 ms after the boundary). On a loaded
+    machine the client's own requests may be late; that is not held against the worker."""
+    early = [s for s in seen if s[1] < boundary and s[0] > boundary - 0.5 and s[2] == status]
     assert not early, f"{status} before the boundary: {early[:3]}"
-    return min(answered for sent, answered, code in seen if code == status and sent >= after - 0.5)
+    after = [s for s in seen if boundary + 0.05 <= s[0] < boundary + 0.4]
+    assert after, "no request was sent in the 0.35 s after the boundary's first 50 ms"
+    late = [s for s in after if s[2] != status]
+    assert not late, f"not {status} yet {(late[-1][0] - boundary) * 1000:.0f} ms after the boundary"
 
 
 @pytest.fixture
@@ -284,9 +290,10 @@ def window_workers(tmp_path: Path, store: str) -> Iterator[list[str]]:
     env = {
         "MAINTGUARD_TEST_FILE": str(tmp_path / "maintenance.json"),
         "MAINTGUARD_TEST_STORE": store,
-        # Polling as for any change (a boundary is not one: the watcher wakes for it), and
-        # presence leases long enough that no renewal falls in the window.
-        "MAINTGUARD_TEST_REFRESH": "1.0" if store.startswith("file:") else "30",
+        # Polling far slower than the switch must be (a boundary is not found by polling:
+        # the watcher wakes for it), and presence leases long enough that no renewal falls
+        # in the window.
+        "MAINTGUARD_TEST_REFRESH": "10" if store.startswith("file:") else "30",
         "MAINTGUARD_TEST_LEASE": "300",
     }
     procs: list[subprocess.Popen[bytes]] = []
@@ -318,7 +325,5 @@ def test_a_window_scheduled_from_the_cli_switches_every_worker_on_time(
     seen = watch_statuses(urls, until=end + 0.5)
     assert writes_so_far(store) == written  # nothing was written at the start or the end
     for url in urls:
-        on = switched_at(seen[url], 503, start) - start
-        off = switched_at(seen[url], 200, end) - end
-        assert on <= 0.05, f"{url} answered 503 only {on * 1000:.0f} ms after the start"
-        assert off <= 0.05, f"{url} answered 200 only {off * 1000:.0f} ms after the end"
+        switched_by(seen[url], 503, start)
+        switched_by(seen[url], 200, end)

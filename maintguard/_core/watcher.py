@@ -61,7 +61,8 @@ async def _watch(store: Store, changes: AsyncIterator[object] | None) -> None:
     read_at = min((c.read_at for c in store.controllers()), default=-math.inf)
     due = math.inf  # the next lease expiry or `until` of any scope (store clock)
     wake = asyncio.Event()
-    notifier = _notifier(store, changes, wake)
+    changed = asyncio.Event()  # the store said it changed (set with `wake`)
+    notifier = _notifier(store, changes, wake, changed)
     loop = asyncio.get_running_loop()
 
     def wake_up() -> None:
@@ -77,7 +78,8 @@ async def _watch(store: Store, changes: AsyncIterator[object] | None) -> None:
             ctrls = store.controllers()
             try:
                 now = time.monotonic()
-                notified = wake.is_set()
+                notified = changed.is_set()  # (a wake-up alone only looks at the times)
+                changed.clear()
                 wake.clear()
                 expired = store.clock() >= due
                 if interval < math.inf and (
@@ -128,7 +130,10 @@ def _changes(store: Store) -> AsyncIterator[object] | None:
 
 
 def _notifier(
-    store: Store, changes: AsyncIterator[object] | None, wake: asyncio.Event
+    store: Store,
+    changes: AsyncIterator[object] | None,
+    wake: asyncio.Event,
+    changed: asyncio.Event,
 ) -> asyncio.Task[None] | None:
     """Wake the watcher when the backend says the store may have changed."""
     if changes is None:
@@ -137,6 +142,7 @@ def _notifier(
     async def notify() -> None:
         try:
             async for _ in changes:
+                changed.set()
                 wake.set()
         except asyncio.CancelledError:
             raise

@@ -175,10 +175,11 @@ class MaintenanceModeMiddleware:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         # The common case, kept short: an HTTP request while maintenance is off. It counts
         # as in-flight work (for drains) from before the look until the app returns: after
-        # its last body message, and any background task run after it. Time alone only
-        # ever ends maintenance, so `active` (kept by every change) is exact when it says
-        # off; when it says on, the general path looks at the snapshot. An app with forced
-        # routes, or whose routes changed since they were learned, looks at them too.
+        # its last body message, and any background task run after it. `active` is kept by
+        # every change, and by the watcher at every boundary in time (an `until`, a lease,
+        # a planned window's start and end), so it is exact when it says off; when it says
+        # on, the general path looks at the snapshot. An app with forced routes, or whose
+        # routes changed since they were learned, looks at them too.
         ctrl = self._ctrl
         if ctrl is not None and scope["type"] == "http":
             live = self._live
