@@ -72,6 +72,7 @@ class Book:
         self.stack = HoldStack()
         self.entering = HoldStack()
         self.stored: StoredState | None = None  # None: never read
+        self.quiet_until = -math.inf  # clock time before which no window of `stored` is on
         self.lease_due = math.inf  # clock time when a lease in the copy runs out: read then
         self.read_at = -math.inf  # monotonic time of the last read (or write) taken
         self.version = 0
@@ -212,7 +213,16 @@ class Book:
             return frame, write, NO_CHANGE
         stored = self.stored
         if parent is None and (
-            stored is None or not (stored.holds or stored.explicit.active or stored.windows)
+            stored is None
+            or not (
+                stored.holds
+                or stored.explicit.active
+                or (
+                    stored.windows
+                    and (now := clock()) >= self.quiet_until  # (inline: O(1) when quiet)
+                    and self.window_on(now)
+                )
+            )
         ):
             # The global scope, and nothing else can hold it: off (the rule, no source).
             self.own_active = False
@@ -224,6 +234,24 @@ class Book:
             self.phase = _OFF
             return frame, write, (None, True)
         return frame, write, self.recompute(clock(), _OFF if parent is None else parent)
+
+    def window_on(self, now: float) -> bool:
+        """Whether a window of the stored copy is in force at ``now`` (clock seconds), as
+        planned. Remembers until when none can be (the next start), so that a hold's last
+        exit asks this in O(1) while no window is near."""
+        if now < self.quiet_until or self.stored is None:
+            return False
+        at = to_datetime(now)
+        quiet = math.inf
+        for window in self.stored.windows:
+            occurrence = window.current(at)
+            if occurrence is not None:
+                if occurrence[0] <= at:
+                    self.quiet_until = -math.inf  # on: ask again at every exit meanwhile
+                    return True
+                quiet = min(quiet, occurrence[0].timestamp())
+        self.quiet_until = quiet
+        return False
 
     def holding(self) -> bool:
         return bool(self.stack) or bool(self.entering)
@@ -391,6 +419,7 @@ class Book:
             stored = judged(stored, self.hold_id, worker, to_datetime(at))
             self.lease_due = lease_due(stored, self.hold_id, worker)
         self.stored = stored
+        self.quiet_until = -math.inf
         self.read_at = mono
         self.version += 1
         return self.recompute(now, parent)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import math
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
@@ -79,6 +80,7 @@ class Scope(Book):
             with self._lock:
                 if self.stored is stored:
                     self.stored = planned(stored, now, self.label)
+                    self.quiet_until = -math.inf
                     self.version += 1
 
     def parent_phase(self) -> Phase:
