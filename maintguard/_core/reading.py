@@ -47,6 +47,11 @@ class Reading(Scope):
         if interval == _NEVER:  # (memory: what is stored is what this process wrote)
             return True
         parent: Reading | None = self.parent  # type: ignore[assignment]
+        if not interval:  # (the environment: read at every call, so no clock is needed)
+            if parent is not None:
+                parent._read_now(read, parent.read_at)
+            self._read_now(read, self.read_at)
+            return True
         now = time.monotonic()
         if parent is not None and now - parent.read_at >= interval:
             parent._read_now(read, now)
