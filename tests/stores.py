@@ -8,7 +8,9 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -90,3 +92,21 @@ def file_holds(path: Path) -> list[Any]:
     if text.strip() in ("0", "1", "read_only"):
         return []
     return list(json.loads(text).get("holds", []))
+
+
+def schedule_elsewhere(path: Path, start: datetime, **options: Any) -> None:
+    """``schedule_maintenance`` on the file store ``path``, run by another process."""
+    code = (
+        "import sys, datetime; from maintguard import sync; "
+        "from maintguard.backends import LocalFileBackend; "
+        "sync.schedule_maintenance(start=datetime.datetime.fromisoformat(sys.argv[2]), "
+        "backend=LocalFileBackend(sys.argv[1]), **eval(sys.argv[3]))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(path), start.isoformat(), repr(options)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])},
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr

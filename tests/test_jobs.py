@@ -37,7 +37,7 @@ from maintguard import (
 )
 from maintguard._core import store_of
 from maintguard.backends import LocalFileBackend, MemoryBackend
-from tests.stores import REDIS_URL, new_spec, open_store
+from tests.stores import REDIS_URL, new_spec, open_store, schedule_elsewhere
 
 pytestmark = pytest.mark.anyio
 
@@ -775,24 +775,6 @@ async def test_without_lead_a_window_ahead_changes_nothing(planned: Planned) -> 
     planned.at(planned.start + timedelta(seconds=1))
     with pytest.raises(UnderMaintenance):
         await job()
-
-
-def schedule_elsewhere(path: Path, start: datetime, **options: Any) -> None:
-    """``schedule_maintenance`` on the file store ``path``, run by another process."""
-    code = (
-        "import sys, datetime; from maintguard import sync; "
-        "from maintguard.backends import LocalFileBackend; "
-        "sync.schedule_maintenance(start=datetime.datetime.fromisoformat(sys.argv[2]), "
-        "backend=LocalFileBackend(sys.argv[1]), **eval(sys.argv[3]))"
-    )
-    done = subprocess.run(
-        [sys.executable, "-c", code, str(path), start.isoformat(), repr(options)],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])},
-        timeout=60,
-    )
-    assert done.returncode == 0, done.stderr
 
 
 @pytest.mark.processes

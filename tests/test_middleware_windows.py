@@ -11,10 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
-import subprocess
-import sys
 import threading
 import time
 from datetime import datetime, timedelta, timezone
@@ -46,6 +43,7 @@ from maintguard._core import store_of
 from maintguard.backends import Backend, LocalFileBackend, MemoryBackend
 from tests.asgi import Message, Sent, call, http_scope, request, says, served, websocket_scope
 from tests.conftest import asyncio_only
+from tests.stores import schedule_elsewhere
 
 pytestmark = pytest.mark.anyio
 
@@ -470,24 +468,6 @@ async def test_a_running_window_that_cannot_be_written_still_gets_its_503(
                 assert sent.status == 503 and HEADER not in sent.headers
                 assert sent.headers[b"retry-after"]  # counting to the end, cut to a year
     assert any("cannot be announced" in r.getMessage() for r in caplog.records)
-
-
-def schedule_elsewhere(path: Path, start: datetime, **options: Any) -> None:
-    """``schedule_maintenance`` on the file store ``path``, run by another process."""
-    code = (
-        "import sys, datetime; from maintguard import sync; "
-        "from maintguard.backends import LocalFileBackend; "
-        "sync.schedule_maintenance(start=datetime.datetime.fromisoformat(sys.argv[2]), "
-        "backend=LocalFileBackend(sys.argv[1]), **eval(sys.argv[3]))"
-    )
-    done = subprocess.run(
-        [sys.executable, "-c", code, str(path), start.isoformat(), repr(options)],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])},
-        timeout=60,
-    )
-    assert done.returncode == 0, done.stderr
 
 
 @pytest.mark.processes

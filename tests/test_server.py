@@ -66,13 +66,12 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return new_spec(str(request.param), tmp_path)
 
 
-@pytest.fixture
-def workers(tmp_path: Path, store: str) -> Iterator[list[str]]:
+def two_workers(tmp_path: Path, store: str, **env: str) -> Iterator[list[str]]:
+    """Two uvicorn workers serving ``store``, stopped afterwards: their urls."""
     env = {
         "MAINTGUARD_TEST_FILE": str(tmp_path / "maintenance.json"),
         "MAINTGUARD_TEST_STORE": store,
-        # A file is polled; Redis publishes every change, so its polling may be slow.
-        "MAINTGUARD_TEST_REFRESH": "0.5" if store.startswith("file:") else "30",
+        **env,
     }
     procs: list[subprocess.Popen[bytes]] = []
     try:
@@ -81,6 +80,13 @@ def workers(tmp_path: Path, store: str) -> Iterator[list[str]]:
         yield [url for url, _ in started]
     finally:
         stop_all(procs)
+
+
+@pytest.fixture
+def workers(tmp_path: Path, store: str) -> Iterator[list[str]]:
+    # A file is polled; Redis publishes every change, so its polling may be slow.
+    refresh = "0.5" if store.startswith("file:") else "30"
+    yield from two_workers(tmp_path, store, MAINTGUARD_TEST_REFRESH=refresh)
 
 
 def switch(store: str, value: bool) -> None:
@@ -287,22 +293,13 @@ def switched_by(seen: list[tuple[float, float, int]], status: int, boundary: flo
 
 @pytest.fixture
 def window_workers(tmp_path: Path, store: str) -> Iterator[list[str]]:
-    env = {
-        "MAINTGUARD_TEST_FILE": str(tmp_path / "maintenance.json"),
-        "MAINTGUARD_TEST_STORE": store,
-        # Polling far slower than the switch must be (a boundary is not found by polling:
-        # the watcher wakes for it), and presence leases long enough that no renewal falls
-        # in the window.
-        "MAINTGUARD_TEST_REFRESH": "10" if store.startswith("file:") else "30",
-        "MAINTGUARD_TEST_LEASE": "300",
-    }
-    procs: list[subprocess.Popen[bytes]] = []
-    try:
-        started = start_uvicorn(env, 2)
-        procs = [proc for _, proc in started]
-        yield [url for url, _ in started]
-    finally:
-        stop_all(procs)
+    # Polling far slower than the switch must be (a boundary is not found by polling: the
+    # watcher wakes for it), and presence leases long enough that no renewal falls in the
+    # window.
+    refresh = "10" if store.startswith("file:") else "30"
+    yield from two_workers(
+        tmp_path, store, MAINTGUARD_TEST_REFRESH=refresh, MAINTGUARD_TEST_LEASE="300"
+    )
 
 
 @pytest.mark.slow
