@@ -245,3 +245,30 @@ async def test_a_renewal_that_loses_the_race_with_a_shutdown_removes_the_record(
     assert workers_of(path) == []
     await presence.tick(store)  # the renewal that was already on its way
     assert workers_of(path) == []
+
+
+@pytest.mark.processes
+@pytest.mark.parametrize(("given", "expected"), [("pod-7", "pod-7"), ("  ", None)])
+def test_records_name_the_host_maintguard_host_gives(
+    tmp_path: Path, given: str, expected: str | None
+) -> None:
+    # MAINTGUARD_HOST names this machine in hold and presence records (a pod's name, where
+    # host names are random); unset or blank, the host name.
+    code = """
+        import json, sys
+        from maintguard import under_maintenance
+        from maintguard.backends import LocalFileBackend
+        with under_maintenance(backend=LocalFileBackend(sys.argv[1])):
+            print(json.load(open(sys.argv[1]))["holds"][0]["host"])
+    """
+    done = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code), str(tmp_path / "m.json")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "MAINTGUARD_HOST": given},
+    )
+    assert done.returncode == 0, done.stderr
+    import socket
+
+    assert done.stdout.strip() == (expected or socket.gethostname())

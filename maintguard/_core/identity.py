@@ -15,7 +15,9 @@ from . import lifecycle
 
 __all__ = ["HOST", "new_id", "pid", "who"]
 
-HOST = socket.gethostname()
+HOST = os.environ.get("MAINTGUARD_HOST", "").strip() or socket.gethostname()
+"""This machine's name in records: ``MAINTGUARD_HOST`` when set (a pod's name, say), else
+the host name."""
 _pid = os.getpid()
 
 
