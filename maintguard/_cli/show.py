@@ -1,7 +1,8 @@
 """What the CLI prints of a state: a short summary for people, one JSON object for tools.
 
 Pure functions of the state and the time ``now`` (plus, for the hint that a local holder
-has died, a look at this machine's process table).
+has died, a look at this machine's process table). The JSON object is built in
+:mod:`maintguard._state_json`, which the middleware's status endpoint shares.
 """
 
 from __future__ import annotations
@@ -10,14 +11,11 @@ import math
 import os
 from collections.abc import Iterable
 from datetime import datetime, timezone, tzinfo
-from typing import Any
-from urllib.parse import urlencode
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from .._core.identity import HOST
 from .._state import HoldRecord, MaintenanceState, Occurrence, Phase, RetryAfter, Window
-from ..backends import Backend, EnvVarBackend, LocalFileBackend, MemoryBackend, RedisBackend
-from ..backends._redis import redact
+from .._state_json import as_json, url, window_json
 
 __all__ = [
     "as_json",
@@ -134,26 +132,6 @@ def moment_in(moment: datetime, zone_name: str | None) -> str:
     return stamp(moment) if zone is None else f"{stamp(moment)} ({stamp(moment, zone)})"
 
 
-def window_json(window: Window | None) -> dict[str, Any] | None:
-    """A window as JSON: the :class:`~maintguard.Window` field names, times in ISO 8601
-    UTC, ``announce`` in seconds."""
-    if window is None:
-        return None
-    return {
-        "id": window.id,
-        "start": _iso(window.start),
-        "end": _iso(window.end),
-        "every": window.every,
-        "tz": window.tz,
-        "announce": None if window.announce is None else window.announce.total_seconds(),
-        "reason": window.reason,
-        "retry_after": _json_retry_after(window.retry_after),
-        "mode": window.mode.value,
-        "created": _iso(window.created),
-        "by": window.by,
-    }
-
-
 def holds_lines(holds: Iterable[HoldRecord], now: datetime) -> list[str]:
     """One line per hold: owner, host, pid, since, lease left."""
     lines = []
@@ -168,55 +146,6 @@ def holds_lines(holds: Iterable[HoldRecord], now: datetime) -> list[str]:
             f"since {local(hold.acquired)} ({ago(hold.acquired, now)}), {lease}"
         )
     return lines
-
-
-def as_json(state: MaintenanceState, where: str) -> dict[str, Any]:
-    """``maintguard status --json``: times in ISO 8601, UTC."""
-    return {
-        "backend": where,
-        "scope": state.scope,
-        "active": state.active,
-        "phase": state.phase.value,
-        "mode": state.mode.value,
-        "reason": state.reason,
-        "retry_after": _json_retry_after(state.retry_after),
-        "since": _iso(state.since),
-        "until": _iso(state.until),
-        "explicit": state.explicit,
-        "next_window": window_json(state.next_window),
-        "holds": [
-            {
-                "id": h.id,
-                "owner": h.owner,
-                "host": h.host,
-                "pid": h.pid,
-                "started": _iso(h.acquired),
-                "expires": _iso(h.expires),
-                "reason": h.reason,
-                "mode": h.mode.value,
-                "retry_after": _json_retry_after(h.retry_after),
-                "draining": h.draining,
-            }
-            for h in state.holders
-        ],
-    }
-
-
-def url(backend: Backend) -> str:
-    """The URL of ``backend``'s store, as ``--backend`` takes it back (a Redis password
-    written as ``***``: it is never printed)."""
-    if isinstance(backend, LocalFileBackend):
-        path = os.path.realpath(backend.path)  # the file read, as the store is known by
-        return f"file://{path}" if path.startswith("//") else f"file:{path}"  # (kept whole)
-    if isinstance(backend, RedisBackend):
-        where = redact(backend.url)  # (as given, other options kept; the prefix was taken out)
-        joiner = "&" if "?" in where else "?"
-        return f"{where}{joiner}{urlencode({'key_prefix': backend.key_prefix})}"
-    if isinstance(backend, EnvVarBackend):
-        return f"env:{backend.var_name}"
-    if isinstance(backend, MemoryBackend):
-        return "memory:"
-    return backend.describe()  # a backend of the app's own: no URL names it
 
 
 # -- pieces --------------------------------------------------------------------------------
@@ -312,11 +241,3 @@ def _zone(name: str | None) -> tzinfo | None:
         return ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError):
         return None
-
-
-def _iso(moment: datetime | None) -> str | None:
-    return None if moment is None else moment.astimezone(timezone.utc).isoformat()
-
-
-def _json_retry_after(value: RetryAfter | None) -> float | str | None:
-    return _iso(value) if isinstance(value, datetime) else value

@@ -183,6 +183,10 @@ class Bypass:
         candidate = route_path[len(self._prefix) :].encode("utf-8", "surrogatepass")
         return hmac.compare_digest(candidate, self._secret)
 
+    def covers(self, path: str) -> bool:
+        """Whether ``path`` is a secret URL's own path or under it (with a secret set)."""
+        return self.enabled and (path + "/").startswith(self._prefix)
+
     def carried(self, scope: Scope, now: float) -> bool:
         """Whether the request carries the secret header or a valid cookie unexpired at ``now``."""
         if self._secret is None:

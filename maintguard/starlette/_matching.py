@@ -401,6 +401,30 @@ class AppRoutes:
             return False
         return True
 
+    def taker(self, path: str) -> tuple[bool, Any]:
+        """``(known, route)``: whether these routes are known (learned from a Starlette
+        app), and what takes an HTTP request to ``path`` with any method: its endpoint, or
+        True when one does but names none; None when no route does. Never raises."""
+        root = self._root
+        if root is None:
+            return False, None
+        probe = {
+            "type": "http",
+            "method": "GET",
+            "path": path,
+            "raw_path": path.encode("utf-8", "surrogateescape"),
+            "root_path": "",
+            "query_string": b"",
+            "headers": [],
+        }
+        try:
+            outcome, endpoint = root.find(probe)
+        except Exception:  # a route's own matching failed: cannot tell
+            return False, None
+        if outcome == NONE:
+            return True, None
+        return True, True if endpoint is None else endpoint
+
     def is_docs(self, endpoint: Any) -> bool:
         return any(endpoint is docs for docs in self.docs)
 

@@ -33,6 +33,7 @@ from .._core.defaults import warn_two_stores
 from .._core.inflight import Work, current_work, new_key
 from .._options import named_options
 from .._state import MaintenanceState, Mode, check_scope
+from .._state_json import as_json, url
 from ..backends import Backend, EnvVarBackend
 from ..exceptions import ConfigurationError, MaintGuardError
 from ._access import Bypass, ClientRule
@@ -57,6 +58,7 @@ from ._handlers import (
 )
 from ._matching import AppRoutes, route_path
 from ._responses import Prepared, Template, check_template, counting_second, prepare
+from ._status import StatusEndpoint
 
 __all__ = ["MaintenanceModeMiddleware"]
 
@@ -89,6 +91,13 @@ class MaintenanceModeMiddleware:
     the maintenance responses too. A request let through while maintenance is off is told of
     the global scope's windows (its state read once, from memory); a request decided in
     named scopes, of theirs too.
+
+    ``status_path`` (a path such as ``"/_maintenance/status"``): ``GET`` or ``HEAD`` there
+    answers 200 with the state as JSON (``maintguard status --json``'s object, and
+    ``scopes``, one per named scope the app knows), during maintenance too; hold records,
+    the store's URL and who planned a window only for a client ``allow_ips`` or the bypass
+    secret lets through. Any other method: 405. A route of the app at that path is refused
+    when the middleware is built, or when the routes are learned at start-up.
     """
 
     @named_options
@@ -115,6 +124,7 @@ class MaintenanceModeMiddleware:
         template: Template | None = None,
         close_websockets: bool = False,
         announce_header: str | None = None,
+        status_path: str | None = None,
     ) -> None:
         self.app = app
         self._given = coerce(backend) if backend is not None else None
@@ -157,8 +167,19 @@ class MaintenanceModeMiddleware:
         name = announce_name(announce_header)
         self._announcer = None if name is None else Announcer(app, name)
         # What a request let through while maintenance is off runs: the app itself, or
-        # with a header to announce, the app behind a look at the global scope's state.
+        # with a header to announce, the app behind a look at the global scope's state;
+        # with a status path, behind a look at the request's path first (so without one,
+        # the off path has nothing more to do).
         self._pass: ASGIApp = self._announcer or app
+        self._status_endpoint = StatusEndpoint.of(
+            status_path, exempt_paths=exempt_paths, bypass=self._bypass
+        )
+        if self._status_endpoint is not None:
+            problem = self._status_endpoint.collision(AppRoutes({}, app, exempt_docs=False))
+            if problem is not None:
+                raise ConfigurationError(problem)
+            self._behind_status = self._pass
+            self._pass = self._status_or_pass
         self._ctrl: Controller | None = None  # the global scope's, while started
         self._root: Controller | None = None  # the same, kept once stopped (for requests)
         self._work = Work()  # the store's in-flight work, and this middleware's table in it
@@ -212,6 +233,12 @@ class MaintenanceModeMiddleware:
         kind = scope["type"]
         if kind == "http" or kind == "websocket":
             ctrl = self._ctrl or await self._start(scope)
+            status = self._status_endpoint
+            if status is not None and kind == "http" and status.is_for(scope):
+                if key:
+                    self._end(key)  # counted by the entry: the status is no app's work
+                await self._answer_status(scope, send, ctrl)
+                return
             live = self._live
             if not key:
                 key = new_key()
@@ -320,7 +347,7 @@ class MaintenanceModeMiddleware:
         if self._given is not None:
             self._warn_if_not_default(self._given)
         ctrl = controller(backend, None)
-        routes = self._learn(scope, ctrl)
+        routes = self._learn(scope, ctrl, at_startup=at_startup)
         # Named scopes must be read (and then watched) before any request asks for them;
         # holding their controllers keeps them alive (and watched) while the app runs.
         names = {name for _, name in self._rules.scoped} | routes.scopes
@@ -373,12 +400,35 @@ class MaintenanceModeMiddleware:
         if store_of(default) is not store_of(backend):
             warn_two_stores(backend, default, "configure() chose it")
 
-    def _learn(self, scope: Scope, ctrl: Controller) -> AppRoutes:
+    def _learn(self, scope: Scope, ctrl: Controller, *, at_startup: bool = False) -> AppRoutes:
         routes = AppRoutes(scope, self.app, exempt_docs=self._exempt_docs)
         for name in routes.scopes:
             self._scope_ctrl(ctrl, name)
         self._routes = routes
+        if self._status_endpoint is not None:
+            self._check_status_path(routes, at_startup)
         return routes
+
+    def _check_status_path(self, routes: AppRoutes, at_startup: bool) -> None:
+        """A route of the app at the status path fails the start-up (said there); found
+        later (no lifespan, routes added since), it is logged once, and the status endpoint
+        goes on answering there."""
+        endpoint = self._status_endpoint
+        if endpoint is None:  # pragma: no cover - asked only with a status path
+            return
+        if at_startup:
+            when = (
+                " (found at start-up, when the app's routes were learned: when the "
+                "middleware was built, they were not known or had no route there yet)"
+            )
+            problem = endpoint.collision(routes, when=when)
+            if problem is not None:
+                raise ConfigurationError(problem)
+        elif not endpoint.warned:
+            problem = endpoint.collision(routes, when=", and it does from now on")
+            if problem is not None:
+                endpoint.warned = True
+                logger.error("maintguard: %s", problem)
 
     def _scope_ctrl(self, ctrl: Controller, name: str) -> Controller:
         found = self._scoped.get(name)
@@ -469,14 +519,19 @@ class MaintenanceModeMiddleware:
     async def _client_passes(self, scope: Scope) -> bool:
         """A request maintenance refuses goes through all the same: its client's address
         is in ``allow_ips``, it carries the bypass secret, or ``exempt_handler`` says so."""
-        if self._clients.enabled and self._clients.allows(scope):
-            return True
-        if self._bypass.enabled and self._bypass.carried(scope, time.time()):
+        if self._trusted_client(scope):
             return True
         if self._exempt_handler is not None:
             request = Request(scope) if scope["type"] == "http" else HTTPConnection(scope)
             return await exempt_by(self._exempt_handler, request)  # type: ignore[arg-type]
         return False
+
+    def _trusted_client(self, scope: Scope) -> bool:
+        """The client passes maintenance by who it is: its address is in ``allow_ips``,
+        or it carries the bypass secret (what the status endpoint shows holds to)."""
+        if self._clients.enabled and self._clients.allows(scope):
+            return True
+        return self._bypass.enabled and self._bypass.carried(scope, time.time())
 
     def state_of(self, names: Sequence[str]) -> tuple[str | None, MaintenanceState]:
         """The state in force for a request in the named scopes ``names`` (none: the global
@@ -505,6 +560,32 @@ class MaintenanceModeMiddleware:
         return self._would_refuse(probe, routes, hold_of(scope, mode)) >= REFUSE
 
     # -- answers ---------------------------------------------------------------------------------
+
+    async def _status_or_pass(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # The off path with a status path: one look at the path, then what it ran before.
+        ctrl = self._root
+        endpoint = self._status_endpoint
+        if ctrl is not None and endpoint is not None and endpoint.is_for(scope):
+            await self._answer_status(scope, send, ctrl)
+            return
+        await self._behind_status(scope, receive, send)
+
+    async def _answer_status(self, scope: Scope, send: Send, ctrl: Controller) -> None:
+        endpoint = self._status_endpoint
+        if endpoint is None:  # pragma: no cover - asked only with a status path
+            return
+        trusted = self._trusted_client(scope)
+
+        def build() -> dict[str, Any]:
+            where = url(ctrl.backend) if trusted else None
+            shown = as_json(ctrl.snapshot, where, holders=trusted)
+            shown["scopes"] = {
+                name: as_json(self._scope_ctrl(ctrl, name).snapshot, holders=trusted)
+                for name in sorted(self._scoped)
+            }
+            return shown
+
+        await endpoint.answer(scope, send, build)
 
     def _prepared_for(self, key: Any, state: MaintenanceState) -> Prepared:
         cached = self._prepared.get(key)
