@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -492,3 +493,44 @@ def test_a_webhook_without_httpx_says_what_to_install() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert "pip install 'maintguard[webhooks]'" in out.stdout
+
+
+# -- the README's receiver ---------------------------------------------------------------
+
+
+def test_the_readme_receiver_accepts_what_a_webhook_signs(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import anyio
+    from starlette.requests import Request as StarletteRequest
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    block = next(b for b in readme.split("```python")[1:] if "async def maintguard_hook" in b)
+    namespace: dict[str, Any] = {}
+    exec(block.split("```")[0], namespace)
+    namespace["SECRET"] = SECRET.encode()
+    hook = Webhook("https://example.com/hook", secret=SECRET)
+    body = hook.body(_event())
+
+    def status(body: bytes, headers: dict[str, str]) -> int:
+        sent = [{"type": "http.request", "body": body, "more_body": False}]
+
+        async def receive() -> dict[str, Any]:
+            return sent.pop(0)
+
+        scope = {
+            "type": "http",
+            "method": "POST",
+            "path": "/hook",
+            "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()],
+        }
+        request = StarletteRequest(scope, receive)
+        return int(anyio.run(namespace["maintguard_hook"], request).status_code)
+
+    assert status(body, hook.headers(body)) == 204
+    assert capsys.readouterr().out.split()[:3] == ["transition", "billing", "on"]
+    assert status(body + b" ", hook.headers(body)) == 401  # not the bytes signed
+    assert status(body, {}) == 401  # unsigned
+    other = Webhook("https://example.com/hook", secret="another secret")
+    assert status(body, other.headers(body)) == 401
+    assert capsys.readouterr().out == ""
