@@ -534,3 +534,27 @@ def test_the_readme_receiver_accepts_what_a_webhook_signs(
     other = Webhook("https://example.com/hook", secret="another secret")
     assert status(body, other.headers(body)) == 401
     assert capsys.readouterr().out == ""
+
+
+@pytest.mark.processes
+def test_events_queued_at_exit_are_delivered(receiver: Receiver) -> None:
+    # The lifecycle step "webhooks" runs after the listeners' step: a hold's events that
+    # the dispatcher hands over at exit still reach the receiver.
+    code = (
+        "import sys, maintguard\n"
+        "from maintguard.backends import MemoryBackend\n"
+        "from maintguard.hooks import Webhook\n"
+        "maintguard.add_listener(Webhook(sys.argv[1]))\n"
+        "with maintguard.under_maintenance(backend=MemoryBackend()):\n"
+        "    pass\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, receiver.url("/ok")], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    assert [r.json["kind"] for r in receiver.at("/ok")] == [
+        "transition",
+        "hold_acquired",
+        "transition",
+        "hold_released",
+    ]
