@@ -12,7 +12,8 @@ At exit (:data:`EXIT_ORDER`):
 2. ``presence`` (presence): this process's presence records are removed (drains elsewhere
    stop waiting for it);
 3. ``listeners`` (dispatch): events of those releases reach the listeners;
-4. ``ioloop`` (the I/O loop): writes still running land, then the loop stops. Last, since
+4. ``webhooks`` (hooks): what the listeners queued for webhooks is posted (2 s in all);
+5. ``ioloop`` (the I/O loop): writes still running land, then the loop stops. Last, since
    every step before may write through it.
 
 In a forked child (:data:`FORK_ORDER`), lowest layers first, so each step finds the ones it
@@ -23,9 +24,10 @@ builds on already renewed:
 3. ``file``, ``memory``: the file and memory backends' locks (held by parent threads) are
    made anew;
 4. ``listeners``: a new dispatcher queue and thread;
-5. ``io``: the I/O loop's per-store asyncio locks are forgotten;
-6. ``stores``: the child holds nothing its parent held, renews none of its records;
-7. ``watchers``: stores watched in the parent are watched again, on the child's loop.
+5. ``webhooks``: each webhook's queue is emptied; a new worker thread starts on use;
+6. ``io``: the I/O loop's per-store asyncio locks are forgotten;
+7. ``stores``: the child holds nothing its parent held, renews none of its records;
+8. ``watchers``: stores watched in the parent are watched again, on the child's loop.
 """
 
 from __future__ import annotations
@@ -39,8 +41,18 @@ __all__ = ["EXIT_ORDER", "FORK_ORDER", "after_fork", "at_exit", "run_at_exit", "
 
 logger = logging.getLogger("maintguard")
 
-EXIT_ORDER = ("holds", "presence", "listeners", "ioloop")
-FORK_ORDER = ("identity", "ioloop", "file", "memory", "listeners", "io", "stores", "watchers")
+EXIT_ORDER = ("holds", "presence", "listeners", "webhooks", "ioloop")
+FORK_ORDER = (
+    "identity",
+    "ioloop",
+    "file",
+    "memory",
+    "listeners",
+    "webhooks",
+    "io",
+    "stores",
+    "watchers",
+)
 
 Callback = Callable[[], None]
 _exit: dict[str, list[Callback]] = {step: [] for step in EXIT_ORDER}
