@@ -15,12 +15,22 @@ from urllib.parse import urlencode
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from .._core.identity import HOST
-from .._state import HoldRecord, MaintenanceState, Occurrence, Phase, RetryAfter, Window
+from .._state import (
+    AuditEntry,
+    HoldRecord,
+    MaintenanceState,
+    Occurrence,
+    Phase,
+    RetryAfter,
+    Window,
+)
 from ..backends import Backend, EnvVarBackend, LocalFileBackend, MemoryBackend, RedisBackend
 from ..backends._redis import redact
 
 __all__ = [
     "as_json",
+    "entry_json",
+    "entry_line",
     "holds_lines",
     "length",
     "local",
@@ -151,6 +161,37 @@ def window_json(window: Window | None) -> dict[str, Any] | None:
         "mode": window.mode.value,
         "created": _iso(window.created),
         "by": window.by,
+    }
+
+
+def entry_line(entry: AuditEntry) -> str:
+    """One line of ``maintguard history``: when (UTC), what, where, why; who and how."""
+    what = entry.kind
+    if entry.window is not None:
+        what += f" {entry.window}"
+    if entry.holds:
+        what += f" ({', '.join(entry.holds)})"
+    if entry.scope is not None:
+        what += f", scope {entry.scope}"
+    if entry.reason is not None:
+        what += f", reason {entry.reason!r}"
+    how = f"{entry.actor}, pid {entry.pid}" + (f": {entry.command}" if entry.command else "")
+    return text(f"{stamp(entry.at)}  {what} — {how}")
+
+
+def entry_json(entry: AuditEntry) -> dict[str, Any]:
+    """An audit entry as JSON: the :class:`~maintguard.AuditEntry` field names, ``at`` in
+    ISO 8601 UTC."""
+    return {
+        "at": _iso(entry.at),
+        "actor": entry.actor,
+        "pid": entry.pid,
+        "command": entry.command,
+        "kind": entry.kind,
+        "scope": entry.scope,
+        "reason": entry.reason,
+        "window": entry.window,
+        "holds": list(entry.holds),
     }
 
 
