@@ -12,6 +12,7 @@ from importlib.util import find_spec
 from typing import TYPE_CHECKING, Any
 
 from . import sync  # (maintguard.sync works after a plain `import maintguard`)
+from ._audit import get_history
 from ._core import add_listener, configure, flush_listeners, remove_listener
 from ._guards import NotDuringMaintenance, not_during_maintenance
 from ._holds import (
@@ -24,6 +25,7 @@ from ._holds import (
 )
 from ._schedule import cancel_window, list_windows, schedule_maintenance
 from ._state import (
+    AuditEntry,
     EventKind,
     HoldRecord,
     MaintenanceEvent,
@@ -81,6 +83,7 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree
     __version__ = "0.0.0"
 
 __all__ = [
+    "AuditEntry",
     "Backend",
     "BackendError",
     "ConfigurationError",
@@ -102,6 +105,7 @@ __all__ = [
     "cancel_window",
     "configure",
     "flush_listeners",
+    "get_history",
     "get_maintenance_mode",
     "get_state",
     "list_windows",

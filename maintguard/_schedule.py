@@ -77,7 +77,7 @@ async def schedule_maintenance(
         now=_now(ctrl),
     )
     await _drop_ended(ctrl)
-    await ctrl.put_window(record.id, record)
+    await ctrl.put_window(record.id, record, "window scheduled")
     return record.view(record.upcoming[0])
 
 
@@ -89,7 +89,7 @@ async def cancel_window(
         raise ConfigurationError(f"window_id must be a window's id, not {window_id!r}")
     ctrl = _writer(backend, scope)
     await _drop_ended(ctrl)
-    return await ctrl.put_window(window_id, None)
+    return await ctrl.put_window(window_id, None, "window cancelled")
 
 
 async def list_windows(*, backend: BackendArg = None, scope: str | None = None) -> list[Window]:
@@ -126,7 +126,7 @@ async def end_windows_now(
     now = _now(ctrl)
     ended = ended_early(planned(_stored_windows(ctrl), now).windows, now)
     for record, replacement, occurrence in ended:
-        await ctrl.put_window(record.id, replacement)
+        await ctrl.put_window(record.id, replacement, "window ended")
         logger.info(
             "maintguard: %s: window %s ended early (the occurrence %s to %s)%s",
             ctrl.label,

@@ -19,6 +19,7 @@ from ._errors import ConfigurationError
 from ._options import seconds
 
 __all__ = [
+    "AuditEntry",
     "EventKind",
     "ExplicitState",
     "HoldRecord",
@@ -261,6 +262,26 @@ class Window:
     """Who scheduled it (``user@host``, or the program)."""
 
 
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    """One change an operator (or a program) made through the operators' writes: who
+    (``actor``, ``user@host``; ``pid``; ``command``, the command line), when (``at``,
+    aware UTC), what (``kind``: ``"on"``, ``"off"``, ``"window scheduled"``,
+    ``"window cancelled"``, ``"window ended"``, ``"holds removed"``), where (``scope``,
+    None: global) and why (``reason``), with the ``window`` id or the ``holds`` ids where
+    they apply."""
+
+    at: datetime
+    actor: str
+    kind: str
+    pid: int = 0
+    command: str = ""
+    scope: str | None = None
+    reason: str | None = None
+    window: str | None = None
+    holds: tuple[str, ...] = ()
+
+
 def windows_in_force(
     levels: Iterable[StoredState], now: datetime
 ) -> list[tuple[WindowRecord, Occurrence]]:
@@ -287,6 +308,9 @@ class StoredState:
     workers: tuple[WorkerRecord, ...] = ()
     windows: tuple[WindowRecord, ...] = ()
     """Planned maintenance windows of this scope (see :class:`WindowRecord`)."""
+    history: tuple[AuditEntry, ...] = ()
+    """The audit trail of operators' changes, newest first (kept in the global scope's
+    state only, for the whole store; see :class:`AuditEntry`)."""
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict; :meth:`from_dict` reads it back (for user-written backends)."""
@@ -296,6 +320,8 @@ class StoredState:
             data["workers"] = [worker_to_dict(w) for w in self.workers]
         if self.windows:
             data["windows"] = [window_to_dict(w) for w in self.windows]
+        if self.history:
+            data["history"] = [entry_to_dict(e) for e in self.history]
         return data
 
     @classmethod
@@ -345,11 +371,16 @@ def stored_from_dict(data: Any, problems: list[str]) -> StoredState:
     if not isinstance(windows, list):
         problems.append(f"'windows' is ignored: a list of windows, not {windows!r}")
         windows = []
+    history = data.get("history", [])
+    if not isinstance(history, list):
+        problems.append(f"'history' is ignored: a list of audit entries, not {history!r}")
+        history = []
     return StoredState(
         explicit,
         tuple(hold_from_dict(h, problems) for h in holds),
         tuple(w for w in (worker_from_dict(w, problems) for w in workers) if w is not None),
         tuple(w for w in (window_from_dict(w, problems) for w in windows) if w is not None),
+        tuple(e for e in (entry_from_dict(e, problems) for e in history) if e is not None),
     )
 
 
@@ -517,6 +548,59 @@ def window_from_dict(data: Any, problems: list[str] | None = None) -> WindowReco
         by=detail("by", _text),
         skip=detail("skip", _load_times, ()) if skip else (),
     )
+
+
+def entry_to_dict(e: AuditEntry) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        "at": _dump_time(e.at),
+        "actor": e.actor,
+        "pid": e.pid,
+        "command": e.command,
+        "kind": e.kind,
+        "scope": e.scope,
+        "reason": e.reason,
+    }
+    if e.window is not None:
+        data["window"] = e.window
+    if e.holds:
+        data["holds"] = list(e.holds)
+    return data
+
+
+def entry_from_dict(data: Any, problems: list[str] | None = None) -> AuditEntry | None:
+    """An audit entry: ``at``, ``actor`` and ``kind`` must be readable, or the entry is
+    dropped and noted in ``problems`` (whether maintenance is on never depends on one); an
+    invalid detail is dropped as for a hold. Without ``problems`` it raises ``ValueError``."""
+    try:
+        if not isinstance(data, Mapping):
+            raise ValueError(f"expected an object, found {data!r}")
+        at = _load_time(data.get("at"))
+        if at is None:
+            raise ValueError("'at' is missing")
+        actor, kind = _text(data.get("actor")), _text(data.get("kind"))
+    except (ValueError, TypeError, OverflowError) as exc:
+        if problems is None:
+            raise ValueError(f"an audit entry: {exc}") from None
+        problems.append(f"an audit entry is ignored: {exc}")
+        return None
+    detail = _Details(data, problems, f"audit entry of {at.isoformat()}: ")
+    return AuditEntry(
+        at=at,
+        actor=actor,
+        kind=kind,
+        pid=detail("pid", _pid, 0),
+        command=detail("command", _text, ""),
+        scope=detail("scope", _text),
+        reason=detail("reason", _text),
+        window=detail("window", _text),
+        holds=detail("holds", _names, ()),
+    )
+
+
+def _names(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ValueError(f"must be a list of ids, found {value!r}")
+    return tuple(value)
 
 
 def _load_span(value: Any) -> float:
@@ -959,3 +1043,8 @@ class MaintenanceEvent:
     phase: Phase | None = None
     owner: str | None = None
     error: BaseException | None = None
+    actor: str | None = None
+    """``user@host`` of the operator's write that caused the event (``maintguard on``,
+    ``set_maintenance_mode``, a window scheduled...) in the process that made it; None for
+    changes no operator write made here (a hold, a window starting by the clock, a change
+    read from the store)."""

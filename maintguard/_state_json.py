@@ -11,11 +11,11 @@ from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import urlencode
 
-from ._state import MaintenanceState, RetryAfter, Window
+from ._state import AuditEntry, MaintenanceState, RetryAfter, Window
 from .backends import Backend, EnvVarBackend, LocalFileBackend, MemoryBackend, RedisBackend
 from .backends._redis import redact
 
-__all__ = ["as_json", "url", "window_json"]
+__all__ = ["as_json", "entry_json", "url", "window_json"]
 
 
 def as_json(
@@ -80,6 +80,22 @@ def window_json(window: Window | None, *, by: bool = True) -> dict[str, Any] | N
         "mode": window.mode.value,
         "created": _iso(window.created),
         "by": window.by if by else None,
+    }
+
+
+def entry_json(entry: AuditEntry) -> dict[str, Any]:
+    """An audit entry as JSON: the :class:`~maintguard.AuditEntry` field names, ``at`` in
+    ISO 8601 UTC."""
+    return {
+        "at": _iso(entry.at),
+        "actor": entry.actor,
+        "pid": entry.pid,
+        "command": entry.command,
+        "kind": entry.kind,
+        "scope": entry.scope,
+        "reason": entry.reason,
+        "window": entry.window,
+        "holds": list(entry.holds),
     }
 
 

@@ -75,9 +75,9 @@ class Webhook:
     """A listener that POSTs each event as a JSON object to ``url``.
 
     The body has ``kind``, ``scope``, ``state`` (``active``, ``phase``, ``mode``,
-    ``reason``, ``retry_after``, ``since``, ``until``, ``holds``), ``actor`` (null for now)
-    and ``time`` (when the event happened); times are ISO 8601 in UTC. With ``secret``
-    (str or bytes) the header ``X-Maintguard-Signature: sha256=<hex>`` carries the
+    ``reason``, ``retry_after``, ``since``, ``until``, ``holds``), ``actor`` (the
+    operator's ``user@host`` behind the event, or null) and ``time`` (when the event
+    happened); times are ISO 8601 in UTC. With ``secret`` (str or bytes) the header ``X-Maintguard-Signature: sha256=<hex>`` carries the
     HMAC-SHA256 of the body bytes. ``events``: None for every event, or the
     :class:`~maintguard.EventKind` members (or their names) to send. ``timeout``: seconds
     one attempt may take in all (connecting, sending, the response's status and headers).
@@ -148,7 +148,7 @@ class Webhook:
             "kind": event.kind.value,
             "scope": event.scope,
             "state": _state(event.state),
-            "actor": None,  # who caused it: filled once maintguard keeps an audit trail
+            "actor": event.actor,  # the operator's user@host behind it (None: no operator)
             "time": _time(event.at),
         }
         return json.dumps(payload, separators=(",", ":")).encode()

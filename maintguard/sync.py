@@ -1,9 +1,10 @@
 """Blocking state functions, for scripts, operator tools and sync frameworks.
 
 The same signatures as :func:`maintguard.get_maintenance_mode`,
-:func:`maintguard.set_maintenance_mode`, :func:`maintguard.get_state` and the planned
+:func:`maintguard.set_maintenance_mode`, :func:`maintguard.get_state`, the planned
 windows' :func:`maintguard.schedule_maintenance`, :func:`maintguard.cancel_window` and
-:func:`maintguard.list_windows`, without ``await``.
+:func:`maintguard.list_windows`, and the audit trail's :func:`maintguard.get_history`,
+without ``await``.
 They run on maintguard's I/O loop and block the calling thread until done, in any thread
 that does not run an event loop (a worker thread of one is fine). In a loop's own thread
 they raise :class:`~maintguard.exceptions.ConfigurationError` naming the function to await
@@ -22,16 +23,18 @@ from collections.abc import Coroutine
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
+from . import _audit as audit
 from . import _holds as guards
 from . import _ioloop as ioloop
 from . import _schedule as schedule
 from ._holds import BackendArg, Seconds
 from ._options import named_options
-from ._state import MaintenanceState, Mode, Window
+from ._state import AuditEntry, MaintenanceState, Mode, Window
 from .exceptions import ConfigurationError
 
 __all__ = [
     "cancel_window",
+    "get_history",
     "get_maintenance_mode",
     "get_state",
     "list_windows",
@@ -123,6 +126,14 @@ def cancel_window(window_id: str, *, backend: BackendArg = None, scope: str | No
 def list_windows(*, backend: BackendArg = None, scope: str | None = None) -> list[Window]:
     """The planned windows of ``scope`` (blocking); see :func:`maintguard.list_windows`."""
     return _blocking("list_windows", schedule.list_windows(backend=backend, scope=scope))
+
+
+@named_options
+def get_history(
+    backend: BackendArg = None, *, scope: str | None = None, limit: int | None = None
+) -> list[AuditEntry]:
+    """The store's audit trail, newest first (blocking); see :func:`maintguard.get_history`."""
+    return _blocking("get_history", audit.get_history(backend, scope=scope, limit=limit))
 
 
 def _blocking(name: str, coro: Coroutine[Any, Any, T]) -> T:

@@ -263,7 +263,9 @@ def test_explicit_on_and_off_from_sync_code(contract: Contract) -> None:
     assert maintguard.sync.get_state(contract.new()).reason == "sync"
     maintguard.sync.set_maintenance_mode(False, backend)
     assert maintguard.sync.get_state(contract.new()).active is False
-    assert contract.stored(None)[None] == StoredState()
+    stored = contract.stored(None)[None]
+    assert replace(stored, history=()) == StoredState()  # off; the audit trail says who
+    assert [(e.kind, e.reason) for e in stored.history] == [("off", None), ("on", "sync")]
 
 
 def test_a_read_only_store_refuses_every_write_even_one_that_changes_nothing(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fcntl
+import getpass
 import json
 import os
 import re
@@ -2563,3 +2564,67 @@ def test_schedule_help(mg: Run) -> None:
     assert "env:VAR cannot store windows" in text
     assert "--json" in mg("schedule", "list", "--help").out
     assert "ID" in mg("schedule", "cancel", "--help").out
+
+
+# -- history: the audit trail ------------------------------------------------------------
+
+
+def test_history_lists_changes_newest_first_in_text_and_json(mg: Run) -> None:
+    assert mg("on", "--reason", "DB upgrade").code == 0
+    window = mg("schedule", "--in", "1h", "--for", "10m", "--scope", "billing").out.split()[1]
+    assert mg("off").code == 0
+    result = mg("history")
+    assert result.code == 0, result
+    lines = result.out.splitlines()
+    assert len(lines) == 3, result
+    assert " off — " in lines[0] and lines[0].endswith("maintguard/__main__.py off")
+    assert f"window scheduled {window}, scope billing — " in lines[1]
+    assert "on, reason 'DB upgrade' — " in lines[2] and "on --reason DB upgrade" in lines[2]
+    assert all(re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC  ", line) for line in lines)
+    data = mg("history", "--json").json()
+    assert [(e["kind"], e["scope"], e["reason"], e["window"]) for e in data] == [
+        ("off", None, None, None),
+        ("window scheduled", "billing", None, window),
+        ("on", None, "DB upgrade", None),
+    ]
+    for entry in data:
+        assert datetime.fromisoformat(entry["at"]).utcoffset() == timedelta(0)
+        assert entry["actor"] == f"{getpass.getuser()}@{HOST}"
+        assert entry["pid"] > 0 and entry["pid"] != os.getpid() and entry["holds"] == []
+    assert len({entry["pid"] for entry in data}) == 3  # three commands, three processes
+    assert data[2]["command"].endswith("maintguard/__main__.py on --reason DB upgrade")
+    assert [e["kind"] for e in mg("history", "--json", "--limit", "1").json()] == ["off"]
+    only = mg("history", "--json", "--scope", "billing").json()
+    assert [e["kind"] for e in only] == ["window scheduled"]
+
+
+def test_history_with_nothing_recorded(mg: Run) -> None:
+    result = mg("history")
+    assert result.code == 0, result
+    assert result.out.startswith("no changes recorded — LocalFileBackend(")
+    assert mg("history", "--json").json() == []
+
+
+@pytest.mark.parametrize("limit", ["0", "-3", "ten", "1.5", ""])
+def test_history_refuses_a_bad_limit_in_one_line(mg: Run, limit: str) -> None:
+    result = mg("history", "--limit", limit)
+    assert (result.code, result.out) == (2, ""), result
+    line = one_line(result)
+    assert "--limit" in line and "see maintguard history --help" in line
+
+
+def test_history_off_force_records_the_holds_removed(mg: Run, state: Path) -> None:
+    write_store(state, hold_record(id="dead-1", pid=999999), hold_record(id="dead-2", pid=999998))
+    assert mg("off", "--force").code == 0
+    [removed, off] = mg("history", "--json").json()
+    assert (removed["kind"], sorted(removed["holds"])) == ("holds removed", ["dead-1", "dead-2"])
+    assert off["kind"] == "off"
+
+
+def test_history_of_a_store_that_cannot_be_read_or_keeps_none(mg: Run, state: Path) -> None:
+    state.write_text("{not json")
+    result = mg("history")
+    assert (result.code, result.out) == (3, ""), result
+    assert "does not hold a maintenance state" in one_line(result)
+    result = mg("history", env=environment(MAINTGUARD_BACKEND="env:APP_MODE"))
+    assert result.code == 2 and "keeps no audit trail" in one_line(result)

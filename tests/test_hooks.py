@@ -223,6 +223,18 @@ def test_a_hold_posts_signed_json_events(receiver: Receiver, webhook: Any) -> No
     }
 
 
+def test_an_operators_change_posts_its_actor(receiver: Receiver, webhook: Any) -> None:
+    from maintguard import sync
+    from maintguard._core.identity import who
+
+    hook = webhook(receiver.url("/ok"), events=["transition"])
+    backend = MemoryBackend()
+    sync.set_maintenance_mode(True, backend, reason="operator")
+    sync.set_maintenance_mode(False, backend)
+    assert flush_listeners(DEADLINE) and hook.flush(DEADLINE)
+    assert [r.json["actor"] for r in receiver.at("/ok")] == [who(), who()]
+
+
 def test_times_in_the_state_are_utc_and_retry_after_a_time_too(receiver: Receiver) -> None:
     hook = Webhook(receiver.url("/ok"))
     paris = timezone(timedelta(hours=2))

@@ -316,6 +316,7 @@ async def test_keys_share_one_hash_tag_and_are_tidied(raw: redis.Redis) -> None:
         keys = set(raw.scan_iter(match=tag + "*"))
         assert keys == {
             f"{tag}:explicit",
+            f"{tag}:history",  # the audit trail: the operator's `on`
             f"{tag}:scope:billing:holds",
             f"{tag}:scope:billing:leases",
             f"{tag}:scopes",
@@ -324,7 +325,7 @@ async def test_keys_share_one_hash_tag_and_are_tidied(raw: redis.Redis) -> None:
         assert len({key_slot(k.encode()) for k in keys}) == 1  # Redis Cluster takes the scripts
         assert raw.smembers(f"{tag}:scopes") == {"billing"}
     await set_maintenance_mode(False, backend)
-    assert set(raw.scan_iter(match=tag + "*")) == {f"{tag}:version"}
+    assert set(raw.scan_iter(match=tag + "*")) == {f"{tag}:version", f"{tag}:history"}
 
 
 @pytest.mark.parametrize("damage", ["junk hold in a named scope", "scopes key of the wrong type"])

@@ -1,5 +1,6 @@
-"""The ``maintguard`` command (also ``python -m maintguard``): on, off, status, run, and
-schedule (planned maintenance windows: schedule, schedule list, schedule cancel ID).
+"""The ``maintguard`` command (also ``python -m maintguard``): on, off, status, run,
+schedule (planned maintenance windows: schedule, schedule list, schedule cancel ID), and
+history (the audit trail of operators' changes).
 
 Exit codes: 0 done (``status``: off, or a window only announced); 1 maintenance is (still)
 on (``schedule cancel``: no such window); 2 bad usage; 3 the state could not be read or
@@ -23,10 +24,12 @@ from datetime import datetime, timedelta, timezone, tzinfo
 from typing import Any, NoReturn, TextIO
 
 from .. import __version__
+from .. import _audit as audit
 from .. import _holds as guards
 from .. import _ioloop as ioloop
 from .._core import controller, io, store_of
 from .._core.drive import ASYNC
+from .._core.operators import AUDIT_LOGGER
 from .._schedule import cancel_window, list_windows, schedule_maintenance, turn_off
 from .._state import (
     STORED_LOGGER,
@@ -155,6 +158,24 @@ def _parser() -> _Parser:
     )
     run.add_argument("argv", nargs=argparse.REMAINDER, metavar="COMMAND", help="what to run")
     _schedule_parser(commands)
+
+    history = commands.add_parser(
+        "history",
+        help="show who changed maintenance, when and why (newest first)",
+        description="Show the audit trail: the last 100 changes made through on, off, "
+        "schedule, schedule cancel, off --force (and their functions), newest first, "
+        "times in UTC.",
+    )
+    _store(history, writes=False)
+    _scope(history)
+    history.add_argument(
+        "--limit", metavar="N", type=values.count, help="show the newest N entries only"
+    )
+    history.add_argument(
+        "--json",
+        action="store_true",
+        help="print a JSON list: the AuditEntry fields, times in ISO 8601 UTC",
+    )
     return parser
 
 
@@ -813,7 +834,30 @@ def _schedule_cancel(args: argparse.Namespace) -> int:
     return 1
 
 
+def cmd_history(args: argparse.Namespace) -> int:
+    backend = _backend(args, writes=False)
+    if backend.read_only:
+        raise Failure(
+            f"{backend.describe()} keeps no audit trail (an environment variable says on or "
+            f"off, nothing more): {_CHOOSE}",
+            USAGE,
+        )
+    entries = ioloop.run_sync(audit.get_history(backend, scope=args.scope, limit=args.limit))
+    error = store_of(backend).read_error  # read in spite of errors (on_error): not here
+    if error is not None:
+        raise Failure(str(error), BACKEND)
+    if args.json:
+        _write(sys.stdout, json.dumps([show.entry_json(e) for e in entries], indent=2))
+    elif entries:
+        _print([show.entry_line(e) for e in entries])
+    else:
+        scope = "" if args.scope is None else f" in scope {show.text(args.scope)}"
+        _print([f"no changes recorded{scope} — {show.text(backend.describe())}"])
+    return 0
+
+
 _COMMANDS = {
+    "history": cmd_history,
     "on": cmd_on,
     "off": cmd_off,
     "status": cmd_status,
@@ -859,6 +903,8 @@ def _log_to_stderr(level: int) -> None:
         # A stored detail that is ignored (a hand-edited retry_after...) is the operator's
         # to fix, whatever the command.
         logging.getLogger(STORED_LOGGER).setLevel(logging.WARNING)
+        # So is a change made that the audit trail could not record.
+        logging.getLogger(AUDIT_LOGGER).setLevel(logging.WARNING)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -872,7 +918,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         _log_to_stderr(logging.WARNING if is_run else logging.ERROR)
         if args.command is None:
             raise Failure(
-                "say what to do: on, off, status, run or schedule (see maintguard --help)", USAGE
+                "say what to do: on, off, status, run, schedule or history (see maintguard --help)",
+                USAGE,
             )
         if extra:
             raise Failure(

@@ -14,11 +14,21 @@ from datetime import datetime, timezone, tzinfo
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from .._core.identity import HOST
-from .._state import HoldRecord, MaintenanceState, Occurrence, Phase, RetryAfter, Window
-from .._state_json import as_json, url, window_json
+from .._state import (
+    AuditEntry,
+    HoldRecord,
+    MaintenanceState,
+    Occurrence,
+    Phase,
+    RetryAfter,
+    Window,
+)
+from .._state_json import as_json, entry_json, url, window_json
 
 __all__ = [
     "as_json",
+    "entry_json",
+    "entry_line",
     "holds_lines",
     "length",
     "local",
@@ -130,6 +140,21 @@ def moment_in(moment: datetime, zone_name: str | None) -> str:
     """``moment`` in UTC and, for a window with a zone, in that zone too."""
     zone = _zone(zone_name)
     return stamp(moment) if zone is None else f"{stamp(moment)} ({stamp(moment, zone)})"
+
+
+def entry_line(entry: AuditEntry) -> str:
+    """One line of ``maintguard history``: when (UTC), what, where, why; who and how."""
+    what = entry.kind
+    if entry.window is not None:
+        what += f" {entry.window}"
+    if entry.holds:
+        what += f" ({', '.join(entry.holds)})"
+    if entry.scope is not None:
+        what += f", scope {entry.scope}"
+    if entry.reason is not None:
+        what += f", reason {entry.reason!r}"
+    how = f"{entry.actor}, pid {entry.pid}" + (f": {entry.command}" if entry.command else "")
+    return text(f"{stamp(entry.at)}  {what} — {how}")
 
 
 def holds_lines(holds: Iterable[HoldRecord], now: datetime) -> list[str]:

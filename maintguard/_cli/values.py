@@ -10,6 +10,7 @@ from datetime import datetime, timedelta, timezone, tzinfo
 from .._state import Mode
 
 __all__ = [
+    "count",
     "duration",
     "mode",
     "moment",
@@ -32,6 +33,19 @@ def duration(text: str) -> float:
     value = _checked(text, "a duration: use a number with s, m, h or d, e.g. 90s, 30m, 2h, 1d")
     if value <= 0:
         raise argparse.ArgumentTypeError(f"{text!r} is not a duration longer than zero")
+    return value
+
+
+def count(text: str) -> int:
+    """A positive whole number (``--limit 20``)."""
+    try:
+        value = int(text.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a whole number: give how many to show, e.g. 20"
+        ) from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number above zero: e.g. 20")
     return value
 
 

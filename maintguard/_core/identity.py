@@ -9,11 +9,12 @@ from __future__ import annotations
 import getpass
 import os
 import socket
+import sys
 import uuid
 
 from . import lifecycle
 
-__all__ = ["HOST", "new_id", "pid", "who"]
+__all__ = ["HOST", "command", "new_id", "pid", "who"]
 
 HOST = os.environ.get("MAINTGUARD_HOST", "").strip() or socket.gethostname()
 """This machine's name in records: ``MAINTGUARD_HOST`` when set (a pod's name, say), else
@@ -38,6 +39,12 @@ def who() -> str:
     except Exception:  # no user name in the environment nor the password database
         user = f"uid {os.getuid()}" if hasattr(os, "getuid") else "unknown"
     return f"{user}@{HOST}"
+
+
+def command(limit: int = 200) -> str:
+    """This process's command line (``sys.argv`` joined by spaces), cut to ``limit``
+    characters: what made a change, as the audit trail says."""
+    return " ".join(sys.argv)[:limit]
 
 
 def _after_fork_in_child() -> None:

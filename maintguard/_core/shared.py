@@ -92,13 +92,21 @@ class Scope(Book):
         # Under the lock.
         return self.recompute(now, self.parent_phase())
 
-    def _announce(self, change: Change, kind: EventKind | None, owner: str | None = None) -> None:
+    def _announce(
+        self,
+        change: Change,
+        kind: EventKind | None,
+        owner: str | None = None,
+        *,
+        actor: str | None = None,
+    ) -> None:
         # Outside the lock: tell named scopes, then build events only for whoever hears.
+        # `actor`: who made the operator's write that caused the change (None: no one here).
         transition, own_changed = change
         if self.parent is None:
             if transition is not None and self.store.has_children:
                 for child in self.store.children():
-                    child._parent_changed()
+                    child._parent_changed(actor)
         elif own_changed:
             self.store.named_changed()
         if transition is not None and self.wakers:
@@ -107,7 +115,7 @@ class Scope(Book):
                     waker()
         events: list[MaintenanceEvent] = []
         if transition is not None and dispatch.listening():
-            events.append(self._event(EventKind.TRANSITION, previous=transition[0]))
+            events.append(self._event(EventKind.TRANSITION, previous=transition[0], actor=actor))
         if kind is not None and dispatch.listeners:
             events.append(self._event(kind, owner=owner))
         if events:
@@ -119,8 +127,8 @@ class Scope(Book):
             details["phase"] = state.phase
         return MaintenanceEvent(kind, self.scope, self.where, state, **details)
 
-    def _parent_changed(self) -> None:
+    def _parent_changed(self, actor: str | None = None) -> None:
         with self._lock:
             self.version += 1
             change = self._recompute(self.store.clock())
-        self._announce(change, None)
+        self._announce(change, None, actor=actor)

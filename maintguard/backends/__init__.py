@@ -5,16 +5,24 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
-from .._state import ExplicitState, HoldRecord, StoredState, WindowRecord, WorkerRecord
+from .._state import (
+    AuditEntry,
+    ExplicitState,
+    HoldRecord,
+    StoredState,
+    WindowRecord,
+    WorkerRecord,
+)
 from ..exceptions import ConfigurationError
 from ._base import Backend, OnError
 from ._env import EnvVarBackend
 from ._file import LocalFileBackend
 from ._memory import MemoryBackend
 from ._redis import RedisBackend, redact
-from ._writes import PutHold, PutWindow, PutWorker, SetExplicit, Write
+from ._writes import PutHold, PutWindow, PutWorker, Record, SetExplicit, Write
 
 __all__ = [
+    "AuditEntry",
     "Backend",
     "EnvVarBackend",
     "ExplicitState",
@@ -25,6 +33,7 @@ __all__ = [
     "PutHold",
     "PutWindow",
     "PutWorker",
+    "Record",
     "RedisBackend",
     "SetExplicit",
     "StoredState",

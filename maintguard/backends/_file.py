@@ -36,10 +36,11 @@ _Scopes = dict[str | None, StoredState]
 
 VERSION = 2
 """The newest format version this maintguard reads and writes: 2 stores planned windows.
-A file without windows is written as version 1, which older maintguard still writes."""
+A file without windows is written as version 1, which older maintguard still writes (the
+audit trail, ``history``, is an optional field that older versions keep as unknown)."""
 _WITHOUT_WINDOWS = 1
 
-_STATE_KEYS = frozenset(StoredState().to_dict()) | {"workers", "windows"}
+_STATE_KEYS = frozenset(StoredState().to_dict()) | {"workers", "windows", "history"}
 _TOP_KEYS = _STATE_KEYS | {"version", "plain", "scopes"}
 _NEW_FILE_MODE = 0o644  # a new file: readable by every process that checks it
 _READ_SIZE = 65536
@@ -465,7 +466,7 @@ def _dumps(obj: Mapping[str, Any], indent: str) -> str:
     inner = indent + "  "
     fields = []
     for key, value in obj.items():
-        if key in ("holds", "workers", "windows") and value and isinstance(value, list):
+        if key in ("holds", "workers", "windows", "history") and value and isinstance(value, list):
             text = ",\n".join(f"{inner}  {json.dumps(h)}" for h in value)
             text = f"[\n{text}\n{inner}]"
         elif key == "scopes" and not indent and value and isinstance(value, dict):
@@ -486,6 +487,7 @@ def _merge(raw: Mapping[str, Any] | None, state: StoredState) -> dict[str, Any]:
     out = dict(raw) if raw else {}
     out.pop("workers", None)  # known, and written only when there are some
     out.pop("windows", None)
+    out.pop("history", None)
     new = state.to_dict()
     if raw and new["holds"]:
         old = {h.get("id"): h for h in raw.get("holds", ()) if isinstance(h, Mapping)}
@@ -499,8 +501,25 @@ def _merge(raw: Mapping[str, Any] | None, state: StoredState) -> dict[str, Any]:
             {**{k: v for k, v in old.get(w["id"], {}).items() if k not in _WINDOW_KEYS}, **w}
             for w in new["windows"]
         ]
+    if raw and new.get("history"):
+        old = {_entry_key(e): e for e in raw.get("history", ()) if isinstance(e, Mapping)}
+        new["history"] = [
+            {**{k: v for k, v in old.get(_entry_key(e), {}).items() if k not in _ENTRY_KEYS}, **e}
+            for e in new["history"]
+        ]
     out.update(new)
     return out
+
+
+def _entry_key(entry: Mapping[str, Any]) -> tuple[Any, ...]:
+    # Audit entries have no id: one is told from another by when, who and what.
+    return tuple(str(entry.get(k)) for k in ("at", "actor", "pid", "kind"))
+
+
+_ENTRY_KEYS = frozenset(
+    {"at", "actor", "pid", "command", "kind", "scope", "reason", "window", "holds"}
+)
+"""An audit entry's fields this version knows: others (a newer version's) are kept."""
 
 
 _WINDOW_KEYS = frozenset(
@@ -516,6 +535,7 @@ def _unknown(raw: Mapping[str, Any] | None, known: frozenset[str]) -> bool:
 
 def _plain(scopes: _Scopes) -> str | None:
     # Keep a file other tools wrote in their plain form while nothing else needs storing.
+    # The audit trail is not kept there: other tools read the plain form, and it wins.
     state = scopes.get(None, StoredState())
     e = state.explicit
     if (

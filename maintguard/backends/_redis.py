@@ -21,11 +21,14 @@ from urllib.parse import urlsplit
 from .. import _ioloop as ioloop
 from .._state import (
     EPOCH,
+    AuditEntry,
     ExplicitState,
     HoldRecord,
     StoredState,
     WindowRecord,
     WorkerRecord,
+    entry_from_dict,
+    entry_to_dict,
     explicit_from_dict,
     explicit_to_dict,
     hold_from_dict,
@@ -38,7 +41,7 @@ from .._state import (
 )
 from ..exceptions import BackendError, ConfigurationError, PartialReadError
 from ._base import Backend, OnError, overrides
-from ._writes import PutHold, PutWindow, PutWorker, SetExplicit
+from ._writes import PutHold, PutWindow, PutWorker, Record, SetExplicit
 
 __all__ = ["RedisBackend"]
 
@@ -54,7 +57,8 @@ are within what one round trip can measure, and writes then round-trip exactly."
 #
 # KEYS of a write, for scope S (B = "{prefix}" for the global scope, "{prefix}:scope:S"
 # for a named one): 1 B:explicit, 2 B:holds, 3 B:leases, 4 {prefix}:scopes,
-# 5 {prefix}:version, 6 {prefix}:workers, 7 {prefix}:worker-leases, 8 B:windows.
+# 5 {prefix}:version, 6 {prefix}:workers, 7 {prefix}:worker-leases, 8 B:windows,
+# 9 {prefix}:history (the audit trail: a list of JSON entries, newest first).
 # ARGV[1] is the channel, ARGV[2] the scope ('' = global). Times are the server's, but
 # a window's: B:windows maps each window's id to its JSON, with the times as planned (see
 # RedisBackend._apply).
@@ -130,10 +134,16 @@ local function finish(extra)
     version = 1
   end
   redis.call('PUBLISH', ARGV[1], version)
-  local workers = {}
-  if scope == '' then workers = live(KEYS[6], KEYS[7]) end
+  local workers, history = {}, {}
+  if scope == '' then
+    workers = live(KEYS[6], KEYS[7])
+    -- The trail never decides whether maintenance is on: a key of another type is told
+    -- (as its error), not a failed write.
+    history = redis.pcall('LRANGE', KEYS[9], 0, -1)
+    if history.err then history = history.err end
+  end
   return {t[1], t[2], extra, redis.call('HGETALL', KEYS[1]), live(KEYS[2], KEYS[3]), workers,
-    redis.call('HGETALL', KEYS[8])}
+    redis.call('HGETALL', KEYS[8]), history}
 end
 """
 )
@@ -207,12 +217,21 @@ else
 end
 return finish(there)
 """,
+    # ARGV 3 the audit entry (JSON), 4 how many entries are kept. The global scope only.
+    "record": _WRITE
+    + """
+expect(KEYS[9], 'list')
+redis.call('LPUSH', KEYS[9], ARGV[3])
+redis.call('LTRIM', KEYS[9], 0, tonumber(ARGV[4]) - 1)
+return finish(0)
+""",
     # `write_state`: ARGV 3 state ('' = off), 4 since ('' = none), 5 until, then the
     # number of holds and (id, record, expiry) each, then the number of windows and
     # (id, record) each, then (global scope) the number of workers and (id, record,
-    # expiry) each.
+    # expiry) each, and the number of audit entries and each, oldest first.
     "replace": _WRITE
     + """
+if scope == '' then expect(KEYS[9], 'list') end
 redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[8])
 if ARGV[3] ~= '' then
   redis.call('HSET', KEYS[1], 'state', ARGV[3])
@@ -237,12 +256,19 @@ if scope == '' then
     redis.call('ZADD', KEYS[7], ARGV[i + 3], ARGV[i + 1])
     i = i + 3
   end
+  i = i + 1
+  redis.call('DEL', KEYS[9])
+  for _ = 1, tonumber(ARGV[i]) do
+    redis.call('LPUSH', KEYS[9], ARGV[i + 1])
+    i = i + 1
+  end
 end
 return finish(0)
 """,
     # The whole store: KEYS 1 {prefix}:scopes, 2 {prefix}:workers, 3 {prefix}:worker-leases;
     # ARGV 1 "{prefix}". Returns the time, the live workers, then (scope, (explicit, live
-    # holds, windows)) for the global scope and every named scope that stores something.
+    # holds, windows[, history])) for the global scope (with its audit trail) and every
+    # named scope that stores something.
     # A scope whose keys cannot be read (another type) comes as (scope, (false, error)).
     "read": _PRELUDE
     + """
@@ -254,11 +280,17 @@ end
 local function scope_of(scope)
   local base = ARGV[1]
   if scope ~= '' then base = base .. ':scope:' .. scope end
-  return {
+  local found = {
     redis.call('HGETALL', base .. ':explicit'),
     live(base .. ':holds', base .. ':leases'),
     redis.call('HGETALL', base .. ':windows'),
   }
+  if scope == '' then  -- the audit trail, newest first (a key of another type: its error)
+    local history = redis.pcall('LRANGE', base .. ':history', 0, -1)
+    if history.err then history = history.err end
+    found[4] = history
+  end
+  return found
 end
 local scopes = redis.pcall('SMEMBERS', KEYS[1])
 local listed = false  -- or why the named scopes are not known
@@ -419,6 +451,7 @@ class RedisBackend(Backend):
             f"{base}:workers",
             f"{base}:worker-leases",
             f"{at}:windows",
+            f"{base}:history",
         ]
 
     # -- the backend face: every call runs on maintguard's I/O loop -------------------------
@@ -444,9 +477,9 @@ class RedisBackend(Backend):
         """maintguard's own writes run as one script each; any other ``mutate`` reads,
         applies and writes the scope (not atomic against other processes), as do all writes
         of a subclass that overrides ``read_state`` or ``write_state``."""
-        if isinstance(mutate, PutHold | PutWorker | SetExplicit | PutWindow) and not overrides(
-            type(self), RedisBackend, "read_state", "write_state"
-        ):
+        if isinstance(
+            mutate, PutHold | PutWorker | SetExplicit | PutWindow | Record
+        ) and not overrides(type(self), RedisBackend, "read_state", "write_state"):
             return await ioloop.run(self._apply(scope, mutate))
         return await super().update_state(scope, mutate)
 
@@ -549,9 +582,15 @@ class RedisBackend(Backend):
             if scope in failed:
                 continue
             try:
-                explicit, holds, windows = _unless_failed(rest[i + 1])
+                explicit, holds, windows, *history = _unless_failed(rest[i + 1])
                 found[scope] = self._scope(
-                    scope, explicit, holds, windows, workers if scope is None else (), offset
+                    scope,
+                    explicit,
+                    holds,
+                    windows,
+                    workers if scope is None else (),
+                    offset,
+                    history[0] if history else (),
                 )
             except _UNREADABLE as exc:
                 failed[scope] = repr(exc)
@@ -572,7 +611,7 @@ class RedisBackend(Backend):
         return found
 
     async def _apply(
-        self, scope: str | None, write: PutHold | PutWorker | SetExplicit | PutWindow
+        self, scope: str | None, write: PutHold | PutWorker | SetExplicit | PutWindow | Record
     ) -> StoredState:
         keys = self.keys(scope)
         args: list[object] = [self._channel, scope or ""]
@@ -599,6 +638,12 @@ class RedisBackend(Backend):
             window = write.record
             data = "" if window is None else _dump(window_to_dict(window))
             args += [write.window_id, data, write.limit]
+        elif isinstance(write, Record):
+            # As a window's, the entry's time is stored as the operator's clock told it.
+            if scope is not None:
+                raise BackendError("the audit trail lives in the global scope")
+            name, doing = "record", "recording the change in the audit trail"
+            args += [_dump(entry_to_dict(write.entry)), write.keep]
         else:
             name, doing = "explicit", "writing the state"
             args += self._explicit_args(write.explicit, await self._offset_now(doing))
@@ -638,6 +683,8 @@ class RedisBackend(Backend):
                     _dump(worker_to_dict(worker) | {"expires": None}),
                     _score(expires),
                 ]
+            args.append(len(state.history))
+            args += [_dump(entry_to_dict(e)) for e in reversed(state.history)]
         await self._call("replace", self.keys(scope), args, "writing the state")
 
     def _explicit_args(self, explicit: ExplicitState, offset: float) -> list[object]:
@@ -657,7 +704,8 @@ class RedisBackend(Backend):
         try:
             offset = self._offset or 0.0
             workers = self._workers(reply[5], offset) if scope is None else ()
-            return self._scope(scope, reply[3], reply[4], reply[6], workers, offset)
+            history = reply[7] if scope is None else ()
+            return self._scope(scope, reply[3], reply[4], reply[6], workers, offset, history)
         except _UNREADABLE as exc:
             raise self._bad_data(repr(exc)) from exc
 
@@ -669,6 +717,7 @@ class RedisBackend(Backend):
         windows: Any,
         workers: tuple[WorkerRecord, ...],
         offset: float,
+        history: Any = (),
     ) -> StoredState:
         # The explicit hash is there only while the operator's state is on, and a hold
         # counts while its lease runs: those must be readable (or the scope follows
@@ -698,8 +747,9 @@ class RedisBackend(Backend):
                 hold = replace(hold, expires=datetime.fromtimestamp(expires, timezone.utc))
             records.append(_shift_hold(hold, -offset))
         readable = _windows(windows, problems)
+        trail = _history(history, problems)
         warn_invalid(self.describe() + ("" if scope is None else f" scope {scope!r}"), problems)
-        return StoredState(state, tuple(records), workers, readable)
+        return StoredState(state, tuple(records), workers, readable, trail)
 
     def _workers(self, flat: Any, offset: float) -> tuple[WorkerRecord, ...]:
         # A presence record that cannot be read is dropped with a warning: whether
@@ -870,6 +920,24 @@ def _windows(flat: Any, problems: list[str]) -> tuple[WindowRecord, ...]:
         if record is not None:
             found.append(record)
     return tuple(sorted(found, key=lambda w: w.id))
+
+
+def _history(flat: Any, problems: list[str]) -> tuple[AuditEntry, ...]:
+    # The audit trail, newest first: an entry that cannot be read is dropped and noted;
+    # a key of another type comes as its error (the trail never says whether it is on).
+    if isinstance(flat, str | bytes):
+        problems.append(f"'history' is ignored: {_text(flat)}")
+        return ()
+    found = []
+    for raw in flat:
+        try:
+            data = json.loads(_text(raw))
+        except (ValueError, RecursionError):
+            data = None
+        entry = entry_from_dict(data, problems)
+        if entry is not None:
+            found.append(entry)
+    return tuple(found)
 
 
 def _refusal(write: PutWindow) -> ConfigurationError:

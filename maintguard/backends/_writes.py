@@ -1,8 +1,8 @@
 """The writes the core asks of a store, as values a backend can apply natively.
 
-Every read-modify-write maintguard makes is one of four: put (or remove) this process's
+Every read-modify-write maintguard makes is one of five: put (or remove) this process's
 hold record in a scope, put (or remove) its presence record, set the explicit state, put
-(or remove) a planned window. Each is
+(or remove) a planned window, record an operator's change in the audit trail. Each is
 callable on a :class:`~maintguard.backends.StoredState`, so a backend that knows only
 ``update_state(scope, mutate)`` applies it as any mutation; a backend whose store runs code
 of its own (Redis scripts) looks at the fields and makes the change there, atomically and
@@ -16,9 +16,16 @@ from datetime import datetime
 from typing import Protocol, TypeVar
 
 from .._errors import ConfigurationError
-from .._state import ExplicitState, HoldRecord, StoredState, WindowRecord, WorkerRecord
+from .._state import (
+    AuditEntry,
+    ExplicitState,
+    HoldRecord,
+    StoredState,
+    WindowRecord,
+    WorkerRecord,
+)
 
-__all__ = ["PutHold", "PutWindow", "PutWorker", "SetExplicit", "Write"]
+__all__ = ["PutHold", "PutWindow", "PutWorker", "Record", "SetExplicit", "Write"]
 
 
 class Write:
@@ -113,6 +120,18 @@ class PutWindow(Write):
                 )
             kept += (self.record,)
         return replace(stored, windows=kept)
+
+
+@dataclass(slots=True, eq=False)
+class Record(Write):
+    """Add ``entry`` to the audit trail, newest first, keeping the newest ``keep``
+    entries. Applied to the global scope's state only: the trail is the whole store's."""
+
+    entry: AuditEntry
+    keep: int = 100
+
+    def __call__(self, stored: StoredState) -> StoredState:
+        return replace(stored, history=(self.entry, *stored.history)[: self.keep])
 
 
 class _Leased(Protocol):
