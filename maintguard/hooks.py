@@ -77,8 +77,8 @@ class Webhook:
     The body has ``kind``, ``scope``, ``state`` (``active``, ``phase``, ``mode``,
     ``reason``, ``retry_after``, ``since``, ``until``, ``holds``), ``actor`` (the
     operator's ``user@host`` behind the event, or null) and ``time`` (when the event
-    happened); times are ISO 8601 in UTC. With ``secret`` (str or bytes) the header ``X-Maintguard-Signature: sha256=<hex>`` carries the
-    HMAC-SHA256 of the body bytes. ``events``: None for every event, or the
+    happened); times are ISO 8601 in UTC. With ``secret`` (str or bytes) the header
+    ``X-Maintguard-Signature: sha256=<hex>`` carries the HMAC-SHA256 of the body bytes. ``events``: None for every event, or the
     :class:`~maintguard.EventKind` members (or their names) to send. ``timeout``: seconds
     one attempt may take in all (connecting, sending, the response's status and headers).
     ``retries``: attempts after the first, made on connection errors, timeouts, 5xx and
