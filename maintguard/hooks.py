@@ -78,8 +78,9 @@ class Webhook:
     ``reason``, ``retry_after``, ``since``, ``until``, ``holds``), ``actor`` (the
     operator's ``user@host`` behind the event, or null) and ``time`` (when the event
     happened); times are ISO 8601 in UTC. With ``secret`` (str or bytes) the header
-    ``X-Maintguard-Signature: sha256=<hex>`` carries the HMAC-SHA256 of the body bytes. ``events``: None for every event, or the
-    :class:`~maintguard.EventKind` members (or their names) to send. ``timeout``: seconds
+    ``X-Maintguard-Signature: sha256=<hex>`` carries the HMAC-SHA256 of the body bytes.
+    ``events``: None for every event, or the :class:`~maintguard.EventKind` members (or
+    their names) to send. ``timeout``: seconds
     one attempt may take in all (connecting, sending, the response's status and headers).
     ``retries``: attempts after the first, made on connection errors, timeouts, 5xx and
     429 after 0.5 s, 1 s, 2 s, ... (at most 30 s); any other status is not retried. Errors
