@@ -123,7 +123,7 @@ def test_the_console_script_is_installed_and_is_the_same_command(tmp_path: Path)
 def test_no_command_says_what_to_do(mg: Run) -> None:
     result = mg()
     assert result.code == 2
-    assert "on, off, status, run or schedule" in one_line(result)
+    assert "on, off, status, run, schedule or history" in one_line(result)
 
 
 # -- on / status / off ------------------------------------------------------------------
