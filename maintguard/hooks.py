@@ -28,6 +28,7 @@ import weakref
 from collections import deque
 from collections.abc import Iterable
 from datetime import datetime, timezone
+from email.utils import parsedate_to_datetime
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -83,7 +84,8 @@ class Webhook:
     their names) to send. ``timeout``: seconds
     one attempt may take in all (connecting, sending, the response's status and headers).
     ``retries``: attempts after the first, made on connection errors, timeouts, 5xx and
-    429 after 0.5 s, 1 s, 2 s, ... (at most 30 s); any other status is not retried. Errors
+    429 after 0.5 s, 1 s, 2 s, ... or the receiver's ``Retry-After`` when longer (at most
+    30 s); any other status is not retried. Errors
     are logged (``maintguard.hooks`` logger), never raised.
     """
 
@@ -228,13 +230,18 @@ class Webhook:
         headers = self.headers(body)
         attempts = self.retries + 1
         why = ""
+        asked = 0.0  # how long the receiver asked to wait (its Retry-After), if longer
         for attempt in range(attempts):
             if attempt:
-                await asyncio.sleep(min(BACKOFF * 2 ** (attempt - 1), BACKOFF_CAP))
+                backoff = BACKOFF * 2 ** (attempt - 1)
+                await asyncio.sleep(min(max(backoff, asked), BACKOFF_CAP))
+            asked = 0.0
             try:
                 # The whole attempt is bounded, not each read: a receiver that trickles
                 # bytes cannot hold the worker past `timeout` either.
-                status = await asyncio.wait_for(self._post(client, body, headers), self.timeout)
+                status, asked = await asyncio.wait_for(
+                    self._post(client, body, headers), self.timeout
+                )
             except (asyncio.TimeoutError, httpx.TimeoutException):
                 why = f"no answer within {self.timeout:g} s"
                 continue
@@ -265,10 +272,12 @@ class Webhook:
             why,
         )
 
-    async def _post(self, client: httpx.AsyncClient, body: bytes, headers: dict[str, str]) -> int:
-        # Only the status counts: the response's body is not read.
+    async def _post(
+        self, client: httpx.AsyncClient, body: bytes, headers: dict[str, str]
+    ) -> tuple[int, float]:
+        # The status, and the seconds a Retry-After asks (0: none); the body is not read.
         async with client.stream("POST", self.url, content=body, headers=headers) as response:
-            return int(response.status_code)
+            return int(response.status_code), _retry_after(response.headers.get("retry-after"))
 
 
 def _state(state: MaintenanceState) -> dict[str, Any]:
@@ -292,6 +301,23 @@ def _time(value: datetime | None) -> str | None:
 def _origin(url: str) -> str:
     parts = urlsplit(url)
     return f"{parts.scheme}://{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+
+
+def _retry_after(value: str | None) -> float:
+    """Seconds a receiver's ``Retry-After`` asks for (whole seconds or an HTTP date); 0 when
+    absent or unreadable. The wait is capped at BACKOFF_CAP wherever it is used."""
+    if not value:
+        return 0.0
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return 0.0
+    if when.tzinfo is None:
+        return 0.0
+    return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
 
 
 # -- checks: a bad option is refused when the webhook is built ---------------------------

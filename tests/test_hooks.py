@@ -58,8 +58,8 @@ class Request:
 @dataclass
 class Receiver:
     """A local HTTP server whose paths answer as a receiver would: /ok 204, /flaky 503
-    for its first ``fail_first`` requests then 200, /bad 400, /busy 429, /hang nothing
-    for HANG seconds."""
+    for its first ``fail_first`` requests then 200, /later 503 with ``Retry-After: 2``
+    then 200, /bad 400, /busy 429, /hang nothing for HANG seconds."""
 
     port: int = 0
     fail_first: int = 2
@@ -95,10 +95,14 @@ def _handler(receiver: Receiver) -> type[BaseHTTPRequestHandler]:
                 status = 200
             elif self.path == "/flaky":
                 status = 503 if seen <= receiver.fail_first else 200
+            elif self.path == "/later":  # 503 asking for 2 s, then 200
+                status = 503 if seen == 1 else 200
             else:
                 status = {"/ok": 204, "/bad": 400, "/busy": 429}[self.path]
             try:
                 self.send_response(status)
+                if self.path == "/later" and status == 503:
+                    self.send_header("Retry-After", "2")
                 self.send_header("Content-Length", "0")
                 self.end_headers()
             except OSError:  # the webhook gave up on a hanging request
@@ -307,6 +311,14 @@ def test_5xx_is_retried_with_backoff_until_accepted(
         hmac.compare_digest(r.headers[SIGNATURE_HEADER], _signature(r.body)) for r in attempts
     )
     assert not [r for r in caplog.records if r.name == "maintguard.hooks"]  # delivered
+
+
+def test_a_receivers_retry_after_is_honoured(receiver: Receiver, webhook: Any) -> None:
+    hook = webhook(receiver.url("/later"), listen=False, retries=2)
+    hook(_event())
+    assert hook.flush(DEADLINE)
+    first, second = receiver.at("/later")
+    assert second.at - first.at >= 1.9  # asked 2 s; the backoff alone waits 0.5 s
 
 
 def test_429_is_retried_then_given_up_and_logged(
