@@ -390,6 +390,27 @@ class _Owner:
         self.write_lock = threading.Lock()
 
 
+def _at_once(threads: int, write: Callable[[int], None]) -> list[BaseException]:
+    """Run ``write(n)`` for n in range(threads), each in a thread, all started together;
+    what any of them raised."""
+    errors: list[BaseException] = []
+    start = threading.Barrier(threads)
+
+    def run(n: int) -> None:
+        try:
+            start.wait()
+            write(n)
+        except BaseException as exc:
+            errors.append(exc)
+
+    workers = [threading.Thread(target=run, args=(n,)) for n in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    return errors
+
+
 @pytest.mark.parametrize("owners", ["one process", "a process per thread"])
 def test_concurrent_writers_lose_no_write(contract: Contract, owners: str) -> None:
     # Threads each putting holds of their own into one scope at once: every record is
@@ -404,26 +425,16 @@ def test_concurrent_writers_lose_no_write(contract: Contract, owners: str) -> No
     threads, each = 6, 8
     shared = _Owner() if owners == "one process" else None
     now = datetime.now(timezone.utc)
-    errors: list[BaseException] = []
-    start = threading.Barrier(threads)
 
     def writer(n: int) -> None:
         backend = contract.new()
         owner = shared or _Owner()
-        try:
-            start.wait()
-            for i in range(each):
-                hold_id = f"t{n}-{i}"
-                write = PutHold(hold_id, _record(hold_id, now + timedelta(seconds=60)), now, 60.0)
-                io.update_blocking(backend, "jobs", lambda write=write: write, owner)  # type: ignore[misc]
-        except BaseException as exc:
-            errors.append(exc)
+        for i in range(each):
+            hold_id = f"t{n}-{i}"
+            write = PutHold(hold_id, _record(hold_id, now + timedelta(seconds=60)), now, 60.0)
+            io.update_blocking(backend, "jobs", lambda write=write: write, owner)  # type: ignore[misc]
 
-    workers = [threading.Thread(target=writer, args=(n,)) for n in range(threads)]
-    for worker in workers:
-        worker.start()
-    for worker in workers:
-        worker.join()
+    errors = _at_once(threads, writer)
     if not contract.writable:
         assert len(errors) == threads
         assert all(isinstance(e, ReadOnlyBackendError) for e in errors)
@@ -444,8 +455,6 @@ def test_concurrent_public_update_state_calls_lose_no_write(contract: Contract) 
         pytest.skip("documented: a read then a write (see above)")
     threads, each = 6, 8
     now = datetime.now(timezone.utc)
-    start = threading.Barrier(threads)
-    errors: list[BaseException] = []
 
     def writer(n: int) -> None:
         backend = contract.new()
@@ -456,18 +465,9 @@ def test_concurrent_public_update_state_calls_lose_no_write(contract: Contract) 
                 record = _record(hold_id, now + timedelta(seconds=60))
                 await backend.update_state("jobs", PutHold(hold_id, record, now, 60.0))
 
-        try:
-            start.wait()
-            anyio.run(writes)
-        except BaseException as exc:
-            errors.append(exc)
+        anyio.run(writes)
 
-    workers = [threading.Thread(target=writer, args=(n,)) for n in range(threads)]
-    for worker in workers:
-        worker.start()
-    for worker in workers:
-        worker.join()
-    assert not errors
+    assert not _at_once(threads, writer)
     assert len(contract.stored("jobs")["jobs"].holds) == threads * each
 
 
@@ -756,28 +756,17 @@ def test_concurrent_window_and_hold_writers_lose_nothing(contract: Contract, own
     threads, each = 6, 6
     shared = _Owner() if owners == "one process" else None
     now = datetime.now(timezone.utc)
-    errors: list[BaseException] = []
-    start = threading.Barrier(threads)
 
     def writer(n: int) -> None:
         backend = contract.new()
         owner = shared or _Owner()
-        try:
-            start.wait()
-            for i in range(each):
-                name = f"t{n}-{i}"
-                _put_window(backend, "jobs", name, _one_off(name), owner=owner)
-                hold = PutHold(name, _record(name, now + timedelta(seconds=60)), now, 60.0)
-                io.update_blocking(backend, "jobs", lambda hold=hold: hold, owner)  # type: ignore[misc]
-        except BaseException as exc:
-            errors.append(exc)
+        for i in range(each):
+            name = f"t{n}-{i}"
+            _put_window(backend, "jobs", name, _one_off(name), owner=owner)
+            hold = PutHold(name, _record(name, now + timedelta(seconds=60)), now, 60.0)
+            io.update_blocking(backend, "jobs", lambda hold=hold: hold, owner)  # type: ignore[misc]
 
-    workers = [threading.Thread(target=writer, args=(n,)) for n in range(threads)]
-    for worker in workers:
-        worker.start()
-    for worker in workers:
-        worker.join()
-    assert not errors
+    assert not _at_once(threads, writer)
     expected = sorted(f"t{n}-{i}" for n in range(threads) for i in range(each))
     stored = contract.stored("jobs")["jobs"]
     assert sorted(w.id for w in stored.windows) == expected
@@ -793,28 +782,17 @@ def test_concurrent_writers_never_pass_the_window_limit(contract: Contract) -> N
         pytest.skip("documented: a read then a write (see above)")
     threads, each, limit = 4, 5, 10
     refused: list[str] = []
-    errors: list[BaseException] = []
-    start = threading.Barrier(threads)
 
     def writer(n: int) -> None:
         backend, owner = contract.new(), _Owner()
-        try:
-            start.wait()
-            for i in range(each):
-                name = f"t{n}-{i}"
-                try:
-                    _put_window(backend, "jobs", name, _one_off(name), limit, owner)
-                except ConfigurationError:
-                    refused.append(name)
-        except BaseException as exc:
-            errors.append(exc)
+        for i in range(each):
+            name = f"t{n}-{i}"
+            try:
+                _put_window(backend, "jobs", name, _one_off(name), limit, owner)
+            except ConfigurationError:
+                refused.append(name)
 
-    workers = [threading.Thread(target=writer, args=(n,)) for n in range(threads)]
-    for worker in workers:
-        worker.start()
-    for worker in workers:
-        worker.join()
-    assert not errors
+    assert not _at_once(threads, writer)
     stored = _window_ids(contract, "jobs")
     assert len(stored) == limit
     assert sorted(stored + refused) == sorted(

@@ -523,12 +523,15 @@ async def test_a_window_scheduled_here_switches_the_middleware_by_itself(
     # Found: a window this process scheduled to start before its watcher's next wake-up
     # (up to 1 s later) was seen late, or not at all when it ended first: the watcher did
     # not look at the times again. Nothing reads the state here but the middleware itself.
+    # (A file store's watcher is also woken by the file's own change notification; the
+    # memory store's only by the write.)
     backend: Backend = (
         MemoryBackend() if kind == "memory" else LocalFileBackend(tmp_path / "state.json")
     )
     app = app_with(backend)
     async with served(app):
         assert (await request(app)).status == 200
+        await anyio.sleep(0.1)  # the watcher has looked, and sleeps until its next tick
         window = await schedule_maintenance(start=0.3, duration=0.3, backend=backend)
         seen: list[tuple[float, int]] = []
         while time.time() < window.end.timestamp() + 0.2:
