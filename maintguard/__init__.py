@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import sync  # (maintguard.sync works after a plain `import maintguard`)
 from ._audit import get_history
+from ._cordons import cordon, list_cordons, uncordon
 from ._core import add_listener, configure, flush_listeners, remove_listener
 from ._guards import NotDuringMaintenance, not_during_maintenance
 from ._holds import (
@@ -26,6 +27,7 @@ from ._holds import (
 from ._schedule import cancel_window, list_windows, schedule_maintenance
 from ._state import (
     AuditEntry,
+    Cordon,
     EventKind,
     HoldRecord,
     MaintenanceEvent,
@@ -87,6 +89,7 @@ __all__ = [
     "Backend",
     "BackendError",
     "ConfigurationError",
+    "Cordon",
     "DrainTimeout",
     "EventKind",
     "HoldRecord",
@@ -104,10 +107,12 @@ __all__ = [
     "add_listener",
     "cancel_window",
     "configure",
+    "cordon",
     "flush_listeners",
     "get_history",
     "get_maintenance_mode",
     "get_state",
+    "list_cordons",
     "list_windows",
     "maintenance_mode_on",
     "not_during_maintenance",
@@ -115,6 +120,7 @@ __all__ = [
     "schedule_maintenance",
     "set_maintenance_mode",
     "sync",
+    "uncordon",
     "under_maintenance",
 ]
 if TYPE_CHECKING or find_spec("starlette") is not None:

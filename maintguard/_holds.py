@@ -18,7 +18,7 @@ from typing import Any, TypeVar, cast, overload
 from ._core import ScopeController, coerce, controller, resolve_backend
 from ._core.controller import refresh_stale
 from ._core.defaults import default_root
-from ._core.drain import drained
+from ._core.drain import drained, hold_left
 from ._core.drive import ASYNC, BLOCKING, Runtime, drive
 from ._core.inflight import (
     HeldMark,
@@ -374,7 +374,8 @@ class MaintenanceHold:
         frame = keys[-1]
         try:
             assert self._drain is not None
-            pending = await drained(rt, ctrl, token, self._presents.mode, exclude, self._drain)
+            left = hold_left(ctrl, token, self._presents.mode, exclude)
+            pending = await drained(rt, ctrl, left, exclude, self._drain)
         except BaseException:  # cancelled while draining: nothing of the hold remains
             if ctrl.end_drain(frame):
                 await _write_release(rt, ctrl)

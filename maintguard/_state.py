@@ -20,6 +20,7 @@ from ._options import seconds
 
 __all__ = [
     "AuditEntry",
+    "Cordon",
     "EventKind",
     "ExplicitState",
     "HoldRecord",
@@ -267,9 +268,9 @@ class AuditEntry:
     """One change an operator (or a program) made through the operators' writes: who
     (``actor``, ``user@host``; ``pid``; ``command``, the command line), when (``at``,
     aware UTC), what (``kind``: ``"on"``, ``"off"``, ``"window scheduled"``,
-    ``"window cancelled"``, ``"window ended"``, ``"holds removed"``), where (``scope``,
-    None: global) and why (``reason``), with the ``window`` id or the ``holds`` ids where
-    they apply."""
+    ``"window cancelled"``, ``"window ended"``, ``"holds removed"``, ``"cordon"``,
+    ``"uncordon"``), where (``scope``, None: global) and why (``reason``), with the
+    ``window`` id, the ``holds`` ids or the cordoned ``host`` where they apply."""
 
     at: datetime
     actor: str
@@ -280,6 +281,30 @@ class AuditEntry:
     reason: str | None = None
     window: str | None = None
     holds: tuple[str, ...] = ()
+    host: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Cordon:
+    """A host taken out of rotation: every process on ``host`` (the name its records carry:
+    ``MAINTGUARD_HOST``, or the machine's host name) answers the middleware's readiness
+    path with 503, and goes on serving other requests. Who cordoned it (``by``,
+    ``user@host``), since when (``since``, aware UTC) and why (``reason``).
+
+    ``drain`` (a token) is set while :func:`maintguard.cordon` waits for the host's
+    in-flight work, until ``drain_until`` at most: the host's processes report their work
+    to it (a drain whose waiter died stops counting then)."""
+
+    host: str
+    since: datetime
+    by: str | None = None
+    reason: str | None = None
+    drain: str | None = None
+    drain_until: datetime | None = None
+
+    def draining(self, now: datetime) -> bool:
+        """Whether a drain waits for this host's work at ``now``."""
+        return self.drain is not None and self.drain_until is not None and self.drain_until > now
 
 
 def windows_in_force(
@@ -311,6 +336,8 @@ class StoredState:
     history: tuple[AuditEntry, ...] = ()
     """The audit trail of operators' changes, newest first (kept in the global scope's
     state only, for the whole store; see :class:`AuditEntry`)."""
+    cordons: tuple[Cordon, ...] = ()
+    """The cordoned hosts (kept in the global scope's state only; see :class:`Cordon`)."""
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict; :meth:`from_dict` reads it back (for user-written backends)."""
@@ -322,6 +349,8 @@ class StoredState:
             data["windows"] = [window_to_dict(w) for w in self.windows]
         if self.history:
             data["history"] = [entry_to_dict(e) for e in self.history]
+        if self.cordons:
+            data["cordons"] = [cordon_to_dict(c) for c in self.cordons]
         return data
 
     @classmethod
@@ -375,12 +404,17 @@ def stored_from_dict(data: Any, problems: list[str]) -> StoredState:
     if not isinstance(history, list):
         problems.append(f"'history' is ignored: a list of audit entries, not {history!r}")
         history = []
+    cordons = data.get("cordons", [])
+    if not isinstance(cordons, list):
+        problems.append(f"'cordons' is ignored: a list of cordons, not {cordons!r}")
+        cordons = []
     return StoredState(
         explicit,
         tuple(hold_from_dict(h, problems) for h in holds),
         tuple(w for w in (worker_from_dict(w, problems) for w in workers) if w is not None),
         tuple(w for w in (window_from_dict(w, problems) for w in windows) if w is not None),
         tuple(e for e in (entry_from_dict(e, problems) for e in history) if e is not None),
+        tuple(c for c in (cordon_from_dict(c, problems) for c in cordons) if c is not None),
     )
 
 
@@ -564,6 +598,8 @@ def entry_to_dict(e: AuditEntry) -> dict[str, Any]:
         data["window"] = e.window
     if e.holds:
         data["holds"] = list(e.holds)
+    if e.host is not None:
+        data["host"] = e.host
     return data
 
 
@@ -594,6 +630,49 @@ def entry_from_dict(data: Any, problems: list[str] | None = None) -> AuditEntry 
         reason=detail("reason", _text),
         window=detail("window", _text),
         holds=detail("holds", _names, ()),
+        host=detail("host", _text),
+    )
+
+
+def cordon_to_dict(c: Cordon) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        "host": c.host,
+        "since": _dump_time(c.since),
+        "by": c.by,
+        "reason": c.reason,
+    }
+    if c.drain is not None:
+        data["drain"] = c.drain
+        data["drain_until"] = _dump_time(c.drain_until)
+    return data
+
+
+def cordon_from_dict(data: Any, problems: list[str] | None = None) -> Cordon | None:
+    """A cordon: ``host`` and ``since`` must be readable, or the cordon is dropped and noted
+    in ``problems`` (a cordon never decides whether maintenance is on); an invalid detail is
+    dropped as for a hold. Without ``problems`` it raises ``ValueError``."""
+    try:
+        if not isinstance(data, Mapping):
+            raise ValueError(f"expected an object, found {data!r}")
+        host = data.get("host")
+        if not isinstance(host, str) or not host:
+            raise ValueError(f"'host' must be a host name, found {host!r}")
+        since = _load_time(data.get("since"))
+        if since is None:
+            raise ValueError("'since' is missing")
+    except (ValueError, TypeError, OverflowError) as exc:
+        if problems is None:
+            raise ValueError(f"a cordon: {exc}") from None
+        problems.append(f"a cordon is ignored: {exc}")
+        return None
+    detail = _Details(data, problems, f"cordon of {host!r}: ")
+    return Cordon(
+        host=host,
+        since=since,
+        by=detail("by", _text),
+        reason=detail("reason", _text),
+        drain=detail("drain", _text),
+        drain_until=detail("drain_until", _load_time),
     )
 
 

@@ -7,19 +7,24 @@ Pure functions of the state (and, for ``url``, of the backend): no I/O, no clock
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import urlencode
 
-from ._state import AuditEntry, MaintenanceState, RetryAfter, Window
+from ._state import AuditEntry, Cordon, MaintenanceState, RetryAfter, Window
 from .backends import Backend, EnvVarBackend, LocalFileBackend, MemoryBackend, RedisBackend
 from .backends._redis import redact
 
-__all__ = ["as_json", "entry_json", "url", "window_json"]
+__all__ = ["as_json", "cordon_json", "entry_json", "url", "window_json"]
 
 
 def as_json(
-    state: MaintenanceState, where: str | None = None, *, holders: bool = True
+    state: MaintenanceState,
+    where: str | None = None,
+    *,
+    holders: bool = True,
+    cordons: Iterable[Cordon] | None = None,
 ) -> dict[str, Any]:
     """``state`` as JSON, times in ISO 8601 UTC.
 
@@ -27,7 +32,8 @@ def as_json(
     CLI, a caller the middleware lets through) the object also says whether the
     operator's switch is on (``explicit``), who planned the window (``by``) and every
     hold's record (owner, host, pid, ...); without it (a public caller) only how many
-    holds there are (``hold_count``, in both).
+    holds there are (``hold_count``, in both). ``cordons`` (the store's, with the global
+    scope's object) are shown as ``cordons`` with ``holders`` only.
     """
     found: dict[str, Any] = {} if where is None else {"backend": where}
     found.update(
@@ -60,7 +66,21 @@ def as_json(
             }
             for h in state.holders
         ]
+        if cordons is not None:
+            found["cordons"] = [cordon_json(c) for c in cordons]
     return found
+
+
+def cordon_json(cordon: Cordon) -> dict[str, Any]:
+    """A cordon as JSON: the :class:`~maintguard.Cordon` field names but the drain's token,
+    times in ISO 8601 UTC; ``draining`` is the drain's limit while one waits."""
+    return {
+        "host": cordon.host,
+        "since": _iso(cordon.since),
+        "by": cordon.by,
+        "reason": cordon.reason,
+        "draining_until": _iso(cordon.drain_until) if cordon.drain is not None else None,
+    }
 
 
 def window_json(window: Window | None, *, by: bool = True) -> dict[str, Any] | None:
@@ -96,6 +116,7 @@ def entry_json(entry: AuditEntry) -> dict[str, Any]:
         "reason": entry.reason,
         "window": entry.window,
         "holds": list(entry.holds),
+        "host": entry.host,
     }
 
 

@@ -3,8 +3,9 @@
 The same signatures as :func:`maintguard.get_maintenance_mode`,
 :func:`maintguard.set_maintenance_mode`, :func:`maintguard.get_state`, the planned
 windows' :func:`maintguard.schedule_maintenance`, :func:`maintguard.cancel_window` and
-:func:`maintguard.list_windows`, and the audit trail's :func:`maintguard.get_history`,
-without ``await``.
+:func:`maintguard.list_windows`, the audit trail's :func:`maintguard.get_history`, and the
+cordons' :func:`maintguard.cordon`, :func:`maintguard.uncordon` and
+:func:`maintguard.list_cordons`, without ``await``.
 They run on maintguard's I/O loop and block the calling thread until done, in any thread
 that does not run an event loop (a worker thread of one is fine). In a loop's own thread
 they raise :class:`~maintguard.exceptions.ConfigurationError` naming the function to await
@@ -24,22 +25,26 @@ from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 from . import _audit as audit
+from . import _cordons as cordons
 from . import _holds as guards
 from . import _ioloop as ioloop
 from . import _schedule as schedule
 from ._holds import BackendArg, Seconds
 from ._options import named_options
-from ._state import AuditEntry, MaintenanceState, Mode, Window
+from ._state import AuditEntry, Cordon, MaintenanceState, Mode, Window
 from .exceptions import ConfigurationError
 
 __all__ = [
     "cancel_window",
+    "cordon",
     "get_history",
     "get_maintenance_mode",
     "get_state",
+    "list_cordons",
     "list_windows",
     "schedule_maintenance",
     "set_maintenance_mode",
+    "uncordon",
 ]
 
 T = TypeVar("T")
@@ -134,6 +139,36 @@ def get_history(
 ) -> list[AuditEntry]:
     """The store's audit trail, newest first (blocking); see :func:`maintguard.get_history`."""
     return _blocking("get_history", audit.get_history(backend, scope=scope, limit=limit))
+
+
+@named_options
+def cordon(
+    host: str | None = None,
+    *,
+    reason: str | None = None,
+    drain: float | timedelta | None = None,
+    on_drain_timeout: str = "proceed",
+    backend: BackendArg = None,
+) -> Cordon:
+    """Take ``host`` out of rotation (blocking); see :func:`maintguard.cordon`."""
+    return _blocking(
+        "cordon",
+        cordons.cordon(
+            host, reason=reason, drain=drain, on_drain_timeout=on_drain_timeout, backend=backend
+        ),
+    )
+
+
+@named_options
+def uncordon(host: str | None = None, *, backend: BackendArg = None) -> bool:
+    """Put ``host`` back in rotation (blocking); see :func:`maintguard.uncordon`."""
+    return _blocking("uncordon", cordons.uncordon(host, backend=backend))
+
+
+@named_options
+def list_cordons(*, backend: BackendArg = None) -> list[Cordon]:
+    """The cordoned hosts (blocking); see :func:`maintguard.list_cordons`."""
+    return _blocking("list_cordons", cordons.list_cordons(backend=backend))
 
 
 def _blocking(name: str, coro: Coroutine[Any, Any, T]) -> T:

@@ -25,14 +25,17 @@ from typing import Any, NoReturn, TextIO
 
 from .. import __version__
 from .. import _audit as audit
+from .. import _cordons as cordons
 from .. import _holds as guards
 from .. import _ioloop as ioloop
 from .._core import controller, io, store_of
 from .._core.drive import ASYNC
+from .._core.identity import HOST
 from .._core.operators import AUDIT_LOGGER
 from .._schedule import cancel_window, list_windows, schedule_maintenance, turn_off
 from .._state import (
     STORED_LOGGER,
+    Cordon,
     ExplicitState,
     MaintenanceState,
     Mode,
@@ -44,7 +47,7 @@ from .._state import (
 from .._windows import check_zone, occurrences
 from ..backends import Backend, EnvVarBackend, LocalFileBackend, MemoryBackend, backend_from_url
 from ..backends._env import getenv
-from ..exceptions import ConfigurationError, MaintGuardError, ReadOnlyBackendError
+from ..exceptions import ConfigurationError, DrainTimeout, MaintGuardError, ReadOnlyBackendError
 from . import run as running
 from . import show, values
 
@@ -176,7 +179,45 @@ def _parser() -> _Parser:
         action="store_true",
         help="print a JSON list: the AuditEntry fields, times in ISO 8601 UTC",
     )
+    _cordon_parsers(commands)
     return parser
+
+
+def _cordon_parsers(commands: Any) -> None:
+    host = {
+        "metavar": "NAME",
+        "type": values.host,
+        "help": "the host as its processes' records name it: MAINTGUARD_HOST there, else its "
+        "host name (default: this host)",
+    }
+    cordon = commands.add_parser(
+        "cordon",
+        help="take a host out of rotation: its readiness path answers 503 (--drain: then wait "
+        "for its in-flight work)",
+        description="Cordon a host: every process on it answers the middleware's "
+        "readiness_path with 503 from when it sees the cordon, and still serves other "
+        "requests (the load balancer stops sending them). Maintenance is not turned on. "
+        "Exit 0 done, 1 when --drain ran out with work still in flight (the host stays "
+        "cordoned).",
+    )
+    _store(cordon, writes=True)
+    cordon.add_argument("--host", **host)
+    cordon.add_argument(
+        "--drain",
+        metavar="SECONDS",
+        type=values.seconds,
+        help="then wait up to this long until the host's in-flight requests and jobs have "
+        "ended (its processes report them): 30, 90s, 5m",
+    )
+    cordon.add_argument("--reason", type=values.reason, help="why, for status and history")
+    uncordon = commands.add_parser(
+        "uncordon",
+        help="put a cordoned host back in rotation",
+        description="Remove a host's cordon: its processes answer the readiness path with "
+        "200 again. Exit 1 when the host was not cordoned.",
+    )
+    _store(uncordon, writes=True)
+    uncordon.add_argument("--host", **host)
 
 
 def _schedule_parser(commands: Any) -> None:
@@ -412,10 +453,13 @@ def _now() -> datetime:
 def cmd_status(args: argparse.Namespace) -> int:
     backend = _backend(args, writes=False)
     state = _state(backend, args.scope)
+    stored = store_of(backend).root.stored
+    hosts = () if stored is None else stored.cordons
     if args.json:
-        _write(sys.stdout, json.dumps(show.as_json(state, show.url(backend)), indent=2))
+        shown = show.as_json(state, show.url(backend), cordons=hosts)
+        _write(sys.stdout, json.dumps(shown, indent=2))
     else:
-        _print(show.summary(state, backend.describe(), _now()))
+        _print(show.summary(state, backend.describe(), _now()) + show.cordon_lines(hosts, _now()))
     if args.backend is None and not getenv(_ENV):
         _say(
             "no store chosen, so this is the environment variable MAINTGUARD_MODE of this "
@@ -856,7 +900,65 @@ def cmd_history(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_cordon(args: argparse.Namespace) -> int:
+    backend = _backend(args, writes=True)
+    host = HOST if args.host is None else args.host
+    reason = args.reason or None
+    code = 0
+    record: Cordon | None
+    try:
+        record = ioloop.run_sync(
+            cordons.cordon(
+                host, reason=reason, drain=args.drain, on_drain_timeout="raise", backend=backend
+            )
+        )
+    except DrainTimeout as exc:
+        _say(str(exc))
+        code = 1
+        record = cordons.cordoned(store_of(backend).root.stored, host)  # (as it stands)
+    lines = [
+        f"cordoned {show.text(host)}: its processes answer their readiness path with 503; other "
+        f"requests still pass — {show.text(backend.describe())}"
+    ]
+    if record is not None:
+        lines += show.cordon_lines([record], _now())
+    if args.drain is not None and code == 0:
+        lines.append(f"in-flight work on {show.text(host)} has ended")
+    _print(lines)
+    _warn_if_host_unwatched(backend, host)
+    return code
+
+
+def cmd_uncordon(args: argparse.Namespace) -> int:
+    backend = _backend(args, writes=True)
+    host = HOST if args.host is None else args.host
+    if not ioloop.run_sync(cordons.uncordon(host, backend=backend)):
+        left = [c.host for c in ioloop.run_sync(cordons.list_cordons(backend=backend))]
+        cordoned = f"cordoned: {', '.join(left)}" if left else "no host is cordoned"
+        raise Failure(
+            f"{host} is not cordoned in {backend.describe()} ({cordoned}); nothing changed", 1
+        )
+    _print([f"uncordoned {show.text(host)} — {show.text(backend.describe())}"])
+    return 0
+
+
+def _warn_if_host_unwatched(backend: Backend, host: str) -> None:
+    # A cordon of a host no live process of the store is on is most often a wrong name
+    # (MAINTGUARD_HOST set there, a pod's name) or a wrong store.
+    stored = store_of(backend).root.stored
+    now = _now()
+    if stored is None or any(w.host == host and w.live(now) for w in stored.workers):
+        return
+    _say(
+        f"no live process on host {show.text(host)} watches {show.url(backend)}: if the app "
+        "runs there, check the host name (its MAINTGUARD_HOST, else its host name; `maintguard "
+        "status` lists the hosts of holds) and that the app uses this store"
+    )
+
+
 _COMMANDS = {
+    "cordon": cmd_cordon,
+    "uncordon": cmd_uncordon,
     "history": cmd_history,
     "on": cmd_on,
     "off": cmd_off,

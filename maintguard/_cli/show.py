@@ -16,6 +16,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from .._core.identity import HOST
 from .._state import (
     AuditEntry,
+    Cordon,
     HoldRecord,
     MaintenanceState,
     Occurrence,
@@ -27,6 +28,7 @@ from .._state_json import as_json, entry_json, url, window_json
 
 __all__ = [
     "as_json",
+    "cordon_lines",
     "entry_json",
     "entry_line",
     "holds_lines",
@@ -149,12 +151,32 @@ def entry_line(entry: AuditEntry) -> str:
         what += f" {entry.window}"
     if entry.holds:
         what += f" ({', '.join(entry.holds)})"
+    if entry.host is not None:
+        what += f" {entry.host}"
     if entry.scope is not None:
         what += f", scope {entry.scope}"
     if entry.reason is not None:
         what += f", reason {entry.reason!r}"
     how = f"{entry.actor}, pid {entry.pid}" + (f": {entry.command}" if entry.command else "")
     return text(f"{stamp(entry.at)}  {what} — {how}")
+
+
+def cordon_lines(found: Iterable[Cordon], now: datetime) -> list[str]:
+    """One line per cordoned host: since when, by whom, why, and a drain waiting."""
+    lines = []
+    for cordon in found:
+        line = (
+            f"  cordoned:    {text(cordon.host)} since {local(cordon.since)} "
+            f"({ago(cordon.since, now)})"
+        )
+        if cordon.by is not None:
+            line += f", by {text(cordon.by)}"
+        if cordon.reason is not None:
+            line += f", reason {text(repr(cordon.reason))}"
+        if cordon.draining(now):
+            line += ", draining"
+        lines.append(line)
+    return lines
 
 
 def holds_lines(holds: Iterable[HoldRecord], now: datetime) -> list[str]:

@@ -165,6 +165,16 @@ def window_id(text: str) -> str:
     return text
 
 
+def host(text: str) -> str:
+    from .._cordons import check_host
+    from ..exceptions import ConfigurationError
+
+    try:
+        return check_host(text)
+    except ConfigurationError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def scope(text: str) -> str:
     if not text.strip():
         raise argparse.ArgumentTypeError("a scope is a non-empty name such as billing")

@@ -6,6 +6,9 @@ has ended: this process's (less the holder's own request or job) and, on a share
 every other live process's, as their presence records report it (:mod:`.presence`).
 Woken at once when local work ends; other processes' reports are looked at every
 ``refresh_interval`` (the watcher reads them).
+
+A cordon's drain waits the same way for what :func:`host_left` counts: all in-flight work
+of the processes of one host.
 """
 
 from __future__ import annotations
@@ -18,14 +21,18 @@ from .._state import Mode
 from . import presence
 from .controller import ScopeController, refresh_store
 from .drive import Runtime
+from .identity import HOST
 from .watcher import watch
 
-__all__ = ["drained"]
+__all__ = ["drained", "hold_left", "host_left"]
+
+Left = Callable[[], int]
+"""How much work a drain still waits for (0: none)."""
 
 
-def _left(
-    ctrl: ScopeController, token: str, mode: Mode, exclude: frozenset[int]
-) -> Callable[[], int]:
+def hold_left(ctrl: ScopeController, token: str, mode: Mode, exclude: frozenset[int]) -> Left:
+    """What drain ``token`` of a hold in ``mode`` waits for: the work such a hold refuses,
+    here (less ``exclude``, the holder's own) and in every other process."""
     store = ctrl.store
     judged: dict[int, bool] = {}
 
@@ -33,6 +40,19 @@ def _left(
         return store.work.count(ctrl.scope, mode, exclude, judged) + presence.waiting_for(
             store, token, mode
         )
+
+    return left
+
+
+def host_left(ctrl: ScopeController, token: str, host: str, exclude: frozenset[int]) -> Left:
+    """What the drain ``token`` of ``host``'s cordon waits for: every piece of in-flight
+    work of that host's processes (this one's too, less ``exclude``, when it is on it)."""
+    store = ctrl.store
+    key = presence.cordon_key(token)
+
+    def left() -> int:
+        here = store.work.total(exclude) if host == HOST else 0
+        return here + presence.host_waiting_for(store, key, host)
 
     return left
 
@@ -46,17 +66,12 @@ def _poll(ctrl: ScopeController) -> float:
 
 
 async def drained(
-    rt: Runtime,
-    ctrl: ScopeController,
-    token: str,
-    mode: Mode,
-    exclude: frozenset[int],
-    seconds: float,
+    rt: Runtime, ctrl: ScopeController, left: Left, exclude: frozenset[int], seconds: float
 ) -> int:
-    """Wait until the work a drain waits for has ended: 0, or how much was still pending
-    (this process's work, and other processes not reporting zero) when ``seconds`` ran out
-    first."""
-    left = _left(ctrl, token, mode, exclude)
+    """Wait until ``left()`` is 0 (the work a drain waits for has ended): 0, or how much was
+    still pending (this process's work, and other processes not reporting zero) when
+    ``seconds`` ran out first. ``exclude``: the waiter's own work, out of the count while it
+    waits."""
     work = ctrl.store.work
     drains = work.drains
     poll = _poll(ctrl)

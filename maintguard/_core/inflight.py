@@ -137,6 +137,11 @@ class Work:
         for table, key, entry in taken:
             table[key] = entry
 
+    def total(self, exclude: frozenset[int] = frozenset()) -> int:
+        """How many entries are in flight, less ``exclude``: what a cordon's drain waits
+        for (all of this process's work, whatever its scope or route)."""
+        return sum(1 for _, table in self.tables for key in list(table) if key not in exclude)
+
     def count(
         self,
         scope: str | None,

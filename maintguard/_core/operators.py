@@ -1,5 +1,5 @@
-"""Operators' writes: the explicit state, planned windows, and removing other processes'
-hold records; each change is recorded in the store's audit trail.
+"""Operators' writes: the explicit state, planned windows, cordons, and removing other
+processes' hold records; each change is recorded in the store's audit trail.
 
 They go through the same ordered writes as this process's own record (:mod:`.persist`),
 so a result that lands late never undoes a newer one. Recording comes after the change, as
@@ -15,9 +15,9 @@ import logging
 from collections.abc import Callable, Collection
 from typing import Any
 
-from .._state import AuditEntry, ExplicitState, WindowRecord
+from .._state import AuditEntry, Cordon, ExplicitState, WindowRecord
 from .._windows import LIMIT
-from ..backends._writes import PutHold, PutWindow, Record, SetExplicit, Write
+from ..backends._writes import PutCordon, PutHold, PutWindow, Record, SetExplicit, Write
 from ..exceptions import MaintGuardError, ReadOnlyBackendError
 from . import io
 from .drive import ASYNC
@@ -92,6 +92,21 @@ class Operators(Persisting):
             await self.record(audit, actor, reason=reason, window=window_id)
         return write.found
 
+    async def put_cordon(self, host: str, record: Cordon | None, audit: str | None) -> bool:
+        """Store ``record`` as ``host``'s cordon (``None``: remove it), in the global scope
+        (cordons are the store's); whether the host was cordoned before. ``audit``: the
+        kind of change to record (``"cordon"``, ``"uncordon"``) when the write changed
+        something; None records nothing (a drain's end, tidied away)."""
+        root = self.parent if isinstance(self.parent, Operators) else self
+        actor = who()
+        write = PutCordon(host, record)
+        doing = f"{'uncordoning' if record is None else 'cordoning'} host {host!r}"
+        await root._operator_write(lambda: write, doing, actor)
+        if audit is not None and (record is not None or write.found):
+            reason = None if record is None else record.reason
+            await root.record(audit, actor, reason=reason, host=host)
+        return write.found
+
     async def record(
         self,
         kind: str,
@@ -100,6 +115,7 @@ class Operators(Persisting):
         reason: str | None = None,
         window: str | None = None,
         holds: Collection[str] = (),
+        host: str | None = None,
     ) -> None:
         """Add an entry for a change made in this scope to the store's audit trail (kept
         in the global scope's state). Never raises but for cancellation: a failure is
@@ -115,6 +131,7 @@ class Operators(Persisting):
             reason=reason,
             window=window,
             holds=tuple(holds),
+            host=host,
         )
         try:
             await root._operator_write(

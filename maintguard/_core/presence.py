@@ -6,7 +6,9 @@ every ``lease_ttl / 3`` seconds. While another process's hold drains (its record
 drain token), the record also reports, for that token, how much of this process's in-flight
 work the drain waits for; it is rewritten when the count changes. A drain waits until every
 live record other than its own process's reports zero for its token (a process that died
-stops counting when its lease runs out).
+stops counting when its lease runs out). A cordon's drain is the same, limited to the
+processes of one host: while a cordon of this host carries a drain token, this process
+reports all of its in-flight work to it (:func:`cordon_key`, :func:`host_waiting_for`).
 
 A process records its presence *before* it first reads the state to admit work, so a
 drain either finds the record or the process finds the drain's hold and admits nothing.
@@ -28,6 +30,8 @@ from .registry import Store, all_stores
 from .stack import to_datetime
 
 __all__ = [
+    "cordon_key",
+    "host_waiting_for",
     "join",
     "leave",
     "leave_blocking",
@@ -72,6 +76,29 @@ def waiting_for(store: Store, token: str, mode: Mode) -> int:
     return n
 
 
+def cordon_key(token: str) -> str:
+    """What a report to the drain of a cordon (token ``token``) answers."""
+    return f"{token}/cordon"
+
+
+def host_waiting_for(store: Store, key: str, host: str) -> int:
+    """How many other live processes on ``host`` have not reported zero for ``key``."""
+    if not _shared(store):
+        return 0
+    stored = store.root.stored
+    if stored is None:
+        return 0
+    own = store.worker_id
+    n = 0
+    for worker in stored.workers:
+        if worker.host != host or worker.id == own:
+            continue
+        count = worker.report(key)
+        if count is None or count > 0:
+            n += 1
+    return n
+
+
 def _reports(store: Store) -> Reports:
     # For each drain another process asks (a draining hold record in any scope read), how
     # much of this process's work it waits for.
@@ -88,6 +115,12 @@ def _reports(store: Store) -> Reports:
             found.append((token, store.work.count(scope, hold.mode, frozenset(), judged)))
     for token in [t for t in store.judged if t not in tokens]:
         del store.judged[token]  # that drain is over
+    root = store.root.stored
+    if root is not None and root.cordons:
+        now = to_datetime(store.clock())
+        for cordon in root.cordons:
+            if cordon.host == HOST and cordon.drain is not None and cordon.draining(now):
+                found.append((cordon_key(cordon.drain), store.work.total()))
     return tuple(sorted(found))
 
 

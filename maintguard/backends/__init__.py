@@ -7,6 +7,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from .._state import (
     AuditEntry,
+    Cordon,
     ExplicitState,
     HoldRecord,
     StoredState,
@@ -19,17 +20,19 @@ from ._env import EnvVarBackend
 from ._file import LocalFileBackend
 from ._memory import MemoryBackend
 from ._redis import RedisBackend, redact
-from ._writes import PutHold, PutWindow, PutWorker, Record, SetExplicit, Write
+from ._writes import PutCordon, PutHold, PutWindow, PutWorker, Record, SetExplicit, Write
 
 __all__ = [
     "AuditEntry",
     "Backend",
+    "Cordon",
     "EnvVarBackend",
     "ExplicitState",
     "HoldRecord",
     "LocalFileBackend",
     "MemoryBackend",
     "OnError",
+    "PutCordon",
     "PutHold",
     "PutWindow",
     "PutWorker",

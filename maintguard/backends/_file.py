@@ -37,10 +37,11 @@ _Scopes = dict[str | None, StoredState]
 VERSION = 2
 """The newest format version this maintguard reads and writes: 2 stores planned windows.
 A file without windows is written as version 1, which older maintguard still writes (the
-audit trail, ``history``, is an optional field that older versions keep as unknown)."""
+audit trail, ``history``, and the cordons, ``cordons``, are optional fields that older
+versions keep as unknown)."""
 _WITHOUT_WINDOWS = 1
 
-_STATE_KEYS = frozenset(StoredState().to_dict()) | {"workers", "windows", "history"}
+_STATE_KEYS = frozenset(StoredState().to_dict()) | {"workers", "windows", "history", "cordons"}
 _TOP_KEYS = _STATE_KEYS | {"version", "plain", "scopes"}
 _NEW_FILE_MODE = 0o644  # a new file: readable by every process that checks it
 _READ_SIZE = 65536
@@ -466,7 +467,11 @@ def _dumps(obj: Mapping[str, Any], indent: str) -> str:
     inner = indent + "  "
     fields = []
     for key, value in obj.items():
-        if key in ("holds", "workers", "windows", "history") and value and isinstance(value, list):
+        if (
+            key in ("holds", "workers", "windows", "history", "cordons")
+            and value
+            and isinstance(value, list)
+        ):
             text = ",\n".join(f"{inner}  {json.dumps(h)}" for h in value)
             text = f"[\n{text}\n{inner}]"
         elif key == "scopes" and not indent and value and isinstance(value, dict):
@@ -488,6 +493,7 @@ def _merge(raw: Mapping[str, Any] | None, state: StoredState) -> dict[str, Any]:
     out.pop("workers", None)  # known, and written only when there are some
     out.pop("windows", None)
     out.pop("history", None)
+    out.pop("cordons", None)
     new = state.to_dict()
     if raw and new["holds"]:
         old = {h.get("id"): h for h in raw.get("holds", ()) if isinstance(h, Mapping)}
@@ -517,7 +523,7 @@ def _entry_key(entry: Mapping[str, Any]) -> tuple[Any, ...]:
 
 
 _ENTRY_KEYS = frozenset(
-    {"at", "actor", "pid", "command", "kind", "scope", "reason", "window", "holds"}
+    {"at", "actor", "pid", "command", "kind", "scope", "reason", "window", "holds", "host"}
 )
 """An audit entry's fields this version knows: others (a newer version's) are kept."""
 
@@ -542,6 +548,7 @@ def _plain(scopes: _Scopes) -> str | None:
         state.holds
         or state.workers
         or state.windows
+        or state.cordons
         or any(v != StoredState() for k, v in scopes.items() if k is not None)
     ):
         return None

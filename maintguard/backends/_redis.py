@@ -22,11 +22,14 @@ from .. import _ioloop as ioloop
 from .._state import (
     EPOCH,
     AuditEntry,
+    Cordon,
     ExplicitState,
     HoldRecord,
     StoredState,
     WindowRecord,
     WorkerRecord,
+    cordon_from_dict,
+    cordon_to_dict,
     entry_from_dict,
     entry_to_dict,
     explicit_from_dict,
@@ -41,7 +44,7 @@ from .._state import (
 )
 from ..exceptions import BackendError, ConfigurationError, PartialReadError
 from ._base import Backend, OnError, overrides
-from ._writes import PutHold, PutWindow, PutWorker, Record, SetExplicit
+from ._writes import PutCordon, PutHold, PutWindow, PutWorker, Record, SetExplicit
 
 __all__ = ["RedisBackend"]
 
@@ -58,7 +61,8 @@ are within what one round trip can measure, and writes then round-trip exactly."
 # KEYS of a write, for scope S (B = "{prefix}" for the global scope, "{prefix}:scope:S"
 # for a named one): 1 B:explicit, 2 B:holds, 3 B:leases, 4 {prefix}:scopes,
 # 5 {prefix}:version, 6 {prefix}:workers, 7 {prefix}:worker-leases, 8 B:windows,
-# 9 {prefix}:history (the audit trail: a list of JSON entries, newest first).
+# 9 {prefix}:history (the audit trail: a list of JSON entries, newest first),
+# 10 {prefix}:cordons (each cordoned host's JSON, by host name).
 # ARGV[1] is the channel, ARGV[2] the scope ('' = global). Times are the server's, but
 # a window's: B:windows maps each window's id to its JSON, with the times as planned (see
 # RedisBackend._apply).
@@ -134,16 +138,18 @@ local function finish(extra)
     version = 1
   end
   redis.call('PUBLISH', ARGV[1], version)
-  local workers, history = {}, {}
+  local workers, history, cordons = {}, {}, {}
   if scope == '' then
     workers = live(KEYS[6], KEYS[7])
-    -- The trail never decides whether maintenance is on: a key of another type is told
-    -- (as its error), not a failed write.
+    -- The trail and the cordons never decide whether maintenance is on: a key of another
+    -- type is told (as its error), not a failed write.
     history = redis.pcall('LRANGE', KEYS[9], 0, -1)
     if history.err then history = history.err end
+    cordons = redis.pcall('HGETALL', KEYS[10])
+    if cordons.err then cordons = cordons.err end
   end
   return {t[1], t[2], extra, redis.call('HGETALL', KEYS[1]), live(KEYS[2], KEYS[3]), workers,
-    redis.call('HGETALL', KEYS[8]), history}
+    redis.call('HGETALL', KEYS[8]), history, cordons}
 end
 """
 )
@@ -217,6 +223,19 @@ else
 end
 return finish(there)
 """,
+    # ARGV 3 host, 4 its cordon (JSON; '' = remove). The global scope only. Returns whether
+    # the host was cordoned.
+    "cordon": _WRITE
+    + """
+expect(KEYS[10], 'hash')
+local there = redis.call('HEXISTS', KEYS[10], ARGV[3])
+if ARGV[4] == '' then
+  redis.call('HDEL', KEYS[10], ARGV[3])
+else
+  redis.call('HSET', KEYS[10], ARGV[3], ARGV[4])
+end
+return finish(there)
+""",
     # ARGV 3 the audit entry (JSON), 4 how many entries are kept. The global scope only.
     "record": _WRITE
     + """
@@ -228,10 +247,14 @@ return finish(0)
     # `write_state`: ARGV 3 state ('' = off), 4 since ('' = none), 5 until, then the
     # number of holds and (id, record, expiry) each, then the number of windows and
     # (id, record) each, then (global scope) the number of workers and (id, record,
-    # expiry) each, and the number of audit entries and each, oldest first.
+    # expiry) each, the number of audit entries and each, oldest first, and the number of
+    # cordons and (host, record) each.
     "replace": _WRITE
     + """
-if scope == '' then expect(KEYS[9], 'list') end
+if scope == '' then
+  expect(KEYS[9], 'list')
+  expect(KEYS[10], 'hash')
+end
 redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[8])
 if ARGV[3] ~= '' then
   redis.call('HSET', KEYS[1], 'state', ARGV[3])
@@ -262,12 +285,19 @@ if scope == '' then
     redis.call('LPUSH', KEYS[9], ARGV[i + 1])
     i = i + 1
   end
+  i = i + 1
+  redis.call('DEL', KEYS[10])
+  for _ = 1, tonumber(ARGV[i]) do
+    redis.call('HSET', KEYS[10], ARGV[i + 1], ARGV[i + 2])
+    i = i + 2
+  end
 end
 return finish(0)
 """,
     # The whole store: KEYS 1 {prefix}:scopes, 2 {prefix}:workers, 3 {prefix}:worker-leases;
     # ARGV 1 "{prefix}". Returns the time, the live workers, then (scope, (explicit, live
-    # holds, windows[, history])) for the global scope (with its audit trail) and every
+    # holds, windows[, history, cordons])) for the global scope (with its audit trail and
+    # cordons) and every
     # named scope that stores something.
     # A scope whose keys cannot be read (another type) comes as (scope, (false, error)).
     "read": _PRELUDE
@@ -285,10 +315,14 @@ local function scope_of(scope)
     live(base .. ':holds', base .. ':leases'),
     redis.call('HGETALL', base .. ':windows'),
   }
-  if scope == '' then  -- the audit trail, newest first (a key of another type: its error)
+  if scope == '' then  -- the audit trail, newest first, and the cordons (a key of
+    -- another type: its error)
     local history = redis.pcall('LRANGE', base .. ':history', 0, -1)
     if history.err then history = history.err end
     found[4] = history
+    local cordons = redis.pcall('HGETALL', base .. ':cordons')
+    if cordons.err then cordons = cordons.err end
+    found[5] = cordons
   end
   return found
 end
@@ -452,6 +486,7 @@ class RedisBackend(Backend):
             f"{base}:worker-leases",
             f"{at}:windows",
             f"{base}:history",
+            f"{base}:cordons",
         ]
 
     # -- the backend face: every call runs on maintguard's I/O loop -------------------------
@@ -478,7 +513,7 @@ class RedisBackend(Backend):
         applies and writes the scope (not atomic against other processes), as do all writes
         of a subclass that overrides ``read_state`` or ``write_state``."""
         if isinstance(
-            mutate, PutHold | PutWorker | SetExplicit | PutWindow | Record
+            mutate, PutHold | PutWorker | SetExplicit | PutWindow | PutCordon | Record
         ) and not overrides(type(self), RedisBackend, "read_state", "write_state"):
             return await ioloop.run(self._apply(scope, mutate))
         return await super().update_state(scope, mutate)
@@ -582,7 +617,7 @@ class RedisBackend(Backend):
             if scope in failed:
                 continue
             try:
-                explicit, holds, windows, *history = _unless_failed(rest[i + 1])
+                explicit, holds, windows, *trail = _unless_failed(rest[i + 1])
                 found[scope] = self._scope(
                     scope,
                     explicit,
@@ -590,7 +625,7 @@ class RedisBackend(Backend):
                     windows,
                     workers if scope is None else (),
                     offset,
-                    history[0] if history else (),
+                    *trail,  # the global scope's history and cordons
                 )
             except _UNREADABLE as exc:
                 failed[scope] = repr(exc)
@@ -611,7 +646,9 @@ class RedisBackend(Backend):
         return found
 
     async def _apply(
-        self, scope: str | None, write: PutHold | PutWorker | SetExplicit | PutWindow | Record
+        self,
+        scope: str | None,
+        write: PutHold | PutWorker | SetExplicit | PutWindow | PutCordon | Record,
     ) -> StoredState:
         keys = self.keys(scope)
         args: list[object] = [self._channel, scope or ""]
@@ -638,6 +675,13 @@ class RedisBackend(Backend):
             window = write.record
             data = "" if window is None else _dump(window_to_dict(window))
             args += [write.window_id, data, write.limit]
+        elif isinstance(write, PutCordon):
+            # As a window's, a cordon's times are stored as the operator's clock told them.
+            if scope is not None:
+                raise BackendError("cordons live in the global scope")
+            name, doing = "cordon", "writing the cordon"
+            cordon = write.record
+            args += [write.host, "" if cordon is None else _dump(cordon_to_dict(cordon))]
         elif isinstance(write, Record):
             # As a window's, the entry's time is stored as the operator's clock told it.
             if scope is not None:
@@ -653,6 +697,8 @@ class RedisBackend(Backend):
         elif isinstance(write, PutWindow):
             if reply[2] == -1:
                 raise _refusal(write)
+            write.found = bool(reply[2])
+        elif isinstance(write, PutCordon):
             write.found = bool(reply[2])
         return self._reply(scope, reply)
 
@@ -685,6 +731,9 @@ class RedisBackend(Backend):
                 ]
             args.append(len(state.history))
             args += [_dump(entry_to_dict(e)) for e in reversed(state.history)]
+            args.append(len(state.cordons))
+            for cordon in state.cordons:
+                args += [cordon.host, _dump(cordon_to_dict(cordon))]
         await self._call("replace", self.keys(scope), args, "writing the state")
 
     def _explicit_args(self, explicit: ExplicitState, offset: float) -> list[object]:
@@ -704,8 +753,8 @@ class RedisBackend(Backend):
         try:
             offset = self._offset or 0.0
             workers = self._workers(reply[5], offset) if scope is None else ()
-            history = reply[7] if scope is None else ()
-            return self._scope(scope, reply[3], reply[4], reply[6], workers, offset, history)
+            trail = (reply[7], reply[8]) if scope is None else ()
+            return self._scope(scope, reply[3], reply[4], reply[6], workers, offset, *trail)
         except _UNREADABLE as exc:
             raise self._bad_data(repr(exc)) from exc
 
@@ -718,6 +767,7 @@ class RedisBackend(Backend):
         workers: tuple[WorkerRecord, ...],
         offset: float,
         history: Any = (),
+        cordons: Any = (),
     ) -> StoredState:
         # The explicit hash is there only while the operator's state is on, and a hold
         # counts while its lease runs: those must be readable (or the scope follows
@@ -748,8 +798,9 @@ class RedisBackend(Backend):
             records.append(_shift_hold(hold, -offset))
         readable = _windows(windows, problems)
         trail = _history(history, problems)
+        hosts = _cordons(cordons, problems)
         warn_invalid(self.describe() + ("" if scope is None else f" scope {scope!r}"), problems)
-        return StoredState(state, tuple(records), workers, readable, trail)
+        return StoredState(state, tuple(records), workers, readable, trail, hosts)
 
     def _workers(self, flat: Any, offset: float) -> tuple[WorkerRecord, ...]:
         # A presence record that cannot be read is dropped with a warning: whether
@@ -938,6 +989,28 @@ def _history(flat: Any, problems: list[str]) -> tuple[AuditEntry, ...]:
         if entry is not None:
             found.append(entry)
     return tuple(found)
+
+
+def _cordons(flat: Any, problems: list[str]) -> tuple[Cordon, ...]:
+    # A cordon that cannot be read is dropped and noted; a key of another type comes as its
+    # error (a cordon never says whether maintenance is on). By host, as windows by id.
+    if isinstance(flat, str | bytes):
+        problems.append(f"'cordons' is ignored: {_text(flat)}")
+        return ()
+    found = []
+    for i in range(0, len(flat), 2):
+        host = _text(flat[i])
+        try:
+            data = json.loads(_text(flat[i + 1]))
+        except (ValueError, RecursionError):
+            data = None
+        if not isinstance(data, dict):
+            problems.append(f"the cordon of {host!r} is ignored: not a JSON object")
+            continue
+        cordon = cordon_from_dict(data | {"host": host}, problems)
+        if cordon is not None:
+            found.append(cordon)
+    return tuple(sorted(found, key=lambda c: c.host))
 
 
 def _refusal(write: PutWindow) -> ConfigurationError:

@@ -1,8 +1,9 @@
 """The writes the core asks of a store, as values a backend can apply natively.
 
-Every read-modify-write maintguard makes is one of five: put (or remove) this process's
+Every read-modify-write maintguard makes is one of six: put (or remove) this process's
 hold record in a scope, put (or remove) its presence record, set the explicit state, put
-(or remove) a planned window, record an operator's change in the audit trail. Each is
+(or remove) a planned window, put (or remove) a host's cordon, record an operator's change
+in the audit trail. Each is
 callable on a :class:`~maintguard.backends.StoredState`, so a backend that knows only
 ``update_state(scope, mutate)`` applies it as any mutation; a backend whose store runs code
 of its own (Redis scripts) looks at the fields and makes the change there, atomically and
@@ -18,6 +19,7 @@ from typing import Protocol, TypeVar
 from .._errors import ConfigurationError
 from .._state import (
     AuditEntry,
+    Cordon,
     ExplicitState,
     HoldRecord,
     StoredState,
@@ -25,7 +27,7 @@ from .._state import (
     WorkerRecord,
 )
 
-__all__ = ["PutHold", "PutWindow", "PutWorker", "Record", "SetExplicit", "Write"]
+__all__ = ["PutCordon", "PutHold", "PutWindow", "PutWorker", "Record", "SetExplicit", "Write"]
 
 
 class Write:
@@ -120,6 +122,27 @@ class PutWindow(Write):
                 )
             kept += (self.record,)
         return replace(stored, windows=kept)
+
+
+@dataclass(slots=True, eq=False)
+class PutCordon(Write):
+    """Store ``record`` as the cordon of ``host`` (``None``: remove it). Applied to the
+    global scope's state only: cordons are the whole store's. ``found`` is set by the
+    backend: whether the host was cordoned."""
+
+    host: str
+    record: Cordon | None
+    found: bool = False
+
+    def __call__(self, stored: StoredState) -> StoredState:
+        cordons = stored.cordons
+        self.found = any(c.host == self.host for c in cordons)
+        if self.record is None and not self.found:
+            return stored
+        kept = tuple(c for c in cordons if c.host != self.host)
+        if self.record is not None:
+            kept += (self.record,)
+        return replace(stored, cordons=kept)
 
 
 @dataclass(slots=True, eq=False)

@@ -16,6 +16,7 @@ import anyio
 from starlette.requests import HTTPConnection, Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from .._cordons import not_ready
 from .._core import ScopeController as Controller
 from .._core import (
     Store,
@@ -30,6 +31,7 @@ from .._core import (
 from .._core.changes import wait_until
 from .._core.controller import refresh_store
 from .._core.defaults import warn_two_stores
+from .._core.identity import HOST
 from .._core.inflight import Work, current_work, new_key
 from .._options import named_options
 from .._state import MaintenanceState, Mode, check_scope
@@ -48,6 +50,7 @@ from ._decide import (
     decide,
     hold_of,
 )
+from ._endpoints import OwnEndpoint
 from ._handlers import (
     ExemptHandler,
     ResponseHandler,
@@ -58,7 +61,6 @@ from ._handlers import (
 )
 from ._matching import AppRoutes, route_path
 from ._responses import Prepared, Template, check_template, counting_second, prepare
-from ._status import StatusEndpoint
 
 __all__ = ["MaintenanceModeMiddleware"]
 
@@ -98,6 +100,15 @@ class MaintenanceModeMiddleware:
     the store's URL and who planned a window only for a client ``allow_ips`` or the bypass
     secret lets through. Any other method: 405. A route of the app at that path is refused
     when the middleware is built, or when the routes are learned at start-up.
+
+    ``readiness_path`` (a path such as ``"/_maintenance/ready"``, for a load balancer's or
+    Kubernetes' readiness probe): ``GET`` or ``HEAD`` there answers 200 ``{"ready": true}``
+    while this instance should take traffic, else 503 ``{"ready": false, "cause": ...}``:
+    ``"cordoned"`` while this host is cordoned (:func:`maintguard.cordon`; the host is
+    ``MAINTGUARD_HOST``, or the machine's host name), ``"maintenance"`` during maintenance
+    of the global scope when ``ready_during_maintenance=False`` (by default an instance
+    stays ready during maintenance: it serves the maintenance page). Checked as
+    ``status_path`` is; the two need paths of their own.
     """
 
     @named_options
@@ -125,6 +136,8 @@ class MaintenanceModeMiddleware:
         close_websockets: bool = False,
         announce_header: str | None = None,
         status_path: str | None = None,
+        readiness_path: str | None = None,
+        ready_during_maintenance: bool = True,
     ) -> None:
         self.app = app
         self._given = coerce(backend) if backend is not None else None
@@ -168,18 +181,33 @@ class MaintenanceModeMiddleware:
         self._announcer = None if name is None else Announcer(app, name)
         # What a request let through while maintenance is off runs: the app itself, or
         # with a header to announce, the app behind a look at the global scope's state;
-        # with a status path, behind a look at the request's path first (so without one,
-        # the off path has nothing more to do).
+        # with a status or readiness path, behind a look at the request's path first (so
+        # without one, the off path has nothing more to do).
         self._pass: ASGIApp = self._announcer or app
-        self._status_endpoint = StatusEndpoint.of(
-            status_path, exempt_paths=exempt_paths, bypass=self._bypass
+        status = OwnEndpoint.of(
+            "status_path", status_path, exempt_paths=exempt_paths, bypass=self._bypass
         )
-        if self._status_endpoint is not None:
-            problem = self._status_endpoint.collision(AppRoutes({}, app, exempt_docs=False))
+        readiness = OwnEndpoint.of(
+            "readiness_path",
+            readiness_path,
+            exempt_paths=exempt_paths,
+            bypass=self._bypass,
+            taken=() if status is None else (status,),
+        )
+        self._ready_during_maintenance = _flag(ready_during_maintenance, "ready_during_maintenance")
+        if readiness is None and not self._ready_during_maintenance:
+            raise ConfigurationError(
+                "ready_during_maintenance=False needs a readiness_path (such as "
+                "'/_maintenance/ready') for the readiness probe to answer 503 during maintenance"
+            )
+        self._endpoints = tuple(e for e in (status, readiness) if e is not None)
+        for endpoint in self._endpoints:
+            problem = endpoint.collision(AppRoutes({}, app, exempt_docs=False))
             if problem is not None:
                 raise ConfigurationError(problem)
-            self._behind_status = self._pass
-            self._pass = self._status_or_pass
+        if self._endpoints:
+            self._behind_own = self._pass
+            self._pass = self._own_or_pass
         self._ctrl: Controller | None = None  # the global scope's, while started
         self._root: Controller | None = None  # the same, kept once stopped (for requests)
         self._work = Work()  # the store's in-flight work, and this middleware's table in it
@@ -233,11 +261,11 @@ class MaintenanceModeMiddleware:
         kind = scope["type"]
         if kind == "http" or kind == "websocket":
             ctrl = self._ctrl or await self._start(scope)
-            status = self._status_endpoint
-            if status is not None and kind == "http" and status.is_for(scope):
+            own = self._own_endpoint(scope) if self._endpoints and kind == "http" else None
+            if own is not None:
                 if key:
-                    self._end(key)  # counted by the entry: the status is no app's work
-                await self._answer_status(scope, send, ctrl)
+                    self._end(key)  # counted by the entry: the answer is no app's work
+                await self._answer(own, scope, send, ctrl)
                 return
             live = self._live
             if not key:
@@ -405,17 +433,14 @@ class MaintenanceModeMiddleware:
         for name in routes.scopes:
             self._scope_ctrl(ctrl, name)
         self._routes = routes
-        if self._status_endpoint is not None:
-            self._check_status_path(routes, at_startup)
+        for endpoint in self._endpoints:
+            self._check_own_path(endpoint, routes, at_startup)
         return routes
 
-    def _check_status_path(self, routes: AppRoutes, at_startup: bool) -> None:
-        """A route of the app at the status path fails the start-up (said there); found
-        later (no lifespan, routes added since), it is logged once, and the status endpoint
-        goes on answering there."""
-        endpoint = self._status_endpoint
-        if endpoint is None:  # pragma: no cover - asked only with a status path
-            return
+    def _check_own_path(self, endpoint: OwnEndpoint, routes: AppRoutes, at_startup: bool) -> None:
+        """A route of the app at a status or readiness path fails the start-up (said
+        there); found later (no lifespan, routes added since), it is logged once, and the
+        endpoint goes on answering there."""
         if at_startup:
             when = (
                 " (found at start-up, when the app's routes were learned: when the "
@@ -561,31 +586,46 @@ class MaintenanceModeMiddleware:
 
     # -- answers ---------------------------------------------------------------------------------
 
-    async def _status_or_pass(self, scope: Scope, receive: Receive, send: Send) -> None:
-        # The off path with a status path: one look at the path, then what it ran before.
-        ctrl = self._root
-        endpoint = self._status_endpoint
-        if ctrl is not None and endpoint is not None and endpoint.is_for(scope):
-            await self._answer_status(scope, send, ctrl)
-            return
-        await self._behind_status(scope, receive, send)
+    def _own_endpoint(self, scope: Scope) -> OwnEndpoint | None:
+        for endpoint in self._endpoints:
+            if endpoint.is_for(scope):
+                return endpoint
+        return None
 
-    async def _answer_status(self, scope: Scope, send: Send, ctrl: Controller) -> None:
-        endpoint = self._status_endpoint
-        if endpoint is None:  # pragma: no cover - asked only with a status path
+    async def _own_or_pass(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # The off path with a status or readiness path: a look at the path, then what it
+        # ran before.
+        ctrl = self._root
+        if ctrl is not None:
+            for endpoint in self._endpoints:
+                if endpoint.is_for(scope):
+                    await self._answer(endpoint, scope, send, ctrl)
+                    return
+        await self._behind_own(scope, receive, send)
+
+    async def _answer(
+        self, endpoint: OwnEndpoint, scope: Scope, send: Send, ctrl: Controller
+    ) -> None:
+        if endpoint.option == "readiness_path":
+            await endpoint.answer(scope, send, lambda: self._readiness(ctrl))
             return
         trusted = self._trusted_client(scope)
 
-        def build() -> dict[str, Any]:
+        def build() -> tuple[int, dict[str, Any]]:
             where = url(ctrl.backend) if trusted else None
-            shown = as_json(ctrl.snapshot, where, holders=trusted)
+            cordons = ctrl.stored.cordons if trusted and ctrl.stored is not None else None
+            shown = as_json(ctrl.snapshot, where, holders=trusted, cordons=cordons)
             shown["scopes"] = {
                 name: as_json(self._scope_ctrl(ctrl, name).snapshot, holders=trusted)
                 for name in sorted(self._scoped)
             }
-            return shown
+            return 200, shown
 
         await endpoint.answer(scope, send, build)
+
+    def _readiness(self, ctrl: Controller) -> tuple[int, dict[str, Any]]:
+        cause = not_ready(ctrl.stored, ctrl.snapshot, HOST, self._ready_during_maintenance)
+        return (200, {"ready": True}) if cause is None else (503, {"ready": False, "cause": cause})
 
     def _prepared_for(self, key: Any, state: MaintenanceState) -> Prepared:
         cached = self._prepared.get(key)
