@@ -4,7 +4,9 @@ folder also holds the files through which slow requests and the tests talk.
 
 - ``app``: a Starlette app (its router speaks lifespan; the middleware hooks into it);
 - ``app_with_lifespan``: the same with a lifespan of its own, which notes its shutdown;
-- ``plain``: a bare ASGI app that does not speak lifespan (the middleware speaks it)."""
+- ``plain``: a bare ASGI app that does not speak lifespan (the middleware speaks it);
+- ``probed``: ``app`` with a readiness path and a status path (its host is the
+  ``MAINTGUARD_HOST`` it is started with)."""
 
 from __future__ import annotations
 
@@ -78,6 +80,15 @@ async def _plain(scope: Scope, receive: Receive, send: Send) -> None:
 
 
 plain = MaintenanceModeMiddleware(_plain, backend=backend())
+
+
+probed = Starlette(routes=routes)
+probed.add_middleware(
+    MaintenanceModeMiddleware,
+    backend=backend(),
+    readiness_path="/_maintenance/ready",
+    status_path="/_maintenance/status",
+)
 
 
 allowing = Starlette(routes=routes)  # the office network may pass during maintenance

@@ -403,7 +403,7 @@ async def test_a_drain_that_runs_out_raises_or_warns_and_the_host_stays_cordoned
     async with anyio.create_task_group() as tg:
         tg.start_soon(stuck)
         await anyio.sleep(0.05)
-        with pytest.raises(DrainTimeout, match="did not end within drain=0.2s") as raised:
+        with pytest.raises(DrainTimeout, match=r"did not end within drain=0\.2s") as raised:
             await cordon(drain=0.2, on_drain_timeout="raise", backend=store)
         assert raised.value.pending == 1
         with caplog.at_level(logging.WARNING):

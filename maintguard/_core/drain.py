@@ -57,12 +57,17 @@ def host_left(ctrl: ScopeController, token: str, host: str, exclude: frozenset[i
     return left
 
 
+_LOOK = 0.25
+"""Seconds between looks at other processes' reports (in memory: the watcher keeps them
+fresh, at once where the store tells of changes, as Redis and a watched file do)."""
+
+
 def _poll(ctrl: ScopeController) -> float:
     backend = ctrl.backend
     if not backend.stores_holds:
         return math.inf  # only this process's work: woken when it ends
     interval = backend.refresh_interval
-    return interval if 0 < interval < math.inf else 1.0
+    return min(interval, _LOOK) if 0 < interval < math.inf else _LOOK
 
 
 async def drained(

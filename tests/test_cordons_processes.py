@@ -1,0 +1,164 @@
+"""Cordons across real processes: two uvicorn servers "on different hosts" (each started
+with its own ``MAINTGUARD_HOST``) share one store (a file, Redis); the CLI, from a third
+process, cordons one host. Only that host's readiness path answers 503, at once (the
+servers poll every 30 s: the store's change notification brings it), and it still serves
+other requests; ``cordon --drain`` waits for that host's slow request, not the other's."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.stores import new_spec
+from tests.test_drain_processes import wait_file
+from tests.test_server import start_uvicorn, stop_all, store_url
+
+pytestmark = [pytest.mark.processes, pytest.mark.slow]
+
+ROOT = Path(__file__).parents[1]
+READY = "/_maintenance/ready"
+Hosts = Callable[[str], dict[str, str]]
+
+
+@pytest.fixture(params=["file", "redis"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    return new_spec(str(request.param), tmp_path)
+
+
+@pytest.fixture
+def start_hosts(tmp_path: Path, store: str) -> Iterator[Hosts]:
+    """Start one server per host name (``refresh``: its polling interval): their urls."""
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def start(refresh: str) -> dict[str, str]:
+        urls = {}
+        for host in ("host-a", "host-b"):
+            env = {
+                "MAINTGUARD_TEST_FILE": str(tmp_path / "maintenance.json"),
+                "MAINTGUARD_TEST_STORE": store,
+                "MAINTGUARD_TEST_REFRESH": refresh,
+                "MAINTGUARD_HOST": host,
+            }
+            [(url, proc)] = start_uvicorn(env, 1, "probed")
+            procs.append(proc)
+            urls[host] = url
+        return urls
+
+    yield start
+    stop_all(procs)
+
+
+def cli(store: str, *args: str) -> subprocess.Popen[str]:
+    """``maintguard --backend STORE ARGS`` started: read its output with communicate()."""
+    command = [sys.executable, "-m", "maintguard", "--backend", store_url(store), *args]
+    return subprocess.Popen(
+        command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+
+
+def run(store: str, *args: str) -> tuple[int, str, str]:
+    """``maintguard --backend STORE ARGS`` run to its end: exit code, stdout, stderr."""
+    started = cli(store, *args)
+    out, err = started.communicate(timeout=30)
+    return started.returncode, out, err
+
+
+def ready(url: str) -> int:
+    return httpx.get(url + READY).status_code
+
+
+def wait_status(url: str, status: int, limit: float) -> float:
+    start = time.monotonic()
+    while (found := ready(url)) != status:
+        elapsed = time.monotonic() - start
+        assert elapsed < limit, f"{url}{READY} still {found} after {elapsed:.2f}s"
+        time.sleep(0.01)
+    return time.monotonic() - start
+
+
+def test_only_the_cordoned_host_leaves_rotation_at_once(store: str, start_hosts: Hosts) -> None:
+    urls = start_hosts("30")  # only the store's notification can switch them in time
+    assert ready(urls["host-a"]) == ready(urls["host-b"]) == 200
+    code, out, err = run(store, "cordon", "--host", "host-a", "--reason", "kernel update")
+    assert code == 0, err
+    assert "cordoned host-a" in out and "no live process on host" not in err
+    took = wait_status(urls["host-a"], 503, limit=2.0)
+    print(f"host-a left rotation {took * 1000:.0f} ms after the CLI returned")
+    assert httpx.get(urls["host-a"] + READY).json() == {"ready": False, "cause": "cordoned"}
+    assert httpx.get(urls["host-a"] + "/").status_code == 200  # still serves
+    for _ in range(20):  # and the other host stays in rotation throughout
+        assert ready(urls["host-b"]) == 200
+        time.sleep(0.01)
+    _, out, _ = run(store, "status", "--json")
+    assert '"host": "host-a"' in out
+    assert run(store, "uncordon", "--host", "host-a")[0] == 0
+    wait_status(urls["host-a"], 200, limit=2.0)
+    code, _, err = run(store, "cordon", "--host", "host-c")
+    assert code == 0 and "no live process on host host-c" in err
+
+
+def test_a_drain_waits_for_the_cordoned_hosts_work_only(
+    store: str, start_hosts: Hosts, tmp_path: Path
+) -> None:
+    urls = start_hosts("0.2")
+    folder = tmp_path
+    with httpx.Client(timeout=60) as client:
+        import threading
+
+        answers: dict[str, int] = {}
+
+        def slow(host: str) -> None:
+            answers[host] = client.get(urls[host] + f"/slow?name={host}").status_code
+
+        threads = [threading.Thread(target=slow, args=(host,)) for host in urls]
+        for thread in threads:
+            thread.start()
+        wait_file(folder / "started-host-a")
+        wait_file(folder / "started-host-b")
+        draining = cli(store, "cordon", "--host", "host-a", "--drain", "30")
+        wait_status(urls["host-a"], 503, limit=5.0)
+        time.sleep(1.0)  # five polling intervals: it has seen the slow request
+        assert draining.poll() is None, "the drain ended while host-a's request was in flight"
+        (folder / "release-host-a").touch()
+        released = time.monotonic()
+        out, err = draining.communicate(timeout=30)
+        took = time.monotonic() - released
+        assert draining.returncode == 0, err
+        assert "in-flight work on host-a has ended" in out
+        print(f"drain ended {took * 1000:.0f} ms after host-a's request was released")
+        assert took < 2.0  # the servers poll every 0.2 s; the CLI hears of changes
+        assert not (folder / "ending-host-b").exists()  # host-b's request is still running
+        (folder / "release-host-b").touch()
+        for thread in threads:
+            thread.join(30)
+    assert answers == {"host-a": 200, "host-b": 200}  # the cordon cut no request off
+
+
+def test_a_drain_that_runs_out_exits_1_and_leaves_the_host_cordoned(
+    store: str, start_hosts: Hosts, tmp_path: Path
+) -> None:
+    urls = start_hosts("0.2")
+    import threading
+
+    thread = threading.Thread(
+        target=lambda: httpx.get(urls["host-a"] + "/slow?name=stuck", timeout=60)
+    )
+    thread.start()
+    try:
+        wait_file(tmp_path / "started-stuck")
+        code, out, err = run(store, "cordon", "--host", "host-a", "--drain", "1")
+        assert code == 1
+        assert "did not end within drain=1s" in err and "stays cordoned" in err
+        assert "cordoned host-a" in out
+        _, out, _ = run(store, "status", "--json")
+        assert '"draining_until": null' in out  # the drain's token is off again
+        assert ready(urls["host-a"]) == 503
+    finally:
+        (tmp_path / "release-stuck").touch()
+        thread.join(30)
