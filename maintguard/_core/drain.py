@@ -18,6 +18,7 @@ from .._state import Mode
 from . import presence
 from .controller import ScopeController, refresh_store
 from .drive import Runtime
+from .tally import counts
 from .watcher import watch
 
 __all__ = ["drained"]
@@ -60,7 +61,8 @@ async def drained(
     work = ctrl.store.work
     drains = work.drains
     poll = _poll(ctrl)
-    end = time.monotonic() + seconds
+    start = time.monotonic()
+    end = start + seconds
     stop = watch(ctrl.backend) if poll < math.inf else None  # others' reports stay fresh
     own = work.suspend(exclude)
     try:
@@ -69,6 +71,8 @@ async def drained(
         while pending := left():
             remaining = end - time.monotonic()
             if remaining <= 0:
+                if counts.on:
+                    counts.drained(time.monotonic() - start)
                 return pending  # the last look decides
             signal, waker = rt.signal()
             drains.add(waker)
@@ -78,6 +82,8 @@ async def drained(
                 await rt.wait(signal, min(remaining, poll))
             finally:
                 drains.discard(waker)
+        if counts.on:
+            counts.drained(time.monotonic() - start)
         return 0
     finally:
         work.resume(own)
