@@ -28,6 +28,7 @@ from ._core.controller import refresh_stale
 from ._core.drive import ASYNC, BLOCKING, Runtime, drive
 from ._core.inflight import current_work, inside_hold, new_key
 from ._core.registry import Store
+from ._core.tally import counts
 from ._holds import SKIP, Kind, decorate, relayed, stepped
 from ._options import named_options, seconds_or_none
 from ._state import EventKind, MaintenanceEvent, MaintenanceState, Mode, check_scope
@@ -190,10 +191,13 @@ class NotDuringMaintenance:
         entry = self._entry
         end = math.inf if self.timeout is None else time.monotonic() + self.timeout
         admits = self._admits(ctrl)
+        waited = False
         while True:
             work.live[key] = entry  # counted first, then the look: see core.inflight
             state = ctrl.snapshot
             if admits(state):
+                if waited and counts.on:
+                    counts.job("waited")
                 return store, key
             work.end(key)  # not counted while it waits: a drain must not wait for it
             if inside_hold(store, self._scope):
@@ -203,7 +207,10 @@ class NotDuringMaintenance:
                 return None
             left = end - time.monotonic()
             if left <= 0:
+                if counts.on:
+                    counts.job("refused")
                 raise self._refusal(state)
+            waited = True
             stop = watch(ctrl.backend)  # changes by other processes must reach the wait
             try:
                 # Woken by transitions and at the state's own boundaries (a window's start
@@ -246,6 +253,8 @@ class NotDuringMaintenance:
         )
 
     def _refuse(self, ctrl: ScopeController, state: MaintenanceState, what: str) -> None:
+        if counts.on:
+            counts.job("refused" if self.policy == "raise" else "skipped")
         if self.policy == "raise":
             raise self._refusal(state)
         ahead = self._why(state)

@@ -59,6 +59,17 @@ def test_a_miss_within_the_tolerance_is_noise_and_a_larger_one_fails(goals: Modu
     assert [goal.verdict(0.0) for goal in found][1] == "MISSED"
 
 
+def test_the_metrics_row_is_parsed_with_its_note(goals: ModuleType) -> None:
+    line = (
+        "GOALS\n  MISSED  0.915 (one process; without metrics 0.918, metrics/plain 0.997) "
+        "(target >= 0.97)  off (memory) with metrics instrumented vs a no-op middleware, "
+        "20 routes\n"
+    )
+    [goal] = goals.parse("middleware.py", line)
+    assert (goal.value, goal.op, goal.target) == (0.915, ">=", 0.97)
+    assert goal.text.startswith("off (memory) with metrics instrumented")
+
+
 def test_lines_outside_the_goals_section_are_not_goals(goals: ModuleType) -> None:
     assert goals.parse("x", "  ok      1.0 (target <= 2)  before any heading\n") == []
 

@@ -4,8 +4,8 @@ The hold is entered first (new work is refused from then on, here at once and in
 processes as soon as they see it); then the drain waits until the work its hold refuses
 has ended: this process's (less the holder's own request or job) and, on a shared store,
 every other live process's, as their presence records report it (:mod:`.presence`).
-Woken at once when local work ends; other processes' reports are looked at every
-``refresh_interval`` (the watcher reads them).
+Woken at once when local work ends; other processes' reports are looked at every 0.25 s
+(or ``refresh_interval``, when shorter) in memory, where the watcher keeps them fresh.
 
 A cordon's drain waits the same way for what :func:`host_left` counts: all in-flight work
 of the processes of one host.
@@ -22,6 +22,7 @@ from . import presence
 from .controller import ScopeController, refresh_store
 from .drive import Runtime
 from .identity import HOST
+from .tally import counts
 from .watcher import watch
 
 __all__ = ["drained", "hold_left", "host_left"]
@@ -80,7 +81,8 @@ async def drained(
     work = ctrl.store.work
     drains = work.drains
     poll = _poll(ctrl)
-    end = time.monotonic() + seconds
+    start = time.monotonic()
+    end = start + seconds
     stop = watch(ctrl.backend) if poll < math.inf else None  # others' reports stay fresh
     own = work.suspend(exclude)
     try:
@@ -89,6 +91,8 @@ async def drained(
         while pending := left():
             remaining = end - time.monotonic()
             if remaining <= 0:
+                if counts.on:
+                    counts.drained(time.monotonic() - start)
                 return pending  # the last look decides
             signal, waker = rt.signal()
             drains.add(waker)
@@ -98,6 +102,8 @@ async def drained(
                 await rt.wait(signal, min(remaining, poll))
             finally:
                 drains.discard(waker)
+        if counts.on:
+            counts.drained(time.monotonic() - start)
         return 0
     finally:
         work.resume(own)

@@ -37,12 +37,14 @@ from ..backends import Backend
 from ..backends._base import PUBLIC_IO, overrides
 from . import lifecycle
 from .drive import BLOCKING, Runtime, drive
+from .tally import counts
 
 __all__ = [
     "InlineRead",
     "Way",
     "background",
     "exiting",
+    "failed",
     "inline_reads",
     "offload",
     "read_scopes",
@@ -128,11 +130,15 @@ async def read_scopes(
 ) -> Mapping[str | None, StoredState]:
     """Read ``scopes`` the way :func:`way` says, waiting as ``rt`` does."""
     how = way(backend)
-    if how is Way.INLINE:
-        return backend._read_scopes_blocking(scopes)
-    if how is Way.BLOCKING:
-        return await rt.offload(backend._read_scopes_blocking, scopes)
-    return await rt.on_loop(_read(backend, scopes))
+    try:
+        if how is Way.INLINE:
+            return backend._read_scopes_blocking(scopes)
+        if how is Way.BLOCKING:
+            return await rt.offload(backend._read_scopes_blocking, scopes)
+        return await rt.on_loop(_read(backend, scopes))
+    except Exception:
+        failed()
+        raise
 
 
 def read_scopes_blocking(
@@ -152,11 +158,23 @@ async def update(
 ) -> StoredState:
     """Make one write to one scope, serialised with the store's other writes."""
     how = way(backend)
-    if how is Way.INLINE:
-        return _locked_update(backend, scope, build, owner)
-    if how is Way.BLOCKING:
-        return await rt.offload(_locked_update, backend, scope, build, owner)
-    return await rt.on_loop(_async_update(backend, scope, build, owner))
+    try:
+        if how is Way.INLINE:
+            return _locked_update(backend, scope, build, owner)
+        if how is Way.BLOCKING:
+            return await rt.offload(_locked_update, backend, scope, build, owner)
+        return await rt.on_loop(_async_update(backend, scope, build, owner))
+    except Exception:
+        failed()
+        raise
+
+
+def failed() -> None:
+    """A backend operation failed (counted once, for metrics): every read and write the
+    core makes passes here, :func:`read_scopes` and :func:`update` call it themselves, and
+    a read made through :data:`inline_reads` calls it when it raises."""
+    if counts.on:
+        counts.backend_error()
 
 
 def update_blocking(

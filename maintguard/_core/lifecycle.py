@@ -27,7 +27,8 @@ builds on already renewed:
 5. ``webhooks``: each webhook's queue is emptied; a new worker thread starts on use;
 6. ``io``: the I/O loop's per-store asyncio locks are forgotten;
 7. ``stores``: the child holds nothing its parent held, renews none of its records;
-8. ``watchers``: stores watched in the parent are watched again, on the child's loop.
+8. ``watchers``: stores watched in the parent are watched again, on the child's loop;
+9. ``tally``: the metrics tally's lock is made anew (its counts carry over).
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ FORK_ORDER = (
     "io",
     "stores",
     "watchers",
+    "tally",
 )
 
 Callback = Callable[[], None]

@@ -82,6 +82,7 @@ class Reading(Scope):
         try:
             stored = read(self.backend, self.scope)
         except Exception as exc:
+            io.failed()
             self.read_failed(exc, may_raise=True)
             return
         store = self.store

@@ -33,6 +33,7 @@ from .._core.controller import refresh_store
 from .._core.defaults import warn_two_stores
 from .._core.identity import HOST
 from .._core.inflight import Work, current_work, new_key
+from .._core.tally import counts
 from .._options import named_options
 from .._state import MaintenanceState, Mode, check_scope
 from .._state_json import as_json, url
@@ -527,10 +528,13 @@ class MaintenanceModeMiddleware:
             if self._announcer is not None:
                 send = self._announcer.send(send, state)
             await self.app(scope, receive, send)
-        elif websocket:
-            await self._refuse_websocket(scope, receive, send, state, shown)
         else:
-            await self._respond(scope, receive, send, state, shown)
+            if counts.on:  # metrics: the scope the response shows ("" for the global one)
+                counts.request_refused(state.scope)
+            if websocket:
+                await self._refuse_websocket(scope, receive, send, state, shown)
+            else:
+                await self._respond(scope, receive, send, state, shown)
         return None
 
     def _would_refuse(self, scope: Scope, routes: AppRoutes, states: States) -> int:
