@@ -289,6 +289,7 @@ class Store:
         # Presence (see .presence): this process's record in a shared store.
         self.worker_id = new_id()
         self.reported: tuple[tuple[str, int], ...] | None = None  # as written; None: absent
+        self.report_waker: Callable[[], None] | None = None  # in work.drains while reporting
         self.present = False  # joined (a middleware, a guard): the watcher keeps the record
         self.presence_at = -math.inf
         self.presence_failing = False
@@ -354,6 +355,7 @@ class Store:
         self.work = Work()  # the parent's work is not this process's
         self.worker_id = new_id()
         self.reported = None
+        self.report_waker = None
         self.presence_at = -math.inf
         self.judged = {}
         self.held = set()

@@ -17,6 +17,7 @@ drain either finds the record or the process finds the drain's hold and admits n
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from datetime import timedelta
 
 import anyio
@@ -58,22 +59,15 @@ def report_key(token: str, mode: Mode) -> str:
 def waiting_for(store: Store, token: str, mode: Mode) -> int:
     """How many other live processes have not reported zero for drain ``token`` of a hold
     in ``mode`` (a full report of zero also answers a read-only drain)."""
-    if not _shared(store):
-        return 0
-    stored = store.root.stored
-    if stored is None or not stored.workers:
-        return 0
-    own = store.worker_id
-    n = 0
-    for worker in stored.workers:
-        if worker.id == own:  # (the others were judged live by the read that found them)
-            continue
-        count = worker.report(report_key(token, Mode.FULL))
+    full, own_mode = report_key(token, Mode.FULL), report_key(token, mode)
+
+    def count_of(worker: WorkerRecord) -> int | None:
+        count = worker.report(full)
         if count is None and mode is Mode.READ_ONLY:
-            count = worker.report(report_key(token, mode))
-        if count is None or count > 0:
-            n += 1
-    return n
+            count = worker.report(own_mode)
+        return count
+
+    return _unfinished(store, count_of)
 
 
 def cordon_key(token: str) -> str:
@@ -83,17 +77,25 @@ def cordon_key(token: str) -> str:
 
 def host_waiting_for(store: Store, key: str, host: str) -> int:
     """How many other live processes on ``host`` have not reported zero for ``key``."""
+    return _unfinished(store, lambda worker: worker.report(key), host)
+
+
+def _unfinished(
+    store: Store, count_of: Callable[[WorkerRecord], int | None], host: str | None = None
+) -> int:
+    # The other live processes (on `host`, when given) whose report is missing or not zero
+    # (the others were judged live by the read that found them).
     if not _shared(store):
         return 0
     stored = store.root.stored
-    if stored is None:
+    if stored is None or not stored.workers:
         return 0
     own = store.worker_id
     n = 0
     for worker in stored.workers:
-        if worker.host != host or worker.id == own:
+        if worker.id == own or (host is not None and worker.host != host):
             continue
-        count = worker.report(key)
+        count = count_of(worker)
         if count is None or count > 0:
             n += 1
     return n
@@ -170,6 +172,7 @@ async def tick(store: Store) -> None:
     if not _shared(store) or not store.present or io.exiting():  # (exiting: being removed)
         return
     reports = _reports(store)
+    _hear_work_end(store, reports)
     renew_at = store.presence_at + store.backend.lease_ttl / 3
     if reports == store.reported and store.clock() < renew_at:
         return
@@ -194,9 +197,25 @@ async def tick(store: Store) -> None:
     write.written()
 
 
+def _hear_work_end(store: Store, reports: Reports | None) -> None:
+    # While this process reports work in flight to a drain elsewhere, the end of a piece of
+    # its work wakes the watcher (as it wakes a drain here), which reports again at once
+    # rather than at its next turn: the drain ends when the work does, not a
+    # refresh_interval later.
+    wanted = store.wake_watcher if reports and any(count for _, count in reports) else None
+    listening = store.report_waker
+    if listening is not wanted:
+        if listening is not None:
+            store.work.drains.discard(listening)
+        if wanted is not None:
+            store.work.drains.add(wanted)
+        store.report_waker = wanted
+
+
 async def leave(store: Store) -> None:
     """Remove this process's record: it no longer watches the store."""
     store.present = False
+    _hear_work_end(store, None)
     if not _shared(store) or store.reported is None or io.exiting():  # (at exit: blocking)
         return
     try:

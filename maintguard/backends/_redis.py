@@ -228,7 +228,7 @@ return finish(there)
     "cordon": _WRITE
     + """
 expect(KEYS[10], 'hash')
-local there = redis.call('HEXISTS', KEYS[10], ARGV[3])
+local there = redis.call('HGET', KEYS[10], ARGV[3]) and 1 or 0  -- (HGET: in the README's ACL)
 if ARGV[4] == '' then
   redis.call('HDEL', KEYS[10], ARGV[3])
 else
