@@ -13,7 +13,7 @@ import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import Any, TypeVar
 
 from ._errors import ConfigurationError
 from ._options import seconds
@@ -607,18 +607,17 @@ def entry_from_dict(data: Any, problems: list[str] | None = None) -> AuditEntry 
     """An audit entry: ``at``, ``actor`` and ``kind`` must be readable, or the entry is
     dropped and noted in ``problems`` (whether maintenance is on never depends on one); an
     invalid detail is dropped as for a hold. Without ``problems`` it raises ``ValueError``."""
-    try:
-        if not isinstance(data, Mapping):
-            raise ValueError(f"expected an object, found {data!r}")
+
+    def required(data: Mapping[str, Any]) -> tuple[datetime, str, str]:
         at = _load_time(data.get("at"))
         if at is None:
             raise ValueError("'at' is missing")
-        actor, kind = _text(data.get("actor")), _text(data.get("kind"))
-    except (ValueError, TypeError, OverflowError) as exc:
-        if problems is None:
-            raise ValueError(f"an audit entry: {exc}") from None
-        problems.append(f"an audit entry is ignored: {exc}")
+        return at, _text(data.get("actor")), _text(data.get("kind"))
+
+    found = _readable(data, problems, "an audit entry", required)
+    if found is None:
         return None
+    at, actor, kind = found
     detail = _Details(data, problems, f"audit entry of {at.isoformat()}: ")
     return AuditEntry(
         at=at,
@@ -651,20 +650,20 @@ def cordon_from_dict(data: Any, problems: list[str] | None = None) -> Cordon | N
     """A cordon: ``host`` and ``since`` must be readable, or the cordon is dropped and noted
     in ``problems`` (a cordon never decides whether maintenance is on); an invalid detail is
     dropped as for a hold. Without ``problems`` it raises ``ValueError``."""
-    try:
-        if not isinstance(data, Mapping):
-            raise ValueError(f"expected an object, found {data!r}")
+
+    def required(data: Mapping[str, Any]) -> tuple[str, datetime]:
         host = data.get("host")
         if not isinstance(host, str) or not host:
             raise ValueError(f"'host' must be a host name, found {host!r}")
         since = _load_time(data.get("since"))
         if since is None:
             raise ValueError("'since' is missing")
-    except (ValueError, TypeError, OverflowError) as exc:
-        if problems is None:
-            raise ValueError(f"a cordon: {exc}") from None
-        problems.append(f"a cordon is ignored: {exc}")
+        return host, since
+
+    found = _readable(data, problems, "a cordon", required)
+    if found is None:
         return None
+    host, since = found
     detail = _Details(data, problems, f"cordon of {host!r}: ")
     return Cordon(
         host=host,
@@ -674,6 +673,29 @@ def cordon_from_dict(data: Any, problems: list[str] | None = None) -> Cordon | N
         drain=detail("drain", _text),
         drain_until=detail("drain_until", _load_time),
     )
+
+
+T = TypeVar("T")
+
+
+def _readable(
+    data: Any,
+    problems: list[str] | None,
+    what: str,
+    required: Callable[[Mapping[str, Any]], T],
+) -> T | None:
+    """``required(data)``: the fields a record cannot do without. When ``data`` is no
+    object or one of them cannot be read, the record is dropped and noted in ``problems``
+    as ``what`` (without ``problems``: ``ValueError``)."""
+    try:
+        if not isinstance(data, Mapping):
+            raise ValueError(f"expected an object, found {data!r}")
+        return required(data)
+    except (ValueError, TypeError, OverflowError) as exc:
+        if problems is None:
+            raise ValueError(f"{what}: {exc}") from None
+        problems.append(f"{what} is ignored: {exc}")
+        return None
 
 
 def _names(value: Any) -> tuple[str, ...]:

@@ -14,7 +14,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from maintguard.backends import Backend, LocalFileBackend, RedisBackend
+from maintguard.backends import Backend, LocalFileBackend, MemoryBackend, RedisBackend
 
 REDIS_URL = os.environ.get("MAINTGUARD_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 """The Redis server the tests use (.ci/run starts one when none answers)."""
@@ -32,6 +32,16 @@ def new_spec(kind: str, folder: Path) -> str:
     if kind == "redis":
         return f"redis:{redis_prefix()}"
     return f"file:{folder / 'maintenance.json'}"
+
+
+def backend_of(kind: str, folder: Path) -> Backend:
+    """A fresh store of ``kind`` (``memory``, ``file``, ``redis``), read afresh on every
+    read (a file in ``folder``; Redis under a prefix of its own)."""
+    if kind == "memory":
+        return MemoryBackend()
+    if kind == "redis":
+        return RedisBackend(REDIS_URL, key_prefix=redis_prefix(), refresh_interval=0)
+    return LocalFileBackend(folder / "maintenance.json", refresh_interval=0)
 
 
 def open_store(spec: str, **options: Any) -> Backend:

@@ -45,18 +45,13 @@ from maintguard.backends import (
 )
 from maintguard.exceptions import BackendError
 from tests.conftest import redis_backend
-from tests.stores import REDIS_URL, redis_prefix
+from tests.stores import REDIS_URL, backend_of, redis_prefix
 
 ROOT = Path(__file__).parents[1]
 KINDS = ("memory", "file", "redis")
 
 
-def _backend(kind: str, tmp_path: Path) -> Backend:
-    if kind == "memory":
-        return MemoryBackend()
-    if kind == "redis":
-        return redis_backend()
-    return LocalFileBackend(tmp_path / "maintenance.json", refresh_interval=0)
+_backend = backend_of
 
 
 @pytest.fixture(params=KINDS)

@@ -5,8 +5,10 @@ processes on two hosts are in tests/test_cordons_processes.py."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+from collections.abc import AsyncIterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -47,7 +49,7 @@ from maintguard.backends import (
 )
 from tests.asgi import Sent, request, says, served
 from tests.conftest import redis_backend
-from tests.stores import REDIS_URL
+from tests.stores import REDIS_URL, backend_of
 
 pytestmark = pytest.mark.anyio
 
@@ -58,17 +60,9 @@ KINDS = ("memory", "file", "redis")
 NOW = datetime(2026, 12, 7, 12, 0, tzinfo=timezone.utc)
 
 
-def _backend(kind: str, tmp_path: Path) -> Backend:
-    if kind == "memory":
-        return MemoryBackend()
-    if kind == "redis":
-        return redis_backend()
-    return LocalFileBackend(tmp_path / "maintenance.json", refresh_interval=0)
-
-
 @pytest.fixture(params=KINDS)
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
-    return _backend(str(request.param), tmp_path)
+    return backend_of(str(request.param), tmp_path)
 
 
 def app_with(store: Backend, **options: Any) -> Starlette:
@@ -365,19 +359,28 @@ async def test_a_drain_waits_for_this_hosts_work_and_ends_with_it(store: Backend
     await uncordon(backend=store)
 
 
-async def test_a_drain_of_another_host_does_not_wait_for_this_ones_work(store: Backend) -> None:
+@contextlib.asynccontextmanager
+async def job_in_flight(store: Backend) -> AsyncIterator[None]:
+    """A guarded job of this process in flight on ``store`` while the block runs."""
     release = anyio.Event()
 
     @not_during_maintenance(backend=store)
-    async def job() -> None:
+    async def stuck() -> None:
         await release.wait()
 
     async with anyio.create_task_group() as tg:
-        tg.start_soon(job)
+        tg.start_soon(stuck)
         await anyio.sleep(0.05)
+        try:
+            yield
+        finally:
+            release.set()
+
+
+async def test_a_drain_of_another_host_does_not_wait_for_this_ones_work(store: Backend) -> None:
+    async with job_in_flight(store):
         with anyio.fail_after(3):
             await cordon("some-other-host", drain=30, backend=store)
-        release.set()
 
 
 async def test_a_drain_called_from_inside_the_work_does_not_wait_for_itself(
@@ -394,39 +397,21 @@ async def test_a_drain_called_from_inside_the_work_does_not_wait_for_itself(
 async def test_a_drain_that_runs_out_raises_or_warns_and_the_host_stays_cordoned(
     store: Backend, caplog: pytest.LogCaptureFixture
 ) -> None:
-    release = anyio.Event()
-
-    @not_during_maintenance(backend=store)
-    async def stuck() -> None:
-        await release.wait()
-
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(stuck)
-        await anyio.sleep(0.05)
+    async with job_in_flight(store):
         with pytest.raises(DrainTimeout, match=r"did not end within drain=0\.2s") as raised:
             await cordon(drain=0.2, on_drain_timeout="raise", backend=store)
         assert raised.value.pending == 1
         with caplog.at_level(logging.WARNING):
             await cordon(drain=0.1, backend=store)
         assert "going on (on_drain_timeout='proceed')" in caplog.text
-        release.set()
     [stored] = await list_cordons(backend=store)
     assert stored.host == HOST and stored.drain is None
 
 
 async def test_a_cancelled_drain_takes_its_token_off(store: Backend) -> None:
-    release = anyio.Event()
-
-    @not_during_maintenance(backend=store)
-    async def stuck() -> None:
-        await release.wait()
-
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(stuck)
-        await anyio.sleep(0.05)
+    async with job_in_flight(store):
         with anyio.move_on_after(0.2):
             await cordon(drain=30, backend=store)
-        release.set()
     [stored] = await list_cordons(backend=store)
     assert stored.drain is None and stored.drain_until is None
 
