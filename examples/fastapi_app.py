@@ -9,8 +9,12 @@ Switch maintenance from any other process that shares the state file, e.g.:
     maintguard status
     maintguard run --reason "schema migration" -- alembic upgrade head
     maintguard off
+    maintguard cordon --drain 30     # this host out of rotation, once its requests end
+    maintguard uncordon
 
-- /health stays up (exempt), so the load balancer keeps the instance.
+- /health stays up (exempt): a liveness probe never restarts the instance.
+- /_maintenance/ready is the readiness probe: 503 while this host is cordoned.
+- /_maintenance/status shows the state as JSON, during maintenance too.
 - POST /admin/sync runs a data sync under maintenance_mode_on(): the app is in
   maintenance exactly while it runs, using the middleware's backend.
 - The lifespan loads a "model" once; it is untouched by the middleware.
@@ -47,6 +51,8 @@ app.add_middleware(
     MaintenanceModeMiddleware,
     backend=LocalFileBackend(STATE_FILE),
     exempt_docs=True,
+    readiness_path="/_maintenance/ready",
+    status_path="/_maintenance/status",
 )
 
 

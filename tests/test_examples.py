@@ -232,6 +232,13 @@ def test_fastapi_example(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
         assert client.get("/docs").status_code == 200  # exempt_docs
         page = client.get("/predict", params={"text": "x"}, headers={"accept": "text/html"})
         assert "<h1>Down for maintenance</h1>" in page.text and "DB" in page.text
+        assert client.get("/_maintenance/status").json()["reason"] == "DB"
+        assert client.get("/_maintenance/ready").json() == {"ready": True}  # it serves the page
+        cordon = [sys.executable, "-m", "maintguard", "cordon", "--drain", "5"]
+        subprocess.run([*cordon, "--backend", f"file:{tmp_path / 'm.json'}"], check=True)
+        while client.get("/_maintenance/ready").status_code != 503:
+            assert time.monotonic() < deadline + 10
+            time.sleep(0.05)
 
 
 def test_starlette_example(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
