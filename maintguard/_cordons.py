@@ -24,9 +24,10 @@ from ._core.drain import drained, host_left
 from ._core.drive import ASYNC
 from ._core.identity import HOST, new_id, who
 from ._core.inflight import own_keys
+from ._core.presence import cordon_key, unfinished_on_host
 from ._core.stack import to_datetime
 from ._options import named_options, seconds_or_none
-from ._state import Cordon, MaintenanceState, StoredState
+from ._state import Cordon, MaintenanceState, StoredState, host_problem
 from .backends import Backend
 from .exceptions import ConfigurationError, DrainTimeout
 
@@ -45,29 +46,20 @@ def check_host(host: object) -> str:
     """``host`` checked as a host name in records (None: this host, :data:`HOST`)."""
     if host is None:
         return HOST
-    if (
-        not isinstance(host, str)
-        or not host
-        or host != host.strip()
-        or not host.isprintable()
-        or len(host) > 255
-    ):
+    problem = host_problem(host)
+    if problem is not None:
         raise ConfigurationError(
             f"host must be a host name as records carry it (the machine's host name, or "
-            f"MAINTGUARD_HOST where set), without spaces or control characters, not {host!r}; "
-            f"`maintguard status` lists the cordoned hosts and the hosts of holds"
+            f"MAINTGUARD_HOST where set): {problem}; `maintguard status` lists the cordoned "
+            f"hosts and the hosts of holds"
         )
+    assert isinstance(host, str)
     return host
 
 
 def cordoned(stored: StoredState | None, host: str) -> Cordon | None:
     """``host``'s cordon in the global scope's ``stored`` state (None: not cordoned). Pure."""
-    if stored is None or not stored.cordons:
-        return None
-    for found in stored.cordons:
-        if found.host == host:
-            return found
-    return None
+    return None if stored is None else stored.cordon_of(host)
 
 
 def not_ready(
@@ -119,35 +111,45 @@ async def cordon(
     await refresh_stale(ctrl)
     now = _now(ctrl)
     before = cordoned(ctrl.stored, host)
+    running = before is not None and before.draining(now)  # another caller's drain: kept
     record = Cordon(
         host=host,
         since=now if before is None else before.since,
         by=who(),
         reason=reason if reason is not None or before is None else before.reason,
+        drain=before.drain if running and before is not None else None,
+        drain_until=before.drain_until if running and before is not None else None,
     )
     if limit is None:
         await ctrl.put_cordon(host, record, "cordon")
         return record
-    token = new_id()
-    until = now + timedelta(seconds=limit + GRACE)
-    draining = replace(record, drain=token, drain_until=until)
+    # A drain already running shares its token (the host's processes report to one),
+    # its limit pushed out to this one's when later.
+    token = record.drain or new_id()
+    until = max(record.drain_until or now, now + timedelta(seconds=limit + GRACE))
+    record = replace(record, drain=token, drain_until=until)
     exclude = own_keys()
-    await ctrl.put_cordon(host, draining, "cordon")
+    await ctrl.put_cordon(host, record, "cordon")
     try:
         pending = await drained(ASYNC, ctrl, host_left(ctrl, token, host, exclude), exclude, limit)
     finally:
         with ASYNC.shield():
-            await _drain_over(ctrl, host, token)
-    if pending:
+            await _drain_over(ctrl, host, token, until)
+    if cordoned(ctrl.stored, host) is None:
+        logger.warning(
+            "maintguard: cordon of %r: the host was uncordoned while its drain waited; "
+            "the drain stopped there",
+            host,
+        )
+    elif pending:
         message = (
             f"cordon of {host!r}: in-flight work did not end within drain={limit:g}s "
-            f"({pending} still running: this process's work, and processes of {host!r} not "
-            f"reporting zero); the host stays cordoned"
+            f"({_pending(ctrl, token, host, pending)}); the host stays cordoned"
         )
         if on_drain_timeout == "raise":
             raise DrainTimeout(message, pending)
         logger.warning("maintguard: %s; going on (on_drain_timeout='proceed')", message)
-    return record
+    return replace(record, drain=None, drain_until=None)
 
 
 @named_options
@@ -169,14 +171,27 @@ async def list_cordons(*, backend: BackendArg = None) -> list[Cordon]:
     return [] if stored is None else sorted(stored.cordons, key=lambda c: c.host)
 
 
-async def _drain_over(ctrl: ScopeController, host: str, token: str) -> None:
-    # The drain's token off the cordon, unless the host was uncordoned (or cordoned again)
-    # meanwhile: the reports to it stop. A failure is logged; the token stops counting at
-    # its drain_until anyway.
+def _pending(ctrl: ScopeController, token: str, host: str, pending: int) -> str:
+    # What the drain still waited for: this process's work, and the processes of the host
+    # that had not reported zero (named: one that never reports may run an older
+    # maintguard, from before cordons).
+    names = [
+        f"pid {worker.pid}" + (" (no report)" if count is None else f" ({count} in flight)")
+        for worker, count in unfinished_on_host(ctrl.store, cordon_key(token), host)
+    ]
+    here = pending - len(names)
+    parts = ([f"{here} of this process's own"] if here > 0 else []) + names
+    return f"still running on {host!r}: {', '.join(parts) or pending}"
+
+
+async def _drain_over(ctrl: ScopeController, host: str, token: str, until: datetime) -> None:
+    # The drain's token off the cordon, unless the host was uncordoned meanwhile or a
+    # later drain now waits on it (it pushed the limit out). A failure is logged; the
+    # token stops counting at its drain_until anyway.
     try:
         await refresh_stale(ctrl)
         found = cordoned(ctrl.stored, host)
-        if found is not None and found.drain == token:
+        if found is not None and found.drain == token and found.drain_until == until:
             kept = replace(found, drain=None, drain_until=None)
             await ctrl.put_cordon(host, kept, None)
     except Exception as exc:

@@ -126,12 +126,32 @@ def background(coro: Coroutine[Any, Any, None]) -> concurrent.futures.Future[Non
     return submit(main())
 
 
-def run_sync(coro: Coroutine[Any, Any, T]) -> T:
-    """Run ``coro`` on the I/O loop and block this thread until it is done."""
+def run_sync(coro: Coroutine[Any, Any, T], *, interruptible: float = 0.0) -> T:
+    """Run ``coro`` on the I/O loop and block this thread until it is done.
+
+    ``interruptible`` (seconds): a KeyboardInterrupt (Ctrl-C) while waiting cancels
+    ``coro`` and waits that long at most for its clean-up (a drain taking its token off)
+    before it goes on up; without it, ``coro`` runs on to its end."""
     if on_io_thread():
         coro.close()
         raise RuntimeError("a blocking maintguard call was made on maintguard's I/O thread")
-    return submit(coro).result()
+    if not interruptible:
+        return submit(coro).result()
+    ended = threading.Event()
+
+    async def watched() -> T:
+        try:
+            return await coro
+        finally:
+            ended.set()
+
+    future = submit(watched())
+    try:
+        return future.result()
+    except KeyboardInterrupt:
+        future.cancel()  # the task is cancelled on the loop: its finally clauses run
+        ended.wait(interruptible)
+        raise
 
 
 def run_inline(coro: Coroutine[Any, Any, T]) -> T:

@@ -284,6 +284,18 @@ class AuditEntry:
     host: str | None = None
 
 
+def host_problem(host: object) -> str | None:
+    """What is wrong with ``host`` as a host name in records (None: nothing): the one rule
+    for names given to cordon and names read back from a store."""
+    if not isinstance(host, str) or not host:
+        return f"a host name is text, not {host!r}"
+    if host != host.strip() or not host.isprintable():
+        return f"a host name has no spaces around it and no control characters: {host!r}"
+    if len(host) > 255:
+        return f"a host name has at most 255 characters, not {len(host)}"
+    return None
+
+
 @dataclass(frozen=True, slots=True)
 class Cordon:
     """A host taken out of rotation: every process on ``host`` (the name its records carry:
@@ -338,6 +350,13 @@ class StoredState:
     state only, for the whole store; see :class:`AuditEntry`)."""
     cordons: tuple[Cordon, ...] = ()
     """The cordoned hosts (kept in the global scope's state only; see :class:`Cordon`)."""
+
+    def cordon_of(self, host: str) -> Cordon | None:
+        """``host``'s cordon (None: not cordoned)."""
+        for found in self.cordons:
+            if found.host == host:
+                return found
+        return None
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict; :meth:`from_dict` reads it back (for user-written backends)."""
@@ -653,8 +672,10 @@ def cordon_from_dict(data: Any, problems: list[str] | None = None) -> Cordon | N
 
     def required(data: Mapping[str, Any]) -> tuple[str, datetime]:
         host = data.get("host")
-        if not isinstance(host, str) or not host:
-            raise ValueError(f"'host' must be a host name, found {host!r}")
+        problem = host_problem(host)
+        if problem is not None:
+            raise ValueError(f"'host': {problem}")
+        assert isinstance(host, str)
         since = _load_time(data.get("since"))
         if since is None:
             raise ValueError("'since' is missing")

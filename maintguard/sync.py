@@ -156,6 +156,7 @@ def cordon(
         cordons.cordon(
             host, reason=reason, drain=drain, on_drain_timeout=on_drain_timeout, backend=backend
         ),
+        interruptible=5.0,  # Ctrl-C ends a drain at once, its token taken off
     )
 
 
@@ -171,7 +172,7 @@ def list_cordons(*, backend: BackendArg = None) -> list[Cordon]:
     return _blocking("list_cordons", cordons.list_cordons(backend=backend))
 
 
-def _blocking(name: str, coro: Coroutine[Any, Any, T]) -> T:
+def _blocking(name: str, coro: Coroutine[Any, Any, T], *, interruptible: float = 0.0) -> T:
     running = _running_loop()
     if running is not None:
         coro.close()
@@ -179,7 +180,7 @@ def _blocking(name: str, coro: Coroutine[Any, Any, T]) -> T:
             f"maintguard.sync.{name}() blocks, and this thread runs {running} event loop: "
             f"here use `await maintguard.{name}(...)` instead"
         )
-    return ioloop.run_sync(coro)
+    return ioloop.run_sync(coro, interruptible=interruptible)
 
 
 def _running_loop() -> str | None:

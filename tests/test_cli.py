@@ -123,7 +123,12 @@ def test_the_console_script_is_installed_and_is_the_same_command(tmp_path: Path)
 def test_no_command_says_what_to_do(mg: Run) -> None:
     result = mg()
     assert result.code == 2
-    assert "on, off, status, run, schedule or history" in one_line(result)
+    said = one_line(result)
+    assert "on, off, status, run, schedule, history, cordon or uncordon" in said
+    # Every command the parser knows is named (a new one cannot be left out again).
+    from maintguard._cli import _COMMANDS
+
+    assert all(name in said for name in _COMMANDS)
 
 
 # -- on / status / off ------------------------------------------------------------------

@@ -8,7 +8,8 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator
+import os
+from collections.abc import AsyncIterator, Callable
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -47,7 +48,7 @@ from maintguard.backends import (
     PutCordon,
     PutWorker,
 )
-from tests.asgi import Sent, request, says, served
+from tests.asgi import Sent, http_scope, request, says, served, websocket_scope
 from tests.conftest import redis_backend
 from tests.stores import REDIS_URL, backend_of
 
@@ -167,7 +168,7 @@ async def test_the_env_backend_refuses_a_cordon() -> None:
     ("options", "says"),
     [
         ({"host": ""}, "host must be a host name"),
-        ({"host": " web-1"}, "without spaces"),
+        ({"host": " web-1"}, "no spaces around it"),
         ({"host": "web\n1"}, "control characters"),
         ({"host": 7}, "host must be a host name"),
         ({"host": "x" * 300}, "host must be a host name"),
@@ -360,8 +361,9 @@ async def test_a_drain_waits_for_this_hosts_work_and_ends_with_it(store: Backend
 
 
 @contextlib.asynccontextmanager
-async def job_in_flight(store: Backend) -> AsyncIterator[None]:
-    """A guarded job of this process in flight on ``store`` while the block runs."""
+async def job_in_flight(store: Backend) -> AsyncIterator[Callable[[], None]]:
+    """A guarded job of this process in flight on ``store`` until the block ends or calls
+    what it is given."""
     release = anyio.Event()
 
     @not_during_maintenance(backend=store)
@@ -372,7 +374,7 @@ async def job_in_flight(store: Backend) -> AsyncIterator[None]:
         tg.start_soon(stuck)
         await anyio.sleep(0.05)
         try:
-            yield
+            yield release.set
         finally:
             release.set()
 
@@ -423,14 +425,9 @@ async def test_other_processes_of_the_host_are_waited_for_by_their_reports(
     # that has not reported yet, then reports 2 in flight, then 0; one on another host
     # never reports and is not waited for.
     store = LocalFileBackend(tmp_path / "state.json", refresh_interval=0.05)
-    expires = datetime.now(timezone.utc) + timedelta(seconds=30)
 
     async def report(worker: str, host: str, reports: tuple[tuple[str, int], ...]) -> None:
-        record = WorkerRecord(worker, host, 4242, expires, reports)
-        write = PutWorker(worker, record, NOW, 30)
-        await anyio.to_thread.run_sync(
-            lambda: io.update_blocking(store, None, lambda: write, store_of(store))
-        )
+        await report_as_another_process(store, worker, host, reports)
 
     await report("far", "web-2", ())
     await report("near", "web-1", ())
@@ -464,3 +461,158 @@ def test_a_cordon_write_lands_in_the_global_scope_only() -> None:
     assert removal(state).cordons == () and removal.found is True
     ctrl = controller(MemoryBackend(), "billing")
     assert ctrl.parent is not None  # put_cordon writes through the global scope
+
+
+# -- what an outside attack found: each a rule of cordons and their paths ----------------------
+
+
+@pytest.mark.parametrize("path", [READY, STATUS])
+async def test_a_websocket_at_an_own_path_is_the_apps_never_an_http_answer(path: str) -> None:
+    # An HTTP answer on a WebSocket is a 500 from the server: the handshake goes to the app
+    # (here: no such route, so it is closed), maintenance on or off.
+    store = MemoryBackend()
+    app = app_with(store, status_path=STATUS)
+    async with served(app):
+        for on in (False, True):
+            await set_maintenance_mode(on, store)
+            sent = await websocket_call(app, path)
+            assert sent and all(m["type"].startswith("websocket.") for m in sent), sent
+
+
+async def websocket_call(app: Any, path: str) -> list[dict[str, Any]]:
+    sent: list[dict[str, Any]] = []
+    asked = 0
+
+    async def receive() -> dict[str, Any]:
+        nonlocal asked
+        asked += 1
+        if asked == 1:
+            return {"type": "websocket.connect"}
+        await anyio.sleep(0.05)
+        return {"type": "websocket.disconnect", "code": 1000}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    with anyio.fail_after(5):
+        await app(websocket_scope(path), receive, send)
+    return sent
+
+
+async def test_a_drain_goes_on_when_the_host_is_cordoned_again_and_stops_when_uncordoned(
+    store: Backend, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def drain(ended: anyio.Event) -> None:
+        await cordon(drain=10, backend=store)
+        ended.set()
+
+    ended = anyio.Event()
+    async with job_in_flight(store) as release, anyio.create_task_group() as tg:
+        tg.start_soon(drain, ended)
+        await anyio.sleep(0.2)
+        again = await cordon(reason="updated", backend=store)  # a second operator
+        assert again.reason == "updated"
+        await anyio.sleep(0.3)
+        assert not ended.is_set()  # the job still runs: the drain still waits for it
+        release()
+        with anyio.fail_after(3):
+            await ended.wait()
+    [kept] = await list_cordons(backend=store)
+    assert kept.reason == "updated" and kept.drain is None
+    ended = anyio.Event()
+    async with job_in_flight(store), anyio.create_task_group() as tg:
+        tg.start_soon(drain, ended)
+        await anyio.sleep(0.2)
+        with caplog.at_level(logging.WARNING), anyio.fail_after(3):
+            await uncordon(backend=store)  # in rotation again: nothing more to wait for
+            await ended.wait()
+    assert "uncordoned while its drain waited" in caplog.text
+    assert await list_cordons(backend=store) == []
+
+
+async def test_two_drains_share_one_token_and_the_longer_keeps_it(store: Backend) -> None:
+    async with job_in_flight(store), anyio.create_task_group() as tg:
+        tg.start_soon(lambda: cordon(drain=0.2, backend=store))
+        await anyio.sleep(0.05)
+        with pytest.raises(DrainTimeout):
+            await cordon(drain=0.6, on_drain_timeout="raise", backend=store)
+    [kept] = await list_cordons(backend=store)
+    assert kept.drain is None  # the later drain took it off at its end
+
+
+async def test_a_timed_out_drain_names_the_processes_it_waited_for(tmp_path: Path) -> None:
+    # A process of the host that never reports (an older maintguard, from before cordons)
+    # is waited for until the limit; the message says which.
+    store = LocalFileBackend(tmp_path / "state.json", refresh_interval=0.05)
+    await report_as_another_process(store, "old", "web-1", ())
+    with pytest.raises(DrainTimeout, match=r"still running on 'web-1': pid 4242 \(no report\)"):
+        await cordon("web-1", drain=0.3, on_drain_timeout="raise", backend=store)
+
+
+async def report_as_another_process(
+    store: Backend, worker: str, host: str, reports: tuple[tuple[str, int], ...]
+) -> None:
+    """Write another process's presence record, as it would (pid 4242)."""
+    expires = datetime.now(timezone.utc) + timedelta(seconds=30)
+    write = PutWorker(worker, WorkerRecord(worker, host, 4242, expires, reports), NOW, 30)
+    await anyio.to_thread.run_sync(
+        lambda: io.update_blocking(store, None, lambda: write, store_of(store))
+    )
+
+
+@pytest.mark.parametrize("on_error", ["open", "closed", "last_known"])
+async def test_a_host_stays_out_of_rotation_while_its_store_cannot_be_read(
+    tmp_path: Path, on_error: str
+) -> None:
+    # Cordons never decide maintenance: on_error says what maintenance is while the store
+    # cannot be read, and the last known cordons stay.
+    path = tmp_path / "state.json"
+    store = LocalFileBackend(path, refresh_interval=0, on_error=on_error)
+    app = app_with(store)
+    async with served(app):
+        await cordon(backend=store)
+        assert (await request(app, READY)).status == 503
+        broken = tmp_path / "broken.json"
+        broken.write_text("{ half-written")
+        os.replace(broken, path)  # (at once: an empty file on the way would read as off)
+        with anyio.fail_after(5):
+            while store_of(store).read_error is None:  # noqa: ASYNC110 - the watcher's read
+                await anyio.sleep(0.02)
+        assert readiness(await request(app, READY)) == (503, {"ready": False, "cause": "cordoned"})
+        assert (await request(app, "/")).status == (503 if on_error == "closed" else 200)
+
+
+async def test_a_readiness_probe_is_not_work_a_drain_waits_for() -> None:
+    store = MemoryBackend()
+    app = app_with(store)
+    async with served(app):
+        slow_reader = anyio.Event()
+
+        async def receive() -> dict[str, Any]:
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        async def send(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.body":
+                await slow_reader.wait()  # the client reads the answer slowly
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(app, http_scope(READY), receive, send)
+            await anyio.sleep(0.05)
+            with anyio.fail_after(1):
+                await cordon(drain=5, backend=store)
+            slow_reader.set()
+
+
+async def test_a_stored_cordon_of_a_host_no_command_can_name_is_not_taken(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A host name with spaces around it or a control character matches no process and no
+    # `uncordon --host`: dropped on read with a warning, as any unreadable cordon.
+    path = tmp_path / "state.json"
+    since = "2026-01-01T00:00:00+00:00"
+    cordons = [{"host": h, "since": since} for h in ("web-1 ", "web\t2", "x" * 300, "web-3")]
+    path.write_text(json.dumps({"active": False, "holds": [], "cordons": cordons}))
+    with caplog.at_level(logging.WARNING):
+        found = await list_cordons(backend=LocalFileBackend(path))
+    assert [c.host for c in found] == ["web-3"]
+    assert caplog.text.count("a cordon is ignored") == 3

@@ -7,6 +7,8 @@ other requests; ``cordon --drain`` waits for that host's slow request, not the o
 from __future__ import annotations
 
 import contextlib
+import json
+import signal
 import subprocess
 import sys
 import threading
@@ -174,3 +176,51 @@ def test_a_drain_that_runs_out_exits_1_and_leaves_the_host_cordoned(
     finally:
         (tmp_path / "release-stuck").touch()
         thread.join(30)
+
+
+def test_ctrl_c_ends_a_drain_at_once_and_takes_its_token_off(
+    store: str, start_hosts: Hosts, tmp_path: Path
+) -> None:
+    urls = start_hosts("0.2")
+    with released_at_the_end(tmp_path, "held"):
+        thread = threading.Thread(
+            target=lambda: httpx.get(urls["host-a"] + "/slow?name=held", timeout=60)
+        )
+        thread.start()
+        wait_file(tmp_path / "started-held")
+        draining = cli(store, "cordon", "--host", "host-a", "--drain", "30")
+        wait_status(urls["host-a"], 503, limit=5.0)
+        time.sleep(0.5)
+        sent = time.monotonic()
+        draining.send_signal(signal.SIGINT)
+        _, err = draining.communicate(timeout=30)
+        took = time.monotonic() - sent
+        assert draining.returncode == 130 and took < 2.0, (draining.returncode, took, err)
+        assert "host-a stays cordoned" in err
+        _, out, _ = run(store, "status", "--json")
+        [shown] = json.loads(out)["cordons"]
+        assert shown["host"] == "host-a" and shown["draining_until"] is None
+    thread.join(30)
+
+
+def test_an_uncordon_during_a_drain_stops_it_and_says_so(
+    store: str, start_hosts: Hosts, tmp_path: Path
+) -> None:
+    urls = start_hosts("0.2")
+    with released_at_the_end(tmp_path, "held"):
+        thread = threading.Thread(
+            target=lambda: httpx.get(urls["host-a"] + "/slow?name=held", timeout=60)
+        )
+        thread.start()
+        wait_file(tmp_path / "started-held")
+        draining = cli(store, "cordon", "--host", "host-a", "--drain", "30")
+        wait_status(urls["host-a"], 503, limit=5.0)
+        assert run(store, "cordon", "--host", "host-a", "--reason", "again")[0] == 0
+        time.sleep(0.5)
+        assert draining.poll() is None  # cordoned again: it still waits for the request
+        assert run(store, "uncordon", "--host", "host-a")[0] == 0
+        _, err = draining.communicate(timeout=5)
+        assert draining.returncode == 1
+        assert "host-a was uncordoned while the drain waited" in err
+        wait_status(urls["host-a"], 200, limit=5.0)
+    thread.join(30)

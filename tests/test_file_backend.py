@@ -482,6 +482,21 @@ def test_missing_directory_is_a_clear_write_error(tmp_path: Path) -> None:
 # -- unknown fields ------------------------------------------------------------------------
 
 
+def test_a_cordons_unknown_fields_survive_writes(tmp_path: Path) -> None:
+    from maintguard._state import Cordon, cordon_to_dict
+    from maintguard.backends import SetExplicit
+    from maintguard.backends._file import _CORDON_KEYS
+
+    path = tmp_path / "m.json"
+    cordon = {"host": "web-1", "since": NOW.isoformat(), "ticket": "OPS-7", "until": {"x": 1}}
+    path.write_text(json.dumps({"version": 1, "active": False, "holds": [], "cordons": [cordon]}))
+    LocalFileBackend(path)._update_blocking(None, SetExplicit(ExplicitState(active=True), NOW))
+    [kept] = json.loads(path.read_text())["cordons"]
+    assert (kept["host"], kept["ticket"], kept["until"]) == ("web-1", "OPS-7", {"x": 1})
+    draining = Cordon("h", NOW, "me", "r", "token", NOW)
+    assert set(cordon_to_dict(draining)) <= _CORDON_KEYS  # every field written is known
+
+
 def test_a_windows_unknown_fields_survive_writes(tmp_path: Path) -> None:
     # Found: windows were rewritten from their known fields only (holds keep theirs).
     from maintguard._state import window_to_dict

@@ -451,3 +451,56 @@ def test_opentelemetry_gauges_counters_and_the_drain_histogram() -> None:
     assert drain is not None and drain.count == 1  # recorded since instrument()
     assert list(drain.explicit_bounds) == [0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0]
     assert drain.bucket_counts[0] == 1
+
+
+# -- what the gauges and counts are not ----------------------------------------------------------
+
+
+def test_a_store_read_once_and_not_watched_shows_no_stale_series(
+    scraper: Scraper, tmp_path: Path
+) -> None:
+    # A process that read a file store once (an admin service): when another process
+    # switches maintenance off, its copy is stale; it shows nothing rather than "on".
+    path = tmp_path / "g.json"
+    backend = LocalFileBackend(path, refresh_interval=0.2)
+
+    def active() -> list[float]:  # (the backend label is there while several stores are)
+        return [
+            value
+            for labels, value in scraper.scrape().get("maintguard_active", [])
+            if labels.get("scope") == "" and str(path) in labels.get("backend", str(path))
+        ]
+
+    msync.set_maintenance_mode(True, backend)
+    assert msync.get_state(backend).active
+    assert active() == [1.0]
+    elsewhere = [sys.executable, "-m", "maintguard", "--backend", f"file:{path}", "off"]
+    subprocess.run(elsewhere, check=True, capture_output=True)
+    time.sleep(0.3)  # older than its refresh_interval now
+    assert active() == []  # not the stale "on"
+    assert msync.get_state(backend).active is False  # read again: known, and shown again
+    assert active() == [0.0]
+
+
+def test_a_forked_child_starts_counting_from_zero(tmp_path: Path) -> None:
+    # A preloaded server's workers are forked: each must report its own counts, not the
+    # parent's again.
+    code = """
+import os, sys
+from prometheus_client import CollectorRegistry, generate_latest
+from maintguard import sync, not_during_maintenance
+from maintguard.backends import MemoryBackend
+from maintguard.metrics import prometheus
+registry = CollectorRegistry()
+prometheus.instrument(registry)
+backend = MemoryBackend()
+sync.set_maintenance_mode(True, backend)
+not_during_maintenance(backend=backend, policy="skip")(lambda: None)()
+parent = 'maintguard_jobs_total{outcome="skipped"} 1.0' in generate_latest(registry).decode()
+pid = os.fork()
+if pid == 0:
+    text = generate_latest(registry).decode()
+    os._exit(0 if 'maintguard_jobs_total{outcome="skipped"} 0.0' in text else 1)
+sys.exit(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) if parent else 2)
+"""
+    assert subprocess.run([sys.executable, "-c", code], cwd=tmp_path).returncode == 0

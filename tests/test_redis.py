@@ -530,6 +530,37 @@ def test_hostile_values_through_the_middleware_never_give_a_500(raw: redis.Redis
         eventually(lambda: client.get("/").status_code == 200, 5)
 
 
+@pytest.mark.parametrize(
+    ("key", "field", "value"),
+    [
+        ("cordons", b"caf\xe9", b'{"since": "2026-01-01T00:00:00+00:00"}'),
+        ("cordons", b"web-1", b'{"since": "2026-01-01T00:00:00+00:00", "reason": "caf\xe9"}'),
+        ("windows", b"w\xff", b'{"start": "2030-01-01T00:00:00+00:00", "end": "x\xff"}'),
+        ("explicit", b"state", b'{"active": true, "reason": "caf\xe9"}'),
+    ],
+)
+def test_bytes_that_are_not_utf8_never_block_the_store(
+    raw: redis.Redis, key: str, field: bytes, value: bytes
+) -> None:
+    # Something else wrote a Latin-1 byte: the whole reply failed to decode, so every read
+    # and every write of the store failed (on_error everywhere, `maintguard off` exit 3).
+    prefix = redis_prefix()
+    raw.hset(f"{tag(prefix)}:{key}", field, value)
+    backend = backend_at(prefix)
+    sync.get_state(backend)  # read: no error
+    assert store_of(backend).read_error is None
+    sync.set_maintenance_mode(True, backend, reason="urgent")
+    assert sync.get_state(backend).reason == "urgent"
+    sync.set_maintenance_mode(False, backend)
+    url = f"{REDIS_URL}?key_prefix={prefix}"
+    off = subprocess.run(
+        [sys.executable, "-m", "maintguard", "--backend", url, "off"],
+        capture_output=True,
+        text=True,
+    )
+    assert off.returncode == 0, off.stderr
+
+
 def test_scope_names_with_colons_braces_and_unicode_stay_apart(raw: redis.Redis) -> None:
     prefix = redis_prefix()
     t = tag(prefix)
@@ -1144,6 +1175,9 @@ def test_the_readmes_acl_user_can_do_everything_maintguard_needs(raw: redis.Redi
             window = sync.schedule_maintenance(3600, duration=60, backend=backend, scope="jobs")
             assert [w.id for w in sync.list_windows(backend=backend, scope="jobs")] == [window.id]
             assert sync.cancel_window(window.id, backend=backend, scope="jobs") is True
+            sync.cordon("web-1", reason="kernel", drain=0.5, backend=backend)
+            assert [c.host for c in sync.list_cordons(backend=backend)] == ["web-1"]
+            assert sync.uncordon("web-1", backend=backend) is True
             with under_maintenance(backend=backend, reason="job", drain=1):
                 assert sync.get_state(backend).holds == 1
             sync.set_maintenance_mode(False, backend, scope="billing")

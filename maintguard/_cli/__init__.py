@@ -35,7 +35,6 @@ from .._core.operators import AUDIT_LOGGER
 from .._schedule import cancel_window, list_windows, schedule_maintenance, turn_off
 from .._state import (
     STORED_LOGGER,
-    Cordon,
     ExplicitState,
     MaintenanceState,
     Mode,
@@ -57,6 +56,7 @@ USAGE, BACKEND, RUN_FAILED = 2, 3, 125
 NEXT = 5
 """How many occurrences of a recurring window ``schedule`` and ``schedule list`` show."""
 _ENV = "MAINTGUARD_BACKEND"
+_CLEAN_UP = 5.0  # seconds Ctrl-C waits for a drain to take its token off
 _CHOOSE = (
     "choose the store your app uses: --backend file:/path/to/state.json (or redis://host/0), "
     f"or set {_ENV}"
@@ -905,23 +905,34 @@ def cmd_cordon(args: argparse.Namespace) -> int:
     host = HOST if args.host is None else args.host
     reason = args.reason or None
     code = 0
-    record: Cordon | None
     try:
-        record = ioloop.run_sync(
+        ioloop.run_sync(
             cordons.cordon(
                 host, reason=reason, drain=args.drain, on_drain_timeout="raise", backend=backend
-            )
+            ),
+            interruptible=_CLEAN_UP,
         )
     except DrainTimeout as exc:
         _say(str(exc))
         code = 1
-        record = cordons.cordoned(store_of(backend).root.stored, host)  # (as it stands)
+    except KeyboardInterrupt:
+        _say(
+            f"interrupted: the drain stopped; {show.text(host)} stays cordoned if it was "
+            f"(`maintguard uncordon --host {show.text(host)}` puts it back)"
+        )
+        return 130
+    record = cordons.cordoned(store_of(backend).root.stored, host)  # (as it stands)
+    if record is None:  # uncordoned by someone else while the drain waited
+        raise Failure(
+            f"{host} was uncordoned while the drain waited (see `maintguard history`): it is "
+            "in rotation again; the drain stopped there",
+            1,
+        )
     lines = [
         f"cordoned {show.text(host)}: its processes answer their readiness path with 503; other "
         f"requests still pass — {show.text(backend.describe())}"
     ]
-    if record is not None:
-        lines += show.cordon_lines([record], _now())
+    lines += show.cordon_lines([record], _now())
     if args.drain is not None and code == 0:
         lines.append(f"in-flight work on {show.text(host)} has ended")
     _print(lines)
@@ -933,10 +944,12 @@ def cmd_uncordon(args: argparse.Namespace) -> int:
     backend = _backend(args, writes=True)
     host = HOST if args.host is None else args.host
     if not ioloop.run_sync(cordons.uncordon(host, backend=backend)):
-        left = [c.host for c in ioloop.run_sync(cordons.list_cordons(backend=backend))]
+        left = [show.text(c.host) for c in ioloop.run_sync(cordons.list_cordons(backend=backend))]
         cordoned = f"cordoned: {', '.join(left)}" if left else "no host is cordoned"
         raise Failure(
-            f"{host} is not cordoned in {backend.describe()} ({cordoned}); nothing changed", 1
+            f"{show.text(host)} is not cordoned in {show.text(backend.describe())} ({cordoned}); "
+            "nothing changed",
+            1,
         )
     _print([f"uncordoned {show.text(host)} — {show.text(backend.describe())}"])
     return 0
@@ -1020,7 +1033,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         _log_to_stderr(logging.WARNING if is_run else logging.ERROR)
         if args.command is None:
             raise Failure(
-                "say what to do: on, off, status, run, schedule or history (see maintguard --help)",
+                "say what to do: on, off, status, run, schedule, history, cordon or uncordon (see "
+                "maintguard --help)",
                 USAGE,
             )
         if extra:

@@ -47,11 +47,16 @@ def hold_left(ctrl: ScopeController, token: str, mode: Mode, exclude: frozenset[
 
 def host_left(ctrl: ScopeController, token: str, host: str, exclude: frozenset[int]) -> Left:
     """What the drain ``token`` of ``host``'s cordon waits for: every piece of in-flight
-    work of that host's processes (this one's too, less ``exclude``, when it is on it)."""
+    work of that host's processes (this one's too, less ``exclude``, when it is on it);
+    nothing once the host is no longer cordoned with that token."""
     store = ctrl.store
     key = presence.cordon_key(token)
 
     def left() -> int:
+        stored = store.root.stored
+        cordon = None if stored is None else stored.cordon_of(host)
+        if cordon is None or cordon.drain != token:
+            return 0  # uncordoned meanwhile: nothing more to wait for
         here = store.work.total(exclude) if host == HOST else 0
         return here + presence.host_waiting_for(store, key, host)
 

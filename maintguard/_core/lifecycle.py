@@ -28,7 +28,7 @@ builds on already renewed:
 6. ``io``: the I/O loop's per-store asyncio locks are forgotten;
 7. ``stores``: the child holds nothing its parent held, renews none of its records;
 8. ``watchers``: stores watched in the parent are watched again, on the child's loop;
-9. ``tally``: the metrics tally's lock is made anew (its counts carry over).
+9. ``tally``: the metrics tally starts from zero, with a new lock (the counts are the parent's).
 """
 
 from __future__ import annotations

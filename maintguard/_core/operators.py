@@ -102,6 +102,8 @@ class Operators(Persisting):
         write = PutCordon(host, record)
         doing = f"{'uncordoning' if record is None else 'cordoning'} host {host!r}"
         await root._operator_write(lambda: write, doing, actor)
+        if root.store.work.drains:
+            root.store.work.wake()  # a cordon's drain here looks again (uncordoned: done)
         if audit is not None and (record is not None or write.found):
             reason = None if record is None else record.reason
             await root.record(audit, actor, reason=reason, host=host)

@@ -34,6 +34,7 @@ __all__ = [
     "cordon_key",
     "host_waiting_for",
     "join",
+    "unfinished_on_host",
     "leave",
     "leave_blocking",
     "leave_at_shutdown",
@@ -67,7 +68,7 @@ def waiting_for(store: Store, token: str, mode: Mode) -> int:
             count = worker.report(own_mode)
         return count
 
-    return _unfinished(store, count_of)
+    return len(_unfinished(store, count_of))
 
 
 def cordon_key(token: str) -> str:
@@ -77,28 +78,34 @@ def cordon_key(token: str) -> str:
 
 def host_waiting_for(store: Store, key: str, host: str) -> int:
     """How many other live processes on ``host`` have not reported zero for ``key``."""
+    return len(unfinished_on_host(store, key, host))
+
+
+def unfinished_on_host(store: Store, key: str, host: str) -> list[tuple[WorkerRecord, int | None]]:
+    """The other live processes on ``host`` that have not reported zero for ``key``, and
+    what they reported (None: nothing yet)."""
     return _unfinished(store, lambda worker: worker.report(key), host)
 
 
 def _unfinished(
     store: Store, count_of: Callable[[WorkerRecord], int | None], host: str | None = None
-) -> int:
+) -> list[tuple[WorkerRecord, int | None]]:
     # The other live processes (on `host`, when given) whose report is missing or not zero
     # (the others were judged live by the read that found them).
     if not _shared(store):
-        return 0
+        return []
     stored = store.root.stored
     if stored is None or not stored.workers:
-        return 0
+        return []
     own = store.worker_id
-    n = 0
+    found = []
     for worker in stored.workers:
         if worker.id == own or (host is not None and worker.host != host):
             continue
         count = count_of(worker)
         if count is None or count > 0:
-            n += 1
-    return n
+            found.append((worker, count))
+    return found
 
 
 def _reports(store: Store) -> Reports:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 from .._state import EventKind, ExplicitState, StoredState
@@ -134,6 +135,10 @@ class Reading(Scope):
             stored = StoredState(ExplicitState(active=True, reason="maintenance state unavailable"))
         else:  # as last read, with its holds' leases frozen: renewals cannot be seen now
             stored = frozen(self.stored or EMPTY)
+        if self.stored is not None and self.stored.cordons and not stored.cordons:
+            # Cordons never decide maintenance: a host out of rotation stays out while its
+            # store cannot be read, whatever on_error says of maintenance.
+            stored = replace(stored, cordons=self.stored.cordons)
         with self._lock:
             change = self._take(stored, None)
         self._announce(change, None)

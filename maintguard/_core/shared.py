@@ -25,6 +25,7 @@ from ..backends import Backend
 from . import dispatch
 from .decide import Book, Change
 from .identity import new_id
+from .inflight import Work
 
 __all__ = ["Scope", "StoreView"]
 
@@ -43,6 +44,7 @@ class StoreView(Protocol):
     noted_error: str | None
     read_error: Exception | None
     worker_id: str
+    work: Work
     wake_watcher: Callable[[], None] | None
 
     def children(self) -> Sequence[Any]: ...

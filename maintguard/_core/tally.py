@@ -53,9 +53,17 @@ class Tally:
         self.drain_count = 0
         self.drain_hooks: list[Callable[[float], None]] = []
 
-    def renew_lock(self) -> None:
-        """In a forked child: a parent thread may have held the lock at the fork."""
+    def forked(self) -> None:
+        """In a forked child: the counts start from zero (the parent's are the parent's
+        to report: a preloaded server's workers would each report them again), and the
+        lock is new (a parent thread may have held it at the fork)."""
         self._lock = threading.Lock()
+        self.refused = {}
+        self.jobs = dict.fromkeys(OUTCOMES, 0)
+        self.backend_errors = 0
+        self.drain_buckets = [0] * (len(DRAIN_BUCKETS) + 1)
+        self.drain_sum = 0.0
+        self.drain_count = 0
 
     def request_refused(self, scope: str | None) -> None:
         label = scope or ""
@@ -130,7 +138,7 @@ counts = Tally()
 
 
 def _after_fork_in_child() -> None:
-    counts.renew_lock()
+    counts.forked()
 
 
 lifecycle.after_fork("tally", _after_fork_in_child)

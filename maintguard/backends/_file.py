@@ -507,6 +507,12 @@ def _merge(raw: Mapping[str, Any] | None, state: StoredState) -> dict[str, Any]:
             {**{k: v for k, v in old.get(w["id"], {}).items() if k not in _WINDOW_KEYS}, **w}
             for w in new["windows"]
         ]
+    if raw and new.get("cordons"):
+        old = {c.get("host"): c for c in raw.get("cordons", ()) if isinstance(c, Mapping)}
+        new["cordons"] = [
+            {**{k: v for k, v in old.get(c["host"], {}).items() if k not in _CORDON_KEYS}, **c}
+            for c in new["cordons"]
+        ]
     if raw and new.get("history"):
         old = {_entry_key(e): e for e in raw.get("history", ()) if isinstance(e, Mapping)}
         new["history"] = [
@@ -528,6 +534,8 @@ _ENTRY_KEYS = frozenset(
 """An audit entry's fields this version knows: others (a newer version's) are kept."""
 
 
+_CORDON_KEYS = frozenset({"host", "since", "by", "reason", "drain", "drain_until"})
+"""A cordon's fields this version knows: others (a newer version's) are kept on rewrites."""
 _WINDOW_KEYS = frozenset(
     {"id", "start", "end", "every", "tz", "duration", "announce", "reason", "retry_after"}
     | {"mode", "created", "by", "skip"}

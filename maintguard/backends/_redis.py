@@ -344,6 +344,9 @@ return out
 
 _CLIENT_OPTIONS: dict[str, Any] = {
     "decode_responses": True,
+    # Bytes that are not UTF-8 (written by something else) are read as U+FFFD, never fail
+    # the whole reply: the part they sit in is judged as any other value.
+    "encoding_errors": "replace",
     "client_name": "maintguard",
 }
 TIMEOUT_FLOOR = 1.0
@@ -798,7 +801,7 @@ class RedisBackend(Backend):
             records.append(_shift_hold(hold, -offset))
         readable = _windows(windows, problems)
         trail = _history(history, problems)
-        hosts = _cordons(cordons, problems)
+        hosts = _cordons(cordons, problems, f"{self._base}:cordons")
         warn_invalid(self.describe() + ("" if scope is None else f" scope {scope!r}"), problems)
         return StoredState(state, tuple(records), workers, readable, trail, hosts)
 
@@ -991,11 +994,14 @@ def _history(flat: Any, problems: list[str]) -> tuple[AuditEntry, ...]:
     return tuple(found)
 
 
-def _cordons(flat: Any, problems: list[str]) -> tuple[Cordon, ...]:
+def _cordons(flat: Any, problems: list[str], key: str) -> tuple[Cordon, ...]:
     # A cordon that cannot be read is dropped and noted; a key of another type comes as its
     # error (a cordon never says whether maintenance is on). By host, as windows by id.
     if isinstance(flat, str | bytes):
-        problems.append(f"'cordons' is ignored: {_text(flat)}")
+        problems.append(
+            f"'cordons' is ignored: the key {key} {_text(flat)}; delete it (DEL {key}) and "
+            "cordon the hosts again"
+        )
         return ()
     found = []
     for i in range(0, len(flat), 2):

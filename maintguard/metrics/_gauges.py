@@ -1,7 +1,10 @@
 """The gauges both metrics modules expose, read from memory at collection time.
 
 Every store this process knows (:func:`maintguard._core.registry.all_stores`) and each
-scope controller of it that has read its state: the snapshot readers see (no I/O). The
+scope controller of it whose copy of the state is current: the snapshot readers see (no
+I/O; an in-memory store, the environment, is read again in place when due). A copy older
+than the store's ``refresh_interval`` that no watcher keeps fresh (a process that read a
+file or Redis store once) shows no series rather than a stale one. The
 ``scope`` label is ``""`` for the global scope. A ``backend`` label (the store's
 ``describe()``, with `` #2``, `` #3``... for a second and later store of the same name)
 is added only while this process knows more than one store: with one store, the scope
@@ -70,9 +73,12 @@ def read() -> list[ScopeGauges]:
     for store in stores:
         try:
             backend = _name(store) if several else None
+            watched = store.watching
             for ctrl in store.controllers():
                 if ctrl.stored is None:
                     continue  # never read: nothing known to show
+                if not watched and ctrl.stale() and not ctrl.refresh_inline():
+                    continue  # read once, not kept fresh, and a read needs I/O: not known now
                 state = ctrl.snapshot
                 window = state.next_window
                 found.append(

@@ -600,9 +600,12 @@ class MaintenanceModeMiddleware:
         # The off path with a status or readiness path: a look at the path, then what it
         # ran before.
         ctrl = self._root
-        if ctrl is not None:
+        if ctrl is not None and scope["type"] == "http":  # (a WebSocket goes to the app)
             for endpoint in self._endpoints:
                 if endpoint.is_for(scope):
+                    work = current_work.get()
+                    if work is not None:
+                        self._end(work[0])  # counted on the way in: no app's work
                     await self._answer(endpoint, scope, send, ctrl)
                     return
         await self._behind_own(scope, receive, send)
