@@ -477,6 +477,9 @@ def test_hostile_values_fail_loudly_then_recover(raw: redis.Redis, damage: str) 
         elif damage == "hold pid float":
             state = state_of(backend)
             assert (state.active, state.holders[0].pid) == (True, 0)
+        elif damage == "invalid utf-8":  # read as U+FFFD: on, as the hash says
+            state = state_of(backend)
+            assert (state.active, state.reason) == (True, "\ufffd")
         else:
             with pytest.raises(BackendError):
                 state_of(backend)
