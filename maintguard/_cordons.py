@@ -111,14 +111,14 @@ async def cordon(
     await refresh_stale(ctrl)
     now = _now(ctrl)
     before = cordoned(ctrl.stored, host)
-    running = before is not None and before.draining(now)  # another caller's drain: kept
+    running = before if before is not None and before.draining(now) else None  # kept
     record = Cordon(
         host=host,
         since=now if before is None else before.since,
         by=who(),
         reason=reason if reason is not None or before is None else before.reason,
-        drain=before.drain if running and before is not None else None,
-        drain_until=before.drain_until if running and before is not None else None,
+        drain=None if running is None else running.drain,
+        drain_until=None if running is None else running.drain_until,
     )
     if limit is None:
         await ctrl.put_cordon(host, record, "cordon")
