@@ -306,8 +306,9 @@ def window_workers(tmp_path: Path, store: str) -> Iterator[list[str]]:
 def test_a_window_scheduled_from_the_cli_switches_every_worker_on_time(
     window_workers: list[str], store: str
 ) -> None:
-    # DESIGN: nothing is written at a window's start or end, and every process switches by
-    # the clock alone, within 50 ms (its watcher wakes at the boundary; it polls no faster).
+    # docs/explanation/invariants.md, "Windows": nothing is written at a window's start or
+    # end, and every process switches by the clock alone, within 50 ms (its watcher wakes at
+    # the boundary; it polls no faster).
     urls = window_workers
     assert {httpx.get(url + "/").status_code for url in urls} == {200}
     subprocess.run(
