@@ -94,11 +94,12 @@ async def test_contract_explicit_on_off(writable_backend: Backend) -> None:
     assert await get_state(writable_backend) == await get_state(MemoryBackend())
 
 
-# -- a user-written backend (the README example) ---------------------------------------------
+# -- a user-written backend (docs/how-to/custom-backends.md) -------------------------------
 
 
 class DictBackend(Backend):
-    """The README's example: state kept as JSON text, as a database column would."""
+    """docs/how-to/custom-backends.md's example: state kept as JSON text, as a database
+    column would."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -419,8 +420,8 @@ def test_a_redis_url_names_its_key_prefix_so_the_environment_and_the_cli_can() -
 
 
 def _readme_backend() -> type[Backend]:
-    readme = (Path(__file__).parents[1] / "README.md").read_text()
-    block = next(b for b in readme.split("```python")[1:] if "class SqliteBackend" in b)
+    page = (Path(__file__).parents[1] / "docs" / "how-to" / "custom-backends.md").read_text()
+    block = next(b for b in page.split("```python")[1:] if "class SqliteBackend" in b)
     namespace: dict[str, Any] = {}
     exec(block.split("```")[0], namespace)
     cls: type[Backend] = namespace["SqliteBackend"]

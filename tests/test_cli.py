@@ -708,8 +708,8 @@ def test_status_json_names_a_redis_store_by_its_url_and_prefix(mg: Run) -> None:
 def test_a_redis_store_on_a_unix_socket_is_named_with_its_prefix(
     mg: Run, redis_server: Any
 ) -> None:
-    # README: `unix:///path/redis.sock?db=N` is a Redis URL, and `?key_prefix=` is how
-    # --backend names a store with a prefix of its own; together they were refused.
+    # docs/how-to/many-servers.md: `unix:///path/redis.sock?db=N` is a Redis URL, and `?key_prefix=`
+    # is how --backend names a store with a prefix of its own; together they were refused.
     url = f"unix://{redis_server.socket}?db=0&key_prefix=shop"
     on = mg("on", "--reason", "socket", "--backend", url, env=environment())
     assert on.code == 0, on

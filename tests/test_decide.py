@@ -223,9 +223,9 @@ async def test_a_forced_route_swapped_in_deep_in_a_list_is_forced_while_off() ->
 @pytest.mark.anyio
 @pytest.mark.parametrize("how", ["mount-middleware", "wrapped-router"])
 async def test_a_middleware_inside_a_mount_decides_on_its_own_routes(how: str) -> None:
-    # README, "The rules" / the middleware: the endpoint the request reaches is found
-    # exactly as Starlette's routing finds it (nested Mount, root_path); forced routes
-    # answer 503 while maintenance is off.
+    # docs/explanation/invariants.md, docs/how-to/web-apps.md: the endpoint the request reaches is
+    # found exactly as Starlette's routing finds it (nested Mount, root_path); forced routes answer
+    # 503 while maintenance is off.
     backend = MemoryBackend()
     inner = [
         Route("/x", endpoint("inner-x")),
@@ -250,7 +250,7 @@ async def test_a_middleware_inside_a_mount_decides_on_its_own_routes(how: str) -
 @pytest.mark.anyio
 @pytest.mark.parametrize("mark", ["forced", "scoped"])
 async def test_a_marked_route_replaced_inside_a_mount_loses_its_marks(mark: str) -> None:
-    # README, the middleware: routes changed later are noticed; only forced routes answer
+    # docs/how-to/web-apps.md: routes changed later are noticed; only forced routes answer
     # 503 while maintenance is off; scopes block only their own routes.
     backend = MemoryBackend()
     old = endpoint("old")

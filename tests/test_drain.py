@@ -648,7 +648,8 @@ async def test_a_stale_mark_never_lets_work_through() -> None:
 
 async def test_guard_refuses_after_leaving_a_hold_object_another_task_still_holds() -> None:
     b = MemoryBackend()
-    hold = under_maintenance(backend=b)  # one module-level object, as the README shows
+    # one module-level object, as docs/how-to/jobs-and-drains.md shows
+    hold = under_maintenance(backend=b)
 
     @not_during_maintenance(backend=b, policy="raise")
     async def helper() -> str:
@@ -1545,8 +1546,8 @@ async def test_a_hold_left_in_another_task_leaves_no_live_mark_behind() -> None:
 
 
 async def test_a_task_still_inside_a_shared_hold_keeps_running_its_helpers() -> None:
-    # README, Holding maintenance: one hold object can be entered by many tasks at once;
-    # Background jobs: a guarded call made inside a hold's own context runs.
+    # docs/how-to/jobs-and-drains.md, Holding maintenance: one hold object can be entered
+    # by many tasks at once; Background jobs: a guarded call made inside a hold's own context runs.
     b = MemoryBackend()
     shared = under_maintenance(backend=b, reason="shared")
     between = under_maintenance(backend=b, reason="another job")
@@ -1590,8 +1591,9 @@ async def test_a_task_still_inside_a_shared_hold_keeps_running_its_helpers() -> 
 
 @pytest.mark.parametrize("form", ["decorated", "with"])
 def test_an_endpoint_inside_a_sync_yield_dependencys_hold_runs_its_helpers(form: str) -> None:
-    # README: `def dep(): with maintenance_mode_on(): yield` works; a guarded call made
-    # inside a hold's own context runs (as it does under an async `yield` dependency).
+    # docs/how-to/jobs-and-drains.md: `def dep(): with maintenance_mode_on(): yield` works; a
+    # guarded call made inside a hold's own context runs (as it does under an async `yield`
+    # dependency).
     from fastapi import Depends, FastAPI
     from starlette.testclient import TestClient
 
@@ -2155,7 +2157,7 @@ async def test_drained_hold_in_a_streamed_endpoint_does_not_wait_for_its_request
     b = MemoryBackend()
 
     @under_maintenance(backend=b, drain=1.0, on_drain_timeout="raise")
-    async def run_migration() -> Any:  # streams its progress, as the README's exports do
+    async def run_migration() -> Any:  # streams its progress, as the docs' exports do
         yield b"migrated"
 
     async def migrate(request: Request) -> Response:

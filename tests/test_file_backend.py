@@ -1,5 +1,5 @@
 """LocalFileBackend on real files: the blocking protocol, symlinks, plain files, format
-versions, unknown fields, and many writers at once (README, "The rules": I6)."""
+versions, unknown fields, and many writers at once (docs/explanation/invariants.md: I6)."""
 
 from __future__ import annotations
 

@@ -519,17 +519,17 @@ def test_a_webhook_without_httpx_says_what_to_install() -> None:
     assert "pip install 'maintguard[webhooks]'" in out.stdout
 
 
-# -- the README's receiver ---------------------------------------------------------------
+# -- the receiver of docs/how-to/metrics-and-webhooks.md -----------------------------------
 
 
-def test_the_readme_receiver_accepts_what_a_webhook_signs(
+def test_the_docs_receiver_accepts_what_a_webhook_signs(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     import anyio
     from starlette.requests import Request as StarletteRequest
 
-    readme = (Path(__file__).parents[1] / "README.md").read_text()
-    block = next(b for b in readme.split("```python")[1:] if "async def maintguard_hook" in b)
+    page = Path(__file__).parents[1] / "docs" / "how-to" / "metrics-and-webhooks.md"
+    block = next(b for b in page.read_text().split("```python")[1:] if "maintguard_hook" in b)
     namespace: dict[str, Any] = {}
     exec(block.split("```")[0], namespace)
     namespace["SECRET"] = SECRET.encode()

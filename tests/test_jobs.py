@@ -315,9 +315,9 @@ def test_guarding_something_that_is_not_callable_is_refused() -> None:
 def test_a_guard_made_per_call_decides_on_a_fresh_state(
     tmp_path: Path, kind: str, face: str
 ) -> None:
-    # Found: the README's Celery recipe makes a guard per call. Once the first guard was
-    # freed its watcher stopped, and a later guard read the store only if it had never been
-    # read: `maintguard on` between two calls, and the next call ran anyway.
+    # Found: the Celery recipe (docs/how-to/jobs-and-drains.md) makes a guard per call. Once the
+    # first guard was freed its watcher stopped, and a later guard read the store only if it had
+    # never been read: `maintguard on` between two calls, and the next call ran anyway.
     spec = new_spec(kind, tmp_path)
     backend = open_store(spec, refresh_interval=0.3)
     ran: list[str] = []

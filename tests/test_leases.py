@@ -1,5 +1,5 @@
 """Another process's hold is judged expired only by a read that finds its lease past
-(README, "Many servers"): a reader whose copy shows a lease running out reads the store
+(docs/how-to/many-servers.md): a reader whose copy shows a lease running out reads the store
 again at that moment before it drops the hold. So a live holder with a lease shorter than
 a reader's ``refresh_interval`` is never seen off between its renewals, and a dead one still
 stops counting once its lease has run out."""

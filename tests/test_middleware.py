@@ -1216,7 +1216,7 @@ def test_a_misspelled_middleware_option_says_which_exist(memory: MemoryBackend) 
     "then reaches a blocked endpoint during maintenance",
 )
 async def test_a_method_rewritten_inside_the_middleware_does_not_reach_a_blocked_route() -> None:
-    # README, the middleware: "no route matches: the app gives its own 404 or 405" — the
+    # docs/how-to/web-apps.md: "no route matches: the app gives its own 404 or 405" — the
     # endpoint is found as Starlette's routing finds it; nothing else gets through.
     class MethodOverride:  # a common pattern: HTML forms that can only POST
         def __init__(self, app: Any) -> None:

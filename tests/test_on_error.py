@@ -1,6 +1,7 @@
-"""``on_error`` applies from the very first read (README, "Backends": what a store that
-cannot be read means): a process that serves requests or runs guarded work before its
-first successful read follows it, with and without a lifespan, whatever the store."""
+"""``on_error`` applies from the very first read (docs/how-to/many-servers.md, "Backends":
+what a store that cannot be read means): a process that serves requests or runs guarded work
+before its first successful read follows it, with and without a lifespan, whatever the
+store."""
 
 from __future__ import annotations
 

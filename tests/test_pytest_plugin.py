@@ -233,7 +233,7 @@ def test_a_marker_with_bad_options_is_an_error_that_says_why(inner: pytest.Pytes
 
 # Fixed in 40dfdf4: the marker (and maintenance.on()) accept a
 # reason that is not a string: @pytest.mark.maintenance(reason=123) or (True) run the test
-# with state.reason == 123 instead of the error README promises for a bad option
+# with state.reason == 123 instead of the error docs/how-to/testing.md promises for a bad option
 def test_a_marker_with_a_non_string_reason_is_an_error(inner: pytest.Pytester) -> None:
     inner.makepyfile(
         """
@@ -810,10 +810,9 @@ def create_app():
 """
 
 
-def test_the_readmes_testing_example_passes(inner: pytest.Pytester) -> None:
-    readme = (Path(__file__).parents[1] / "README.md").read_text()
-    section = readme.split("## Testing your app", 1)[1]
-    example = section.split("```python", 1)[1].split("```", 1)[0]
+def test_the_docs_testing_example_passes(inner: pytest.Pytester) -> None:
+    page = (Path(__file__).parents[1] / "docs" / "how-to" / "testing.md").read_text()
+    example = page.split("```python", 1)[1].split("```", 1)[0]
     inner.makepyfile(myapp=_APP, test_readme=example)
     inner.runpytest("-p", "no:cacheprovider", "--strict-markers").assert_outcomes(passed=3)
 

@@ -1,6 +1,6 @@
 """A live holder whose record vanished from the store (a restarted or flushed Redis, an
 operator's ``off --force``) writes it again as soon as a read shows it gone, not at its next
-renewal (README, "Many servers"): other processes see the hold again within about a second
+renewal (docs/how-to/many-servers.md): other processes see the hold again within about a second
 of the store answering."""
 
 from __future__ import annotations

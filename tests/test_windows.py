@@ -2,7 +2,7 @@
 effective state they make with holds and the explicit state, and the faces that schedule,
 list, cancel and end them.
 
-The rules (see the README's "Planned maintenance"): a window is in force from its start
+The rules (see docs/how-to/planned-maintenance.md): a window is in force from its start
 until its end by the clock alone, in every process, with nothing written then; active if
 the explicit state, a hold or a window is in force; details from the newest hold, else the
 explicit state, else the window; the strictest mode; ``until`` is the window's end while

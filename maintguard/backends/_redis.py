@@ -214,7 +214,7 @@ if ARGV[4] == '' then
   redis.call('HDEL', KEYS[8], ARGV[3])  -- (Redis deletes the hash with its last field)
 else
   -- Counted in the script that adds: writers in other processes cannot both take the
-  -- last place. HGETALL, not HLEN: it is among the commands the README's ACL user is
+  -- last place. HGETALL, not HLEN: it is among the commands the documented ACL user is
   -- granted, and a full scope is a hundred small values.
   if there == 0 and #redis.call('HGETALL', KEYS[8]) / 2 >= tonumber(ARGV[5]) then
     return {t[1], t[2], -1}
@@ -228,7 +228,7 @@ return finish(there)
     "cordon": _WRITE
     + """
 expect(KEYS[10], 'hash')
-local there = redis.call('HGET', KEYS[10], ARGV[3]) and 1 or 0  -- (HGET: in the README's ACL)
+local there = redis.call('HGET', KEYS[10], ARGV[3]) and 1 or 0  -- (HGET: in the documented ACL)
 if ARGV[4] == '' then
   redis.call('HDEL', KEYS[10], ARGV[3])
 else
