@@ -377,6 +377,7 @@ async def test_a_raising_timeout_goes_draining_to_off_and_counts_what_was_pendin
             release.set()
             for worker in workers:
                 worker.join(10)
+        flush_listeners()  # (events reach listeners on the dispatcher's thread)
         phases = [e.phase for e in heard.events if e.kind is EventKind.TRANSITION]
     assert timed_out.value.pending == 2
     assert "(2 still running)" in str(timed_out.value)
