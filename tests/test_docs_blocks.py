@@ -1,7 +1,10 @@
 """The blocks of README.md and docs/ that are not Python (the Python ones run, see the root
 ``conftest.py``): every ``maintguard`` command line shown in a shell or console block is
-one the command's parser accepts, and every JSON block parses. So a renamed option or
-command cannot leave a page that tells operators to type something that fails."""
+one the command's parser accepts, every JSON and YAML block parses, and every metric a
+PromQL query or an alerting rule uses is one maintguard exports. So a renamed option,
+command or metric cannot leave a page that tells operators something that fails. (The
+Redis ACL line is run against Redis by tests/test_redis.py; docs/benchmarks.md is
+generated.)"""
 
 from __future__ import annotations
 
@@ -60,3 +63,36 @@ def test_every_command_shown_is_accepted_by_the_parser(where: str, argv: list[st
 @pytest.mark.parametrize(("where", "text"), blocks("json"), ids=lambda v: str(v)[:40])
 def test_every_json_block_parses(where: str, text: str) -> None:
     json.loads(text)
+
+
+@pytest.mark.parametrize(("where", "text"), blocks("yaml"), ids=lambda v: str(v)[:40])
+def test_every_yaml_block_parses(where: str, text: str) -> None:
+    import yaml
+
+    assert list(yaml.safe_load_all(text))
+
+
+def exported_names() -> set[str]:
+    """Every sample name maintguard's Prometheus collector can export."""
+    from prometheus_client import CollectorRegistry
+
+    from maintguard.metrics import prometheus
+
+    names = set()
+    for family in prometheus.instrument(CollectorRegistry()).describe():
+        names.add(family.name)
+        suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count")}
+        names.update(family.name + s for s in suffixes.get(family.type, ()))
+    return names
+
+
+def test_every_metric_a_query_or_rule_uses_is_exported() -> None:
+    # PromQL is not run here (no Prometheus): the names it uses are checked instead.
+    used = {
+        (where, name)
+        for where, text in blocks("promql", "yaml")
+        for name in re.findall(r"\bmaintguard_[a-z_]+", text)
+    }
+    assert len(used) >= 8
+    unknown = sorted(f"{where}: {name}" for where, name in used if name not in exported_names())
+    assert not unknown, unknown
