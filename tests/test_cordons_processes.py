@@ -178,18 +178,30 @@ def test_a_drain_that_runs_out_exits_1_and_leaves_the_host_cordoned(
         thread.join(30)
 
 
+@contextlib.contextmanager
+def draining_host_a(store: str, url: str, folder: Path) -> Iterator[subprocess.Popen[str]]:
+    """`maintguard cordon --host host-a --drain 30` under way, waiting for a slow request of
+    host-a's server (released, and its thread joined, on the way out)."""
+    thread = threading.Thread(target=lambda: httpx.get(url + "/slow?name=held", timeout=60))
+    with released_at_the_end(folder, "held"):
+        thread.start()
+        wait_file(folder / "started-held")
+        draining = cli(store, "cordon", "--host", "host-a", "--drain", "30")
+        try:
+            wait_status(url, 503, limit=5.0)
+            yield draining
+        finally:
+            if draining.poll() is None:
+                draining.kill()
+            draining.communicate(timeout=30)
+    thread.join(30)
+
+
 def test_ctrl_c_ends_a_drain_at_once_and_takes_its_token_off(
     store: str, start_hosts: Hosts, tmp_path: Path
 ) -> None:
-    urls = start_hosts("0.2")
-    with released_at_the_end(tmp_path, "held"):
-        thread = threading.Thread(
-            target=lambda: httpx.get(urls["host-a"] + "/slow?name=held", timeout=60)
-        )
-        thread.start()
-        wait_file(tmp_path / "started-held")
-        draining = cli(store, "cordon", "--host", "host-a", "--drain", "30")
-        wait_status(urls["host-a"], 503, limit=5.0)
+    url = start_hosts("0.2")["host-a"]
+    with draining_host_a(store, url, tmp_path) as draining:
         time.sleep(0.5)
         sent = time.monotonic()
         draining.send_signal(signal.SIGINT)
@@ -200,21 +212,13 @@ def test_ctrl_c_ends_a_drain_at_once_and_takes_its_token_off(
         _, out, _ = run(store, "status", "--json")
         [shown] = json.loads(out)["cordons"]
         assert shown["host"] == "host-a" and shown["draining_until"] is None
-    thread.join(30)
 
 
 def test_an_uncordon_during_a_drain_stops_it_and_says_so(
     store: str, start_hosts: Hosts, tmp_path: Path
 ) -> None:
-    urls = start_hosts("0.2")
-    with released_at_the_end(tmp_path, "held"):
-        thread = threading.Thread(
-            target=lambda: httpx.get(urls["host-a"] + "/slow?name=held", timeout=60)
-        )
-        thread.start()
-        wait_file(tmp_path / "started-held")
-        draining = cli(store, "cordon", "--host", "host-a", "--drain", "30")
-        wait_status(urls["host-a"], 503, limit=5.0)
+    url = start_hosts("0.2")["host-a"]
+    with draining_host_a(store, url, tmp_path) as draining:
         assert run(store, "cordon", "--host", "host-a", "--reason", "again")[0] == 0
         time.sleep(0.5)
         assert draining.poll() is None  # cordoned again: it still waits for the request
@@ -222,5 +226,4 @@ def test_an_uncordon_during_a_drain_stops_it_and_says_so(
         _, err = draining.communicate(timeout=5)
         assert draining.returncode == 1
         assert "host-a was uncordoned while the drain waited" in err
-        wait_status(urls["host-a"], 200, limit=5.0)
-    thread.join(30)
+        wait_status(url, 200, limit=5.0)
